@@ -1,0 +1,3 @@
+//! One module per `bitnet` subcommand.
+
+pub mod inspect;

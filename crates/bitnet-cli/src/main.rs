@@ -1,0 +1,38 @@
+//! `bitnet`: the command-line front end. Each command lives in its own file under `commands/`;
+//! this file only parses arguments and reports errors as one clear line.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bitnet",
+    version,
+    about = "Run BitNet b1.58 models (ternary weights, int8 activations) on the CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a GGUF file's metadata, hyperparameters, tokenizer and tensors (reads no tensor data)
+    Inspect(commands::inspect::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    if let Err(e) = result {
+        // One line with the whole cause chain; a backtrace only when asked for.
+        eprintln!("error: {e:#}");
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", e.backtrace());
+        }
+        std::process::exit(1);
+    }
+}

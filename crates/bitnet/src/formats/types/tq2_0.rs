@@ -1,0 +1,108 @@
+//! TQ2_0: upstream llama.cpp's 2-bit ternary blocks (256 values, 2.06 bits per weight).
+//!
+//! Byte `qs[j + m]` (j in steps of 32) holds the four values `j*4 + l*32 + m`, l = 0..3, at bit
+//! shift `2l`, as the code `t + 1`; `d` is the block's f16 scale.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::Ternary;
+
+pub const BLOCK_LEN: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockTQ2_0 {
+    pub qs: [u8; BLOCK_LEN / 4],
+    /// f16 scale, little-endian bytes.
+    pub d: [u8; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockTQ2_0>() == 66);
+
+pub fn blocks(data: &[u8]) -> &[BlockTQ2_0] {
+    let size = std::mem::size_of::<BlockTQ2_0>();
+    bytemuck::cast_slice(&data[..data.len() / size * size])
+}
+
+impl BlockTQ2_0 {
+    pub fn scale(&self) -> f32 {
+        f16::from_le_bytes(self.d).to_f32()
+    }
+
+    /// The block's 256 ternary values in element order.
+    pub fn values(&self) -> [i8; BLOCK_LEN] {
+        let mut out = [0i8; BLOCK_LEN];
+        for j in (0..BLOCK_LEN / 4).step_by(32) {
+            for l in 0..4 {
+                for m in 0..32 {
+                    let code = (self.qs[j + m] >> (2 * l)) & 3;
+                    out[j * 4 + l * 32 + m] = code as i8 - 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn decode_ternary(data: &[u8]) -> Ternary {
+    let blocks = blocks(data);
+    let mut values = Vec::with_capacity(blocks.len() * BLOCK_LEN);
+    let mut scales = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        values.extend_from_slice(&b.values());
+        scales.push(b.scale());
+    }
+    Ternary {
+        values,
+        block_len: BLOCK_LEN,
+        scales,
+    }
+}
+
+/// ggml's `dequantize_row_tq2_0`. Code 3 decodes to +2 there too.
+pub fn dequantize(data: &[u8], out: &mut [f32]) {
+    for (b, o) in blocks(data).iter().zip(out.chunks_exact_mut(BLOCK_LEN)) {
+        let d = b.scale();
+        for (o, t) in o.iter_mut().zip(b.values()) {
+            *o = t as f32 * d;
+        }
+    }
+}
+
+/// ggml's `quantize_row_tq2_0_ref`: d = max|x| per block, t = round(x / d) (half away from 0).
+pub fn quantize(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / BLOCK_LEN * 66);
+    for x in values.chunks_exact(BLOCK_LEN) {
+        let d = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0u8; BLOCK_LEN / 4];
+        for j in (0..BLOCK_LEN / 4).step_by(32) {
+            for m in 0..32 {
+                let mut q = 0u8;
+                for n in 0..4 {
+                    let xi = ((x[j * 4 + m + n * 32] * id).round() as i32 + 1) as u8;
+                    q += (xi & 3) << (2 * n);
+                }
+                qs[j + m] = q;
+            }
+        }
+        out.extend_from_slice(&qs);
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ternary_round_trip() {
+        let x: Vec<f32> = (0..512).map(|i| [(-0.5f32), 0.0, 0.5][i * 7 % 3]).collect();
+        let t = decode_ternary(&quantize(&x));
+        assert_eq!(t.scales, vec![0.5, 0.5]);
+        for (a, b) in x.iter().zip(&t.values) {
+            assert_eq!(*a, *b as f32 * 0.5);
+        }
+    }
+}
