@@ -2,6 +2,7 @@
 //! this file only parses arguments and reports errors as one clear line.
 
 mod commands;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +21,25 @@ struct Cli {
 enum Command {
     /// Show a GGUF file's metadata, hyperparameters, tokenizer and tensors (reads no tensor data)
     Inspect(commands::inspect::Args),
+    /// Run token ids through the model and print the logits (no BOS added)
+    Logits(commands::logits::Args),
+    /// Write a random-weight model of a real shape (for benchmarks and load tests)
+    Synth(commands::synth::Args),
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`bitnet ... | head`), like other Unix tools, instead of
+    // panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Logits(args) => commands::logits::run(args),
+        Command::Synth(args) => commands::synth::run(args),
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.

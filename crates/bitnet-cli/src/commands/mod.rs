@@ -1,3 +1,5 @@
 //! One module per `bitnet` subcommand.
 
 pub mod inspect;
+pub mod logits;
+pub mod synth;

@@ -119,30 +119,56 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's data (it must be the next one in header order).
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), WriteError> {
-        let Some((spec, size)) = self.tensors.get(self.next) else {
-            return Err(WriteError::OutOfOrder {
+        self.write_tensor_chunks(name, [data])
+    }
+
+    /// The size of the next tensor, if it is `name`.
+    fn expect_next(&self, name: &str) -> Result<u64, WriteError> {
+        match self.tensors.get(self.next) {
+            None => Err(WriteError::OutOfOrder {
                 tensor: name.to_string(),
                 expected: "(none: all tensors were written)".to_string(),
-            });
-        };
-        if spec.name != name {
-            return Err(WriteError::OutOfOrder {
+            }),
+            Some((spec, _)) if spec.name != name => Err(WriteError::OutOfOrder {
                 tensor: name.to_string(),
                 expected: spec.name.clone(),
-            });
+            }),
+            Some((_, size)) => Ok(*size),
         }
-        if data.len() as u64 != *size {
+    }
+
+    fn end_tensor(&mut self, name: &str, size: u64, written: u64) -> Result<(), WriteError> {
+        if written != size {
             return Err(WriteError::WrongSize {
                 tensor: name.to_string(),
-                expected: *size,
-                actual: data.len() as u64,
+                expected: size,
+                actual: written,
             });
         }
-        self.out.write_all(data)?;
-        let pad = pad_len(*size, self.alignment) as usize;
+        let pad = pad_len(size, self.alignment) as usize;
         self.out.write_all(&vec![0u8; pad])?;
         self.next += 1;
         Ok(())
+    }
+
+    /// Writes the next tensor's data from chunks (for tensors too big to hold at once); the
+    /// chunks must add up to the tensor's size.
+    pub fn write_tensor_chunks<I>(&mut self, name: &str, chunks: I) -> Result<(), WriteError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let size = self.expect_next(name)?;
+        let mut written = 0u64;
+        for chunk in chunks {
+            let chunk = chunk.as_ref();
+            written += chunk.len() as u64;
+            if written > size {
+                break;
+            }
+            self.out.write_all(chunk)?;
+        }
+        self.end_tensor(name, size, written)
     }
 
     /// Checks every tensor was written and flushes.

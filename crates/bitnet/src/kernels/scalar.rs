@@ -1,0 +1,151 @@
+//! Plain scalar kernels: the reference every SIMD path is tested against, and the fallback on
+//! CPUs without one. Written for clarity; each does its reduction in one fixed order.
+
+use half::f16;
+
+use crate::formats::types::{i2_s, tq1_0, tq2_0};
+
+/// Per-token absmax int8 quantization (BitNet's activation quantizer):
+/// `a = max(max|x|, 1e-5)`, `s = 127 / a`, `q = clamp(round_half_even(x * s), -128, 127)`.
+/// Returns `s`; the dequantized value is `q / s`.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
+    let s = 127.0 / amax;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// `Σ_k t_k · q_k` for one I2_S row (`packed` = ne0/4 bytes, `q` = ne0 int8 activations).
+pub fn i2s_dot(packed: &[u8], q: &[i8]) -> i32 {
+    let mut sum = 0i32;
+    for (block, qb) in packed
+        .chunks_exact(i2_s::BLOCK_BYTES)
+        .zip(q.chunks_exact(i2_s::BLOCK_LEN))
+    {
+        for (j, &qj) in qb.iter().enumerate() {
+            let code = (block[j % 32] >> (6 - 2 * (j / 32))) & 3;
+            sum += (code as i32 - 1) * qj as i32;
+        }
+    }
+    sum
+}
+
+/// `Σ_b d_b · Σ_{k∈b} t_k q_k` for one TQ2_0 row: exact integer sums per 256-value block, each
+/// scaled by its f16 block scale.
+pub fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
+    let mut sum = 0f32;
+    for (block, qb) in tq2_0::blocks(row)
+        .iter()
+        .zip(q.chunks_exact(tq2_0::BLOCK_LEN))
+    {
+        let dot: i32 = block
+            .values()
+            .iter()
+            .zip(qb)
+            .map(|(&t, &q)| t as i32 * q as i32)
+            .sum();
+        sum += block.scale() * dot as f32;
+    }
+    sum
+}
+
+/// The same for one TQ1_0 row.
+pub fn tq1_0_dot(row: &[u8], q: &[i8]) -> f32 {
+    let mut sum = 0f32;
+    for (block, qb) in tq1_0::blocks(row)
+        .iter()
+        .zip(q.chunks_exact(tq1_0::BLOCK_LEN))
+    {
+        let dot: i32 = block
+            .values()
+            .iter()
+            .zip(qb)
+            .map(|(&t, &q)| t as i32 * q as i32)
+            .sum();
+        sum += block.scale() * dot as f32;
+    }
+    sum
+}
+
+/// `Σ w_k x_k` with f16 weights, accumulated in f32 in index order.
+pub fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
+}
+
+/// `Σ w_k x_k` with f32 weights.
+pub fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(w, x)| w * x).sum()
+}
+
+/// RMSNorm: `out = g ⊙ x / sqrt(mean(x²) + eps)`. The sum of squares is accumulated in f64
+/// (as bitnet.cpp does), which makes it independent of summation order for practical sizes.
+pub fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (ss / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
+        *o = g * (v * scale);
+    }
+}
+
+/// Rotate-half (NEOX) RoPE on one head: pairs (k, k + hd/2) rotated by `cos[k]`, `sin[k]`.
+pub fn rope_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = head.len() / 2;
+    let (a, b) = head.split_at_mut(half);
+    for k in 0..half {
+        let (u, v) = (a[k], b[k]);
+        a[k] = u * cos[k] - v * sin[k];
+        b[k] = v * cos[k] + u * sin[k];
+    }
+}
+
+/// In-place softmax, float32, max-subtracted.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_quantization_rounds_half_to_even() {
+        // max = 127 → s = 1: 2.5 → 2, -2.5 → -2, 3.5 → 4, 0.5 → 0.
+        let x = [127.0, 2.5, -2.5, 3.5, 0.5, -127.0];
+        let mut q = [0i8; 6];
+        assert_eq!(quantize_row_i8(&x, &mut q), 1.0);
+        assert_eq!(q, [127, 2, -2, 4, 0, -127]);
+        // All zeros: the 1e-5 floor keeps the scale finite.
+        let mut q = [1i8; 3];
+        let s = quantize_row_i8(&[0.0; 3], &mut q);
+        assert_eq!(q, [0, 0, 0]);
+        assert!(s.is_finite());
+    }
+
+    #[test]
+    fn i2s_dot_matches_decoded_values() {
+        let t: Vec<i8> = (0..256).map(|i| ((i * 7 + i / 3) % 3) as i8 - 1).collect();
+        let q: Vec<i8> = (0..256).map(|i| (i * 37 % 255) as i8).collect();
+        let packed = i2_s::encode(&t, 1.0);
+        let expected: i32 = t.iter().zip(&q).map(|(&a, &b)| a as i32 * b as i32).sum();
+        assert_eq!(i2s_dot(&packed[..64], &q), expected);
+    }
+
+    #[test]
+    fn rope_rotates_pairs() {
+        let mut h = [1.0, 0.0, 0.0, 1.0];
+        rope_neox(&mut h, &[0.0, 1.0], &[1.0, 0.0]);
+        assert_eq!(h, [0.0, 0.0, 1.0, 1.0]);
+    }
+}

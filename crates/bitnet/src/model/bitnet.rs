@@ -1,0 +1,420 @@
+//! The BitNet b1.58 model: weights read from GGUF, and the forward pass.
+//!
+//! ```text
+//! x = E[ids]
+//! for each layer:
+//!     h = RMSNorm(x; attn_norm)
+//!     q, k, v = Lin(h; Wq), Lin(h; Wk), Lin(h; Wv)     one activation quantization of h
+//!     q, k = RoPE(q, k)  (rotate-half); cache k, v
+//!     o = softmax(q·kᵀ / sqrt(hd) + causal mask) · v   query head i uses KV head i / (nh/nkv)
+//!     x = x + Lin(RMSNorm(o; attn_sub_norm); Wo)
+//!     h = RMSNorm(x; ffn_norm)
+//!     a = relu(Lin(h; Wgate))² ⊙ Lin(h; Wup)          one activation quantization of h
+//!     x = x + Lin(RMSNorm(a; ffn_sub_norm); Wdown)
+//! logits = RMSNorm(x; output_norm) · Eᵀ               (tied; not quantized)
+//! ```
+//! `Lin` is BitLinear: per-token absmax int8 activations, ternary weights, an exact integer
+//! dot product, then one float rescale. See `shared/spec/bitnet-forward.md`.
+
+use std::sync::Arc;
+
+use crate::formats::gguf::{GgufFile, TensorInfo};
+use crate::formats::types::TensorType;
+use crate::kernels;
+
+use super::config::Config;
+use super::kv_cache::{CacheType, KvCache};
+use super::weights::{
+    ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, TernaryLinear,
+};
+use super::ModelError;
+
+/// A BitLinear layer with its optional bias.
+struct Linear {
+    weight: Box<dyn TernaryLinear>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// `x` quantized, all output rows, token-major output `[n_tokens × out]`.
+    fn forward(&self, x: &QuantizedActs) -> Vec<f32> {
+        let out_features = self.weight.out_features();
+        let mut out = vec![0f32; x.n_tokens() * out_features];
+        self.weight.matmul(x, 0..out_features, &mut out);
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(out_features) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        }
+        out
+    }
+}
+
+/// One transformer block's weights.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    attn_sub_norm: Vec<f32>,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    w_gate: Linear,
+    w_up: Linear,
+    ffn_sub_norm: Vec<f32>,
+    w_down: Linear,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's (generation).
+    Last,
+    /// Every position's, `[n_tokens × n_vocab]`.
+    All,
+}
+
+/// A loaded BitNet b1.58 model.
+pub struct BitnetModel {
+    config: Config,
+    token_embd: Box<dyn DenseMatrix>,
+    output: Box<dyn DenseMatrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    /// RoPE inverse frequencies, `head_dim / 2` of them.
+    inv_freq: Vec<f32>,
+}
+
+impl std::fmt::Debug for BitnetModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BitnetModel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads tensors by their GGUF names, checking shape and naming the tensor in every error.
+struct TensorLoader<'a> {
+    file: &'a Arc<GgufFile>,
+}
+
+impl TensorLoader<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
+        Ok(self.file.tensor(name)?.info)
+    }
+
+    fn check_shape(&self, info: &TensorInfo, expected: &[usize]) -> Result<(), ModelError> {
+        let dims: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
+        if dims != expected {
+            return Err(ModelError::TensorShape {
+                file: self.file.source().to_string(),
+                tensor: info.name.clone(),
+                expected: format!("{expected:?}"),
+                found: info.shape_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A 1-D float vector (norm weights, biases).
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let view = self.file.tensor(name)?;
+        self.check_shape(view.info, &[len])?;
+        view.to_f32().map_err(|e| ModelError::Tensor {
+            file: self.file.source().to_string(),
+            tensor: name.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn linear(&self, prefix: &str, in_f: usize, out_f: usize) -> Result<Linear, ModelError> {
+        let name = format!("{prefix}.weight");
+        let info = self.info(&name)?;
+        self.check_shape(info, &[in_f, out_f])?;
+        let weight = ternary_linear_from_gguf(self.file, info)?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = match self.file.tensor_info(&bias_name) {
+            Some(_) => Some(self.vector(&bias_name, out_f)?),
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    fn dense(&self, name: &str, cols: usize, rows: usize) -> Result<DenseTensor, ModelError> {
+        let info = self.info(name)?;
+        self.check_shape(info, &[cols, rows])?;
+        DenseTensor::from_gguf(self.file, info)
+    }
+}
+
+impl BitnetModel {
+    /// Loads a model from an opened GGUF file. Tensor data stays in the file's memory map
+    /// (float linear weights are ternarized into memory).
+    pub fn from_gguf(file: Arc<GgufFile>) -> Result<BitnetModel, ModelError> {
+        let n_vocab_tensor = file
+            .tensor_info("token_embd.weight")
+            .and_then(|t| t.dims.get(1).map(|&d| d as usize));
+        let c = Config::from_gguf(&file, n_vocab_tensor)?;
+        let load = TensorLoader { file: &file };
+        let (h, ff, kv) = (c.n_embd, c.n_ff, c.kv_dim());
+
+        let token_embd = load.dense("token_embd.weight", h, c.n_vocab)?;
+        // A separate output matrix when the file has one (untied models); otherwise the
+        // embedding (tied, as in bitnet-b1.58-2B-4T).
+        let output = match file.tensor_info("output.weight") {
+            Some(_) => load.dense("output.weight", h, c.n_vocab)?,
+            None => load.dense("token_embd.weight", h, c.n_vocab)?,
+        };
+        let output_norm = load.vector("output_norm.weight", h)?;
+
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = |n: &str| format!("blk.{i}.{n}");
+            layers.push(Layer {
+                attn_norm: load.vector(&p("attn_norm.weight"), h)?,
+                wq: load.linear(&p("attn_q"), h, h)?,
+                wk: load.linear(&p("attn_k"), h, kv)?,
+                wv: load.linear(&p("attn_v"), h, kv)?,
+                attn_sub_norm: load.vector(&p("attn_sub_norm.weight"), h)?,
+                wo: load.linear(&p("attn_output"), h, h)?,
+                ffn_norm: load.vector(&p("ffn_norm.weight"), h)?,
+                w_gate: load.linear(&p("ffn_gate"), h, ff)?,
+                w_up: load.linear(&p("ffn_up"), h, ff)?,
+                ffn_sub_norm: load.vector(&p("ffn_sub_norm.weight"), ff)?,
+                w_down: load.linear(&p("ffn_down"), ff, h)?,
+            });
+        }
+
+        // inv_freq_k = 1 / θ^(2k/hd), computed in f64 and rounded once to f32.
+        let inv_freq = (0..c.head_dim / 2)
+            .map(|k| (1.0 / (c.rope_theta as f64).powf(2.0 * k as f64 / c.head_dim as f64)) as f32)
+            .collect();
+
+        Ok(BitnetModel {
+            config: c,
+            token_embd: Box::new(token_embd),
+            output: Box::new(output),
+            output_norm,
+            layers,
+            inv_freq,
+        })
+    }
+
+    /// Opens and loads a GGUF file.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<BitnetModel, ModelError> {
+        BitnetModel::from_gguf(Arc::new(GgufFile::open(path)?))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The formats the weights are held in: (BitLinear weights, output matrix).
+    pub fn weight_formats(&self) -> (TensorType, TensorType) {
+        (self.layers[0].wq.weight.format(), self.output.format())
+    }
+
+    /// A KV cache for this model holding `n_ctx` positions (0: the trained context length).
+    pub fn new_cache(&self, n_ctx: usize, ty: CacheType) -> KvCache {
+        let n_ctx = if n_ctx == 0 {
+            self.config.n_ctx_train
+        } else {
+            n_ctx
+        };
+        KvCache::new(self.config.n_layer, self.config.kv_dim(), n_ctx, ty)
+    }
+
+    /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
+    /// values to it, and returns logits (`[n × n_vocab]`, n = 1 for [`Logits::Last`]).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        if let Some((i, &t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= c.n_vocab)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                token: t,
+                index: i,
+                n_vocab: c.n_vocab,
+            });
+        }
+        let pos0 = cache.len();
+        let n = tokens.len();
+        if pos0 + n > cache.capacity() {
+            return Err(ModelError::ContextFull {
+                needed: pos0 + n,
+                capacity: cache.capacity(),
+            });
+        }
+        let h = c.n_embd;
+
+        let mut x = vec![0f32; n * h];
+        for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
+            self.token_embd.row_to_f32(t as usize, row);
+        }
+
+        let (cos, sin) = self.rope_tables(pos0, n);
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.layer_forward(l, layer, &mut x, cache, pos0, &cos, &sin);
+        }
+        cache.set_len(pos0 + n);
+
+        let rows: &[f32] = match which {
+            Logits::All => &x,
+            Logits::Last => &x[(n - 1) * h..],
+        };
+        let mut normed = vec![0f32; rows.len()];
+        for (o, r) in normed.chunks_exact_mut(h).zip(rows.chunks_exact(h)) {
+            kernels::rms_norm(r, &self.output_norm, c.rms_eps, o);
+        }
+        if cache.cache_type() == CacheType::F16 {
+            // bitnet.cpp's F16 output product rounds the hidden state to f16 first.
+            normed
+                .iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
+        let mut logits = vec![0f32; normed.len() / h * c.n_vocab];
+        self.output.matmul(&normed, 0..c.n_vocab, &mut logits);
+        Ok(logits)
+    }
+
+    /// cos and sin of `angle = p · inv_freq_k` (the product in f32, as transformers computes
+    /// it) for positions `pos0 .. pos0 + n`, `[n × head_dim/2]` each.
+    fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in pos0..pos0 + n {
+            for &f in &self.inv_freq {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (cos, sin)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        l: usize,
+        layer: &Layer,
+        x: &mut [f32],
+        cache: &mut KvCache,
+        pos0: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) {
+        let c = &self.config;
+        let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
+        let n = x.len() / h;
+        let eps = c.rms_eps;
+
+        // Attention.
+        let normed = rms_norm_rows(x, &layer.attn_norm, eps);
+        let acts = QuantizedActs::quantize(&normed, h);
+        let mut q = layer.wq.forward(&acts);
+        let mut k = layer.wk.forward(&acts);
+        let v = layer.wv.forward(&acts);
+        let half = hd / 2;
+        for t in 0..n {
+            let (cos, sin) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
+            for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                kernels::rope_neox(head, cos, sin);
+            }
+            for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
+                kernels::rope_neox(head, cos, sin);
+            }
+            cache.write(
+                l,
+                pos0 + t,
+                &k[t * kv..(t + 1) * kv],
+                &v[t * kv..(t + 1) * kv],
+            );
+        }
+        let attn = self.attention(l, &q, cache, pos0, n);
+        let normed = rms_norm_rows(&attn, &layer.attn_sub_norm, eps);
+        let out = layer.wo.forward(&QuantizedActs::quantize(&normed, h));
+        x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
+
+        // Feed-forward: relu² gate.
+        let normed = rms_norm_rows(x, &layer.ffn_norm, eps);
+        let acts = QuantizedActs::quantize(&normed, h);
+        let gate = layer.w_gate.forward(&acts);
+        let mut up = layer.w_up.forward(&acts);
+        for (u, g) in up.iter_mut().zip(&gate) {
+            let r = g.max(0.0);
+            *u *= r * r;
+        }
+        let normed = rms_norm_rows(&up, &layer.ffn_sub_norm, eps);
+        let out = layer
+            .w_down
+            .forward(&QuantizedActs::quantize(&normed, c.n_ff));
+        x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
+    }
+
+    /// Causal attention of `n` queries at positions `pos0..` over the cache (which already
+    /// holds their own keys and values). Each query is computed alone, in the same order, so
+    /// a prefill and one-token-at-a-time decoding give identical results.
+    fn attention(&self, l: usize, q: &[f32], cache: &KvCache, pos0: usize, n: usize) -> Vec<f32> {
+        let c = &self.config;
+        let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
+        let group = c.n_head / c.n_head_kv;
+        let total = pos0 + n;
+        let mut keys = vec![0f32; total * kv];
+        let mut values = vec![0f32; total * kv];
+        cache.read(l, total, &mut keys, &mut values);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; n * h];
+        let mut scores = vec![0f32; total];
+        let f16_round = |x: f32| half::f16::from_f32(x).to_f32();
+        let emulate = cache.cache_type() == CacheType::F16;
+        let mut qh = vec![0f32; hd];
+        for t in 0..n {
+            let visible = pos0 + t + 1;
+            for head in 0..c.n_head {
+                let kvh = head / group;
+                qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
+                if emulate {
+                    qh.iter_mut().for_each(|v| *v = f16_round(*v));
+                }
+                for (j, s) in scores[..visible].iter_mut().enumerate() {
+                    let kj = &keys[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
+                    *s = kernels::f32_dot(&qh, kj) * scale;
+                }
+                kernels::softmax(&mut scores[..visible]);
+                if emulate {
+                    scores[..visible]
+                        .iter_mut()
+                        .for_each(|v| *v = f16_round(*v));
+                }
+                let o = &mut out[t * h + head * hd..t * h + (head + 1) * hd];
+                for (j, &p) in scores[..visible].iter().enumerate() {
+                    let vj = &values[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
+                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn rms_norm_rows(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, r) in out.chunks_exact_mut(g.len()).zip(x.chunks_exact(g.len())) {
+        kernels::rms_norm(r, g, eps, o);
+    }
+    out
+}

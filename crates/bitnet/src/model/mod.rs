@@ -1,0 +1,71 @@
+//! The BitNet b1.58 model: typed config from GGUF metadata, weights behind format-agnostic
+//! traits, the forward pass, and the KV cache. Uses `formats` and `kernels`; knows nothing of
+//! tokenizers, generation or the CLI.
+
+mod bitnet;
+mod config;
+mod kv_cache;
+pub mod synth;
+pub mod weights;
+
+pub use bitnet::{BitnetModel, Logits};
+pub use config::{Architecture, Config};
+pub use kv_cache::{CacheType, KvCache};
+
+use crate::formats::gguf::{GgufError, MetadataError};
+use config::ConfigError;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{file}: {source}")]
+    Metadata { file: String, source: MetadataError },
+    #[error("{file}: metadata key `{key}`: {message}")]
+    InvalidConfig {
+        file: String,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Unsupported { file: String, message: String },
+    #[error("{file}: tensor `{tensor}` has shape {found}, expected {expected}")]
+    TensorShape {
+        file: String,
+        tensor: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Tensor {
+        file: String,
+        tensor: String,
+        message: String,
+    },
+    #[error(
+        "token id {token} (input index {index}) is outside the vocabulary of {n_vocab} tokens"
+    )]
+    TokenOutOfRange {
+        token: u32,
+        index: usize,
+        n_vocab: usize,
+    },
+    #[error("the context is full: {needed} positions needed, the cache holds {capacity}")]
+    ContextFull { needed: usize, capacity: usize },
+    #[error("no tokens to run")]
+    EmptyInput,
+}
+
+impl ModelError {
+    pub(crate) fn from_config(file: &str, e: ConfigError) -> ModelError {
+        let file = file.to_string();
+        match e {
+            ConfigError::Metadata(source) => ModelError::Metadata { file, source },
+            ConfigError::Invalid { key, message } => {
+                ModelError::InvalidConfig { file, key, message }
+            }
+            ConfigError::Unsupported(message) => ModelError::Unsupported { file, message },
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Random-weight BitNet b1.58 models of real shapes, written as GGUF: I2_S linears with
+//! realistic ternary statistics (~31 % zeros), an F16 embedding, F32 norms. Benchmarks and load
+//! tests use them where the real weights cannot be downloaded.
+
+use std::io::Write;
+
+use half::f16;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::formats::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value, WriteError};
+use crate::formats::types::{i2_s, TensorType};
+
+/// A model shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub name: &'static str,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_ctx: usize,
+    pub rope_theta: f32,
+}
+
+/// The shapes `bitnet synth --shape` knows.
+pub const SHAPES: [Shape; 3] = [
+    // microsoft/bitnet-b1.58-2B-4T exactly.
+    Shape {
+        name: "2b-4t",
+        n_vocab: 128256,
+        n_embd: 2560,
+        n_layer: 30,
+        n_ff: 6912,
+        n_head: 20,
+        n_head_kv: 5,
+        n_ctx: 4096,
+        rope_theta: 500000.0,
+    },
+    // The size class of 1bitLLM/bitnet_b1_58-large, with the b1.58 architecture.
+    Shape {
+        name: "700m",
+        n_vocab: 32002,
+        n_embd: 1536,
+        n_layer: 24,
+        n_ff: 4096,
+        n_head: 16,
+        n_head_kv: 16,
+        n_ctx: 2048,
+        rope_theta: 10000.0,
+    },
+    // Small enough for tests.
+    Shape {
+        name: "tiny",
+        n_vocab: 1024,
+        n_embd: 256,
+        n_layer: 2,
+        n_ff: 768,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ctx: 512,
+        rope_theta: 500000.0,
+    },
+];
+
+impl Shape {
+    pub fn by_name(name: &str) -> Option<Shape> {
+        SHAPES.iter().copied().find(|s| s.name == name)
+    }
+
+    /// Every tensor of the model in the order bitnet.cpp writes them.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let (h, ff, kv) = (
+            self.n_embd as u64,
+            self.n_ff as u64,
+            (self.n_embd / self.n_head * self.n_head_kv) as u64,
+        );
+        let spec = |name: String, ty, dims: Vec<u64>| TensorSpec { name, ty, dims };
+        let mut out = vec![spec(
+            "token_embd.weight".into(),
+            TensorType::F16,
+            vec![h, self.n_vocab as u64],
+        )];
+        for i in 0..self.n_layer {
+            let p = |n: &str| format!("blk.{i}.{n}.weight");
+            out.push(spec(p("attn_norm"), TensorType::F32, vec![h]));
+            out.push(spec(p("attn_q"), TensorType::I2S, vec![h, h]));
+            out.push(spec(p("attn_k"), TensorType::I2S, vec![h, kv]));
+            out.push(spec(p("attn_v"), TensorType::I2S, vec![h, kv]));
+            out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![h]));
+            out.push(spec(p("attn_output"), TensorType::I2S, vec![h, h]));
+            out.push(spec(p("ffn_norm"), TensorType::F32, vec![h]));
+            out.push(spec(p("ffn_gate"), TensorType::I2S, vec![h, ff]));
+            out.push(spec(p("ffn_up"), TensorType::I2S, vec![h, ff]));
+            out.push(spec(p("ffn_sub_norm"), TensorType::F32, vec![ff]));
+            out.push(spec(p("ffn_down"), TensorType::I2S, vec![ff, h]));
+        }
+        out.push(spec("output_norm.weight".into(), TensorType::F32, vec![h]));
+        out
+    }
+
+    /// The metadata bitnet.cpp's converter writes, with tokenizer keys copied from `vocab`.
+    pub fn metadata(&self, vocab: Option<&GgufFile>) -> Metadata {
+        let arch = "bitnet-b1.58";
+        let mut md = Metadata::new();
+        md.set("general.architecture", Value::String(arch.into()));
+        md.set(
+            "general.name",
+            Value::String(format!("bitnet-b1.58 {} (random weights)", self.name)),
+        );
+        md.set("general.file_type", Value::U32(40));
+        md.set("general.quantization_version", Value::U32(2));
+        let k = |key: &str| format!("{arch}.{key}");
+        md.set(k("vocab_size"), Value::U32(self.n_vocab as u32));
+        md.set(k("context_length"), Value::U32(self.n_ctx as u32));
+        md.set(k("embedding_length"), Value::U32(self.n_embd as u32));
+        md.set(k("block_count"), Value::U32(self.n_layer as u32));
+        md.set(k("feed_forward_length"), Value::U32(self.n_ff as u32));
+        md.set(
+            k("rope.dimension_count"),
+            Value::U32((self.n_embd / self.n_head) as u32),
+        );
+        md.set(k("attention.head_count"), Value::U32(self.n_head as u32));
+        md.set(
+            k("attention.head_count_kv"),
+            Value::U32(self.n_head_kv as u32),
+        );
+        md.set(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
+        if let Some(vocab) = vocab {
+            for (key, value) in vocab.metadata().iter() {
+                if key.starts_with("tokenizer.") {
+                    md.set(key, value.clone());
+                }
+            }
+        }
+        md
+    }
+}
+
+/// Why a synthetic model could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("--vocab-from has {found} tokens but the shape `{shape}` needs {expected}")]
+    VocabMismatch {
+        shape: &'static str,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// Bytes generated per chunk: large tensors are streamed, never held whole.
+const CHUNK: usize = 1 << 22;
+
+/// Writes a random model of `shape` to `out`, reporting each tensor's name to `progress`.
+pub fn write_random_model<W: Write>(
+    out: W,
+    shape: &Shape,
+    vocab: Option<&GgufFile>,
+    seed: u64,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<W, SynthError> {
+    if let Some(tokens) = vocab.and_then(|v| v.metadata().get("tokenizer.ggml.tokens")) {
+        let found = tokens.as_array().map_or(0, <[Value]>::len);
+        if found != shape.n_vocab {
+            return Err(SynthError::VocabMismatch {
+                shape: shape.name,
+                expected: shape.n_vocab,
+                found,
+            });
+        }
+    }
+    let specs = shape.tensors();
+    let mut w = GgufWriter::new(out, &shape.metadata(vocab), specs.clone())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for spec in &specs {
+        let n: u64 = spec.dims.iter().product();
+        match spec.ty {
+            TensorType::I2S => {
+                let fan_in = spec.dims[0] as f32;
+                // Outputs of unit scale for unit inputs: 69 % of weights are non-zero.
+                let scale = 1.0 / (fan_in * 0.69).sqrt();
+                let packed = (n / 4) as usize;
+                let chunks = ChunkIter::new(packed, |len| random_i2s_bytes(&mut rng, len));
+                let trailer = i2_s_trailer(scale);
+                w.write_tensor_chunks(&spec.name, chunks.chain(std::iter::once(trailer)))?;
+            }
+            TensorType::F16 => {
+                let chunks = ChunkIter::new(n as usize * 2, |len| {
+                    (0..len / 2)
+                        .flat_map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes())
+                        .collect()
+                });
+                w.write_tensor_chunks(&spec.name, chunks)?;
+            }
+            _ => {
+                let data: Vec<u8> = (0..n)
+                    .flat_map(|_| rng.random_range(0.5f32..1.5).to_le_bytes())
+                    .collect();
+                w.write_tensor(&spec.name, &data)?;
+            }
+        }
+        progress(&spec.name, n);
+    }
+    Ok(w.finish()?)
+}
+
+fn i2_s_trailer(scale: f32) -> Vec<u8> {
+    let mut t = vec![0u8; i2_s::TRAILER_BYTES];
+    t[..4].copy_from_slice(&scale.to_le_bytes());
+    t
+}
+
+/// Packed I2_S bytes whose 2-bit codes are -1, 0, +1 with probabilities 0.345, 0.31, 0.345.
+fn random_i2s_bytes(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
+    // One random byte per code: below 79 of 256 (30.9 %) is a zero.
+    let code = |b: u8| -> u8 {
+        if b < 79 {
+            1
+        } else if b < 168 {
+            0
+        } else {
+            2
+        }
+    };
+    let mut random = vec![0u8; len * 4];
+    rng.fill_bytes(&mut random);
+    random
+        .chunks_exact(4)
+        .map(|r| code(r[0]) << 6 | code(r[1]) << 4 | code(r[2]) << 2 | code(r[3]))
+        .collect()
+}
+
+/// Yields `total` bytes as chunks of at most [`CHUNK`] made by `make(len)`.
+struct ChunkIter<F> {
+    left: usize,
+    make: F,
+}
+
+impl<F: FnMut(usize) -> Vec<u8>> ChunkIter<F> {
+    fn new(total: usize, make: F) -> ChunkIter<F> {
+        ChunkIter { left: total, make }
+    }
+}
+
+impl<F: FnMut(usize) -> Vec<u8>> Iterator for ChunkIter<F> {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = self.left.min(CHUNK);
+        self.left -= len;
+        Some((self.make)(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BitnetModel, CacheType, Logits};
+    use std::sync::Arc;
+
+    #[test]
+    fn tiny_random_model_loads_and_runs() {
+        let shape = Shape::by_name("tiny").unwrap();
+        let bytes = write_random_model(Vec::new(), &shape, None, 7, |_, _| {}).unwrap();
+        let file = GgufFile::from_vec("tiny.gguf", bytes).unwrap();
+        let t = file
+            .tensor("blk.0.ffn_up.weight")
+            .unwrap()
+            .to_ternary()
+            .unwrap();
+        let zeros = t.values.iter().filter(|&&v| v == 0).count() as f64 / t.values.len() as f64;
+        assert!((0.29..0.33).contains(&zeros), "{zeros}");
+        let model = BitnetModel::from_gguf(Arc::new(file)).unwrap();
+        let mut cache = model.new_cache(0, CacheType::F16);
+        let logits = model.forward(&[1, 2, 3], &mut cache, Logits::Last).unwrap();
+        assert_eq!(logits.len(), 1024);
+        assert!(logits.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn the_2b_shape_has_the_official_tensor_count_and_size() {
+        let shape = Shape::by_name("2b-4t").unwrap();
+        let specs = shape.tensors();
+        assert_eq!(specs.len(), 332);
+        let count = |ty| specs.iter().filter(|s| s.ty == ty).count();
+        assert_eq!(
+            (
+                count(TensorType::F32),
+                count(TensorType::F16),
+                count(TensorType::I2S)
+            ),
+            (121, 1, 210)
+        );
+        let params: u64 = specs.iter().map(|s| s.dims.iter().product::<u64>()).sum();
+        assert_eq!(params, 2_412_820_480);
+    }
+}

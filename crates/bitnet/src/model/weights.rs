@@ -1,0 +1,386 @@
+//! Weights behind two traits, so the model never names a storage format:
+//! - [`TernaryLinear`]: a BitLinear layer's ternary weights with their scales, multiplied by
+//!   int8-quantized activations (I2_S, TQ2_0, TQ1_0, or float weights ternarized at load);
+//! - [`DenseMatrix`]: the unquantized embedding / output matrix (F16, BF16, F32, Q8_0).
+//!
+//! Weight bytes stay in the memory-mapped file when they can (zero-copy).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::formats::gguf::{GgufFile, TensorInfo};
+use crate::formats::types::{self, i2_s, q8_0, TensorType};
+use crate::kernels;
+
+use super::ModelError;
+
+/// Bytes of one tensor: a range of the mapped file, or an owned copy.
+pub enum WeightBytes {
+    Mapped {
+        file: Arc<GgufFile>,
+        range: Range<usize>,
+    },
+    /// Backed by u64 words so the bytes are 8-byte aligned.
+    Owned { words: Vec<u64>, len: usize },
+}
+
+impl WeightBytes {
+    /// A tensor's bytes in the file, copied into aligned memory only if the file placed them
+    /// at an address that is not 8-byte aligned (possible with `general.alignment` < 8).
+    pub fn from_file(file: &Arc<GgufFile>, info: &TensorInfo) -> WeightBytes {
+        let range = file.tensor_range(info);
+        let bytes = &file.bytes()[range.clone()];
+        if (bytes.as_ptr() as usize) % 8 == 0 {
+            WeightBytes::Mapped {
+                file: Arc::clone(file),
+                range,
+            }
+        } else {
+            WeightBytes::owned(bytes.to_vec())
+        }
+    }
+
+    pub fn owned(bytes: Vec<u8>) -> WeightBytes {
+        let len = bytes.len();
+        let mut words = vec![0u64; len.div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(&bytes);
+        WeightBytes::Owned { words, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            WeightBytes::Mapped { file, range } => &file.bytes()[range.clone()],
+            WeightBytes::Owned { words, len } => &bytemuck::cast_slice(words)[..*len],
+        }
+    }
+}
+
+/// Activations of `n_tokens` rows quantized to int8, one scale per row (`x ≈ q / scale`).
+pub struct QuantizedActs {
+    pub q: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub row_len: usize,
+}
+
+impl QuantizedActs {
+    /// Quantizes each `row_len`-long row of `x` (BitNet's per-token absmax quantizer).
+    pub fn quantize(x: &[f32], row_len: usize) -> QuantizedActs {
+        let mut q = vec![0i8; x.len()];
+        let scales = x
+            .chunks_exact(row_len)
+            .zip(q.chunks_exact_mut(row_len))
+            .map(|(x, q)| kernels::quantize_row_i8(x, q))
+            .collect();
+        QuantizedActs { q, scales, row_len }
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.q[t * self.row_len..(t + 1) * self.row_len]
+    }
+}
+
+/// A BitLinear layer's weights: ternary values with scales, `out_features` rows of
+/// `in_features`.
+pub trait TernaryLinear: Send + Sync {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    /// The storage format, for display.
+    fn format(&self) -> TensorType;
+    /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
+    /// `rows` and every token `t` of `x`, with `x` dequantized as `q / scale`.
+    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]);
+}
+
+/// I2_S: one scale per tensor; rows are `in/4` packed bytes.
+pub struct I2sLinear {
+    bytes: WeightBytes,
+    in_features: usize,
+    out_features: usize,
+    scale: f32,
+}
+
+impl I2sLinear {
+    pub fn new(
+        bytes: WeightBytes,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<I2sLinear, String> {
+        let data = bytes.as_slice();
+        let packed = in_features * out_features / 4;
+        if let Some(offset) = i2_s::find_invalid_code(&data[..packed]) {
+            return Err(format!("I2_S byte {offset} holds the unused 2-bit code 3"));
+        }
+        let scale = i2_s::scale(data, packed).ok_or("I2_S data has no scale")?;
+        if !scale.is_finite() {
+            return Err(format!("I2_S scale {scale} is not finite"));
+        }
+        Ok(I2sLinear {
+            bytes,
+            in_features,
+            out_features,
+            scale,
+        })
+    }
+
+    /// Packs ternary values (row-major, `out × in`) with one scale.
+    pub fn from_ternary(
+        values: &[i8],
+        scale: f32,
+        in_features: usize,
+        out_features: usize,
+    ) -> I2sLinear {
+        I2sLinear {
+            bytes: WeightBytes::owned(i2_s::encode(values, scale)),
+            in_features,
+            out_features,
+            scale,
+        }
+    }
+}
+
+impl TernaryLinear for I2sLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+    fn format(&self) -> TensorType {
+        TensorType::I2S
+    }
+    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+        let data = self.bytes.as_slice();
+        let row_bytes = self.in_features / 4;
+        let n = rows.len();
+        for r in rows.clone() {
+            let w = &data[r * row_bytes..(r + 1) * row_bytes];
+            for t in 0..x.n_tokens() {
+                let dot = kernels::i2s_dot(w, x.row(t));
+                out[t * n + (r - rows.start)] = dot as f32 / x.scales[t] * self.scale;
+            }
+        }
+    }
+}
+
+/// TQ2_0 / TQ1_0: a f16 scale per 256-value block.
+pub struct BlockTernaryLinear {
+    bytes: WeightBytes,
+    ty: TensorType,
+    in_features: usize,
+    out_features: usize,
+}
+
+impl TernaryLinear for BlockTernaryLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+    fn format(&self) -> TensorType {
+        self.ty
+    }
+    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+        let data = self.bytes.as_slice();
+        let row_bytes =
+            (self.in_features as u64 / self.ty.block_len() * self.ty.block_bytes()) as usize;
+        let n = rows.len();
+        for r in rows.clone() {
+            let w = &data[r * row_bytes..(r + 1) * row_bytes];
+            for t in 0..x.n_tokens() {
+                let dot = match self.ty {
+                    TensorType::TQ2_0 => kernels::tq2_0_dot(w, x.row(t)),
+                    _ => kernels::tq1_0_dot(w, x.row(t)),
+                };
+                out[t * n + (r - rows.start)] = dot / x.scales[t];
+            }
+        }
+    }
+}
+
+/// BitNet's absmean ternarization of master weights: `m = max(mean|W|, 1e-5)`,
+/// `t = clamp(round_half_even(W · (1/m)), -1, 1)` (float32, as transformers computes it).
+/// Weights that are already ternary times one scale (`{-a, 0, +a}`, as bitnet.cpp's F32
+/// converter writes them) give back exactly `t` and `a`.
+pub fn ternarize(w: &[f32]) -> (Vec<i8>, f32) {
+    let a = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if a > 0.0 && w.iter().all(|&v| v == 0.0 || v.abs() == a) {
+        let t = w.iter().map(|&v| (v / a) as i8).collect();
+        return (t, a);
+    }
+    let mean = (w.iter().map(|&v| v.abs() as f64).sum::<f64>() / w.len().max(1) as f64) as f32;
+    let m = mean.max(1e-5);
+    let inv = 1.0 / m;
+    let t = w
+        .iter()
+        .map(|&v| (v * inv).round_ties_even().clamp(-1.0, 1.0) as i8)
+        .collect();
+    (t, m)
+}
+
+/// Builds the linear layer for a GGUF tensor of shape `[in, out]`, whatever its format.
+pub fn ternary_linear_from_gguf(
+    file: &Arc<GgufFile>,
+    info: &TensorInfo,
+) -> Result<Box<dyn TernaryLinear>, ModelError> {
+    let err = |message: String| ModelError::Tensor {
+        file: file.source().to_string(),
+        tensor: info.name.clone(),
+        message,
+    };
+    let (in_features, out_features) = match info.dims[..] {
+        [i, o] => (i as usize, o as usize),
+        _ => {
+            return Err(err(format!(
+                "a linear weight must have 2 dimensions, found {}",
+                info.shape_string()
+            )))
+        }
+    };
+    match info.ty {
+        TensorType::I2S => I2sLinear::new(
+            WeightBytes::from_file(file, info),
+            in_features,
+            out_features,
+        )
+        .map(|l| Box::new(l) as Box<dyn TernaryLinear>)
+        .map_err(err),
+        TensorType::TQ2_0 | TensorType::TQ1_0 => Ok(Box::new(BlockTernaryLinear {
+            bytes: WeightBytes::from_file(file, info),
+            ty: info.ty,
+            in_features,
+            out_features,
+        })),
+        TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
+            if in_features % i2_s::BLOCK_LEN != 0 {
+                return Err(err(format!(
+                    "float linear weights need input features divisible by {}, found {in_features}",
+                    i2_s::BLOCK_LEN
+                )));
+            }
+            let w = file
+                .tensor(&info.name)?
+                .to_f32()
+                .map_err(|e| err(e.to_string()))?;
+            let (t, scale) = ternarize(&w);
+            Ok(Box::new(I2sLinear::from_ternary(
+                &t,
+                scale,
+                in_features,
+                out_features,
+            )))
+        }
+        other => Err(err(format!(
+            "type {other} cannot be used as a BitLinear weight (use I2_S, TQ2_0, TQ1_0, F32, F16 or BF16)"
+        ))),
+    }
+}
+
+/// An unquantized matrix of `rows` rows by `cols` columns: the token embedding (row lookup)
+/// and the output projection (a float product with the final hidden state).
+pub trait DenseMatrix: Send + Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    fn format(&self) -> TensorType;
+    /// Row `r` as f32.
+    fn row_to_f32(&self, r: usize, out: &mut [f32]);
+    /// `out[t * rows.len() + (r - rows.start)] = Σ_k m[r, k] · x[t * cols + k]`.
+    fn matmul(&self, x: &[f32], rows: Range<usize>, out: &mut [f32]);
+}
+
+/// A dense matrix stored as F32, F16, BF16 or Q8_0 bytes.
+pub struct DenseTensor {
+    bytes: WeightBytes,
+    ty: TensorType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+}
+
+impl DenseTensor {
+    pub fn from_gguf(file: &Arc<GgufFile>, info: &TensorInfo) -> Result<DenseTensor, ModelError> {
+        let err = |message: String| ModelError::Tensor {
+            file: file.source().to_string(),
+            tensor: info.name.clone(),
+            message,
+        };
+        let (cols, rows) = match info.dims[..] {
+            [c, r] => (c as usize, r as usize),
+            _ => {
+                return Err(err(format!(
+                    "expected 2 dimensions, found {}",
+                    info.shape_string()
+                )))
+            }
+        };
+        if !matches!(
+            info.ty,
+            TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0
+        ) {
+            return Err(err(format!(
+                "type {} cannot be used for the embedding or output matrix (use F16, BF16, F32 or Q8_0)",
+                info.ty
+            )));
+        }
+        let row_bytes = info
+            .ty
+            .row_bytes(cols as u64)
+            .map_err(|e| err(e.to_string()))? as usize;
+        Ok(DenseTensor {
+            bytes: WeightBytes::from_file(file, info),
+            ty: info.ty,
+            rows,
+            cols,
+            row_bytes,
+        })
+    }
+
+    fn row_bytes(&self, r: usize) -> &[u8] {
+        &self.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+impl DenseMatrix for DenseTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn format(&self) -> TensorType {
+        self.ty
+    }
+    fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let b = self.row_bytes(r);
+        match self.ty {
+            TensorType::F32 => types::float::f32_to_f32(b, out),
+            TensorType::F16 => types::float::f16_to_f32(b, out),
+            TensorType::BF16 => types::float::bf16_to_f32(b, out),
+            _ => q8_0::dequantize(b, out),
+        }
+    }
+    fn matmul(&self, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+        let n_tokens = x.len() / self.cols;
+        let n = rows.len();
+        // BF16 and Q8_0 rows are decoded once per row, then reused for every token.
+        let mut row = vec![0f32; self.cols];
+        for r in rows.clone() {
+            let b = self.row_bytes(r);
+            if !matches!(self.ty, TensorType::F16 | TensorType::F32) {
+                self.row_to_f32(r, &mut row);
+            }
+            for t in 0..n_tokens {
+                let xt = &x[t * self.cols..(t + 1) * self.cols];
+                out[t * n + (r - rows.start)] = match self.ty {
+                    TensorType::F16 => kernels::f16_dot(bytemuck::cast_slice(b), xt),
+                    TensorType::F32 => kernels::f32_dot(bytemuck::cast_slice(b), xt),
+                    _ => kernels::f32_dot(&row, xt),
+                };
+            }
+        }
+    }
+}
