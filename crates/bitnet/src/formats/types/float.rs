@@ -14,9 +14,12 @@ pub fn f16_to_f32(data: &[u8], out: &mut [f32]) {
     }
 }
 
+/// bf16 is the top half of an f32, so widening is a shift: exact for every bit pattern, NaN
+/// payloads included, as ggml's `ggml_compute_bf16_to_fp32` does it (`half` would quiet a
+/// signalling NaN).
 pub fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
-        *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+        *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
     }
 }
 
