@@ -3,6 +3,7 @@
 
 mod commands;
 mod progress;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Logits(commands::logits::Args),
     /// Write a random-weight model of a real shape (for benchmarks and load tests)
     Synth(commands::synth::Args),
+    /// Measure prompt processing and generation speed (like llama-bench)
+    Bench(commands::bench::Args),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Logits(args) => commands::logits::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.

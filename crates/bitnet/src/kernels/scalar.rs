@@ -69,6 +69,51 @@ pub fn tq1_0_dot(row: &[u8], q: &[i8]) -> f32 {
     sum
 }
 
+/// All I2_S rows of `w` (each `k/4` bytes) against every int8 activation row of `acts`:
+/// `out[t · n_rows + r] = Σ t[r, ·] · acts[t, ·]`.
+pub fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [i32]) {
+    let row_bytes = k / 4;
+    let n_rows = w.len() / row_bytes;
+    for (t, q) in acts.chunks_exact(k).enumerate() {
+        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+            out[t * n_rows + r] = i2s_dot(row, q);
+        }
+    }
+}
+
+/// All TQ2_0 rows of `w` against every activation row (see [`tq2_0_dot`]).
+pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
+    let row_bytes = k / tq2_0::BLOCK_LEN * 66;
+    let n_rows = w.len() / row_bytes;
+    for (t, q) in acts.chunks_exact(k).enumerate() {
+        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+            out[t * n_rows + r] = tq2_0_dot(row, q);
+        }
+    }
+}
+
+/// All f16 rows of `w` (length `k`) against every f32 row of `x`.
+pub fn f16_matmul(w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
+    let n_rows = w.len() / k;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        for (r, row) in w.chunks_exact(k).enumerate() {
+            out[t * n_rows + r] = f16_dot(row, xt);
+        }
+    }
+}
+
+/// `out += a · v`.
+pub fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
+    out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+}
+
+/// `out += a · v` with f16 `v`.
+pub fn f16_axpy(out: &mut [f32], a: f32, v: &[f16]) {
+    out.iter_mut()
+        .zip(v)
+        .for_each(|(o, v)| *o += a * v.to_f32());
+}
+
 /// `Σ w_k x_k` with f16 weights, accumulated in f32 in index order.
 pub fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()

@@ -20,10 +20,11 @@ use std::sync::Arc;
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::formats::types::TensorType;
-use crate::kernels;
+use crate::kernels::threads::{SharedOut, ThreadPool};
+use crate::kernels::{self, Isa};
 
 use super::config::Config;
-use super::kv_cache::{CacheType, KvCache};
+use super::kv_cache::{CacheType, KvCache, KvSlice};
 use super::weights::{
     ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, TernaryLinear,
 };
@@ -36,11 +37,23 @@ struct Linear {
 }
 
 impl Linear {
-    /// `x` quantized, all output rows, token-major output `[n_tokens × out]`.
-    fn forward(&self, x: &QuantizedActs) -> Vec<f32> {
+    /// `x` quantized, all output rows, token-major output `[n_tokens × out]`; the rows are
+    /// split between the threads.
+    fn forward(&self, exec: &Exec, x: &QuantizedActs) -> Vec<f32> {
         let out_features = self.weight.out_features();
-        let mut out = vec![0f32; x.n_tokens() * out_features];
-        self.weight.matmul(x, 0..out_features, &mut out);
+        let n_tokens = x.n_tokens();
+        let mut out = vec![0f32; n_tokens * out_features];
+        let shared = SharedOut::new(&mut out);
+        exec.pool.for_ranges(out_features, ROW_GRANULE, &|rows| {
+            let n = rows.len();
+            let mut local = vec![0f32; n_tokens * n];
+            self.weight.matmul(exec.isa, x, rows.clone(), &mut local);
+            for (t, chunk) in local.chunks_exact(n).enumerate() {
+                let start = t * out_features + rows.start;
+                // SAFETY: each thread owns a distinct range of output rows.
+                unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+            }
+        });
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(out_features) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
@@ -74,12 +87,24 @@ pub enum Logits {
     All,
 }
 
+/// Output rows per scheduling unit (keeps the kernels' 4-row tiles whole).
+const ROW_GRANULE: usize = 16;
+
+/// How the forward pass runs: the kernels' instruction set and the worker threads.
+struct Exec {
+    isa: Isa,
+    pool: ThreadPool,
+}
+
 /// A loaded BitNet b1.58 model.
 pub struct BitnetModel {
+    exec: Exec,
     config: Config,
     token_embd: Box<dyn DenseMatrix>,
     output: Box<dyn DenseMatrix>,
     output_norm: Vec<f32>,
+    /// Whether the output matrix is the token embedding.
+    tied_output: bool,
     layers: Vec<Layer>,
     /// RoPE inverse frequencies, `head_dim / 2` of them.
     inv_freq: Vec<f32>,
@@ -161,6 +186,7 @@ impl BitnetModel {
         let token_embd = load.dense("token_embd.weight", h, c.n_vocab)?;
         // A separate output matrix when the file has one (untied models); otherwise the
         // embedding (tied, as in bitnet-b1.58-2B-4T).
+        let tied_output = file.tensor_info("output.weight").is_none();
         let output = match file.tensor_info("output.weight") {
             Some(_) => load.dense("output.weight", h, c.n_vocab)?,
             None => load.dense("token_embd.weight", h, c.n_vocab)?,
@@ -191,10 +217,15 @@ impl BitnetModel {
             .collect();
 
         Ok(BitnetModel {
+            exec: Exec {
+                isa: Isa::best(),
+                pool: ThreadPool::new(ThreadPool::default_threads()),
+            },
             config: c,
             token_embd: Box::new(token_embd),
             output: Box::new(output),
             output_norm,
+            tied_output,
             layers,
             inv_freq,
         })
@@ -207,6 +238,53 @@ impl BitnetModel {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Runs the forward pass on `n` threads (results do not depend on it).
+    pub fn set_threads(&mut self, n: usize) {
+        if n.max(1) != self.exec.pool.n_threads() {
+            self.exec.pool = ThreadPool::new(n);
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.exec.pool.n_threads()
+    }
+
+    /// Uses the kernels of `isa` (falls back to the best available one below it).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.exec.isa = isa;
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.exec.isa
+    }
+
+    /// Bytes a one-token decode step reads: every linear weight and the output matrix.
+    pub fn bytes_read_per_token(&self) -> usize {
+        let linears: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(|lin| lin.weight.weight_bytes())
+            .sum();
+        linears + self.output.weight_bytes()
+    }
+
+    /// Parameters: weights of every layer, the embedding, and a separate output matrix if any.
+    pub fn parameter_count(&self) -> usize {
+        let c = &self.config;
+        let per_layer = 2 * c.n_embd * c.n_embd
+            + 2 * c.n_embd * c.kv_dim()
+            + 3 * c.n_embd * c.n_ff
+            + 3 * c.n_embd
+            + c.n_ff;
+        let output = if self.tied_output {
+            0
+        } else {
+            c.n_vocab * c.n_embd
+        };
+        c.n_layer * per_layer + c.n_vocab * c.n_embd + c.n_embd + output
     }
 
     /// The formats the weights are held in: (BitLinear weights, output matrix).
@@ -277,13 +355,26 @@ impl BitnetModel {
             kernels::rms_norm(r, &self.output_norm, c.rms_eps, o);
         }
         if cache.cache_type() == CacheType::F16 {
-            // bitnet.cpp's F16 output product rounds the hidden state to f16 first.
+            // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16 weights
+            // rounds its f32 input to f16 first. The f32 mode keeps transformers' float32.
             normed
                 .iter_mut()
                 .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
         }
-        let mut logits = vec![0f32; normed.len() / h * c.n_vocab];
-        self.output.matmul(&normed, 0..c.n_vocab, &mut logits);
+        let n_out = normed.len() / h;
+        let mut logits = vec![0f32; n_out * c.n_vocab];
+        let shared = SharedOut::new(&mut logits);
+        self.exec.pool.for_ranges(c.n_vocab, 64, &|rows| {
+            let n = rows.len();
+            let mut local = vec![0f32; n_out * n];
+            self.output
+                .matmul(self.exec.isa, &normed, rows.clone(), &mut local);
+            for (t, chunk) in local.chunks_exact(n).enumerate() {
+                let start = t * c.n_vocab + rows.start;
+                // SAFETY: each thread owns a distinct range of vocabulary rows.
+                unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+            }
+        });
         Ok(logits)
     }
 
@@ -318,13 +409,15 @@ impl BitnetModel {
         let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
         let n = x.len() / h;
         let eps = c.rms_eps;
+        let ex = &self.exec;
+        let isa = ex.isa;
 
         // Attention.
         let normed = rms_norm_rows(x, &layer.attn_norm, eps);
-        let acts = QuantizedActs::quantize(&normed, h);
-        let mut q = layer.wq.forward(&acts);
-        let mut k = layer.wk.forward(&acts);
-        let v = layer.wv.forward(&acts);
+        let acts = QuantizedActs::quantize(isa, &normed, h);
+        let mut q = layer.wq.forward(ex, &acts);
+        let mut k = layer.wk.forward(ex, &acts);
+        let v = layer.wv.forward(ex, &acts);
         let half = hd / 2;
         for t in 0..n {
             let (cos, sin) = (
@@ -346,14 +439,16 @@ impl BitnetModel {
         }
         let attn = self.attention(l, &q, cache, pos0, n);
         let normed = rms_norm_rows(&attn, &layer.attn_sub_norm, eps);
-        let out = layer.wo.forward(&QuantizedActs::quantize(&normed, h));
+        let out = layer
+            .wo
+            .forward(ex, &QuantizedActs::quantize(isa, &normed, h));
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
 
         // Feed-forward: relu² gate.
         let normed = rms_norm_rows(x, &layer.ffn_norm, eps);
-        let acts = QuantizedActs::quantize(&normed, h);
-        let gate = layer.w_gate.forward(&acts);
-        let mut up = layer.w_up.forward(&acts);
+        let acts = QuantizedActs::quantize(isa, &normed, h);
+        let gate = layer.w_gate.forward(ex, &acts);
+        let mut up = layer.w_up.forward(ex, &acts);
         for (u, g) in up.iter_mut().zip(&gate) {
             let r = g.max(0.0);
             *u *= r * r;
@@ -361,52 +456,66 @@ impl BitnetModel {
         let normed = rms_norm_rows(&up, &layer.ffn_sub_norm, eps);
         let out = layer
             .w_down
-            .forward(&QuantizedActs::quantize(&normed, c.n_ff));
+            .forward(ex, &QuantizedActs::quantize(isa, &normed, c.n_ff));
         x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
     }
 
     /// Causal attention of `n` queries at positions `pos0..` over the cache (which already
-    /// holds their own keys and values). Each query is computed alone, in the same order, so
-    /// a prefill and one-token-at-a-time decoding give identical results.
+    /// holds their own keys and values). Each (query, head) pair is computed alone by one
+    /// thread, in the same order, so a prefill and one-token-at-a-time decoding give identical
+    /// results on any number of threads.
     fn attention(&self, l: usize, q: &[f32], cache: &KvCache, pos0: usize, n: usize) -> Vec<f32> {
         let c = &self.config;
         let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
-        let total = pos0 + n;
-        let mut keys = vec![0f32; total * kv];
-        let mut values = vec![0f32; total * kv];
-        cache.read(l, total, &mut keys, &mut values);
+        let isa = self.exec.isa;
+        let (keys, values) = cache.layer(l);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; n * h];
-        let mut scores = vec![0f32; total];
-        let f16_round = |x: f32| half::f16::from_f32(x).to_f32();
-        let emulate = cache.cache_type() == CacheType::F16;
-        let mut qh = vec![0f32; hd];
-        for t in 0..n {
-            let visible = pos0 + t + 1;
-            for head in 0..c.n_head {
-                let kvh = head / group;
+        let shared = SharedOut::new(&mut out);
+        self.exec.pool.for_ranges(n * c.n_head, 1, &|items| {
+            let mut scores = vec![0f32; pos0 + n];
+            let mut qh = vec![0f32; hd];
+            for item in items {
+                let (t, head) = (item / c.n_head, item % c.n_head);
+                let visible = pos0 + t + 1;
+                let kv_off = (head / group) * hd;
                 qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
-                if emulate {
-                    qh.iter_mut().for_each(|v| *v = f16_round(*v));
+                let scores = &mut scores[..visible];
+                match keys {
+                    KvSlice::F32(k) => {
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            let kj = &k[j * kv + kv_off..j * kv + kv_off + hd];
+                            *s = kernels::f32_dot(isa, &qh, kj) * scale;
+                        }
+                    }
+                    KvSlice::F16(k) => {
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            let kj = &k[j * kv + kv_off..j * kv + kv_off + hd];
+                            *s = kernels::f16_dot(isa, kj, &qh) * scale;
+                        }
+                    }
                 }
-                for (j, s) in scores[..visible].iter_mut().enumerate() {
-                    let kj = &keys[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
-                    *s = kernels::f32_dot(&qh, kj) * scale;
-                }
-                kernels::softmax(&mut scores[..visible]);
-                if emulate {
-                    scores[..visible]
-                        .iter_mut()
-                        .for_each(|v| *v = f16_round(*v));
-                }
-                let o = &mut out[t * h + head * hd..t * h + (head + 1) * hd];
-                for (j, &p) in scores[..visible].iter().enumerate() {
-                    let vj = &values[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
-                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                kernels::softmax(scores);
+                let start = t * h + head * hd;
+                // SAFETY: each (token, head) pair is one thread's alone.
+                let o = unsafe { shared.slice_mut(start..start + hd) };
+                match values {
+                    KvSlice::F32(v) => {
+                        for (j, &p) in scores.iter().enumerate() {
+                            let vj = &v[j * kv + kv_off..j * kv + kv_off + hd];
+                            kernels::f32_axpy(isa, o, p, vj);
+                        }
+                    }
+                    KvSlice::F16(v) => {
+                        for (j, &p) in scores.iter().enumerate() {
+                            let vj = &v[j * kv + kv_off..j * kv + kv_off + hd];
+                            kernels::f16_axpy(isa, o, p, vj);
+                        }
+                    }
                 }
             }
-        }
+        });
         out
     }
 }

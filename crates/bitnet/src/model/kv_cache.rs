@@ -30,7 +30,21 @@ enum Store {
     F32(Vec<f32>),
 }
 
+/// A layer's keys or values, `capacity × kv_dim`.
+#[derive(Clone, Copy)]
+pub(crate) enum KvSlice<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+}
+
 impl Store {
+    fn view(&self) -> KvSlice<'_> {
+        match self {
+            Store::F16(d) => KvSlice::F16(bytemuck::cast_slice(d)),
+            Store::F32(d) => KvSlice::F32(d),
+        }
+    }
+
     fn new(ty: CacheType, n: usize) -> Store {
         match ty {
             CacheType::F16 => Store::F16(vec![0u16; n]),
@@ -46,21 +60,6 @@ impl Store {
                 }
             }
             Store::F32(d) => d[at..at + src.len()].copy_from_slice(src),
-        }
-    }
-
-    fn read(&self, at: usize, out: &mut [f32]) {
-        match self {
-            Store::F16(d) => {
-                let n = out.len();
-                for (o, &b) in out.iter_mut().zip(&d[at..at + n]) {
-                    *o = f16::from_bits(b).to_f32();
-                }
-            }
-            Store::F32(d) => {
-                let n = out.len();
-                out.copy_from_slice(&d[at..at + n]);
-            }
         }
     }
 }
@@ -141,10 +140,10 @@ impl KvCache {
         vs.write(at, v);
     }
 
-    /// Reads positions `0..n` of `layer` as f32 (`n × kv_dim` each for keys and values).
-    pub(crate) fn read(&self, layer: usize, n: usize, k: &mut [f32], v: &mut [f32]) {
-        let (ks, vs) = &self.layers[layer];
-        ks.read(0, &mut k[..n * self.kv_dim]);
-        vs.read(0, &mut v[..n * self.kv_dim]);
+    /// Keys and values of `layer` (all `capacity` positions; the first `len` are valid, plus
+    /// whatever the current forward pass wrote).
+    pub(crate) fn layer(&self, layer: usize) -> (KvSlice<'_>, KvSlice<'_>) {
+        let (k, v) = &self.layers[layer];
+        (k.view(), v.view())
     }
 }

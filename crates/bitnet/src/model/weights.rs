@@ -9,8 +9,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
-use crate::formats::types::{self, i2_s, q8_0, TensorType};
-use crate::kernels;
+use crate::formats::types::{self, i2_s, q8_0, tq2_0, TensorType};
+use crate::kernels::{self, Isa};
 
 use super::ModelError;
 
@@ -30,7 +30,7 @@ impl WeightBytes {
     pub fn from_file(file: &Arc<GgufFile>, info: &TensorInfo) -> WeightBytes {
         let range = file.tensor_range(info);
         let bytes = &file.bytes()[range.clone()];
-        if (bytes.as_ptr() as usize) % 8 == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(8) {
             WeightBytes::Mapped {
                 file: Arc::clone(file),
                 range,
@@ -59,19 +59,30 @@ impl WeightBytes {
 pub struct QuantizedActs {
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
+    /// `Σ q` of each row (the I2_S kernels multiply by the codes `t + 1`, then subtract it).
+    pub qsums: Vec<i32>,
     pub row_len: usize,
 }
 
 impl QuantizedActs {
     /// Quantizes each `row_len`-long row of `x` (BitNet's per-token absmax quantizer).
-    pub fn quantize(x: &[f32], row_len: usize) -> QuantizedActs {
+    pub fn quantize(isa: Isa, x: &[f32], row_len: usize) -> QuantizedActs {
         let mut q = vec![0i8; x.len()];
         let scales = x
             .chunks_exact(row_len)
             .zip(q.chunks_exact_mut(row_len))
-            .map(|(x, q)| kernels::quantize_row_i8(x, q))
+            .map(|(x, q)| kernels::quantize_row_i8(isa, x, q))
             .collect();
-        QuantizedActs { q, scales, row_len }
+        let qsums = q
+            .chunks_exact(row_len)
+            .map(|r| r.iter().map(|&v| v as i32).sum())
+            .collect();
+        QuantizedActs {
+            q,
+            scales,
+            qsums,
+            row_len,
+        }
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -90,9 +101,11 @@ pub trait TernaryLinear: Send + Sync {
     fn out_features(&self) -> usize;
     /// The storage format, for display.
     fn format(&self) -> TensorType;
+    /// Bytes of weight data (read once per token when decoding).
+    fn weight_bytes(&self) -> usize;
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
     /// `rows` and every token `t` of `x`, with `x` dequantized as `q / scale`.
-    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]);
+    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]);
 }
 
 /// I2_S: one scale per tensor; rows are `in/4` packed bytes.
@@ -152,15 +165,21 @@ impl TernaryLinear for I2sLinear {
     fn format(&self) -> TensorType {
         TensorType::I2S
     }
-    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
-        let data = self.bytes.as_slice();
+    fn weight_bytes(&self) -> usize {
+        self.bytes.as_slice().len()
+    }
+    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
         let row_bytes = self.in_features / 4;
-        let n = rows.len();
-        for r in rows.clone() {
-            let w = &data[r * row_bytes..(r + 1) * row_bytes];
-            for t in 0..x.n_tokens() {
-                let dot = kernels::i2s_dot(w, x.row(t));
-                out[t * n + (r - rows.start)] = dot as f32 / x.scales[t] * self.scale;
+        let w = &self.bytes.as_slice()[rows.start * row_bytes..rows.end * row_bytes];
+        let mut dots = vec![0i32; x.n_tokens() * rows.len()];
+        kernels::i2s_matmul(isa, w, self.in_features, &x.q, &x.qsums, &mut dots);
+        for ((o, d), &s) in out
+            .chunks_exact_mut(rows.len())
+            .zip(dots.chunks_exact(rows.len()))
+            .zip(&x.scales)
+        {
+            for (o, &d) in o.iter_mut().zip(d) {
+                *o = d as f32 / s * self.scale;
             }
         }
     }
@@ -184,20 +203,33 @@ impl TernaryLinear for BlockTernaryLinear {
     fn format(&self) -> TensorType {
         self.ty
     }
-    fn matmul(&self, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
-        let data = self.bytes.as_slice();
-        let row_bytes =
-            (self.in_features as u64 / self.ty.block_len() * self.ty.block_bytes()) as usize;
+    fn weight_bytes(&self) -> usize {
+        self.bytes.as_slice().len()
+    }
+    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+        let k = self.in_features;
+        let row_bytes = (k as u64 / self.ty.block_len() * self.ty.block_bytes()) as usize;
+        let w = &self.bytes.as_slice()[rows.start * row_bytes..rows.end * row_bytes];
         let n = rows.len();
-        for r in rows.clone() {
-            let w = &data[r * row_bytes..(r + 1) * row_bytes];
-            for t in 0..x.n_tokens() {
-                let dot = match self.ty {
-                    TensorType::TQ2_0 => kernels::tq2_0_dot(w, x.row(t)),
-                    _ => kernels::tq1_0_dot(w, x.row(t)),
-                };
-                out[t * n + (r - rows.start)] = dot / x.scales[t];
+        match self.ty {
+            TensorType::TQ2_0 => {
+                let block_qsums: Vec<i32> =
+                    x.q.chunks_exact(tq2_0::BLOCK_LEN)
+                        .map(|b| b.iter().map(|&v| v as i32).sum())
+                        .collect();
+                kernels::tq2_0_matmul(isa, w, k, &x.q, &block_qsums, out);
             }
+            _ => {
+                for (t, row_out) in out.chunks_exact_mut(n).enumerate() {
+                    for (r, o) in row_out.iter_mut().enumerate() {
+                        let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                        *o = kernels::scalar::tq1_0_dot(wr, x.row(t));
+                    }
+                }
+            }
+        }
+        for (o, &s) in out.chunks_exact_mut(n).zip(&x.scales) {
+            o.iter_mut().for_each(|v| *v /= s);
         }
     }
 }
@@ -286,10 +318,12 @@ pub trait DenseMatrix: Send + Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     fn format(&self) -> TensorType;
+    /// Bytes of weight data.
+    fn weight_bytes(&self) -> usize;
     /// Row `r` as f32.
     fn row_to_f32(&self, r: usize, out: &mut [f32]);
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k m[r, k] · x[t * cols + k]`.
-    fn matmul(&self, x: &[f32], rows: Range<usize>, out: &mut [f32]);
+    fn matmul(&self, isa: Isa, x: &[f32], rows: Range<usize>, out: &mut [f32]);
 }
 
 /// A dense matrix stored as F32, F16, BF16 or Q8_0 bytes.
@@ -354,6 +388,9 @@ impl DenseMatrix for DenseTensor {
     fn format(&self) -> TensorType {
         self.ty
     }
+    fn weight_bytes(&self) -> usize {
+        self.bytes.as_slice().len()
+    }
     fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         let b = self.row_bytes(r);
         match self.ty {
@@ -363,23 +400,21 @@ impl DenseMatrix for DenseTensor {
             _ => q8_0::dequantize(b, out),
         }
     }
-    fn matmul(&self, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    fn matmul(&self, isa: Isa, x: &[f32], rows: Range<usize>, out: &mut [f32]) {
         let n_tokens = x.len() / self.cols;
         let n = rows.len();
-        // BF16 and Q8_0 rows are decoded once per row, then reused for every token.
+        let bytes = &self.bytes.as_slice()[rows.start * self.row_bytes..rows.end * self.row_bytes];
+        if self.ty == TensorType::F16 {
+            kernels::f16_matmul(isa, bytemuck::cast_slice(bytes), self.cols, x, out);
+            return;
+        }
+        // F32, BF16 and Q8_0 rows are decoded once per row, then reused for every token.
         let mut row = vec![0f32; self.cols];
         for r in rows.clone() {
-            let b = self.row_bytes(r);
-            if !matches!(self.ty, TensorType::F16 | TensorType::F32) {
-                self.row_to_f32(r, &mut row);
-            }
+            self.row_to_f32(r, &mut row);
             for t in 0..n_tokens {
                 let xt = &x[t * self.cols..(t + 1) * self.cols];
-                out[t * n + (r - rows.start)] = match self.ty {
-                    TensorType::F16 => kernels::f16_dot(bytemuck::cast_slice(b), xt),
-                    TensorType::F32 => kernels::f32_dot(bytemuck::cast_slice(b), xt),
-                    _ => kernels::f32_dot(&row, xt),
-                };
+                out[t * n + (r - rows.start)] = kernels::f32_dot(isa, &row, xt);
             }
         }
     }

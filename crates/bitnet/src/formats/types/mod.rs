@@ -195,7 +195,7 @@ impl TensorType {
     /// Bytes of one row of `ne0` elements (I2_S: without the per-tensor trailer).
     pub fn row_bytes(self, ne0: u64) -> Result<u64, ShapeError> {
         let block_len = self.block_len();
-        if ne0 % block_len != 0 {
+        if !ne0.is_multiple_of(block_len) {
             return Err(ShapeError::RaggedRow {
                 ty: self,
                 ne0,

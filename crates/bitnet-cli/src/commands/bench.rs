@@ -1,0 +1,234 @@
+//! `bitnet bench -m FILE -p 128 -n 128 -t 1,2 -r 3 [--json]`: prompt processing (ppN: N random
+//! tokens as one batch) and generation (tgN: N tokens one at a time) in tokens/s, like
+//! llama-bench, plus a memory-bandwidth probe run in the same invocation so each tg figure is
+//! also shown as a fraction of the measured roofline (bytes read per token / bandwidth).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bitnet::kernels::Isa;
+use bitnet::model::{BitnetModel, CacheType, Logits};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GGUF model
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Prompt lengths to test (pp), comma-separated; 0 skips
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (tg), comma-separated; 0 skips
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Thread counts, comma-separated (default: all cores)
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions of each test
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    repetitions: usize,
+    /// KV cache type
+    #[arg(long, default_value = "f16")]
+    cache_type: CacheType,
+    /// Context size for the cache (default: the model's)
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 0)]
+    ctx_size: usize,
+    /// Kernel instruction set (default: the best this CPU has)
+    #[arg(long)]
+    isa: Option<Isa>,
+    /// Skip the memory-bandwidth probe
+    #[arg(long)]
+    no_bandwidth: bool,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+struct Row {
+    threads: usize,
+    test: String,
+    samples: Vec<f64>,
+    roofline: Option<f64>,
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Deterministic "random" token ids, as llama-bench uses random prompts.
+fn tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let load_start = Instant::now();
+    let mut model = BitnetModel::open(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    if let Some(isa) = args.isa {
+        anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
+        model.set_isa(isa);
+    }
+    let threads = if args.threads.is_empty() {
+        vec![model.threads()]
+    } else {
+        args.threads.clone()
+    };
+    let n_vocab = model.config().n_vocab;
+    let bytes_per_token = model.bytes_read_per_token() as f64;
+
+    let mut rows = Vec::new();
+    let mut bandwidth = Vec::new();
+    for &t in &threads {
+        model.set_threads(t);
+        for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+            let mut samples = Vec::new();
+            for rep in 0..args.repetitions + 1 {
+                let prompt = tokens(p, n_vocab, rep as u64);
+                let mut cache = model.new_cache(args.ctx_size.max(p), args.cache_type);
+                let start = Instant::now();
+                model.forward(&prompt, &mut cache, Logits::Last)?;
+                let s = start.elapsed().as_secs_f64();
+                // The first run warms the caches and page tables; it is not counted.
+                if rep > 0 {
+                    samples.push(p as f64 / s);
+                }
+            }
+            rows.push(Row {
+                threads: t,
+                test: format!("pp{p}"),
+                samples,
+                roofline: None,
+            });
+        }
+        for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+            let mut samples = Vec::new();
+            for rep in 0..args.repetitions + 1 {
+                let ids = tokens(n, n_vocab, 100 + rep as u64);
+                let mut cache = model.new_cache(args.ctx_size.max(n), args.cache_type);
+                let start = Instant::now();
+                for &id in &ids {
+                    model.forward(&[id], &mut cache, Logits::Last)?;
+                }
+                let s = start.elapsed().as_secs_f64();
+                if rep > 0 {
+                    samples.push(n as f64 / s);
+                }
+            }
+            rows.push(Row {
+                threads: t,
+                test: format!("tg{n}"),
+                samples,
+                roofline: None,
+            });
+        }
+    }
+    // Peak RSS of the model runs, before the probe allocates its buffer.
+    let peak_rss = crate::stats::peak_rss_bytes();
+    for &t in &threads {
+        let bw = if args.no_bandwidth {
+            None
+        } else {
+            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 3))
+        };
+        bandwidth.push((t, bw));
+        for r in rows.iter_mut().filter(|r| r.threads == t && r.test.starts_with("tg")) {
+            r.roofline = bw.map(|gbs| gbs * 1e9 / bytes_per_token);
+        }
+    }
+
+    let c = model.config();
+    let size = std::fs::metadata(&args.model)?.len();
+    let params = model.parameter_count();
+    let (linear_type, output_type) = model.weight_formats();
+    let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_type);
+    if args.json {
+        let results: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let (mean, sd) = mean_sd(&r.samples);
+                json!({
+                    "threads": r.threads, "test": r.test, "tokens_per_s": mean, "sd": sd,
+                    "samples": r.samples,
+                    "roofline_tokens_per_s": r.roofline,
+                    "fraction_of_roofline": r.roofline.map(|roof| mean / roof),
+                })
+            })
+            .collect();
+        let out = json!({
+            "model": model_name, "file": args.model.display().to_string(), "file_bytes": size,
+            "params": params, "linear_type": linear_type.name(), "output_type": output_type.name(),
+            "isa": model.isa().name(), "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
+            "load_s": load_s, "bytes_read_per_token": bytes_per_token,
+            "bandwidth_gb_s": bandwidth.iter().map(|(t, bw)| json!({"threads": t, "gb_s": bw})).collect::<Vec<_>>(),
+            "peak_rss_bytes": peak_rss,
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    println!(
+        "| model | size | params | backend | threads | test | t/s | roofline |\n\
+         | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"
+    );
+    for r in &rows {
+        let (mean, sd) = mean_sd(&r.samples);
+        let roof = match r.roofline {
+            Some(roof) => format!("{:.0} % of {roof:.1}", 100.0 * mean / roof),
+            None => String::new(),
+        };
+        println!(
+            "| {model_name} | {:.2} GiB | {:.2} B | CPU {} | {} | {} | {mean:.2} ± {sd:.2} | {roof} |",
+            size as f64 / (1u64 << 30) as f64,
+            params as f64 / 1e9,
+            model.isa(),
+            r.threads,
+            r.test,
+        );
+    }
+    for (t, bw) in &bandwidth {
+        if let Some(bw) = bw {
+            eprintln!(
+                "memory read bandwidth, {t} thread(s): {bw:.1} GB/s; {:.2} GB read per token \
+                 ({} linears + {} output) → roofline {:.1} t/s",
+                bytes_per_token / 1e9,
+                linear_type,
+                output_type,
+                bw * 1e9 / bytes_per_token
+            );
+        }
+    }
+    eprintln!(
+        "load {load_s:.2} s; peak RSS {:.2} GB; cache {:?}",
+        peak_rss.unwrap_or(0) as f64 / 1e9,
+        args.cache_type
+    );
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! A memory read-bandwidth probe: the roofline that token generation (which reads every weight
+//! once per token) is measured against.
+
+use std::time::Instant;
+
+/// Best-of-`reps` read bandwidth in GB/s with `threads` threads each summing its share of a
+/// `bytes`-byte buffer (make it much larger than the last-level cache).
+pub fn read_bandwidth(threads: usize, bytes: usize, reps: usize) -> f64 {
+    let threads = threads.max(1);
+    let words = bytes / 8;
+    // Written once so every page is really backed (and not the shared zero page).
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| s.spawn(move || sum(part)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(total);
+        best = best.max(words as f64 * 8.0 / secs / 1e9);
+    }
+    best
+}
+
+/// Sums with eight independent lanes, which the compiler vectorizes; the loads dominate.
+fn sum(part: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut chunks = part.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(*v);
+        }
+    }
+    let tail: u64 = chunks.remainder().iter().fold(0, |a, v| a.wrapping_add(*v));
+    acc.iter().fold(tail, |a, v| a.wrapping_add(*v))
+}

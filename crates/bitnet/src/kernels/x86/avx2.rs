@@ -1,0 +1,290 @@
+//! AVX2 (+FMA, F16C) kernels. No VNNI here: the ternary products use `maddubs` (u8 × i8 pairs
+//! into i16) and `madd` (i16 pairs into i32). Every function requires the features named in
+//! its `target_feature` attribute; callers check them at run time (`Isa::Avx2`).
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::hsum_epi32_256;
+use crate::formats::types::tq2_0;
+
+const I2S_GROUP: usize = 32;
+
+/// The four 32-code groups of a 32-byte I2_S block (values 0..32, 32..64, 64..96, 96..128).
+#[inline(always)]
+unsafe fn unpack_i2s(b: __m256i, mask: __m256i) -> [__m256i; 4] {
+    [
+        _mm256_and_si256(_mm256_srli_epi16::<6>(b), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(b), mask),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(b), mask),
+        _mm256_and_si256(b, mask),
+    ]
+}
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// `Σ code·q` over one 32-value group, as 8 i32 lanes.
+#[inline(always)]
+unsafe fn dot_group(codes: __m256i, q: __m256i, ones: __m256i) -> __m256i {
+    // |code·q + code·q| ≤ 2·2·128: no i16 saturation.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones)
+}
+
+/// See [`crate::kernels::i2s_matmul`].
+///
+/// # Safety
+/// Requires AVX2; slice lengths as documented there (checked by the caller).
+#[target_feature(enable = "avx2")]
+pub unsafe fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    let row_bytes = k / 4;
+    let n_rows = w.len() / row_bytes;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for (t, &qsum) in qsums.iter().enumerate() {
+        let q = acts[t * k..].as_ptr() as *const u8;
+        let mut r = 0;
+        // Two rows at a time share the activation loads.
+        while r + 2 <= n_rows {
+            let (w0, w1) = (
+                w[r * row_bytes..].as_ptr(),
+                w[(r + 1) * row_bytes..].as_ptr(),
+            );
+            let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for blk in 0..k / 128 {
+                let c0 = unpack_i2s(load(w0.add(blk * 32)), mask);
+                let c1 = unpack_i2s(load(w1.add(blk * 32)), mask);
+                for g in 0..4 {
+                    let qg = load(q.add(blk * 128 + g * I2S_GROUP));
+                    a0 = _mm256_add_epi32(a0, dot_group(c0[g], qg, ones));
+                    a1 = _mm256_add_epi32(a1, dot_group(c1[g], qg, ones));
+                }
+            }
+            out[t * n_rows + r] = hsum_epi32_256(a0) - qsum;
+            out[t * n_rows + r + 1] = hsum_epi32_256(a1) - qsum;
+            r += 2;
+        }
+        if r < n_rows {
+            let w0 = w[r * row_bytes..].as_ptr();
+            let mut a0 = _mm256_setzero_si256();
+            for blk in 0..k / 128 {
+                let c0 = unpack_i2s(load(w0.add(blk * 32)), mask);
+                for (g, c) in c0.iter().enumerate() {
+                    let qg = load(q.add(blk * 128 + g * I2S_GROUP));
+                    a0 = _mm256_add_epi32(a0, dot_group(*c, qg, ones));
+                }
+            }
+            out[t * n_rows + r] = hsum_epi32_256(a0) - qsum;
+        }
+    }
+}
+
+/// See [`crate::kernels::tq2_0_matmul`]. Per block: an exact i32 dot, then `sum += d · dot` in
+/// block order, the same float operations as the scalar twin.
+///
+/// # Safety
+/// Requires AVX2; slice lengths as documented there.
+#[target_feature(enable = "avx2")]
+pub unsafe fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], block_qsums: &[i32], out: &mut [f32]) {
+    let n_blocks = k / tq2_0::BLOCK_LEN;
+    let row_bytes = n_blocks * 66;
+    let n_rows = w.len() / row_bytes;
+    let n_tokens = block_qsums.len() / n_blocks;
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    for t in 0..n_tokens {
+        let q = acts[t * k..].as_ptr() as *const u8;
+        for r in 0..n_rows {
+            let mut sum = 0f32;
+            for (b, block) in tq2_0::blocks(&w[r * row_bytes..(r + 1) * row_bytes])
+                .iter()
+                .enumerate()
+            {
+                let mut acc = _mm256_setzero_si256();
+                for half in 0..2 {
+                    let bytes = load(block.qs[half * 32..].as_ptr());
+                    for l in 0..4 {
+                        let codes =
+                            _mm256_and_si256(_mm256_srlv_epi16_emul(bytes, 2 * l as i32), mask);
+                        let qg = load(q.add(b * 256 + half * 128 + l * 32));
+                        acc = _mm256_add_epi32(acc, dot_group(codes, qg, ones));
+                    }
+                }
+                let dot = hsum_epi32_256(acc) - block_qsums[t * n_blocks + b];
+                sum += block.scale() * dot as f32;
+            }
+            out[t * n_rows + r] = sum;
+        }
+    }
+}
+
+/// A 16-bit logical right shift by a run-time count.
+#[inline(always)]
+unsafe fn _mm256_srlv_epi16_emul(v: __m256i, count: i32) -> __m256i {
+    _mm256_srl_epi16(v, _mm_cvtsi32_si128(count))
+}
+
+/// See [`crate::kernels::quantize_row_i8`]; bit-identical to the scalar twin.
+///
+/// # Safety
+/// Requires AVX2; `q.len() >= x.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    let n = x.len();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut vmax = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_loadu_ps(x.as_ptr().add(i));
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
+    let mut amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    for &v in &x[i..] {
+        amax = amax.max(v.abs());
+    }
+    let s = 127.0 / amax.max(1e-5);
+    let vs = _mm256_set1_ps(s);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let mut i = 0;
+    while i + 32 <= n {
+        let mut ints = [_mm256_setzero_si256(); 4];
+        for (j, v) in ints.iter_mut().enumerate() {
+            let f = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), vs);
+            let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+            *v = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, lo), hi));
+        }
+        // Pack 4×8 i32 → 32 i8; packs work within 128-bit lanes, so restore the order after.
+        let a = _mm256_packs_epi32(ints[0], ints[1]);
+        let b = _mm256_packs_epi32(ints[2], ints[3]);
+        let packed = _mm256_packs_epi16(a, b);
+        let fixed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr().add(i) as *mut __m256i, fixed);
+        i += 32;
+    }
+    for j in i..n {
+        q[j] = (x[j] * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// See [`crate::kernels::f16_matmul`].
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_matmul(w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
+    let n_rows = w.len() / k;
+    let n_tokens = x.len() / k;
+    for t in 0..n_tokens {
+        let xt = &x[t * k..(t + 1) * k];
+        for r in 0..n_rows {
+            out[t * n_rows + r] = f16_dot(&w[r * k..(r + 1) * k], xt);
+        }
+    }
+}
+
+/// `Σ w·x` with f16 weights.
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let wp = w.as_ptr() as *const u16;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * j) as *const __m128i));
+            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i) as *const __m128i));
+        acc[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut total = super::hsum_ps_256(sum);
+    for j in i..n {
+        total += w[j].to_f32() * x[j];
+    }
+    total
+}
+
+/// `Σ a·b` in f32.
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let av = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
+            *s = _mm256_fmadd_ps(av, _mm256_loadu_ps(b.as_ptr().add(i + 8 * j)), *s);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let av = _mm256_loadu_ps(a.as_ptr().add(i));
+        acc[0] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b.as_ptr().add(i)), acc[0]);
+        i += 8;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut total = super::hsum_ps_256(sum);
+    for j in i..n {
+        total += a[j] * b[j];
+    }
+    total
+}
+
+/// `out += a · v` with f16 `v`.
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_axpy(out: &mut [f32], a: f32, v: &[f16]) {
+    let n = out.len().min(v.len());
+    let va = _mm256_set1_ps(a);
+    let vp = v.as_ptr() as *const u16;
+    let mut i = 0;
+    while i + 8 <= n {
+        let vv = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(i) as *const __m128i));
+        let o = _mm256_loadu_ps(out.as_ptr().add(i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(va, vv, o));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] += a * v[j].to_f32();
+    }
+}
+
+/// `out += a · v`.
+///
+/// # Safety
+/// Requires AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
+    let n = out.len().min(v.len());
+    let va = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let o = _mm256_loadu_ps(out.as_ptr().add(i));
+        let vv = _mm256_loadu_ps(v.as_ptr().add(i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(va, vv, o));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] += a * v[j];
+    }
+}

@@ -1,0 +1,24 @@
+//! x86-64 SIMD kernels, chosen at run time by CPU feature detection (see `Isa`).
+
+pub mod avx2;
+pub mod avx512;
+
+use std::arch::x86_64::*;
+
+/// Sum of the eight i32 lanes.
+#[inline(always)]
+unsafe fn hsum_epi32_256(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Sum of the eight f32 lanes.
+#[inline(always)]
+unsafe fn hsum_ps_256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
