@@ -7,3 +7,4 @@
 pub mod formats;
 pub mod kernels;
 pub mod model;
+pub mod tokenizer;
