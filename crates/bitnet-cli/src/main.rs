@@ -28,6 +28,10 @@ enum Command {
     Synth(commands::synth::Args),
     /// Measure prompt processing and generation speed (like llama-bench)
     Bench(commands::bench::Args),
+    /// Convert a Hugging Face BitNet checkpoint (folder or hf:OWNER/REPO) to GGUF
+    Convert(commands::convert::Args),
+    /// Download a model from the Hugging Face Hub into its cache and print the local path
+    Pull(commands::pull::Args),
 }
 
 fn main() {
@@ -44,6 +48,8 @@ fn main() {
         Command::Logits(args) => commands::logits::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Pull(args) => commands::pull::run(args),
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.

@@ -5,6 +5,7 @@
 //! - [`kernels`]: ternary × int8 products and the float operations, scalar reference first.
 //! - [`model`]: config, weights, the BitNet b1.58 forward pass and KV cache.
 pub mod formats;
+pub mod hf;
 pub mod kernels;
 pub mod model;
 pub mod tokenizer;

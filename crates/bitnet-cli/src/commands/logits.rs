@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use bitnet::model::{BitnetModel, CacheType, Logits};
+use bitnet::hf::hub::{self, HubOptions};
+use bitnet::model::{CacheType, Logits};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF model
+    /// The model: a GGUF file, a Hugging Face folder (config.json + safetensors), or
+    /// hf:OWNER/REPO[:FILE] (downloaded into the Hugging Face cache)
     #[arg(short = 'm', long = "model")]
     model: PathBuf,
     /// Token ids to run, comma-separated (no BOS is added)
@@ -29,8 +31,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    let model = BitnetModel::open(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let spec = args.model.to_string_lossy();
+    let mut bar = crate::commands::pull::DownloadBar::default();
+    let (_, model) = hub::open_model(&spec, &HubOptions::from_env(), &mut bar)
+        .with_context(|| format!("loading {spec}"))?;
     let loaded = start.elapsed();
     let mut cache = model.new_cache(args.tokens.len(), args.cache_type);
     let which = if args.all { Logits::All } else { Logits::Last };

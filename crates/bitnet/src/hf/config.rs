@@ -1,0 +1,385 @@
+//! `config.json` of a Hugging Face `BitNetForCausalLM` checkpoint, typed and checked up front.
+//!
+//! Keys and defaults follow transformers' `BitNetConfig` and `BitNetQuantConfig`: the shape
+//! keys are required (a config without them is not a model we can check), `num_key_value_heads`
+//! defaults to `num_attention_heads`, `rope_theta` to 500000, `rms_norm_eps` to 1e-5,
+//! `tie_word_embeddings` to false, `linear_class` to `bitlinear`, `quantization_mode` to
+//! `offline`.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::HfError;
+
+/// How `weight_scale` of a packed checkpoint is applied (`quantization_config.linear_class`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearClass {
+    /// `autobitlinear`: `y = (t · x) · weight_scale`, so the scale is m = mean|W|.
+    AutoBitLinear,
+    /// `bitlinear` (transformers' default, the legacy class): `y = (t · x) / weight_scale`, so the
+    /// stored scale is 1/m.
+    BitLinear,
+}
+
+/// `quantization_config.quantization_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantMode {
+    /// Master weights, ternarized at every forward (the `-bf16` checkpoints).
+    Online,
+    /// Packed uint8 ternary weights with `weight_scale` (microsoft/bitnet-b1.58-2B-4T).
+    Offline,
+}
+
+/// The hyperparameters of a BitNet b1.58 checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// `torch_dtype` (or transformers 5's `dtype`), for display.
+    pub torch_dtype: Option<String>,
+    /// Absent when the config has no `quantization_config` (then the weights' storage decides:
+    /// uint8 is packed, floats are master weights).
+    pub linear_class: LinearClass,
+    pub quant_mode: Option<QuantMode>,
+}
+
+/// The `model_type`s this loader converts.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet"];
+
+impl HfConfig {
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<HfConfig, HfError> {
+        let bytes = std::fs::read(path).map_err(|source| HfError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        HfConfig::from_json(&path.display().to_string(), &bytes)
+    }
+
+    /// Parses `config.json` text; `file` names it in errors.
+    pub fn from_json(file: &str, bytes: &[u8]) -> Result<HfConfig, HfError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|source| HfError::Json {
+            file: file.to_string(),
+            source,
+        })?;
+        let obj = value.as_object().ok_or_else(|| HfError::Config {
+            file: file.to_string(),
+            key: "(top level)".into(),
+            message: "must be a JSON object".into(),
+        })?;
+        Keys { file, obj }.config()
+    }
+
+    /// Width of the K and V projections.
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+}
+
+/// Typed lookups in a JSON object that fail with the file and key.
+struct Keys<'a> {
+    file: &'a str,
+    obj: &'a Map<String, Value>,
+}
+
+impl Keys<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> HfError {
+        HfError::Config {
+            file: self.file.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A present, non-null value.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>, HfError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    self.err(key, format!("expected a non-negative integer, found {v}"))
+                }),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize, HfError> {
+        let n = self
+            .opt_usize(key)?
+            .ok_or_else(|| self.err(key, "is missing"))?;
+        if n == 0 {
+            return Err(self.err(key, "must be positive"));
+        }
+        Ok(n)
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>, HfError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&str>, HfError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a string, found {v}"))),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, HfError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
+        }
+    }
+
+    /// A token id: an integer, or the first of a list (generation configs list several eos).
+    fn opt_token_id(&self, key: &str) -> Result<Option<u32>, HfError> {
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(items)) => match items.first() {
+                None => return Ok(None),
+                Some(first) => first,
+            },
+            Some(v) => v,
+        };
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| self.err(key, format!("expected a token id, found {v}")))
+    }
+
+    fn config(&self) -> Result<HfConfig, HfError> {
+        let model_type = self
+            .opt_str("model_type")?
+            .ok_or_else(|| self.err("model_type", "is missing"))?
+            .to_string();
+        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Err(HfError::UnsupportedModelType {
+                file: self.file.to_string(),
+                model_type,
+            });
+        }
+        if let Some(act) = self.opt_str("hidden_act")? {
+            if act != "relu2" {
+                return Err(self.err(
+                    "hidden_act",
+                    format!("`{act}` is not supported (BitNet b1.58 uses relu2)"),
+                ));
+            }
+        }
+        if let Some(scaling) = self.get("rope_scaling") {
+            return Err(self.err(
+                "rope_scaling",
+                format!("RoPE scaling is not supported, found {scaling}"),
+            ));
+        }
+
+        let hidden_size = self.usize("hidden_size")?;
+        let num_attention_heads = self.usize("num_attention_heads")?;
+        let num_key_value_heads = match self.opt_usize("num_key_value_heads")? {
+            Some(0) => return Err(self.err("num_key_value_heads", "must be positive")),
+            Some(n) => n,
+            None => num_attention_heads,
+        };
+        if hidden_size % num_attention_heads != 0 {
+            return Err(self.err(
+                "num_attention_heads",
+                format!("{num_attention_heads} heads do not divide hidden_size {hidden_size}"),
+            ));
+        }
+        let head_dim = hidden_size / num_attention_heads;
+        if let Some(hd) = self.opt_usize("head_dim")? {
+            if hd != head_dim {
+                return Err(self.err(
+                    "head_dim",
+                    format!("{hd} differs from hidden_size / num_attention_heads = {head_dim}"),
+                ));
+            }
+        }
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(self.err(
+                "num_key_value_heads",
+                format!(
+                    "{num_key_value_heads} KV heads do not divide the {num_attention_heads} query heads"
+                ),
+            ));
+        }
+        if head_dim % 2 != 0 {
+            return Err(self.err(
+                "num_attention_heads",
+                format!("head dimension {head_dim} must be even for RoPE"),
+            ));
+        }
+
+        let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(1e-5) as f32;
+        if !(rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
+            return Err(self.err("rms_norm_eps", format!("{rms_norm_eps} is not in (0, 1)")));
+        }
+        // transformers 5 moves rope_theta into rope_parameters.
+        let rope_theta = match self.opt_f64("rope_theta")? {
+            Some(t) => t,
+            None => self
+                .get("rope_parameters")
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(500000.0),
+        } as f32;
+        if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+            return Err(self.err("rope_theta", format!("{rope_theta} is not positive")));
+        }
+
+        let (linear_class, quant_mode) = match self.get("quantization_config") {
+            None => (LinearClass::BitLinear, None),
+            Some(q) => self.quantization(q)?,
+        };
+
+        Ok(HfConfig {
+            model_type,
+            vocab_size: self.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: self.usize("intermediate_size")?,
+            num_hidden_layers: self.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings: self.usize("max_position_embeddings")?,
+            rms_norm_eps,
+            rope_theta,
+            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            bos_token_id: self.opt_token_id("bos_token_id")?,
+            eos_token_id: self.opt_token_id("eos_token_id")?,
+            torch_dtype: match self.opt_str("torch_dtype")? {
+                Some(d) => Some(d.to_string()),
+                None => self.opt_str("dtype")?.map(str::to_string),
+            },
+            linear_class,
+            quant_mode,
+        })
+    }
+
+    fn quantization(&self, q: &Value) -> Result<(LinearClass, Option<QuantMode>), HfError> {
+        let key = |k: &str| format!("quantization_config.{k}");
+        let q = q
+            .as_object()
+            .ok_or_else(|| self.err("quantization_config", "must be an object"))?;
+        let field = |k: &str| -> Result<Option<&str>, HfError> {
+            match q.get(k).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .map(Some)
+                    .ok_or_else(|| self.err(&key(k), format!("expected a string, found {v}"))),
+            }
+        };
+        if let Some(method) = field("quant_method")? {
+            if method != "bitnet" {
+                return Err(self.err(
+                    &key("quant_method"),
+                    format!("`{method}` is not supported (only `bitnet`)"),
+                ));
+            }
+        }
+        let class = match field("linear_class")? {
+            None | Some("bitlinear") => LinearClass::BitLinear,
+            Some("autobitlinear") => LinearClass::AutoBitLinear,
+            Some(other) => {
+                return Err(self.err(
+                    &key("linear_class"),
+                    format!("`{other}` is not supported (autobitlinear or bitlinear)"),
+                ))
+            }
+        };
+        let mode = match field("quantization_mode")? {
+            None | Some("offline") => QuantMode::Offline,
+            Some("online") => QuantMode::Online,
+            Some(other) => {
+                return Err(self.err(
+                    &key("quantization_mode"),
+                    format!("`{other}` is not supported (online or offline)"),
+                ))
+            }
+        };
+        Ok((class, Some(mode)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONLINE: &str = r#"{"model_type": "bitnet", "vocab_size": 1024, "hidden_size": 128,
+        "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "hidden_act": "relu2",
+        "bos_token_id": 1021, "eos_token_id": [1023, 1022],
+        "quantization_config": {"linear_class": "autobitlinear", "quant_method": "bitnet",
+        "quantization_mode": "online"}}"#;
+
+    #[test]
+    fn parses_the_fixture_shape() {
+        let c = HfConfig::from_json("config.json", ONLINE.as_bytes()).unwrap();
+        assert_eq!((c.hidden_size, c.head_dim, c.kv_dim()), (128, 32, 64));
+        assert_eq!(c.linear_class, LinearClass::AutoBitLinear);
+        assert_eq!(c.quant_mode, Some(QuantMode::Online));
+        assert_eq!((c.bos_token_id, c.eos_token_id), (Some(1021), Some(1023)));
+        assert!(c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = ONLINE.replace(r#""hidden_size": 128"#, r#""hidden_size": "x""#);
+        let e = HfConfig::from_json("c.json", bad.as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.json: key `hidden_size`: expected a non-negative integer, found \"x\""
+        );
+        let bad = ONLINE.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#);
+        let e = HfConfig::from_json("c.json", bad.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("`num_key_value_heads`"), "{e}");
+        let bad = ONLINE.replace(r#""autobitlinear""#, r#""fancylinear""#);
+        let e = HfConfig::from_json("c.json", bad.as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().contains("quantization_config.linear_class"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn legacy_defaults() {
+        let mut legacy: Value = serde_json::from_str(ONLINE).unwrap();
+        legacy["quantization_config"] = serde_json::json!({"quant_method": "bitnet"});
+        let c = HfConfig::from_json("c.json", legacy.to_string().as_bytes()).unwrap();
+        assert_eq!(c.linear_class, LinearClass::BitLinear);
+        assert_eq!(c.quant_mode, Some(QuantMode::Offline));
+    }
+}

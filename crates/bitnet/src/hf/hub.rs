@@ -1,0 +1,576 @@
+//! The Hugging Face Hub: `hf:OWNER/REPO[:FILE]` resolved to files in the standard cache
+//! (`HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`), laid out as
+//! huggingface_hub lays it out (`models--OWNER--REPO/{blobs,snapshots,refs}`), so Python tools
+//! and this engine share downloads.
+//!
+//! Downloads go through the `hf-hub` crate (sync API over ureq): it asks the server for the
+//! file's ETag, commit and size, downloads into `blobs/ETAG.part`, and resumes from the bytes
+//! already there with an HTTP `Range` request, both after a dropped connection within one call
+//! (`retries`) and in a later call. Around it this module adds what the crate leaves out:
+//! `HF_TOKEN`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE`, reuse of a blob already in the cache,
+//! and verification of each finished file against the size and the hash in its ETag
+//! (sha256 for LFS files, the git blob sha1 otherwise).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo};
+use sha1::Digest as _;
+
+use super::{is_hf_folder, HfError, ModelSource};
+use crate::formats::gguf::GgufFile;
+use crate::model::BitnetModel;
+
+/// The Hub used when `HF_ENDPOINT` is not set.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Files of a repository that a model folder needs (besides `*.safetensors`).
+const FOLDER_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Where and how to reach the Hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubOptions {
+    pub endpoint: String,
+    /// The hub cache folder (holding `models--OWNER--REPO`).
+    pub cache_dir: PathBuf,
+    pub token: Option<String>,
+    /// Use only the cache; never touch the network.
+    pub offline: bool,
+    /// How many times one download is resumed after a dropped connection.
+    pub retries: usize,
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "on" | "yes" | "true"
+    )
+}
+
+impl HubOptions {
+    /// From the environment, as huggingface_hub reads it: `HF_ENDPOINT`, `HF_HUB_CACHE` /
+    /// `HF_HOME` / `XDG_CACHE_HOME`, `HF_TOKEN` / `HF_TOKEN_PATH` / the `token` file,
+    /// `HF_HUB_OFFLINE`.
+    pub fn from_env() -> HubOptions {
+        HubOptions::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`HubOptions::from_env`] with another source of variables (tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> HubOptions {
+        let home = || {
+            get("HOME")
+                .or_else(|| get("USERPROFILE"))
+                .map(PathBuf::from)
+        };
+        let hf_home = get("HF_HOME").map(PathBuf::from).or_else(|| {
+            get("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| home().map(|h| h.join(".cache")))
+                .map(|c| c.join("huggingface"))
+        });
+        let hf_home = hf_home.unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
+        let cache_dir = get("HF_HUB_CACHE")
+            .or_else(|| get("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("hub"));
+        let token = get("HF_TOKEN").or_else(|| {
+            let path = get("HF_TOKEN_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| hf_home.join("token"));
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        });
+        HubOptions {
+            endpoint: get("HF_ENDPOINT")
+                .map(|e| e.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
+            cache_dir,
+            token,
+            offline: get("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
+            retries: 3,
+        }
+    }
+
+    fn api(&self) -> Result<Api, ApiError> {
+        ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
+            .with_endpoint(self.endpoint.clone())
+            .with_token(self.token.clone())
+            .with_progress(false)
+            .with_retries(self.retries)
+            .build()
+    }
+}
+
+/// `OWNER/REPO[:FILE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSpec {
+    pub repo: String,
+    pub file: Option<String>,
+}
+
+impl HubSpec {
+    /// Parses `OWNER/REPO` or `OWNER/REPO:FILE` (an optional `hf:` prefix is accepted).
+    pub fn parse(spec: &str) -> Result<HubSpec, HfError> {
+        let bad = |message: &str| HfError::Spec {
+            spec: spec.to_string(),
+            message: message.to_string(),
+        };
+        let s = spec.strip_prefix("hf:").unwrap_or(spec);
+        let (repo, file) = match s.split_once(':') {
+            Some((r, f)) => (r, Some(f.to_string())),
+            None => (s, None),
+        };
+        let ok_part = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match repo.split_once('/') {
+            Some((owner, name)) if ok_part(owner) && ok_part(name) => {}
+            _ => return Err(bad("expected hf:OWNER/REPO or hf:OWNER/REPO:FILE")),
+        }
+        if let Some(f) = &file {
+            if f.is_empty() || f.starts_with('/') || f.split('/').any(|p| p == ".." || p.is_empty())
+            {
+                return Err(bad("FILE must be a relative path inside the repository"));
+            }
+        }
+        Ok(HubSpec {
+            repo: repo.to_string(),
+            file,
+        })
+    }
+}
+
+/// Receives download progress (the CLI draws a bar; the library draws nothing).
+pub trait DownloadProgress {
+    /// A file of `size` bytes starts (again, after a resume: the position restarts at 0 and
+    /// the bytes already there are reported through `advance`).
+    fn start(&mut self, file: &str, size: u64);
+    fn advance(&mut self, bytes: u64);
+    fn finish(&mut self);
+}
+
+impl DownloadProgress for () {
+    fn start(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+struct Adapter<'a>(&'a mut dyn DownloadProgress);
+
+impl hf_hub::api::Progress for Adapter<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.0.start(filename, size as u64);
+    }
+    fn update(&mut self, size: usize) {
+        self.0.advance(size as u64);
+    }
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// A Hub client for one repository.
+struct Hub<'a> {
+    options: &'a HubOptions,
+    repo_id: String,
+    api: Api,
+    repo: ApiRepo,
+}
+
+impl<'a> Hub<'a> {
+    fn new(options: &'a HubOptions, repo_id: &str) -> Result<Hub<'a>, HfError> {
+        let api = options.api().map_err(|e| HfError::Hub {
+            repo: repo_id.to_string(),
+            message: e.to_string(),
+        })?;
+        let repo = api.repo(Repo::model(repo_id.to_string()));
+        Ok(Hub {
+            options,
+            repo_id: repo_id.to_string(),
+            api,
+            repo,
+        })
+    }
+
+    fn error(&self, file: &str, e: ApiError) -> HfError {
+        let endpoint = &self.options.endpoint;
+        let message = match &e {
+            ApiError::RequestError(inner) => match inner.as_ref() {
+                ureq::Error::StatusCode(401 | 403) => format!(
+                    "{file}: access denied by {endpoint} (a gated or private repository needs HF_TOKEN)"
+                ),
+                ureq::Error::StatusCode(404) => {
+                    format!("{file}: not found on {endpoint}")
+                }
+                ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                    format!(
+                        "{file}: cannot reach {endpoint} ({inner}); set HF_HUB_OFFLINE=1 to use the cache only"
+                    )
+                }
+                _ => format!("{file}: {e}"),
+            },
+            _ => format!("{file}: {e}"),
+        };
+        HfError::Hub {
+            repo: self.repo_id.clone(),
+            message,
+        }
+    }
+
+    fn cache(&self) -> hf_hub::CacheRepo {
+        Cache::new(self.options.cache_dir.clone()).repo(Repo::model(self.repo_id.clone()))
+    }
+
+    /// Downloads one file into the cache (or finds its blob there) and checks it; returns the
+    /// snapshot path.
+    fn file(&self, file: &str, progress: &mut dyn DownloadProgress) -> Result<PathBuf, HfError> {
+        let meta = self
+            .api
+            .metadata(&self.repo.url(file))
+            .map_err(|e| self.error(file, e))?;
+        let cache = self.cache();
+        let blob = cache.blob_path(meta.etag());
+        let size = meta.size() as u64;
+        let pointer = cache.pointer_path(meta.commit_hash()).join(file);
+        let have = std::fs::metadata(&blob).is_ok_and(|m| m.len() == size);
+        if !have {
+            self.repo
+                .download_with_progress(file, Adapter(progress))
+                .map_err(|e| self.error(file, e))?;
+            if let Err(e) = verify(&blob, size, meta.etag()) {
+                // A corrupt blob must not be found by the next run.
+                let _ = std::fs::remove_file(&pointer);
+                let _ = std::fs::remove_file(&blob);
+                return Err(HfError::Hub {
+                    repo: self.repo_id.clone(),
+                    message: format!("{file}: {e}"),
+                });
+            }
+        }
+        link_blob(&blob, &pointer).map_err(|e| HfError::io(&pointer, e))?;
+        cache
+            .create_ref(meta.commit_hash())
+            .map_err(|e| HfError::io(&self.options.cache_dir, e))?;
+        Ok(pointer)
+    }
+
+    /// The repository's top-level file names.
+    fn list(&self) -> Result<Vec<String>, HfError> {
+        let info = self.repo.info().map_err(|e| self.error("(file list)", e))?;
+        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+    }
+}
+
+/// Checks a downloaded blob: its size, and its hash when the ETag is one (64 hex digits:
+/// sha256 of an LFS file; 40: git's blob sha1 of a regular file).
+fn verify(blob: &Path, size: u64, etag: &str) -> Result<(), String> {
+    let len = std::fs::metadata(blob).map_err(|e| e.to_string())?.len();
+    if len != size {
+        return Err(format!(
+            "downloaded {len} bytes, the server announced {size}"
+        ));
+    }
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let etag = etag
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_ascii_lowercase();
+    let is_hex = etag.bytes().all(|b| b.is_ascii_hexdigit());
+    let digest = match etag.len() {
+        64 if is_hex => {
+            let mut h = sha2::Sha256::new();
+            hash_file(blob, |b| h.update(b))?;
+            hex(&h.finalize())
+        }
+        40 if is_hex => {
+            let mut h = sha1::Sha1::new();
+            h.update(format!("blob {len}\0").as_bytes());
+            hash_file(blob, |b| h.update(b))?;
+            hex(&h.finalize())
+        }
+        _ => return Ok(()),
+    };
+    if digest != etag {
+        return Err(format!(
+            "the download's hash {digest} differs from the server's {etag}"
+        ));
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path, mut update: impl FnMut(&[u8])) -> Result<(), String> {
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(());
+        }
+        update(&buf[..n]);
+    }
+}
+
+/// Points `snapshots/COMMIT/FILE` at `blobs/ETAG` with a relative symlink, as huggingface_hub
+/// does (a copy where symlinks are not available).
+fn link_blob(blob: &Path, pointer: &Path) -> std::io::Result<()> {
+    if pointer.exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(pointer); // a dangling link
+    if let Some(parent) = pointer.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    #[cfg(unix)]
+    {
+        // snapshots/COMMIT/a/b/FILE → ../../(../..)blobs/ETAG
+        let depth = pointer
+            .strip_prefix(
+                blob.parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("")),
+            )
+            .map(|rel| rel.components().count().saturating_sub(1))
+            .unwrap_or(0);
+        let mut target = PathBuf::new();
+        for _ in 0..depth {
+            target.push("..");
+        }
+        target.push("blobs");
+        target.push(blob.file_name().unwrap_or_default());
+        std::os::unix::fs::symlink(target, pointer)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::copy(blob, pointer).map(|_| ())
+    }
+}
+
+/// The snapshot folder `refs/main` points at, if the repository is in the cache.
+pub fn cached_snapshot(options: &HubOptions, repo_id: &str) -> Option<PathBuf> {
+    let repo_dir = options
+        .cache_dir
+        .join(Repo::model(repo_id.to_string()).folder_name());
+    let commit = std::fs::read_to_string(repo_dir.join("refs").join("main")).ok()?;
+    let snapshot = repo_dir.join("snapshots").join(commit.trim());
+    snapshot.is_dir().then_some(snapshot)
+}
+
+/// Picks the GGUF to load from a repository without `config.json`: the only one, or the only
+/// I2_S one.
+fn pick_gguf(repo: &str, names: &[String]) -> Result<String, HfError> {
+    let ggufs: Vec<&String> = names.iter().filter(|n| n.ends_with(".gguf")).collect();
+    let i2s: Vec<&String> = ggufs
+        .iter()
+        .copied()
+        .filter(|n| n.to_ascii_lowercase().contains("i2_s"))
+        .collect();
+    match (ggufs.as_slice(), i2s.as_slice()) {
+        ([one], _) | (_, [one]) => Ok(one.to_string()),
+        ([], _) => Err(HfError::Hub {
+            repo: repo.to_string(),
+            message: "neither config.json (a Hugging Face checkpoint) nor a .gguf file".into(),
+        }),
+        _ => Err(HfError::Hub {
+            repo: repo.to_string(),
+            message: format!(
+                "several GGUF files, name one as hf:{repo}:FILE: {}",
+                ggufs
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+fn source_for_file(path: PathBuf) -> ModelSource {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        ModelSource::Gguf(path)
+    } else {
+        ModelSource::Folder(path.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+}
+
+/// Resolves `OWNER/REPO[:FILE]` to local files: from the cache only when `options.offline`,
+/// otherwise downloading what is missing (a checkpoint's config, tokenizer and safetensors; or
+/// the named / only GGUF).
+pub fn fetch(
+    spec: &HubSpec,
+    options: &HubOptions,
+    progress: &mut dyn DownloadProgress,
+) -> Result<ModelSource, HfError> {
+    if options.offline {
+        return fetch_offline(spec, options);
+    }
+    let hub = Hub::new(options, &spec.repo)?;
+    if let Some(file) = &spec.file {
+        return Ok(source_for_file(hub.file(file, progress)?));
+    }
+    let names = hub.list()?;
+    if names.iter().any(|n| n == "config.json") {
+        let mut folder = None;
+        for name in &names {
+            let top_level = !name.contains('/');
+            let wanted = FOLDER_FILES.contains(&name.as_str()) || name.ends_with(".safetensors");
+            if top_level && wanted {
+                let path = hub.file(name, progress)?;
+                folder = path.parent().map(Path::to_path_buf);
+            }
+        }
+        return folder.map(ModelSource::Folder).ok_or_else(|| HfError::Hub {
+            repo: spec.repo.clone(),
+            message: "nothing to download".into(),
+        });
+    }
+    let gguf = pick_gguf(&spec.repo, &names)?;
+    Ok(ModelSource::Gguf(hub.file(&gguf, progress)?))
+}
+
+fn fetch_offline(spec: &HubSpec, options: &HubOptions) -> Result<ModelSource, HfError> {
+    let not_cached = |what: &str| HfError::Hub {
+        repo: spec.repo.clone(),
+        message: format!(
+            "HF_HUB_OFFLINE is set and {what} is not in the cache {}",
+            options.cache_dir.display()
+        ),
+    };
+    let snapshot = cached_snapshot(options, &spec.repo).ok_or_else(|| not_cached("it"))?;
+    if let Some(file) = &spec.file {
+        let path = snapshot.join(file);
+        if !path.is_file() {
+            return Err(not_cached(file));
+        }
+        return Ok(source_for_file(path));
+    }
+    if is_hf_folder(&snapshot) {
+        return Ok(ModelSource::Folder(snapshot));
+    }
+    let names: Vec<String> = std::fs::read_dir(&snapshot)
+        .map_err(|e| HfError::io(&snapshot, e))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let gguf = pick_gguf(&spec.repo, &names)?;
+    Ok(ModelSource::Gguf(snapshot.join(gguf)))
+}
+
+/// Resolves what `-m` names: `hf:OWNER/REPO[:FILE]` through the Hub (or its cache), a folder
+/// with `config.json`, or a GGUF file.
+pub fn resolve_model(
+    spec: &str,
+    options: &HubOptions,
+    progress: &mut dyn DownloadProgress,
+) -> Result<ModelSource, HfError> {
+    if spec.starts_with("hf:") {
+        fetch(&HubSpec::parse(spec)?, options, progress)
+    } else {
+        ModelSource::local(Path::new(spec))
+    }
+}
+
+/// Resolves and loads a model (see [`resolve_model`] and [`ModelSource::load`]).
+pub fn open_model(
+    spec: &str,
+    options: &HubOptions,
+    progress: &mut dyn DownloadProgress,
+) -> Result<(Arc<GgufFile>, BitnetModel), HfError> {
+    resolve_model(spec, options, progress)?.load()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            HubSpec::parse("hf:microsoft/bitnet-b1.58-2B-4T").unwrap(),
+            HubSpec {
+                repo: "microsoft/bitnet-b1.58-2B-4T".into(),
+                file: None
+            }
+        );
+        assert_eq!(
+            HubSpec::parse("hf:microsoft/bitnet-b1.58-2B-4T-gguf:ggml-model-i2_s.gguf")
+                .unwrap()
+                .file
+                .as_deref(),
+            Some("ggml-model-i2_s.gguf")
+        );
+        for bad in [
+            "hf:noslash",
+            "hf:a/b/c",
+            "hf:a/..",
+            "hf:a/b:../x",
+            "hf:a/b:",
+            "hf:/b",
+        ] {
+            assert!(HubSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn environment_is_read_like_huggingface_hub() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let o = HubOptions::from_lookup(env(&[("HOME", "/home/u")]));
+        assert_eq!(o.cache_dir, PathBuf::from("/home/u/.cache/huggingface/hub"));
+        assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
+        assert!(!o.offline);
+        let o = HubOptions::from_lookup(env(&[
+            ("HOME", "/home/u"),
+            ("HF_HOME", "/data/hf"),
+            ("HF_ENDPOINT", "http://127.0.0.1:9/"),
+            ("HF_HUB_OFFLINE", "1"),
+            ("HF_TOKEN", "hf_x"),
+        ]));
+        assert_eq!(o.cache_dir, PathBuf::from("/data/hf/hub"));
+        assert_eq!(o.endpoint, "http://127.0.0.1:9");
+        assert!(o.offline);
+        assert_eq!(o.token.as_deref(), Some("hf_x"));
+        let o = HubOptions::from_lookup(env(&[
+            ("HF_HOME", "/data/hf"),
+            ("HF_HUB_CACHE", "/fast/cache"),
+            ("HF_HUB_OFFLINE", "0"),
+        ]));
+        assert_eq!(o.cache_dir, PathBuf::from("/fast/cache"));
+        assert!(!o.offline);
+    }
+
+    #[test]
+    fn gguf_choice() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            pick_gguf("a/b", &names(&["README.md", "m.gguf"])).unwrap(),
+            "m.gguf"
+        );
+        assert_eq!(
+            pick_gguf("a/b", &names(&["m-f16.gguf", "ggml-model-i2_s.gguf"])).unwrap(),
+            "ggml-model-i2_s.gguf"
+        );
+        assert!(pick_gguf("a/b", &names(&["x.gguf", "y.gguf"])).is_err());
+        assert!(pick_gguf("a/b", &names(&["README.md"])).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Hugging Face checkpoints of BitNet b1.58 (`BitNetForCausalLM`): read a model folder
+//! (`config.json`, `*.safetensors` shards, `tokenizer.json`), convert it to a GGUF that
+//! bitnet.cpp accepts, load it directly as a model, and fetch it from the Hub.
+//!
+//! - [`config`]: typed `config.json`.
+//! - [`checkpoint`]: safetensors shards, the HF → GGUF tensor names, packed-weight unpacking,
+//!   the `weight_scale` rule and absmean ternarization.
+//! - [`vocab`]: GGUF tokenizer metadata from `tokenizer.json` / `tokenizer_config.json`.
+//! - [`convert`]: the GGUF writer, streaming one tensor at a time.
+//! - `hub` (feature `hub`): downloads into the standard Hugging Face cache.
+//!
+//! Loading a folder as a model converts it in memory (I2_S linears, the embedding kept in its
+//! stored precision) and loads that GGUF, so one code path serves `convert` and `-m FOLDER`.
+//!
+//! Uses `formats` and `model`; nothing above them.
+
+pub mod checkpoint;
+pub mod config;
+pub mod convert;
+#[cfg(feature = "hub")]
+pub mod hub;
+pub mod vocab;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::formats::gguf::{GgufError, GgufFile, WriteError};
+use crate::model::{BitnetModel, ModelError};
+
+pub use checkpoint::Checkpoint;
+pub use config::{HfConfig, LinearClass, QuantMode};
+pub use convert::{ConvertOptions, ConvertSummary, OutType};
+
+/// Why a Hugging Face checkpoint could not be read, converted or fetched. Every variant names
+/// the file, and the tensor or key where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{folder}: no config.json, so this is not a Hugging Face model folder")]
+    NoConfig { folder: String },
+    #[error("{file}: invalid JSON: {source}")]
+    Json {
+        file: String,
+        source: serde_json::Error,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Config {
+        file: String,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: model_type `{model_type}` is not supported (supported: {})", config::SUPPORTED_MODEL_TYPES.join(", "))]
+    UnsupportedModelType { file: String, model_type: String },
+    #[error("{folder}: no weights found (model.safetensors, model.safetensors.index.json or *.safetensors)")]
+    NoWeights { folder: String },
+    #[error("{index}: shard `{shard}` (holding `{tensor}`) is missing")]
+    MissingShard {
+        index: String,
+        shard: String,
+        tensor: String,
+    },
+    #[error("{file}: not a valid safetensors file: {message}")]
+    Safetensors { file: String, message: String },
+    #[error("{folder}: tensor `{tensor}` is missing")]
+    MissingTensor { folder: String, tensor: String },
+    #[error("{file}: tensor `{tensor}` has shape {found}, config.json implies {expected}")]
+    TensorShape {
+        file: String,
+        tensor: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{file}: tensor `{tensor}` is packed (uint8 [out/4, in]) but its out-features {out_features} are not divisible by 4")]
+    PackedRows {
+        file: String,
+        tensor: String,
+        out_features: usize,
+    },
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Tensor {
+        file: String,
+        tensor: String,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Tokenizer { file: String, message: String },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("writing the GGUF: {0}")]
+    Write(#[from] WriteError),
+    #[error("model `{spec}`: {message}")]
+    Spec { spec: String, message: String },
+    #[error("{repo}: {message}")]
+    Hub { repo: String, message: String },
+}
+
+impl HfError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> HfError {
+        HfError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Whether `path` is a folder holding a `config.json` (a Hugging Face model folder).
+pub fn is_hf_folder(path: &Path) -> bool {
+    path.is_dir() && path.join("config.json").is_file()
+}
+
+/// Converts a Hugging Face folder in memory to a GGUF (I2_S linears, the embedding in its
+/// stored precision: F32, F16 or BF16), as [`convert::convert`] would write it.
+pub fn folder_to_gguf(folder: &Path) -> Result<Arc<GgufFile>, HfError> {
+    let ckpt = Checkpoint::open(folder)?;
+    let (bytes, _) = convert::convert_to_vec(&ckpt, &ConvertOptions::in_memory(&ckpt))?;
+    let label = format!("{} (converted in memory)", folder.display());
+    Ok(Arc::new(GgufFile::from_vec(label, bytes)?))
+}
+
+/// Loads a Hugging Face folder as a model (see [`folder_to_gguf`]). The GGUF carries the
+/// tokenizer metadata too.
+pub fn load_model(folder: &Path) -> Result<(Arc<GgufFile>, BitnetModel), HfError> {
+    let gguf = folder_to_gguf(folder)?;
+    let model = BitnetModel::from_gguf(Arc::clone(&gguf))?;
+    Ok((gguf, model))
+}
+
+/// Where a model named on the command line lives, once resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face model folder (a local one or a Hub snapshot).
+    Folder(PathBuf),
+}
+
+impl ModelSource {
+    /// Classifies a local path: a folder with `config.json`, or a file taken as GGUF.
+    pub fn local(path: &Path) -> Result<ModelSource, HfError> {
+        if path.is_dir() {
+            if is_hf_folder(path) {
+                Ok(ModelSource::Folder(path.to_path_buf()))
+            } else {
+                Err(HfError::NoConfig {
+                    folder: path.display().to_string(),
+                })
+            }
+        } else {
+            Ok(ModelSource::Gguf(path.to_path_buf()))
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf(p) | ModelSource::Folder(p) => p,
+        }
+    }
+
+    /// Opens the GGUF (memory-mapped) or converts the folder in memory.
+    pub fn open_gguf(&self) -> Result<Arc<GgufFile>, HfError> {
+        match self {
+            ModelSource::Gguf(p) => Ok(Arc::new(GgufFile::open(p)?)),
+            ModelSource::Folder(p) => folder_to_gguf(p),
+        }
+    }
+
+    /// Opens the source as a model.
+    pub fn load(&self) -> Result<(Arc<GgufFile>, BitnetModel), HfError> {
+        let gguf = self.open_gguf()?;
+        let model = BitnetModel::from_gguf(Arc::clone(&gguf))?;
+        Ok((gguf, model))
+    }
+}
