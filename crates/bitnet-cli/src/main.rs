@@ -2,6 +2,8 @@
 //! this file only parses arguments and reports errors as one clear line.
 
 mod commands;
+mod interrupt;
+mod model_args;
 mod progress;
 mod stats;
 
@@ -20,6 +22,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Complete a prompt, streaming the text (default model: the bundled Shakespeare demo)
+    Generate(commands::generate::Args),
+    /// Chat interactively through the model's chat template
+    Chat(commands::chat::Args),
+    /// Run many requests from a JSONL file into a JSONL file
+    Batch(commands::batch::Args),
+    /// Text to token ids
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Token ids to text
+    Detokenize(commands::tokenize::DetokenizeArgs),
     /// Show a GGUF file's metadata, hyperparameters, tokenizer and tensors (reads no tensor data)
     Inspect(commands::inspect::Args),
     /// Run token ids through the model and print the logits (no BOS added)
@@ -44,6 +56,11 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Batch(args) => commands::batch::run(args),
+        Command::Tokenize(args) => commands::tokenize::tokenize(args),
+        Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Logits(args) => commands::logits::run(args),
         Command::Synth(args) => commands::synth::run(args),

@@ -158,7 +158,10 @@ pub fn run(args: Args) -> Result<()> {
             Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 3))
         };
         bandwidth.push((t, bw));
-        for r in rows.iter_mut().filter(|r| r.threads == t && r.test.starts_with("tg")) {
+        for r in rows
+            .iter_mut()
+            .filter(|r| r.threads == t && r.test.starts_with("tg"))
+        {
             r.roofline = bw.map(|gbs| gbs * 1e9 / bytes_per_token);
         }
     }

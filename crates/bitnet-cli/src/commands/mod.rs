@@ -1,8 +1,12 @@
 //! One module per `bitnet` subcommand.
 
+pub mod batch;
 pub mod bench;
+pub mod chat;
 pub mod convert;
+pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod pull;
 pub mod synth;
+pub mod tokenize;

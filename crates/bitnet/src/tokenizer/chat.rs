@@ -12,12 +12,12 @@
 //! trimmed, then `Assistant: ` for the generation prompt.
 
 use minijinja::{context, Environment, Error, ErrorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::TokenizerError;
 
 /// One message of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant` (templates may know other roles).
     pub role: String,

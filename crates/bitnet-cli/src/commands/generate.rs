@@ -1,0 +1,198 @@
+//! `bitnet generate [-m FILE] -p PROMPT`: complete a prompt, streaming the text to stdout, with
+//! llama.cpp's flags; the figures go to stderr at the end (or everything as one JSON object
+//! with `--json`).
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bitnet::generate::{GenerationConfig, Sampler, Session};
+use bitnet::tokenizer::EncodeOptions;
+use serde_json::json;
+
+use crate::model_args::{ModelArgs, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt (escapes like \n are interpreted, as in llama.cpp)
+    #[arg(short = 'p', long = "prompt")]
+    prompt: Option<String>,
+    /// Read the prompt from a file
+    #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// Start from these token ids instead of text (no BOS added)
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["prompt", "file"])]
+    tokens: Option<Vec<u32>>,
+    /// Tokens to generate (-1: until end of generation or a full context)
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
+    /// Stop before this text (repeatable); it is not printed
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Do not add the BOS token (added by default when the model asks for it)
+    #[arg(long)]
+    no_bos: bool,
+    /// Read special-token text in the prompt (`<|eot_id|>`) as the special token
+    #[arg(long)]
+    parse_special: bool,
+    /// Do not print the prompt before the generated text
+    #[arg(long)]
+    no_display_prompt: bool,
+    /// Print one JSON object (text, ids, figures) instead of streaming
+    #[arg(long)]
+    json: bool,
+}
+
+/// llama.cpp's escape processing for `-p`: \n, \t, \\, \", \'.
+pub fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('\'') => out.push('\''),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let loaded = args.model.load()?;
+    let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
+    let (prompt_text, ids) = match (&args.tokens, &args.prompt, &args.file) {
+        (Some(ids), _, _) => (tokenizer.decode(ids)?, ids.clone()),
+        (None, Some(p), _) => {
+            let text = unescape(p);
+            let ids = encode(tokenizer, &text, !args.no_bos, args.parse_special);
+            (text, ids)
+        }
+        (None, None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the prompt from {}", f.display()))?;
+            let ids = encode(tokenizer, &text, !args.no_bos, args.parse_special);
+            (text, ids)
+        }
+        (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --tokens IDS"),
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type);
+    let config = GenerationConfig {
+        max_tokens: usize::try_from(args.n_predict).ok(),
+        stop: args.stop.iter().map(|s| unescape(s)).collect(),
+        ignore_eos: args.ignore_eos,
+    };
+    let mut sampler = Sampler::new(args.sampling.config());
+
+    let mut stdout = std::io::stdout().lock();
+    if !args.json && !args.no_display_prompt {
+        write!(stdout, "{prompt_text}")?;
+        stdout.flush()?;
+    }
+    crate::interrupt::set_generating(true);
+    let result = session.generate(&ids, &config, &mut sampler, |piece| {
+        if !args.json {
+            // A closed stdout ends the program quietly (SIGPIPE); other errors stop here.
+            if write!(stdout, "{piece}")
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return ControlFlow::Break(());
+            }
+        }
+        if crate::interrupt::interrupted() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    crate::interrupt::set_generating(false);
+    let result = result?;
+    let peak_rss = crate::stats::peak_rss_bytes();
+    if args.json {
+        let out = json!({
+            "model": loaded.name,
+            "prompt": prompt_text,
+            "text": result.text,
+            "prompt_ids": ids,
+            "generated_ids": result.generated,
+            "stop_reason": result.stop.as_str(),
+            "prompt_tokens": result.prompt_tokens,
+            "prompt_tokens_per_s": result.prompt_tokens_per_s(),
+            "generated_tokens": result.generated.len(),
+            "generation_tokens_per_s": result.generation_tokens_per_s(),
+            "time_to_first_token_s": result.time_to_first_token.as_secs_f64(),
+            "total_s": result.total_time.as_secs_f64(),
+            "peak_rss_bytes": peak_rss,
+            "kv_cache_bytes": session.cache_bytes(),
+            "threads": model.threads(),
+            "isa": model.isa().name(),
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
+        return Ok(());
+    }
+    writeln!(stdout)?;
+    if let bitnet::generate::StopReason::ContextFull = result.stop {
+        eprintln!(
+            "[context full: {} tokens; use a larger -c]",
+            session.context_size()
+        );
+    }
+    crate::stats::print_generation_summary(&result, peak_rss, session.cache_bytes());
+    Ok(())
+}
+
+/// Text to ids, with BOS when the model asks for it (and `bos` allows).
+fn encode(
+    tokenizer: &bitnet::tokenizer::Tokenizer,
+    text: &str,
+    bos: bool,
+    parse_special: bool,
+) -> Vec<u32> {
+    tokenizer.encode(
+        text,
+        EncodeOptions {
+            add_bos: bos && tokenizer.add_bos_token(),
+            parse_special,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn escapes_like_llama_cpp() {
+        assert_eq!(unescape(r"ROMEO:\n"), "ROMEO:\n");
+        assert_eq!(unescape(r"a\tb\\c\q"), "a\tb\\c\\q");
+        assert_eq!(unescape("trailing\\"), "trailing\\");
+    }
+}

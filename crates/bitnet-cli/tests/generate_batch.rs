@@ -1,0 +1,225 @@
+//! The `bitnet` binary end to end: greedy generation reproduces the reference engines' tokens
+//! through the CLI, and batch keeps order and isolates bad lines.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn bitnet(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+fn json_file(rel: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(repo(rel)).unwrap()).unwrap()
+}
+
+#[test]
+fn greedy_generation_reproduces_the_references_through_the_cli() {
+    // Demo model, bitnet.cpp's and transformers' 100 greedy tokens (both cache types).
+    let cpp = json_file("testdata/demo/bitnetcpp-greedy.json");
+    for sample in cpp["samples"].as_array().unwrap() {
+        let prompt = sample["prompt"].as_str().unwrap();
+        if prompt != "ROMEO:\n" && prompt != "JULIET:\n" {
+            continue;
+        }
+        let prompt_ids: Vec<String> = ids(&sample["prompt_ids"])
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        for cache in ["f16", "f32"] {
+            let (out, _) = bitnet(&[
+                "generate",
+                "--tokens",
+                &prompt_ids.join(","),
+                "-n",
+                "100",
+                "--temp",
+                "0",
+                "--cache-type",
+                cache,
+                "--json",
+            ]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                ids(&v["generated_ids"]),
+                ids(&sample["generated_ids"]),
+                "{prompt:?} {cache}"
+            );
+        }
+        // The same from text: the tokenizer adds BOS and gives the same prompt ids.
+        let escaped = prompt.replace('\n', "\\n");
+        let (out, _) = bitnet(&[
+            "generate", "-p", &escaped, "-n", "100", "--temp", "0", "--json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(ids(&v["prompt_ids"]), ids(&sample["prompt_ids"]));
+        assert_eq!(ids(&v["generated_ids"]), ids(&sample["generated_ids"]));
+    }
+
+    // The visible fixture: 32 greedy tokens equal to transformers' and bitnet.cpp's.
+    let fixture = json_file("testdata/visible/fixture.json");
+    let prompt: Vec<String> = ids(&fixture["greedy"]["prompt_ids"])
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    let model = repo("testdata/visible/model-i2_s.gguf");
+    let (out, _) = bitnet(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "--tokens",
+        &prompt.join(","),
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        ids(&v["generated_ids"]),
+        ids(&fixture["greedy"]["new_tokens"])
+    );
+    for key in [
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+        "time_to_first_token_s",
+        "total_s",
+        "kv_cache_bytes",
+    ] {
+        assert!(v[key].as_f64().is_some(), "{key} missing");
+    }
+}
+
+#[test]
+fn sampled_generation_is_reproducible_with_a_seed_and_reports_its_figures() {
+    let run = |seed: &str| bitnet(&["generate", "-p", "ROMEO:\\n", "-n", "40", "--seed", seed]);
+    let (a, stderr) = run("11");
+    let (b, _) = run("11");
+    let (c, _) = run("12");
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.starts_with("ROMEO:\n"));
+    for figure in [
+        "prompt:",
+        "t/s",
+        "time to first token",
+        "peak RSS",
+        "KV cache",
+    ] {
+        assert!(stderr.contains(figure), "{figure} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn stop_strings_end_generation_and_are_not_printed() {
+    let (out, _) = bitnet(&[
+        "generate",
+        "-p",
+        "ROMEO:\\n",
+        "-n",
+        "200",
+        "--temp",
+        "0",
+        "--stop",
+        "ROMEO",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stop_reason"], "stop");
+    let text = v["text"].as_str().unwrap();
+    assert!(!text.contains("ROMEO"), "{text:?}");
+    assert!(!text.is_empty());
+}
+
+#[test]
+fn batch_keeps_order_and_reports_a_bad_line() {
+    let dir = std::env::temp_dir().join(format!("bitnet-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..100 {
+        if i == 37 {
+            lines.push("{\"id\": 37, \"prompt\": ".to_string()); // malformed JSON
+        } else if i % 2 == 0 {
+            lines.push(format!(
+                "{{\"id\": {i}, \"prompt\": \"ROMEO:\\n\", \"max_tokens\": 4, \"seed\": {i}}}"
+            ));
+        } else {
+            lines.push(format!(
+                "{{\"id\": \"r{i}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Speak\"}}], \"max_tokens\": 3, \"temperature\": 0}}"
+            ));
+        }
+    }
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let (_, stderr) = bitnet(&[
+        "batch",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("99 results, 1 errors"), "{stderr}");
+    let out = std::fs::read_to_string(&output).unwrap();
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 100);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["line"], i + 1);
+        if i == 37 {
+            assert!(r["error"].as_str().unwrap().contains("line 38"), "{r}");
+        } else {
+            assert!(r.get("error").is_none(), "{r}");
+            let expected_id = if i % 2 == 0 {
+                Value::from(i)
+            } else {
+                Value::from(format!("r{i}"))
+            };
+            assert_eq!(r["id"], expected_id);
+            assert!(r["generated_tokens"].as_u64().unwrap() > 0);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["generate", "-m", "/nonexistent.gguf", "-p", "x"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("/nonexistent.gguf"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,375 @@
+//! The sampler chain, in llama.cpp's order and with its defaults: repetition / presence /
+//! frequency penalties over the last `penalty_last_n` tokens, then top-k, top-p, min-p,
+//! temperature, and a draw from a seeded RNG. Temperature ≤ 0 means greedy (argmax).
+
+use std::collections::{HashMap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Sampling settings. `Default` gives llama.cpp's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// ≤ 0: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: usize,
+    /// 1.0: off.
+    pub top_p: f32,
+    /// 0.0: off.
+    pub min_p: f32,
+    /// 1.0: off. Positive logits are divided by it, negative ones multiplied.
+    pub repeat_penalty: f32,
+    /// Subtracted once from the logit of every token seen in the window.
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence in the window.
+    pub frequency_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    pub penalty_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding (argmax, ties to the lowest id).
+    pub fn greedy() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        }
+    }
+}
+
+/// A candidate token and its (adjusted) logit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub id: u32,
+    pub logit: f32,
+}
+
+/// A seeded sampler with its penalty window.
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: ChaCha8Rng,
+    recent: VecDeque<u32>,
+}
+
+impl Sampler {
+    pub fn new(config: SamplerConfig) -> Sampler {
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            recent: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Records a token (prompt or generated) in the penalty window.
+    pub fn accept(&mut self, token: u32) {
+        if self.config.penalty_last_n == 0 {
+            return;
+        }
+        if self.recent.len() == self.config.penalty_last_n {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(token);
+    }
+
+    /// Forgets the penalty window (a new conversation).
+    pub fn reset(&mut self) {
+        self.recent.clear();
+    }
+
+    /// Picks the next token from a row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let c = &self.config;
+        let mut cands: Vec<Candidate> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| Candidate {
+                id: id as u32,
+                logit,
+            })
+            .collect();
+        apply_penalties(
+            &mut cands,
+            &self.recent,
+            c.repeat_penalty,
+            c.presence_penalty,
+            c.frequency_penalty,
+        );
+        if c.temperature <= 0.0 {
+            return argmax(&cands);
+        }
+        top_k(&mut cands, c.top_k);
+        top_p(&mut cands, c.top_p);
+        min_p(&mut cands, c.min_p);
+        for cand in &mut cands {
+            cand.logit /= c.temperature;
+        }
+        let probs = softmax(&cands);
+        let r: f32 = self.rng.random();
+        let mut acc = 0.0;
+        for (cand, p) in cands.iter().zip(&probs) {
+            acc += p;
+            if r < acc {
+                return cand.id;
+            }
+        }
+        cands.last().map_or(0, |c| c.id)
+    }
+}
+
+/// The highest logit; ties go to the lowest id (what both reference engines do).
+pub fn argmax(cands: &[Candidate]) -> u32 {
+    let mut best: Option<Candidate> = None;
+    for &c in cands {
+        match best {
+            Some(b) if c.logit > b.logit || (c.logit == b.logit && c.id < b.id) => best = Some(c),
+            None if !c.logit.is_nan() => best = Some(c),
+            _ => {}
+        }
+    }
+    best.map_or(0, |c| c.id)
+}
+
+/// llama.cpp's penalties: for each token seen `n` times in the window, a positive logit is
+/// divided by `repeat` (a negative one multiplied), then `n · frequency + presence` is
+/// subtracted.
+pub fn apply_penalties(
+    cands: &mut [Candidate],
+    recent: &VecDeque<u32>,
+    repeat: f32,
+    presence: f32,
+    frequency: f32,
+) {
+    if recent.is_empty() || (repeat == 1.0 && presence == 0.0 && frequency == 0.0) {
+        return;
+    }
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for &t in recent {
+        *counts.entry(t).or_default() += 1;
+    }
+    for c in cands.iter_mut() {
+        if let Some(&n) = counts.get(&c.id) {
+            if c.logit > 0.0 {
+                c.logit /= repeat;
+            } else {
+                c.logit *= repeat;
+            }
+            c.logit -= n as f32 * frequency + presence;
+        }
+    }
+}
+
+fn sort_descending(cands: &mut [Candidate]) {
+    cands.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+}
+
+/// Keeps the `k` highest logits (sorted, highest first). `k = 0` keeps all (sorted).
+pub fn top_k(cands: &mut Vec<Candidate>, k: usize) {
+    sort_descending(cands);
+    if k > 0 && k < cands.len() {
+        cands.truncate(k);
+    }
+}
+
+/// Probabilities of the candidates (softmax of their logits).
+pub fn softmax(cands: &[Candidate]) -> Vec<f32> {
+    let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
+    let exps: Vec<f32> = cands.iter().map(|c| (c.logit - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+/// Keeps the smallest set of most likely candidates whose probabilities add up to at least
+/// `p` (at least one). Expects candidates sorted highest first.
+pub fn top_p(cands: &mut Vec<Candidate>, p: f32) {
+    if p >= 1.0 || cands.is_empty() {
+        return;
+    }
+    sort_descending(cands);
+    let probs = softmax(cands);
+    let mut acc = 0.0;
+    let mut keep = cands.len();
+    for (i, q) in probs.iter().enumerate() {
+        acc += q;
+        if acc >= p {
+            keep = i + 1;
+            break;
+        }
+    }
+    cands.truncate(keep.max(1));
+}
+
+/// Keeps candidates whose probability is at least `p` times the most likely one's.
+pub fn min_p(cands: &mut Vec<Candidate>, p: f32) {
+    if p <= 0.0 || cands.is_empty() {
+        return;
+    }
+    let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
+    // p_i / p_max = exp(l_i - l_max) ≥ p  ⇔  l_i ≥ l_max + ln p
+    let threshold = max + p.ln();
+    cands.retain(|c| c.logit >= threshold);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands(logits: &[f32]) -> Vec<Candidate> {
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| Candidate {
+                id: i as u32,
+                logit: l,
+            })
+            .collect()
+    }
+
+    fn ids(c: &[Candidate]) -> Vec<u32> {
+        c.iter().map(|c| c.id).collect()
+    }
+
+    /// Logits whose softmax is exactly the given probabilities.
+    fn from_probs(p: &[f32]) -> Vec<Candidate> {
+        cands(&p.iter().map(|p| p.ln()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_with_ties_to_the_lowest_id() {
+        assert_eq!(argmax(&cands(&[1.0, 3.0, 3.0, 2.0])), 1);
+        let mut s = Sampler::new(SamplerConfig::greedy());
+        assert_eq!(s.sample(&[0.5, -1.0, 7.0, 7.0]), 2);
+    }
+
+    #[test]
+    fn top_k_keeps_k() {
+        let mut c = cands(&[0.1, 5.0, 3.0, 4.0, -2.0]);
+        top_k(&mut c, 3);
+        assert_eq!(ids(&c), vec![1, 3, 2]);
+        let mut c = cands(&[0.1, 5.0]);
+        top_k(&mut c, 0);
+        assert_eq!(ids(&c), vec![1, 0]);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05.
+        let probs = [0.15, 0.5, 0.05, 0.3];
+        let mut c = from_probs(&probs);
+        top_p(&mut c, 0.8);
+        assert_eq!(ids(&c), vec![1, 3]); // 0.5 + 0.3 = 0.8 ≥ 0.8
+        let mut c = from_probs(&probs);
+        top_p(&mut c, 0.81);
+        assert_eq!(ids(&c), vec![1, 3, 0]);
+        let mut c = from_probs(&probs);
+        top_p(&mut c, 0.1);
+        assert_eq!(ids(&c), vec![1]);
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_above_a_fraction_of_the_best() {
+        let mut c = from_probs(&[0.15, 0.5, 0.05, 0.3]);
+        min_p(&mut c, 0.2); // threshold 0.1
+        let mut kept = ids(&c);
+        kept.sort();
+        assert_eq!(kept, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn penalties_follow_llama_cpp() {
+        let recent: VecDeque<u32> = [1, 1, 2].into_iter().collect();
+        let mut c = cands(&[2.0, 2.0, -2.0, 2.0]);
+        apply_penalties(&mut c, &recent, 2.0, 0.5, 0.25);
+        // token 1: 2/2 - (2·0.25 + 0.5) = 0; token 2: -2·2 - (0.25 + 0.5) = -4.75
+        assert_eq!(c[1].logit, 0.0);
+        assert_eq!(c[2].logit, -4.75);
+        assert_eq!((c[0].logit, c[3].logit), (2.0, 2.0));
+    }
+
+    #[test]
+    fn the_penalty_window_slides() {
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            repeat_penalty: 100.0,
+            penalty_last_n: 2,
+            ..SamplerConfig::default()
+        });
+        s.accept(0);
+        s.accept(1);
+        // 0 and 1 penalized: 2 wins.
+        assert_eq!(s.sample(&[3.0, 3.0, 1.0]), 2);
+        s.accept(2);
+        s.accept(2);
+        // the window now holds [2, 2]: 0 wins again.
+        assert_eq!(s.sample(&[3.0, 3.0, 1.0]), 0);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_follows_the_distribution() {
+        let logits: Vec<f32> = [0.1f32, 0.2, 0.3, 0.4].iter().map(|p| p.ln()).collect();
+        let config = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..SamplerConfig::default()
+        };
+        let draw = |config: &SamplerConfig| {
+            let mut s = Sampler::new(config.clone());
+            (0..4000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        let a = draw(&config);
+        assert_eq!(a, draw(&config));
+        let other = draw(&SamplerConfig {
+            seed: 43,
+            ..config.clone()
+        });
+        assert_ne!(a, other);
+        for (id, p) in [0.1, 0.2, 0.3, 0.4].iter().enumerate() {
+            let freq = a.iter().filter(|&&t| t == id as u32).count() as f32 / a.len() as f32;
+            assert!((freq - p).abs() < 0.03, "token {id}: {freq} vs {p}");
+        }
+    }
+
+    #[test]
+    fn temperature_sharpens_and_flattens() {
+        let logits = [0.0f32, 1.0];
+        let share = |t: f32| {
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: t,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 7,
+                ..SamplerConfig::default()
+            });
+            (0..4000).filter(|_| s.sample(&logits) == 1).count() as f32 / 4000.0
+        };
+        let (cold, hot) = (share(0.25), share(4.0));
+        // softmax([0, 4]) ≈ 0.982, softmax([0, 0.25]) ≈ 0.562
+        assert!((cold - 0.982).abs() < 0.02, "{cold}");
+        assert!((hot - 0.562).abs() < 0.03, "{hot}");
+    }
+}
