@@ -148,6 +148,17 @@ def main():
         total += write(f"{name}.random.bin", r)
         total += write(f"{name}.random.dequant.f32", ry)
 
+    # Q6_K: gguf-py only dequantizes it. Random whole blocks with a finite f16 scale.
+    n_blocks = 12
+    r = rng.integers(0, 256, (n_blocks, 210), dtype=np.uint16).astype(np.uint8)
+    r[:, 208:210] = np.frombuffer(
+        rng.uniform(-0.05, 0.05, n_blocks).astype(np.float16).tobytes(), np.uint8
+    ).reshape(n_blocks, 2)
+    r = r.reshape(-1)
+    ry = quants.dequantize(r, T.Q6_K).astype(np.float32, copy=False).reshape(-1)
+    total += write("q6_k.random.bin", r)
+    total += write("q6_k.random.dequant.f32", ry)
+
     versions = {p: importlib.metadata.version(p) for p in ("gguf", "numpy")}
     (OUT / "README.md").write_text(
         "# Tensor type fixtures from gguf-py\n\n"
@@ -162,6 +173,8 @@ def main():
         "| `{ty}.gguf-py.dequant.f32` | `gguf.quants.dequantize` of those bytes |\n"
         "| `{ty}.random.bin` | random bytes, whole blocks (any bit pattern, NaN and infinite scales included) |\n"
         "| `{ty}.random.dequant.f32` | `gguf.quants.dequantize` of those bytes |\n\n"
+        "`q6_k.random.bin` / `q6_k.random.dequant.f32`: random Q6_K blocks (finite scales) and\n"
+        "gguf-py's dequantization (gguf-py has no Q6_K quantizer).\n\n"
         "I2_S is bitnet.cpp's own type and is not in gguf-py; it is checked against bitnet.cpp's\n"
         "files in `testdata/visible/`.\n"
     )

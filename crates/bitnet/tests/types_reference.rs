@@ -276,3 +276,15 @@ fn fixtures_cover_ties_zero_and_overflowing_scales() {
     let input = f32s(&fixture("bf16.input.f32"));
     assert!(input.iter().any(|x| x.is_nan()) && input.contains(&f32::MAX));
 }
+
+/// Q6_K (the optional 6-bit output matrix): gguf-py's dequantization of random blocks.
+#[test]
+fn q6_k_dequantizes_like_gguf_py() {
+    let random = fixture("q6_k.random.bin");
+    let expected = f32s(&fixture("q6_k.random.dequant.f32"));
+    let ours = types::dequantize(TensorType::Q6K, &[expected.len() as u64], &random).unwrap();
+    assert_eq!(ours.len(), expected.len());
+    for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "value {i}: {a} vs {b}");
+    }
+}

@@ -24,7 +24,7 @@ pub enum WriteError {
     Io(#[from] std::io::Error),
     #[error("tensor `{tensor}`: {source}")]
     Shape { tensor: String, source: ShapeError },
-    #[error("general.alignment must be a power of two, got {0}")]
+    #[error("general.alignment must be a power of two up to 1 MiB, got {0}")]
     BadAlignment(String),
     #[error("tensor `{tensor}` given out of order: expected `{expected}` next")]
     OutOfOrder { tensor: String, expected: String },
@@ -43,6 +43,9 @@ pub enum WriteError {
         found: ValueType,
     },
 }
+
+/// The largest `general.alignment` the writer accepts (1 MiB).
+pub const MAX_WRITE_ALIGNMENT: u64 = 1 << 20;
 
 /// Streams a GGUF file: `new` writes the header, `write_tensor` each tensor's data in order,
 /// `finish` checks that all were written.
@@ -66,7 +69,9 @@ impl<W: Write> GgufWriter<W> {
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
-                Some(a) if a.is_power_of_two() => a,
+                // The padding is written out, so an absurd alignment is refused rather than
+                // allocated.
+                Some(a) if a.is_power_of_two() && a <= MAX_WRITE_ALIGNMENT => a,
                 _ => return Err(WriteError::BadAlignment(v.summary(4))),
             },
         };

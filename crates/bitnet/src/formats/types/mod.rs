@@ -7,6 +7,7 @@
 
 pub mod float;
 pub mod i2_s;
+pub mod q6_k;
 pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
@@ -171,6 +172,7 @@ impl TensorType {
                 | TensorType::F16
                 | TensorType::BF16
                 | TensorType::Q8_0
+                | TensorType::Q6K
                 | TensorType::TQ1_0
                 | TensorType::TQ2_0
                 | TensorType::I2S
@@ -273,6 +275,7 @@ pub fn dequantize(ty: TensorType, dims: &[u64], data: &[u8]) -> Result<Vec<f32>,
         TensorType::F16 => float::f16_to_f32(data, &mut out),
         TensorType::BF16 => float::bf16_to_f32(data, &mut out),
         TensorType::Q8_0 => q8_0::dequantize(data, &mut out),
+        TensorType::Q6K => q6_k::dequantize(data, &mut out),
         TensorType::TQ1_0 => tq1_0::dequantize(data, &mut out),
         TensorType::TQ2_0 => tq2_0::dequantize(data, &mut out),
         TensorType::I2S => {
