@@ -146,6 +146,42 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The attention kernels over strided cache rows (scores and the weighted value sum).
+    #[test]
+    fn strided_row_kernels_match_within_tolerance(
+        (n_rows, len, extra) in (0usize..40, 1usize..140, 0usize..9),
+        seed in any::<u64>(),
+    ) {
+        let stride = len + extra;
+        let offset = extra / 2;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let rows: Vec<f32> = (0..n_rows * stride + offset + len).map(|_| next()).collect();
+        let rows16: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
+        let x: Vec<f32> = (0..len).map(|_| next()).collect();
+        let p: Vec<f32> = (0..n_rows).map(|_| next().abs()).collect();
+        for isa in simd_isas() {
+            let (mut a, mut b) = (vec![0f32; n_rows], vec![0f32; n_rows]);
+            kernels::f32_rows_dot(isa, &rows, stride, offset, &x, &mut a);
+            scalar::f32_rows_dot(&rows, stride, offset, &x, &mut b);
+            prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, len as f32)));
+            kernels::f16_rows_dot(isa, &rows16, stride, offset, &x, &mut a);
+            scalar::f16_rows_dot(&rows16, stride, offset, &x, &mut b);
+            prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, len as f32)));
+            let (mut a, mut b) = (vec![0.5f32; len], vec![0.5f32; len]);
+            kernels::f32_rows_axpy(isa, &rows, stride, offset, &p, &mut a);
+            scalar::f32_rows_axpy(&rows, stride, offset, &p, &mut b);
+            prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, n_rows as f32)));
+            kernels::f16_rows_axpy(isa, &rows16, stride, offset, &p, &mut a);
+            scalar::f16_rows_axpy(&rows16, stride, offset, &p, &mut b);
+            prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, n_rows as f32)));
+        }
+    }
+}
+
 #[test]
 fn this_machine_runs_every_simd_path_it_claims() {
     // On the CI machine (x86-64 with AVX-512 VNNI) all three paths are exercised above.

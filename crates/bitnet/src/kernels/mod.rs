@@ -208,3 +208,79 @@ pub fn f16_axpy(isa: Isa, out: &mut [f32], a: f32, v: &[f16]) {
         avx2 => x86::avx2::f16_axpy(out, a, v),
         scalar => scalar::f16_axpy(out, a, v))
 }
+
+/// Panics unless every row `j < n` of length `len` at `j·stride + offset` lies in `total`.
+fn check_rows(total: usize, stride: usize, offset: usize, len: usize, n: usize) {
+    if n > 0 {
+        assert!(
+            (n - 1) * stride + offset + len <= total,
+            "strided rows out of bounds"
+        );
+    }
+}
+
+/// Dot products of `x` with `out.len()` strided f16 rows:
+/// `out[j] = Σ_d rows[j·stride + offset + d] · x[d]` (attention scores over a KV cache).
+pub fn f16_rows_dot(
+    isa: Isa,
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    check_rows(rows.len(), stride, offset, x.len(), out.len());
+    dispatch!(isa,
+        avx512 => x86::avx2::f16_rows_dot(rows, stride, offset, x, out),
+        avx2 => x86::avx2::f16_rows_dot(rows, stride, offset, x, out),
+        scalar => scalar::f16_rows_dot(rows, stride, offset, x, out))
+}
+
+/// The f32 twin of [`f16_rows_dot`].
+pub fn f32_rows_dot(
+    isa: Isa,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    check_rows(rows.len(), stride, offset, x.len(), out.len());
+    dispatch!(isa,
+        avx512 => x86::avx2::f32_rows_dot(rows, stride, offset, x, out),
+        avx2 => x86::avx2::f32_rows_dot(rows, stride, offset, x, out),
+        scalar => scalar::f32_rows_dot(rows, stride, offset, x, out))
+}
+
+/// `out += Σ_j p[j] · rows[j·stride + offset ..]` over `p.len()` strided f16 rows (the
+/// attention output from cached values).
+pub fn f16_rows_axpy(
+    isa: Isa,
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    out: &mut [f32],
+) {
+    check_rows(rows.len(), stride, offset, out.len(), p.len());
+    dispatch!(isa,
+        avx512 => x86::avx2::f16_rows_axpy(rows, stride, offset, p, out),
+        avx2 => x86::avx2::f16_rows_axpy(rows, stride, offset, p, out),
+        scalar => scalar::f16_rows_axpy(rows, stride, offset, p, out))
+}
+
+/// The f32 twin of [`f16_rows_axpy`].
+pub fn f32_rows_axpy(
+    isa: Isa,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    out: &mut [f32],
+) {
+    check_rows(rows.len(), stride, offset, out.len(), p.len());
+    dispatch!(isa,
+        avx512 => x86::avx2::f32_rows_axpy(rows, stride, offset, p, out),
+        avx2 => x86::avx2::f32_rows_axpy(rows, stride, offset, p, out),
+        scalar => scalar::f32_rows_axpy(rows, stride, offset, p, out))
+}

@@ -131,17 +131,22 @@ impl ThreadPool {
         }
     }
 
-    /// Splits `0..n` into one contiguous range per thread (multiples of `granule` except the
-    /// last) and runs `f(range)` for each non-empty one.
-    pub fn for_ranges(&self, n: usize, granule: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        let threads = self.n_threads;
+    /// Thread `thread`'s share of `0..n`: one contiguous range per thread, in multiples of
+    /// `granule` except the last (possibly empty).
+    pub fn share(&self, n: usize, granule: usize, thread: usize) -> Range<usize> {
         let granule = granule.max(1);
         let units = n.div_ceil(granule);
+        let start = (units * thread / self.n_threads * granule).min(n);
+        let end = (units * (thread + 1) / self.n_threads * granule).min(n);
+        start..end
+    }
+
+    /// Splits `0..n` as [`ThreadPool::share`] does and runs `f(range)` for each non-empty one.
+    pub fn for_ranges(&self, n: usize, granule: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
         self.run(&|i| {
-            let start = (units * i / threads * granule).min(n);
-            let end = (units * (i + 1) / threads * granule).min(n);
-            if start < end {
-                f(start..end);
+            let range = self.share(n, granule, i);
+            if !range.is_empty() {
+                f(range);
             }
         });
     }
@@ -152,6 +157,7 @@ fn worker(s: &Shared, index: usize) {
     loop {
         // Wait for a new generation: spin first, then sleep.
         let spin_until = Instant::now() + SPIN;
+        let mut spins = 0u32;
         loop {
             let g = s.generation.load(Ordering::Acquire);
             if g != seen {
@@ -161,7 +167,9 @@ fn worker(s: &Shared, index: usize) {
             if s.stop.load(Ordering::Acquire) {
                 return;
             }
-            if Instant::now() < spin_until {
+            // Reading the clock is not free: look at it every 256 spins only.
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(256) || Instant::now() < spin_until {
                 std::hint::spin_loop();
                 continue;
             }
@@ -274,4 +282,38 @@ mod tests {
         // Still usable afterwards.
         pool.run(&|_| {});
     }
+}
+
+thread_local! {
+    static SCRATCH_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_I32: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable f32 buffer of `len` elements (contents unspecified:
+/// `f` must write before it reads). Hot loops use it instead of allocating, which for large
+/// buffers would map and fault in fresh pages on every call.
+pub fn with_scratch_f32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH_F32.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Already in use further up this thread's stack: fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// The i32 twin of [`with_scratch_f32`].
+pub fn with_scratch_i32<R>(len: usize, f: impl FnOnce(&mut [i32]) -> R) -> R {
+    SCRATCH_I32.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0; len]),
+    })
 }

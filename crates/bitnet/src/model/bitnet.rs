@@ -16,17 +16,18 @@
 //! `Lin` is BitLinear: per-token absmax int8 activations, ternary weights, an exact integer
 //! dot product, then one float rescale. See `shared/spec/bitnet-forward.md`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::formats::types::TensorType;
-use crate::kernels::threads::{SharedOut, ThreadPool};
+use crate::kernels::threads::{self, SharedOut, ThreadPool};
 use crate::kernels::{self, Isa};
 
 use super::config::Config;
 use super::kv_cache::{CacheType, KvCache, KvSlice};
 use super::weights::{
-    ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, TernaryLinear,
+    ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, QuantizedBuffers,
+    TernaryLinear,
 };
 use super::ModelError;
 
@@ -36,30 +37,72 @@ struct Linear {
     bias: Option<Vec<f32>>,
 }
 
-impl Linear {
-    /// `x` quantized, all output rows, token-major output `[n_tokens × out]`; the rows are
-    /// split between the threads.
-    fn forward(&self, exec: &Exec, x: &QuantizedActs) -> Vec<f32> {
-        let out_features = self.weight.out_features();
-        let n_tokens = x.n_tokens();
-        let mut out = vec![0f32; n_tokens * out_features];
-        let shared = SharedOut::new(&mut out);
-        exec.pool.for_ranges(out_features, ROW_GRANULE, &|rows| {
-            let n = rows.len();
-            let mut local = vec![0f32; n_tokens * n];
-            self.weight.matmul(exec.isa, x, rows.clone(), &mut local);
-            for (t, chunk) in local.chunks_exact(n).enumerate() {
-                let start = t * out_features + rows.start;
-                // SAFETY: each thread owns a distinct range of output rows.
-                unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+/// Runs several linear layers on the same quantized input in one parallel section (q, k, v;
+/// gate, up): each thread computes its share of every layer's output rows, so there is one
+/// synchronization instead of one per layer. Outputs are token-major `[n_tokens × out]`.
+fn linear_group<const N: usize>(
+    exec: &Exec,
+    x: &QuantizedActs<'_>,
+    layers: [(&Linear, &mut [f32]); N],
+) {
+    let n_tokens = x.n_tokens();
+    let (linears, outs): (Vec<&Linear>, Vec<&mut [f32]>) = layers.into_iter().unzip();
+    let mut outs = outs;
+    {
+        let shared: Vec<SharedOut<f32>> = outs.iter_mut().map(|o| SharedOut::new(o)).collect();
+        exec.pool.run(&|thread| {
+            for (lin, out) in linears.iter().zip(&shared) {
+                let out_features = lin.weight.out_features();
+                let rows = exec.pool.share(out_features, ROW_GRANULE, thread);
+                let n = rows.len();
+                if n == 0 {
+                    continue;
+                }
+                threads::with_scratch_f32(n_tokens * n, |local| {
+                    lin.weight.matmul(exec.isa, x, rows.clone(), local);
+                    for (t, chunk) in local.chunks_exact(n).enumerate() {
+                        let start = t * out_features + rows.start;
+                        // SAFETY: each thread owns a distinct range of every layer's rows.
+                        unsafe { out.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                    }
+                });
             }
         });
-        if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(out_features) {
+    }
+    for (lin, out) in linears.iter().zip(outs.iter_mut()) {
+        if let Some(bias) = &lin.bias {
+            for row in out.chunks_exact_mut(bias.len()) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
-        out
+    }
+}
+
+/// Buffers of the forward pass, kept between calls (reallocating megabytes per layer costs
+/// page faults on every call; ggml pre-allocates its compute buffers for the same reason).
+#[derive(Default)]
+struct Workspace {
+    acts: QuantizedBuffers,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Workspace {
+    /// Sizes every buffer for `n` tokens (capacity is kept when shrinking).
+    fn fit(&mut self, n: usize, c: &Config) {
+        let (h, kv, ff) = (c.n_embd, c.kv_dim(), c.n_ff);
+        self.q.resize(n * h, 0.0);
+        self.k.resize(n * kv, 0.0);
+        self.v.resize(n * kv, 0.0);
+        self.attn.resize(n * h, 0.0);
+        self.proj.resize(n * h, 0.0);
+        self.gate.resize(n * ff, 0.0);
+        self.up.resize(n * ff, 0.0);
     }
 }
 
@@ -108,6 +151,8 @@ pub struct BitnetModel {
     layers: Vec<Layer>,
     /// RoPE inverse frequencies, `head_dim / 2` of them.
     inv_freq: Vec<f32>,
+    /// Reused buffers; a forward pass holds the lock (one at a time per model).
+    workspace: Mutex<Workspace>,
 }
 
 impl std::fmt::Debug for BitnetModel {
@@ -228,6 +273,7 @@ impl BitnetModel {
             tied_output,
             layers,
             inv_freq,
+            workspace: Mutex::new(Workspace::default()),
         })
     }
 
@@ -341,9 +387,12 @@ impl BitnetModel {
         }
 
         let (cos, sin) = self.rope_tables(pos0, n);
+        let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        ws.fit(n, c);
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(l, layer, &mut x, cache, pos0, &cos, &sin);
+            self.layer_forward(l, layer, &mut x, &mut ws, cache, pos0, &cos, &sin);
         }
+        drop(ws);
         cache.set_len(pos0 + n);
 
         let rows: &[f32] = match which {
@@ -400,6 +449,7 @@ impl BitnetModel {
         l: usize,
         layer: &Layer,
         x: &mut [f32],
+        ws: &mut Workspace,
         cache: &mut KvCache,
         pos0: usize,
         cos: &[f32],
@@ -410,14 +460,24 @@ impl BitnetModel {
         let n = x.len() / h;
         let eps = c.rms_eps;
         let ex = &self.exec;
-        let isa = ex.isa;
+        let Workspace {
+            acts,
+            q,
+            k,
+            v,
+            attn,
+            proj,
+            gate,
+            up,
+        } = ws;
 
         // Attention.
-        let normed = rms_norm_rows(x, &layer.attn_norm, eps);
-        let acts = QuantizedActs::quantize(isa, &normed, h);
-        let mut q = layer.wq.forward(ex, &acts);
-        let mut k = layer.wk.forward(ex, &acts);
-        let v = layer.wv.forward(ex, &acts);
+        norm_quantize(ex, x, &layer.attn_norm, eps, acts);
+        linear_group(
+            ex,
+            &acts.view(),
+            [(&layer.wq, q), (&layer.wk, k), (&layer.wv, v)],
+        );
         let half = hd / 2;
         for t in 0..n {
             let (cos, sin) = (
@@ -437,93 +497,104 @@ impl BitnetModel {
                 &v[t * kv..(t + 1) * kv],
             );
         }
-        let attn = self.attention(l, &q, cache, pos0, n);
-        let normed = rms_norm_rows(&attn, &layer.attn_sub_norm, eps);
-        let out = layer
-            .wo
-            .forward(ex, &QuantizedActs::quantize(isa, &normed, h));
-        x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
+        self.attention(l, q, cache, pos0, n, attn);
+        norm_quantize(ex, attn, &layer.attn_sub_norm, eps, acts);
+        linear_group(ex, &acts.view(), [(&layer.wo, &mut proj[..])]);
+        x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
 
         // Feed-forward: relu² gate.
-        let normed = rms_norm_rows(x, &layer.ffn_norm, eps);
-        let acts = QuantizedActs::quantize(isa, &normed, h);
-        let gate = layer.w_gate.forward(ex, &acts);
-        let mut up = layer.w_up.forward(ex, &acts);
-        for (u, g) in up.iter_mut().zip(&gate) {
+        norm_quantize(ex, x, &layer.ffn_norm, eps, acts);
+        linear_group(
+            ex,
+            &acts.view(),
+            [(&layer.w_gate, &mut gate[..]), (&layer.w_up, &mut up[..])],
+        );
+        for (u, g) in up.iter_mut().zip(gate.iter()) {
             let r = g.max(0.0);
             *u *= r * r;
         }
-        let normed = rms_norm_rows(&up, &layer.ffn_sub_norm, eps);
-        let out = layer
-            .w_down
-            .forward(ex, &QuantizedActs::quantize(isa, &normed, c.n_ff));
-        x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
+        norm_quantize(ex, up, &layer.ffn_sub_norm, eps, acts);
+        linear_group(ex, &acts.view(), [(&layer.w_down, &mut proj[..])]);
+        x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
     }
 
     /// Causal attention of `n` queries at positions `pos0..` over the cache (which already
     /// holds their own keys and values). Each (query, head) pair is computed alone by one
     /// thread, in the same order, so a prefill and one-token-at-a-time decoding give identical
     /// results on any number of threads.
-    fn attention(&self, l: usize, q: &[f32], cache: &KvCache, pos0: usize, n: usize) -> Vec<f32> {
+    fn attention(
+        &self,
+        l: usize,
+        q: &[f32],
+        cache: &KvCache,
+        pos0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
         let c = &self.config;
         let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let isa = self.exec.isa;
         let (keys, values) = cache.layer(l);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; n * h];
-        let shared = SharedOut::new(&mut out);
-        self.exec.pool.for_ranges(n * c.n_head, 1, &|items| {
+        out.fill(0.0);
+        let shared = SharedOut::new(out);
+        let n_threads = self.exec.pool.n_threads();
+        self.exec.pool.run(&|thread| {
             let mut scores = vec![0f32; pos0 + n];
             let mut qh = vec![0f32; hd];
-            for item in items {
+            // Strided, not contiguous: later tokens see more keys, so this balances the work.
+            for item in (thread..n * c.n_head).step_by(n_threads) {
                 let (t, head) = (item / c.n_head, item % c.n_head);
                 let visible = pos0 + t + 1;
                 let kv_off = (head / group) * hd;
                 qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
                 let scores = &mut scores[..visible];
                 match keys {
-                    KvSlice::F32(k) => {
-                        for (j, s) in scores.iter_mut().enumerate() {
-                            let kj = &k[j * kv + kv_off..j * kv + kv_off + hd];
-                            *s = kernels::f32_dot(isa, &qh, kj) * scale;
-                        }
-                    }
-                    KvSlice::F16(k) => {
-                        for (j, s) in scores.iter_mut().enumerate() {
-                            let kj = &k[j * kv + kv_off..j * kv + kv_off + hd];
-                            *s = kernels::f16_dot(isa, kj, &qh) * scale;
-                        }
-                    }
+                    KvSlice::F32(k) => kernels::f32_rows_dot(isa, k, kv, kv_off, &qh, scores),
+                    KvSlice::F16(k) => kernels::f16_rows_dot(isa, k, kv, kv_off, &qh, scores),
                 }
+                scores.iter_mut().for_each(|s| *s *= scale);
                 kernels::softmax(scores);
                 let start = t * h + head * hd;
                 // SAFETY: each (token, head) pair is one thread's alone.
                 let o = unsafe { shared.slice_mut(start..start + hd) };
                 match values {
-                    KvSlice::F32(v) => {
-                        for (j, &p) in scores.iter().enumerate() {
-                            let vj = &v[j * kv + kv_off..j * kv + kv_off + hd];
-                            kernels::f32_axpy(isa, o, p, vj);
-                        }
-                    }
-                    KvSlice::F16(v) => {
-                        for (j, &p) in scores.iter().enumerate() {
-                            let vj = &v[j * kv + kv_off..j * kv + kv_off + hd];
-                            kernels::f16_axpy(isa, o, p, vj);
-                        }
-                    }
+                    KvSlice::F32(v) => kernels::f32_rows_axpy(isa, v, kv, kv_off, scores, o),
+                    KvSlice::F16(v) => kernels::f16_rows_axpy(isa, v, kv, kv_off, scores, o),
                 }
             }
         });
-        out
     }
 }
 
-fn rms_norm_rows(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (o, r) in out.chunks_exact_mut(g.len()).zip(x.chunks_exact(g.len())) {
-        kernels::rms_norm(r, g, eps, o);
+/// RMSNorm then BitNet's int8 quantization of every row (token) of `x` into `acts`, rows split
+/// between the threads when there are several.
+fn norm_quantize(exec: &Exec, x: &[f32], g: &[f32], eps: f32, acts: &mut QuantizedBuffers) {
+    let n = g.len();
+    let n_tokens = x.len() / n;
+    acts.fit(n_tokens, n);
+    let (q_out, s_out, sum_out) = (
+        SharedOut::new(&mut acts.q),
+        SharedOut::new(&mut acts.scales),
+        SharedOut::new(&mut acts.qsums),
+    );
+    let work = |tokens: std::ops::Range<usize>| {
+        threads::with_scratch_f32(n, |normed| {
+            for t in tokens {
+                kernels::rms_norm(&x[t * n..(t + 1) * n], g, eps, normed);
+                // SAFETY: each token's row and scalars belong to one thread.
+                let qt = unsafe { q_out.slice_mut(t * n..(t + 1) * n) };
+                let s = kernels::quantize_row_i8(exec.isa, normed, qt);
+                let sum: i32 = qt.iter().map(|&v| v as i32).sum();
+                unsafe { s_out.slice_mut(t..t + 1)[0] = s };
+                unsafe { sum_out.slice_mut(t..t + 1)[0] = sum };
+            }
+        })
+    };
+    if n_tokens == 1 {
+        work(0..1);
+    } else {
+        exec.pool.for_ranges(n_tokens, 1, &work);
     }
-    out
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::formats::types::{self, i2_s, q8_0, tq2_0, TensorType};
+use crate::kernels::threads::with_scratch_i32;
 use crate::kernels::{self, Isa};
 
 use super::ModelError;
@@ -56,17 +57,38 @@ impl WeightBytes {
 }
 
 /// Activations of `n_tokens` rows quantized to int8, one scale per row (`x ≈ q / scale`).
-pub struct QuantizedActs {
+/// Borrowed, so the forward pass can keep the buffers between calls.
+#[derive(Clone, Copy)]
+pub struct QuantizedActs<'a> {
+    pub q: &'a [i8],
+    pub scales: &'a [f32],
+    /// `Σ q` of each row (the I2_S kernels multiply by the codes `t + 1`, then subtract it).
+    pub qsums: &'a [i32],
+    pub row_len: usize,
+}
+
+impl QuantizedActs<'_> {
+    pub fn n_tokens(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.q[t * self.row_len..(t + 1) * self.row_len]
+    }
+}
+
+/// Owned buffers for [`QuantizedActs`].
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedBuffers {
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
-    /// `Σ q` of each row (the I2_S kernels multiply by the codes `t + 1`, then subtract it).
     pub qsums: Vec<i32>,
     pub row_len: usize,
 }
 
-impl QuantizedActs {
+impl QuantizedBuffers {
     /// Quantizes each `row_len`-long row of `x` (BitNet's per-token absmax quantizer).
-    pub fn quantize(isa: Isa, x: &[f32], row_len: usize) -> QuantizedActs {
+    pub fn quantize(isa: Isa, x: &[f32], row_len: usize) -> QuantizedBuffers {
         let mut q = vec![0i8; x.len()];
         let scales = x
             .chunks_exact(row_len)
@@ -77,7 +99,7 @@ impl QuantizedActs {
             .chunks_exact(row_len)
             .map(|r| r.iter().map(|&v| v as i32).sum())
             .collect();
-        QuantizedActs {
+        QuantizedBuffers {
             q,
             scales,
             qsums,
@@ -85,12 +107,21 @@ impl QuantizedActs {
         }
     }
 
-    pub fn n_tokens(&self) -> usize {
-        self.scales.len()
+    /// Sizes the buffers for `n_tokens` rows of `row_len` (capacity is kept when shrinking).
+    pub fn fit(&mut self, n_tokens: usize, row_len: usize) {
+        self.q.resize(n_tokens * row_len, 0);
+        self.scales.resize(n_tokens, 0.0);
+        self.qsums.resize(n_tokens, 0);
+        self.row_len = row_len;
     }
 
-    pub fn row(&self, t: usize) -> &[i8] {
-        &self.q[t * self.row_len..(t + 1) * self.row_len]
+    pub fn view(&self) -> QuantizedActs<'_> {
+        QuantizedActs {
+            q: &self.q,
+            scales: &self.scales,
+            qsums: &self.qsums,
+            row_len: self.row_len,
+        }
     }
 }
 
@@ -105,7 +136,7 @@ pub trait TernaryLinear: Send + Sync {
     fn weight_bytes(&self) -> usize;
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
     /// `rows` and every token `t` of `x`, with `x` dequantized as `q / scale`.
-    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]);
+    fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]);
 }
 
 /// I2_S: one scale per tensor; rows are `in/4` packed bytes.
@@ -168,20 +199,21 @@ impl TernaryLinear for I2sLinear {
     fn weight_bytes(&self) -> usize {
         self.bytes.as_slice().len()
     }
-    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+    fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]) {
         let row_bytes = self.in_features / 4;
         let w = &self.bytes.as_slice()[rows.start * row_bytes..rows.end * row_bytes];
-        let mut dots = vec![0i32; x.n_tokens() * rows.len()];
-        kernels::i2s_matmul(isa, w, self.in_features, &x.q, &x.qsums, &mut dots);
-        for ((o, d), &s) in out
-            .chunks_exact_mut(rows.len())
-            .zip(dots.chunks_exact(rows.len()))
-            .zip(&x.scales)
-        {
-            for (o, &d) in o.iter_mut().zip(d) {
-                *o = d as f32 / s * self.scale;
+        with_scratch_i32(x.n_tokens() * rows.len(), |dots| {
+            kernels::i2s_matmul(isa, w, self.in_features, x.q, x.qsums, dots);
+            for ((o, d), &s) in out
+                .chunks_exact_mut(rows.len())
+                .zip(dots.chunks_exact(rows.len()))
+                .zip(x.scales)
+            {
+                for (o, &d) in o.iter_mut().zip(d) {
+                    *o = d as f32 / s * self.scale;
+                }
             }
-        }
+        });
     }
 }
 
@@ -206,7 +238,7 @@ impl TernaryLinear for BlockTernaryLinear {
     fn weight_bytes(&self) -> usize {
         self.bytes.as_slice().len()
     }
-    fn matmul(&self, isa: Isa, x: &QuantizedActs, rows: Range<usize>, out: &mut [f32]) {
+    fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]) {
         let k = self.in_features;
         let row_bytes = (k as u64 / self.ty.block_len() * self.ty.block_bytes()) as usize;
         let w = &self.bytes.as_slice()[rows.start * row_bytes..rows.end * row_bytes];
@@ -217,7 +249,7 @@ impl TernaryLinear for BlockTernaryLinear {
                     x.q.chunks_exact(tq2_0::BLOCK_LEN)
                         .map(|b| b.iter().map(|&v| v as i32).sum())
                         .collect();
-                kernels::tq2_0_matmul(isa, w, k, &x.q, &block_qsums, out);
+                kernels::tq2_0_matmul(isa, w, k, x.q, &block_qsums, out);
             }
             _ => {
                 for (t, row_out) in out.chunks_exact_mut(n).enumerate() {
@@ -228,7 +260,7 @@ impl TernaryLinear for BlockTernaryLinear {
                 }
             }
         }
-        for (o, &s) in out.chunks_exact_mut(n).zip(&x.scales) {
+        for (o, &s) in out.chunks_exact_mut(n).zip(x.scales) {
             o.iter_mut().for_each(|v| *v /= s);
         }
     }

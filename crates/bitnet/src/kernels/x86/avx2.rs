@@ -193,6 +193,7 @@ pub unsafe fn f16_matmul(w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
 ///
 /// # Safety
 /// Requires AVX2, FMA and F16C.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
     let n = w.len().min(x.len());
@@ -223,6 +224,7 @@ pub unsafe fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
 ///
 /// # Safety
 /// Requires AVX2 and FMA.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -252,6 +254,7 @@ pub unsafe fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
 ///
 /// # Safety
 /// Requires AVX2, FMA and F16C.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_axpy(out: &mut [f32], a: f32, v: &[f16]) {
     let n = out.len().min(v.len());
@@ -273,6 +276,7 @@ pub unsafe fn f16_axpy(out: &mut [f32], a: f32, v: &[f16]) {
 ///
 /// # Safety
 /// Requires AVX2 and FMA.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
     let n = out.len().min(v.len());
@@ -286,5 +290,69 @@ pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
     }
     for j in i..n {
         out[j] += a * v[j];
+    }
+}
+
+/// See [`crate::kernels::f16_rows_dot`].
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let start = j * stride + offset;
+        *o = f16_dot(&rows[start..start + n], x);
+    }
+}
+
+/// See [`crate::kernels::f32_rows_dot`].
+///
+/// # Safety
+/// Requires AVX2 and FMA; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_rows_dot(rows: &[f32], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
+    let n = x.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        let start = j * stride + offset;
+        *o = f32_dot(&rows[start..start + n], x);
+    }
+}
+
+/// See [`crate::kernels::f16_rows_axpy`].
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_axpy(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    out: &mut [f32],
+) {
+    let n = out.len();
+    for (j, &pj) in p.iter().enumerate() {
+        let start = j * stride + offset;
+        f16_axpy(out, pj, &rows[start..start + n]);
+    }
+}
+
+/// See [`crate::kernels::f32_rows_axpy`].
+///
+/// # Safety
+/// Requires AVX2 and FMA; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_rows_axpy(
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    out: &mut [f32],
+) {
+    let n = out.len();
+    for (j, &pj) in p.iter().enumerate() {
+        let start = j * stride + offset;
+        f32_axpy(out, pj, &rows[start..start + n]);
     }
 }
