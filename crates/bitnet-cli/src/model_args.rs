@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bitnet::formats::gguf::GgufFile;
+use bitnet::formats::types::TensorType;
 use bitnet::hf::hub::{self, HubOptions};
 use bitnet::kernels::Isa;
 use bitnet::model::{BitnetModel, CacheType};
@@ -35,6 +36,20 @@ pub struct ModelArgs {
     /// Kernel instruction set: scalar, avx2, avx512vnni (default: the best this CPU has)
     #[arg(long)]
     pub isa: Option<Isa>,
+    /// Store the output matrix as q8_0 or q6_k (re-encoded at load): fewer bytes read per
+    /// generated token, slightly different logits (see README)
+    #[arg(long)]
+    pub output_type: Option<String>,
+}
+
+/// Parses `--output-type`.
+pub fn output_type(name: &str) -> Result<TensorType> {
+    match TensorType::from_name(name) {
+        Some(ty @ (TensorType::Q8_0 | TensorType::Q6K | TensorType::F16 | TensorType::F32)) => {
+            Ok(ty)
+        }
+        _ => anyhow::bail!("--output-type {name}: use q8_0, q6_k, f16 or f32"),
+    }
 }
 
 /// A loaded model with its tokenizer.
@@ -77,6 +92,9 @@ impl ModelArgs {
         if let Some(isa) = self.isa {
             anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
             model.set_isa(isa);
+        }
+        if let Some(name) = &self.output_type {
+            model.set_output_type(output_type(name)?)?;
         }
         Ok(Loaded {
             name,

@@ -441,3 +441,55 @@ fn f16_cache_cost_on_the_fixtures() {
     );
     assert!(same_argmax + 2 >= tokens.len());
 }
+
+/// The opt-in smaller output matrices: what they cost in logits and in greedy agreement.
+#[test]
+fn quantized_output_matrix_accuracy() {
+    use bitnet::formats::types::TensorType;
+    let cpp = json("testdata/demo/bitnetcpp-greedy.json");
+    let base = BitnetModel::open(repo("models/bitnet-shakespeare-7m-i2_s.gguf")).unwrap();
+    let nv = base.config().n_vocab;
+    let sample = &cpp["samples"][0];
+    let mut tokens = ids(&sample["prompt_ids"]);
+    tokens.extend(ids(&sample["generated_ids"]));
+    let run = |m: &BitnetModel| {
+        let mut cache = m.new_cache(0, CacheType::F32);
+        m.forward(&tokens, &mut cache, Logits::All).unwrap()
+    };
+    let reference = run(&base);
+    // (type, bound on max |Δlogit|, positions whose argmax may move)
+    for (ty, max_delta, moved) in [(TensorType::Q8_0, 0.1, 0), (TensorType::Q6K, 0.5, 5)] {
+        let mut m = BitnetModel::open(repo("models/bitnet-shakespeare-7m-i2_s.gguf")).unwrap();
+        m.set_output_type(ty).unwrap();
+        assert_eq!(m.weight_formats().1, ty);
+        let logits = run(&m);
+        let d = max_abs_diff(&logits, &reference);
+        let same_argmax = logits
+            .chunks(nv)
+            .zip(reference.chunks(nv))
+            .filter(|(a, b)| argmax(a) == argmax(b))
+            .count();
+        let mut agree = Vec::new();
+        for s in cpp["samples"].as_array().unwrap() {
+            let expected = ids(&s["generated_ids"]);
+            let ours = greedy(&m, &ids(&s["prompt_ids"]), expected.len(), CacheType::F32);
+            agree.push(
+                ours.iter()
+                    .zip(&expected)
+                    .take_while(|(a, b)| a == b)
+                    .count(),
+            );
+        }
+        eprintln!(
+            "demo, {ty} output: max |Δlogit| vs F16 {d:.4}, argmax equal at {same_argmax}/{} \
+             positions, greedy tokens equal to the references (prefix per prompt): {agree:?}",
+            tokens.len()
+        );
+        assert!(d <= max_delta, "{ty}: {d}");
+        assert!(same_argmax + moved >= tokens.len(), "{ty}: {same_argmax}");
+    }
+    // The visible model (hidden size 128) can take Q8_0 but not Q6_K (256-value blocks).
+    let mut m = visible_model();
+    assert!(m.set_output_type(TensorType::Q6K).is_err());
+    m.set_output_type(TensorType::Q8_0).unwrap();
+}

@@ -3,7 +3,7 @@
 //! Integer results must be bit-identical; float reductions agree within a stated tolerance
 //! (they differ only in summation order and FMA rounding).
 
-use bitnet::formats::types::{float, i2_s, tq2_0};
+use bitnet::formats::types::{float, i2_s, q6_k, q8_0, tq2_0};
 use bitnet::kernels::{self, scalar, Isa};
 use half::f16;
 use proptest::prelude::*;
@@ -178,6 +178,53 @@ proptest! {
             kernels::f16_rows_axpy(isa, &rows16, stride, offset, &p, &mut a);
             scalar::f16_rows_axpy(&rows16, stride, offset, &p, &mut b);
             prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, n_rows as f32)));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The optional 8- and 6-bit output matrices.
+    #[test]
+    fn quantized_output_matmuls_match_within_tolerance(
+        (rows, blocks, tokens) in (1usize..6, 1usize..4, 1usize..3),
+        seed in any::<u64>(),
+    ) {
+        let k = blocks * 256;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let w: Vec<f32> = (0..rows * k).map(|_| next() * 0.1).collect();
+        let x: Vec<f32> = (0..tokens * k).map(|_| next() * 2.0).collect();
+        let scale = (k as f32) * 0.2;
+        let q8 = q8_0::quantize(&w);
+        let mut expected = vec![0f32; rows * tokens];
+        scalar::q8_0_matmul(&q8, k, &x, &mut expected);
+        for isa in simd_isas() {
+            let mut out = vec![0f32; rows * tokens];
+            kernels::q8_0_matmul(isa, &q8, k, &x, &mut out);
+            for (a, b) in out.iter().zip(&expected) {
+                prop_assert!(close(*a, *b, scale), "{} q8_0: {} vs {}", isa, a, b);
+            }
+        }
+        // Q6_K: exact integer blocks, so bit-identical.
+        let q6 = q6_k::quantize(&w);
+        scalar::q6_k_matmul(&q6, k, &x, &mut expected);
+        for isa in simd_isas() {
+            let mut out = vec![0f32; rows * tokens];
+            kernels::q6_k_matmul(isa, &q6, k, &x, &mut out);
+            prop_assert!(out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{}", isa);
+        }
+        // And the Q6_K product is close to the float one of its dequantized weights.
+        let mut deq = vec![0f32; rows * k];
+        bitnet::formats::types::q6_k::dequantize(&q6, &mut deq);
+        for t in 0..tokens {
+            for r in 0..rows {
+                let exact: f32 = (0..k).map(|c| deq[r * k + c] * x[t * k + c]).sum();
+                let amax = x[t * k..(t + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let bound = deq[r * k..(r + 1) * k].iter().map(|v| v.abs()).sum::<f32>() * amax / 127.0 + 1e-4;
+                prop_assert!((expected[t * rows + r] - exact).abs() <= bound);
+            }
         }
     }
 }

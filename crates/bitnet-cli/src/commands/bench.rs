@@ -47,6 +47,9 @@ pub struct Args {
     /// Kernel instruction set (default: the best this CPU has)
     #[arg(long)]
     isa: Option<Isa>,
+    /// Store the output matrix as q8_0 or q6_k (re-encoded at load)
+    #[arg(long)]
+    output_type: Option<String>,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -94,6 +97,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(isa) = args.isa {
         anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
         model.set_isa(isa);
+    }
+    if let Some(name) = &args.output_type {
+        model.set_output_type(crate::model_args::output_type(name)?)?;
     }
     let threads = if args.threads.is_empty() {
         vec![model.threads()]

@@ -284,3 +284,40 @@ pub fn f32_rows_axpy(
         avx2 => x86::avx2::f32_rows_axpy(rows, stride, offset, p, out),
         scalar => scalar::f32_rows_axpy(rows, stride, offset, p, out))
 }
+
+/// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
+/// matrix). AVX-512 path; elsewhere the scalar twin.
+pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
+    assert!(k > 0 && k.is_multiple_of(32));
+    let row_bytes = k / 32 * 34;
+    assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
+    assert!(out.len() >= w.len() / row_bytes * (x.len() / k));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA was checked available; lengths checked above.
+        Isa::Avx512Vnni if isa.is_available() => unsafe { x86::avx512::q8_0_matmul(w, k, x, out) },
+        _ => scalar::q8_0_matmul(w, k, x, out),
+    }
+}
+
+/// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
+/// is first quantized to int8 per 256 values ([`scalar::Q8K`]); each block's product is then an
+/// exact integer, so every ISA gives bit-identical results.
+pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
+    assert!(k > 0 && k.is_multiple_of(256));
+    let row_bytes = k / 256 * 210;
+    assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
+    let n_rows = w.len() / row_bytes;
+    assert!(out.len() >= n_rows * (x.len() / k));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if Isa::Avx2.is_available() => {
+            for (t, xt) in x.chunks_exact(k).enumerate() {
+                let qx = scalar::Q8K::quantize(xt);
+                // SAFETY: AVX2 checked available; lengths checked above.
+                unsafe { x86::avx2::q6_k_rows(w, &qx, &mut out[t * n_rows..(t + 1) * n_rows]) };
+            }
+        }
+        _ => scalar::q6_k_matmul(w, k, x, out),
+    }
+}

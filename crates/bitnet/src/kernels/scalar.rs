@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use crate::formats::types::{i2_s, tq1_0, tq2_0};
+use crate::formats::types::{i2_s, q6_k, q8_0, tq1_0, tq2_0};
 
 /// Per-token absmax int8 quantization (BitNet's activation quantizer):
 /// `a = max(max|x|, 1e-5)`, `s = 127 / a`, `q = clamp(round_half_even(x * s), -128, 127)`.
@@ -88,6 +88,104 @@ pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
     for (t, q) in acts.chunks_exact(k).enumerate() {
         for (r, row) in w.chunks_exact(row_bytes).enumerate() {
             out[t * n_rows + r] = tq2_0_dot(row, q);
+        }
+    }
+}
+
+/// `Σ_b d_b · Σ_{i∈b} q_i · x_i` for one Q8_0 row: each 32-value block's sum in index order,
+/// scaled and added in block order.
+pub fn q8_0_dot(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xb) in q8_0::blocks(row)
+        .iter()
+        .zip(x.chunks_exact(q8_0::BLOCK_LEN))
+    {
+        let s: f32 = b.qs.iter().zip(xb).map(|(&q, &x)| q as f32 * x).sum();
+        sum += b.scale() * s;
+    }
+    sum
+}
+
+/// Activations quantized for the Q6_K product (as llama.cpp's Q8_K): per 256-value block an
+/// int8 row `q = round_half_even(x · 127 / max|x|)`, its scale `d = max|x| / 127`, and the sum
+/// of `q` over each 16-value group (for the `−32` offset of Q6_K's codes).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Q8K {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub group_sums: Vec<i16>,
+}
+
+impl Q8K {
+    pub fn quantize(x: &[f32]) -> Q8K {
+        let mut out = Q8K {
+            q: vec![0; x.len()],
+            d: Vec::with_capacity(x.len() / q6_k::BLOCK_LEN),
+            group_sums: Vec::with_capacity(x.len() / 16),
+        };
+        for (xb, qb) in x
+            .chunks_exact(q6_k::BLOCK_LEN)
+            .zip(out.q.chunks_exact_mut(q6_k::BLOCK_LEN))
+        {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if amax > 0.0 {
+                let s = 127.0 / amax;
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    *q = (v * s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                }
+                out.d.push(1.0 / s);
+            } else {
+                out.d.push(0.0);
+            }
+            out.group_sums.extend(
+                qb.chunks_exact(16)
+                    .map(|g| g.iter().map(|&v| v as i16).sum::<i16>()),
+            );
+        }
+        out
+    }
+}
+
+/// One Q6_K row against [`Q8K`] activations: per block the exact integer
+/// `Σ_g sc_g · (Σ_{i∈g} u_i · q_i − 32 · Σ_{i∈g} q_i)` with `u = code` in 0..63, then
+/// `sum += d_w · d_x · block` in block order.
+pub fn q6_k_dot(row: &[u8], x: &Q8K) -> f32 {
+    let mut sum = 0f32;
+    for (b, block) in q6_k::blocks(row).iter().enumerate() {
+        let values = block.values();
+        let qx = &x.q[b * q6_k::BLOCK_LEN..(b + 1) * q6_k::BLOCK_LEN];
+        let mut dot = 0i32;
+        for g in 0..16 {
+            let raw: i32 = (0..16)
+                .map(|i| (values[16 * g + i] as i32 + 32) * qx[16 * g + i] as i32)
+                .sum();
+            let bias = 32 * x.group_sums[b * 16 + g] as i32;
+            dot += block.scales[g] as i32 * (raw - bias);
+        }
+        sum += block.scale() * x.d[b] * dot as f32;
+    }
+    sum
+}
+
+/// Every row of a Q8_0 matrix against every f32 row of `x`.
+pub fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
+    let row_bytes = k / q8_0::BLOCK_LEN * 34;
+    let n_rows = w.len() / row_bytes;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+            out[t * n_rows + r] = q8_0_dot(row, xt);
+        }
+    }
+}
+
+/// Every row of a Q6_K matrix against every f32 row of `x` (quantized once per row of `x`).
+pub fn q6_k_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
+    let row_bytes = k / q6_k::BLOCK_LEN * 210;
+    let n_rows = w.len() / row_bytes;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        let qx = Q8K::quantize(xt);
+        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+            out[t * n_rows + r] = q6_k_dot(row, &qx);
         }
     }
 }

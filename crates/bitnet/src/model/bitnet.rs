@@ -306,6 +306,23 @@ impl BitnetModel {
         self.exec.isa
     }
 
+    /// Stores the output matrix as `ty` (e.g. Q8_0 or Q6_K: about a half or two fifths of the
+    /// F16 bytes every generated token reads), re-encoding it in memory. The token embedding
+    /// keeps its own storage.
+    pub fn set_output_type(&mut self, ty: TensorType) -> Result<(), ModelError> {
+        if self.output.format() == ty {
+            return Ok(());
+        }
+        let output = DenseTensor::requantize(self.output.as_ref(), ty, &self.exec.pool).map_err(
+            |message| ModelError::Unsupported {
+                file: String::from("--output-type"),
+                message,
+            },
+        )?;
+        self.output = Box::new(output);
+        Ok(())
+    }
+
     /// Bytes a one-token decode step reads: every linear weight and the output matrix.
     pub fn bytes_read_per_token(&self) -> usize {
         let linears: usize = self

@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
-use crate::formats::types::{self, i2_s, q8_0, tq2_0, TensorType};
+use crate::formats::types::{self, i2_s, q6_k, q8_0, tq2_0, TensorType};
 use crate::kernels::threads::with_scratch_i32;
 use crate::kernels::{self, Isa};
 
@@ -356,6 +356,9 @@ pub trait DenseMatrix: Send + Sync {
     fn row_to_f32(&self, r: usize, out: &mut [f32]);
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k m[r, k] · x[t * cols + k]`.
     fn matmul(&self, isa: Isa, x: &[f32], rows: Range<usize>, out: &mut [f32]);
+    /// Lets memory-mapped rows leave the process's resident memory (they were read for a
+    /// one-off pass and will rarely be needed again).
+    fn release_rows(&self, _rows: Range<usize>) {}
 }
 
 /// A dense matrix stored as F32, F16, BF16 or Q8_0 bytes.
@@ -383,12 +386,9 @@ impl DenseTensor {
                 )))
             }
         };
-        if !matches!(
-            info.ty,
-            TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0
-        ) {
+        if !DenseTensor::supports(info.ty) {
             return Err(err(format!(
-                "type {} cannot be used for the embedding or output matrix (use F16, BF16, F32 or Q8_0)",
+                "type {} cannot be used for the embedding or output matrix (use F16, BF16, F32, Q8_0 or Q6_K)",
                 info.ty
             )));
         }
@@ -405,12 +405,78 @@ impl DenseTensor {
         })
     }
 
+    /// The storage types a dense matrix can have.
+    pub fn supports(ty: TensorType) -> bool {
+        matches!(
+            ty,
+            TensorType::F32
+                | TensorType::F16
+                | TensorType::BF16
+                | TensorType::Q8_0
+                | TensorType::Q6K
+        )
+    }
+
+    /// Re-encodes `source` (any supported type) as `ty` (Q8_0, Q6_K, F16, ...) in memory,
+    /// rows split between `threads` threads. Used to trade the output matrix's precision for
+    /// fewer bytes read per token.
+    pub fn requantize(
+        source: &dyn DenseMatrix,
+        ty: TensorType,
+        pool: &crate::kernels::threads::ThreadPool,
+    ) -> Result<DenseTensor, String> {
+        let (rows, cols) = (source.rows(), source.cols());
+        let row_bytes = ty
+            .row_bytes(cols as u64)
+            .map_err(|e| format!("cannot store the output matrix as {ty}: {e}"))?
+            as usize;
+        let encode: fn(&[f32]) -> Vec<u8> = match ty {
+            TensorType::Q8_0 => q8_0::quantize,
+            TensorType::Q6K => q6_k::quantize,
+            TensorType::F16 => types::float::encode_f16,
+            TensorType::BF16 => types::float::encode_bf16,
+            TensorType::F32 => types::float::encode_f32,
+            other => return Err(format!("the output matrix cannot be stored as {other}")),
+        };
+        let mut bytes = vec![0u8; rows * row_bytes];
+        {
+            let out = crate::kernels::threads::SharedOut::new(&mut bytes);
+            pool.for_ranges(rows, 64, &|range| {
+                let mut row = vec![0f32; cols];
+                for chunk_start in range.clone().step_by(1024) {
+                    let chunk = chunk_start..(chunk_start + 1024).min(range.end);
+                    for r in chunk.clone() {
+                        source.row_to_f32(r, &mut row);
+                        // SAFETY: each thread writes only its own rows.
+                        unsafe { out.slice_mut(r * row_bytes..(r + 1) * row_bytes) }
+                            .copy_from_slice(&encode(&row));
+                    }
+                    // Keeps the peak RSS at the new matrix plus a chunk of the old one.
+                    source.release_rows(chunk);
+                }
+            });
+        }
+        Ok(DenseTensor {
+            bytes: WeightBytes::owned(bytes),
+            ty,
+            rows,
+            cols,
+            row_bytes,
+        })
+    }
+
     fn row_bytes(&self, r: usize) -> &[u8] {
         &self.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 }
 
 impl DenseMatrix for DenseTensor {
+    fn release_rows(&self, rows: Range<usize>) {
+        if let WeightBytes::Mapped { file, range } = &self.bytes {
+            let start = range.start + rows.start * self.row_bytes;
+            file.release(start..range.start + rows.end * self.row_bytes);
+        }
+    }
     fn rows(&self) -> usize {
         self.rows
     }
@@ -429,6 +495,7 @@ impl DenseMatrix for DenseTensor {
             TensorType::F32 => types::float::f32_to_f32(b, out),
             TensorType::F16 => types::float::f16_to_f32(b, out),
             TensorType::BF16 => types::float::bf16_to_f32(b, out),
+            TensorType::Q6K => q6_k::dequantize(b, out),
             _ => q8_0::dequantize(b, out),
         }
     }
@@ -436,11 +503,15 @@ impl DenseMatrix for DenseTensor {
         let n_tokens = x.len() / self.cols;
         let n = rows.len();
         let bytes = &self.bytes.as_slice()[rows.start * self.row_bytes..rows.end * self.row_bytes];
-        if self.ty == TensorType::F16 {
-            kernels::f16_matmul(isa, bytemuck::cast_slice(bytes), self.cols, x, out);
-            return;
+        match self.ty {
+            TensorType::F16 => {
+                return kernels::f16_matmul(isa, bytemuck::cast_slice(bytes), self.cols, x, out)
+            }
+            TensorType::Q8_0 => return kernels::q8_0_matmul(isa, bytes, self.cols, x, out),
+            TensorType::Q6K => return kernels::q6_k_matmul(isa, bytes, self.cols, x, out),
+            _ => {}
         }
-        // F32, BF16 and Q8_0 rows are decoded once per row, then reused for every token.
+        // F32 and BF16 rows are decoded once per row, then reused for every token.
         let mut row = vec![0f32; self.cols];
         for r in rows.clone() {
             self.row_to_f32(r, &mut row);

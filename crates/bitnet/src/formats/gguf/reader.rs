@@ -199,6 +199,31 @@ impl GgufFile {
         start..start + info.size as usize
     }
 
+    /// Tells the OS this process no longer needs the pages of `range` (absolute file offsets)
+    /// resident: they leave its RSS and are read again from the file if touched. A no-op for
+    /// files not memory-mapped. Only whole pages inside the range are released.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Bytes::Mmap(map) = &self.bytes {
+            const PAGE: usize = 4096;
+            let start = range.start.div_ceil(PAGE) * PAGE;
+            let end = (range.end.min(map.len()) / PAGE) * PAGE;
+            if start < end {
+                // SAFETY: the map is a read-only shared file mapping: dropped pages come back
+                // with the same contents from the file on the next access.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     /// A tensor by name, or an error naming it.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, GgufError> {
         let info = self.tensor_info(name).ok_or_else(|| {

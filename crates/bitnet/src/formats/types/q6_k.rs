@@ -62,7 +62,8 @@ fn nearest_int(v: f32) -> i32 {
 
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// ggml's `make_qx_quants` with `rmse_type = 1` (weights x²): a scale for 16 values chosen among
+/// ggml's `make_qx_quants` with `rmse_type = 1` (weights x²) for a group of at most 16 values:
+/// a scale chosen among
 /// 19 candidates by weighted least squares; `l` receives q + nmax.
 fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
@@ -90,15 +91,16 @@ fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let (sumlx, suml2) = quant(-(nmax as f32) / max, l);
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    let mut trial = vec![0i8; x.len()];
+    let mut trial = [0i8; 16];
+    let trial = &mut trial[..x.len()];
     for is in -9..=9 {
         if is == 0 {
             continue;
         }
         let iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = quant(iscale, &mut trial);
+        let (sumlx, suml2) = quant(iscale, trial);
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            l.copy_from_slice(&trial);
+            l.copy_from_slice(trial);
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
