@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::formats::types::TensorType;
 use bitnet::hf::hub::{self, HubOptions};
+use bitnet::hf::ModelSource;
 use bitnet::kernels::Isa;
 use bitnet::model::{BitnetModel, CacheType};
 use bitnet::tokenizer::Tokenizer;
@@ -36,6 +37,10 @@ pub struct ModelArgs {
     /// Kernel instruction set: scalar, avx2, avx512vnni (default: the best this CPU has)
     #[arg(long)]
     pub isa: Option<Isa>,
+    /// Read the GGUF file into (huge-page) memory instead of memory-mapping it: a slower start
+    /// (about 3 s for the 2B model), about 10 % faster generation
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Store the output matrix as q8_0 or q6_k (re-encoded at load): fewer bytes read per
     /// generated token, slightly different logits (see README)
     #[arg(long)]
@@ -78,9 +83,14 @@ impl ModelArgs {
                 let mut bar = crate::commands::pull::DownloadBar::default();
                 let source = hub::resolve_model(spec, &HubOptions::from_env(), &mut bar)
                     .with_context(|| format!("loading {spec}"))?;
-                let file = source
-                    .open_gguf()
-                    .with_context(|| format!("loading {spec}"))?;
+                let file = match &source {
+                    ModelSource::Gguf(path) if self.no_mmap => {
+                        Arc::new(GgufFile::read_into_memory(path)?)
+                    }
+                    _ => source
+                        .open_gguf()
+                        .with_context(|| format!("loading {spec}"))?,
+                };
                 (spec.clone(), file)
             }
         };

@@ -242,3 +242,15 @@ fn writer_round_trips_reference_files_byte_exactly() {
         assert!(written == original, "{rel} differs");
     }
 }
+
+/// `read_into_memory` (the `--no-mmap` loader) sees exactly what the memory map sees.
+#[test]
+fn reading_into_memory_equals_mapping() {
+    let path = testdata("visible/model-i2_s.gguf");
+    let mapped = GgufFile::open(&path).unwrap();
+    let read = GgufFile::read_into_memory(&path).unwrap();
+    assert_eq!(mapped.bytes(), read.bytes());
+    assert_eq!(mapped.tensors(), read.tensors());
+    assert_eq!(mapped.metadata().len(), read.metadata().len());
+    assert!(GgufFile::read_into_memory(testdata("missing.gguf")).is_err());
+}

@@ -4,9 +4,11 @@
 //! also shown as a fraction of the measured roofline (bytes read per token / bandwidth).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use bitnet::formats::gguf::GgufFile;
 use bitnet::kernels::Isa;
 use bitnet::model::{BitnetModel, CacheType, Logits};
 use serde_json::json;
@@ -50,6 +52,9 @@ pub struct Args {
     /// Store the output matrix as q8_0 or q6_k (re-encoded at load)
     #[arg(long)]
     output_type: Option<String>,
+    /// Read the file into (huge-page) memory instead of memory-mapping it
+    #[arg(long)]
+    no_mmap: bool,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -91,7 +96,12 @@ fn tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
 
 pub fn run(args: Args) -> Result<()> {
     let load_start = Instant::now();
-    let mut model = BitnetModel::open(&args.model)
+    let file = if args.no_mmap {
+        GgufFile::read_into_memory(&args.model)?
+    } else {
+        GgufFile::open(&args.model)?
+    };
+    let mut model = BitnetModel::from_gguf(Arc::new(file))
         .with_context(|| format!("loading {}", args.model.display()))?;
     let load_s = load_start.elapsed().as_secs_f64();
     if let Some(isa) = args.isa {

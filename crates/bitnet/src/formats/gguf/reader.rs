@@ -15,6 +15,8 @@ use crate::formats::types::{DecodeError, TensorType, Ternary};
 /// Where the file's bytes live.
 enum Bytes {
     Mmap(Mmap),
+    /// Read into anonymous memory (transparent huge pages where the OS allows).
+    Anon(memmap2::MmapMut),
     Static(&'static [u8]),
     Owned(Vec<u8>),
 }
@@ -23,6 +25,7 @@ impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mmap(m) => m,
+            Bytes::Anon(m) => m,
             Bytes::Static(s) => s,
             Bytes::Owned(v) => v,
         }
@@ -119,6 +122,28 @@ impl GgufFile {
         // we never hold a reference into it across such a change on purpose.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         GgufFile::from_source(source, Bytes::Mmap(map))
+    }
+
+    /// Reads the whole file into anonymous memory backed by transparent huge pages where the
+    /// OS allows (llama.cpp's `--no-mmap`). Streaming the weights every token then costs fewer
+    /// TLB misses than through the file's 4 KiB page-cache pages: measured +13 % read bandwidth
+    /// for the 2B model's output matrix on this project's machines. Takes the time to read the
+    /// file at load; the resident memory is the same as a fully touched map.
+    pub fn read_into_memory(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        use std::io::Read;
+        let path = path.as_ref();
+        let source = path.display().to_string();
+        let io = |e: std::io::Error| GgufError::new(&source, GgufErrorKind::Io(e));
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len() as usize;
+        let mut mem = memmap2::MmapMut::map_anon(len.max(1)).map_err(io)?;
+        #[cfg(target_os = "linux")]
+        let _ = mem.advise(memmap2::Advice::HugePage);
+        file.read_exact(&mut mem[..len]).map_err(io)?;
+        if len == 0 {
+            return GgufFile::from_source(source, Bytes::Owned(Vec::new()));
+        }
+        GgufFile::from_source(source, Bytes::Anon(mem))
     }
 
     /// Parses a file held in memory (tests, fuzzing, embedded models).
