@@ -172,7 +172,7 @@ pub fn f16_matmul(isa: Isa, w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && w.len().is_multiple_of(k) && x.len().is_multiple_of(k));
     assert!(out.len() >= w.len() / k * (x.len() / k));
     dispatch!(isa,
-        avx512 => x86::avx512::f16_matmul(w, k, x, out),
+        avx512 => x86::avx2::f16_matmul(w, k, x, out),
         avx2 => x86::avx2::f16_matmul(w, k, x, out),
         scalar => scalar::f16_matmul(w, k, x, out))
 }

@@ -16,7 +16,7 @@ const ROW_BLOCK: usize = 4;
 /// Tokens per register tile.
 const TOKEN_TILE: usize = 4;
 /// How far ahead of the current weight bytes to prefetch.
-const PREFETCH_BYTES: usize = 1024;
+const PREFETCH_BYTES: usize = 4096;
 
 #[inline(always)]
 unsafe fn load(p: *const u8) -> __m256i {
@@ -176,57 +176,6 @@ fn store<const R: usize, const T: usize>(
             out[(t0 + t) * n_rows + r0 + r] = v - qsums[t0 + t];
         }
     }
-}
-
-/// See [`crate::kernels::f16_matmul`]: each row streamed once, 32 f16 weights per step into
-/// two accumulators; with several tokens, a row is converted to f32 once and reused.
-///
-/// # Safety
-/// Requires AVX512F (and F16C/FMA, implied on every AVX-512 CPU).
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub unsafe fn f16_matmul(w: &[half::f16], k: usize, x: &[f32], out: &mut [f32]) {
-    let n_rows = w.len() / k;
-    let n_tokens = x.len() / k;
-    let main = k / 32 * 32;
-    let mut row = if n_tokens > 1 {
-        vec![0f32; k]
-    } else {
-        Vec::new()
-    };
-    for r in 0..n_rows {
-        let wr = &w[r * k..(r + 1) * k];
-        if n_tokens == 1 {
-            out[r] = f16_dot_zmm(wr, x, main);
-            continue;
-        }
-        row.iter_mut().zip(wr).for_each(|(o, w)| *o = w.to_f32());
-        for t in 0..n_tokens {
-            out[t * n_rows + r] = super::avx2::f32_dot(&row, &x[t * k..(t + 1) * k]);
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn f16_dot_zmm(w: &[half::f16], x: &[f32], main: usize) -> f32 {
-    let wp = w.as_ptr() as *const u16;
-    let xp = x.as_ptr();
-    let mut acc = [_mm512_setzero_ps(); 2];
-    let mut i = 0;
-    while i < main {
-        _mm_prefetch::<_MM_HINT_T0>(
-            (wp as *const u8).wrapping_add(2 * i + PREFETCH_BYTES) as *const i8
-        );
-        for (j, a) in acc.iter_mut().enumerate() {
-            let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(i + 16 * j) as *const __m256i));
-            *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i + 16 * j)), *a);
-        }
-        i += 32;
-    }
-    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    for j in main..w.len() {
-        s += w[j].to_f32() * x[j];
-    }
-    s
 }
 
 #[inline(always)]
