@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use crate::formats::types::{i2_s, q6_k, q8_0, tq1_0, tq2_0};
+use crate::formats::types::{i2_s, q6_k, q8_0, tq1_0, tq2_0, TernaryBlock};
 
 /// Per-token absmax int8 quantization (BitNet's activation quantizer):
 /// `a = max(max|x|, 1e-5)`, `s = 127 / a`, `q = clamp(round_half_even(x * s), -128, 127)`.
@@ -32,14 +32,11 @@ pub fn i2s_dot(packed: &[u8], q: &[i8]) -> i32 {
     sum
 }
 
-/// `Σ_b d_b · Σ_{k∈b} t_k q_k` for one TQ2_0 row: exact integer sums per 256-value block, each
-/// scaled by its f16 block scale.
-pub fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
+/// `Σ_b d_b · Σ_{k∈b} t_k q_k` over 256-value ternary blocks: exact integer sums per block,
+/// each scaled by its block scale, added in block order.
+pub fn ternary_blocks_dot<B: TernaryBlock>(blocks: &[B], q: &[i8]) -> f32 {
     let mut sum = 0f32;
-    for (block, qb) in tq2_0::blocks(row)
-        .iter()
-        .zip(q.chunks_exact(tq2_0::BLOCK_LEN))
-    {
+    for (block, qb) in blocks.iter().zip(q.chunks_exact(256)) {
         let dot: i32 = block
             .values()
             .iter()
@@ -51,22 +48,14 @@ pub fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
     sum
 }
 
-/// The same for one TQ1_0 row.
+/// One TQ2_0 row (see [`ternary_blocks_dot`]).
+pub fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
+    ternary_blocks_dot(tq2_0::blocks(row), q)
+}
+
+/// One TQ1_0 row (see [`ternary_blocks_dot`]).
 pub fn tq1_0_dot(row: &[u8], q: &[i8]) -> f32 {
-    let mut sum = 0f32;
-    for (block, qb) in tq1_0::blocks(row)
-        .iter()
-        .zip(q.chunks_exact(tq1_0::BLOCK_LEN))
-    {
-        let dot: i32 = block
-            .values()
-            .iter()
-            .zip(qb)
-            .map(|(&t, &q)| t as i32 * q as i32)
-            .sum();
-        sum += block.scale() * dot as f32;
-    }
-    sum
+    ternary_blocks_dot(tq1_0::blocks(row), q)
 }
 
 /// All I2_S rows of `w` (each `k/4` bytes) against every int8 activation row of `acts`:

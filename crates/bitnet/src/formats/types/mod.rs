@@ -276,8 +276,8 @@ pub fn dequantize(ty: TensorType, dims: &[u64], data: &[u8]) -> Result<Vec<f32>,
         TensorType::BF16 => float::bf16_to_f32(data, &mut out),
         TensorType::Q8_0 => q8_0::dequantize(data, &mut out),
         TensorType::Q6K => q6_k::dequantize(data, &mut out),
-        TensorType::TQ1_0 => tq1_0::dequantize(data, &mut out),
-        TensorType::TQ2_0 => tq2_0::dequantize(data, &mut out),
+        TensorType::TQ1_0 => dequantize_blocks(tq1_0::blocks(data), &mut out),
+        TensorType::TQ2_0 => dequantize_blocks(tq2_0::blocks(data), &mut out),
         TensorType::I2S => {
             let t = i2_s::decode(data, n)?;
             t.to_f32_into(&mut out);
@@ -304,13 +304,47 @@ impl Ternary {
     }
 }
 
+/// A 256-value ternary block with one scale (TQ1_0, TQ2_0): what the decoders and the scalar
+/// dot product need from either layout.
+pub trait TernaryBlock {
+    /// The 256 values in {-1, 0, +1}, in element order.
+    fn values(&self) -> [i8; 256];
+    /// The block's scale.
+    fn scale(&self) -> f32;
+}
+
+/// Values and per-block scales of a run of ternary blocks.
+pub fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
+    let mut values = Vec::with_capacity(blocks.len() * 256);
+    let mut scales = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        values.extend_from_slice(&b.values());
+        scales.push(b.scale());
+    }
+    Ternary {
+        values,
+        block_len: 256,
+        scales,
+    }
+}
+
+/// `value · scale` of every element of a run of ternary blocks.
+pub fn dequantize_blocks<B: TernaryBlock>(blocks: &[B], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(256)) {
+        let d = b.scale();
+        for (o, t) in o.iter_mut().zip(b.values()) {
+            *o = t as f32 * d;
+        }
+    }
+}
+
 /// Decodes a ternary tensor to its values and scales.
 pub fn decode_ternary(ty: TensorType, dims: &[u64], data: &[u8]) -> Result<Ternary, DecodeError> {
     let n = check_size(ty, dims, data)? as usize;
     match ty {
         TensorType::I2S => i2_s::decode(data, n),
-        TensorType::TQ2_0 => Ok(tq2_0::decode_ternary(data)),
-        TensorType::TQ1_0 => Ok(tq1_0::decode_ternary(data)),
+        TensorType::TQ2_0 => Ok(ternary_from_blocks(tq2_0::blocks(data))),
+        TensorType::TQ1_0 => Ok(ternary_from_blocks(tq1_0::blocks(data))),
         _ => Err(DecodeError::Unsupported { ty }),
     }
 }

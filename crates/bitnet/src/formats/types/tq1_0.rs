@@ -7,7 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::Ternary;
+use super::TernaryBlock;
 
 pub const BLOCK_LEN: usize = 256;
 const QS: usize = (BLOCK_LEN - 4 * BLOCK_LEN / 64) / 5; // 48
@@ -34,13 +34,13 @@ fn trit(byte: u8, n: usize) -> i8 {
     (((q as u16) * 3) >> 8) as i8 - 1
 }
 
-impl BlockTQ1_0 {
-    pub fn scale(&self) -> f32 {
+impl TernaryBlock for BlockTQ1_0 {
+    fn scale(&self) -> f32 {
         f16::from_le_bytes(self.d).to_f32()
     }
 
     /// The block's 256 ternary values in element order (ggml's `dequantize_row_tq1_0` order).
-    pub fn values(&self) -> [i8; BLOCK_LEN] {
+    fn values(&self) -> [i8; BLOCK_LEN] {
         let mut out = [0i8; BLOCK_LEN];
         let mut y = 0;
         let full = QS - QS % 32;
@@ -62,30 +62,6 @@ impl BlockTQ1_0 {
             }
         }
         out
-    }
-}
-
-pub fn decode_ternary(data: &[u8]) -> Ternary {
-    let blocks = blocks(data);
-    let mut values = Vec::with_capacity(blocks.len() * BLOCK_LEN);
-    let mut scales = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        values.extend_from_slice(&b.values());
-        scales.push(b.scale());
-    }
-    Ternary {
-        values,
-        block_len: BLOCK_LEN,
-        scales,
-    }
-}
-
-pub fn dequantize(data: &[u8], out: &mut [f32]) {
-    for (b, o) in blocks(data).iter().zip(out.chunks_exact_mut(BLOCK_LEN)) {
-        let d = b.scale();
-        for (o, t) in o.iter_mut().zip(b.values()) {
-            *o = t as f32 * d;
-        }
     }
 }
 
@@ -136,7 +112,7 @@ mod tests {
         let x: Vec<f32> = (0..512)
             .map(|i| [-2.0f32, 0.0, 2.0][(i * 5 + i / 7) % 3])
             .collect();
-        let t = decode_ternary(&quantize(&x));
+        let t = super::super::ternary_from_blocks(blocks(&quantize(&x)));
         assert_eq!(t.scales, vec![2.0, 2.0]);
         for (i, (a, b)) in x.iter().zip(&t.values).enumerate() {
             assert_eq!(*a, *b as f32 * 2.0, "value {i}");

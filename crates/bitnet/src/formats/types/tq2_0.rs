@@ -6,7 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::Ternary;
+use super::TernaryBlock;
 
 pub const BLOCK_LEN: usize = 256;
 
@@ -24,13 +24,13 @@ pub fn blocks(data: &[u8]) -> &[BlockTQ2_0] {
     bytemuck::cast_slice(&data[..data.len() / size * size])
 }
 
-impl BlockTQ2_0 {
-    pub fn scale(&self) -> f32 {
+impl TernaryBlock for BlockTQ2_0 {
+    fn scale(&self) -> f32 {
         f16::from_le_bytes(self.d).to_f32()
     }
 
     /// The block's 256 ternary values in element order.
-    pub fn values(&self) -> [i8; BLOCK_LEN] {
+    fn values(&self) -> [i8; BLOCK_LEN] {
         let mut out = [0i8; BLOCK_LEN];
         for j in (0..BLOCK_LEN / 4).step_by(32) {
             for l in 0..4 {
@@ -41,31 +41,6 @@ impl BlockTQ2_0 {
             }
         }
         out
-    }
-}
-
-pub fn decode_ternary(data: &[u8]) -> Ternary {
-    let blocks = blocks(data);
-    let mut values = Vec::with_capacity(blocks.len() * BLOCK_LEN);
-    let mut scales = Vec::with_capacity(blocks.len());
-    for b in blocks {
-        values.extend_from_slice(&b.values());
-        scales.push(b.scale());
-    }
-    Ternary {
-        values,
-        block_len: BLOCK_LEN,
-        scales,
-    }
-}
-
-/// ggml's `dequantize_row_tq2_0`. Code 3 decodes to +2 there too.
-pub fn dequantize(data: &[u8], out: &mut [f32]) {
-    for (b, o) in blocks(data).iter().zip(out.chunks_exact_mut(BLOCK_LEN)) {
-        let d = b.scale();
-        for (o, t) in o.iter_mut().zip(b.values()) {
-            *o = t as f32 * d;
-        }
     }
 }
 
@@ -99,7 +74,7 @@ mod tests {
     #[test]
     fn ternary_round_trip() {
         let x: Vec<f32> = (0..512).map(|i| [(-0.5f32), 0.0, 0.5][i * 7 % 3]).collect();
-        let t = decode_ternary(&quantize(&x));
+        let t = super::super::ternary_from_blocks(blocks(&quantize(&x)));
         assert_eq!(t.scales, vec![0.5, 0.5]);
         for (a, b) in x.iter().zip(&t.values) {
             assert_eq!(*a, *b as f32 * 0.5);

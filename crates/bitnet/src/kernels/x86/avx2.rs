@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::hsum_epi32_256;
-use crate::formats::types::tq2_0;
+use crate::formats::types::{tq2_0, TernaryBlock};
 
 const I2S_GROUP: usize = 32;
 
