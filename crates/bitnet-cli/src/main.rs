@@ -28,6 +28,8 @@ enum Command {
     Chat(commands::chat::Args),
     /// Run many requests from a JSONL file into a JSONL file
     Batch(commands::batch::Args),
+    /// Perplexity of a text file (llama-perplexity's method)
+    Perplexity(commands::perplexity::Args),
     /// Text to token ids
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Token ids to text
@@ -65,6 +67,7 @@ fn main() {
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Batch(args) => commands::batch::run(args),
+        Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Tokenize(args) => commands::tokenize::tokenize(args),
         Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Inspect(args) => commands::inspect::run(args),

@@ -223,3 +223,45 @@ fn errors_are_one_clear_line() {
         "{stderr}"
     );
 }
+
+/// Perplexity: the demo model finds its own greedy Shakespeare far more likely than word salad.
+#[test]
+fn perplexity_separates_the_models_text_from_noise() {
+    let samples = std::fs::read_to_string(repo("testdata/demo/transformers-samples.txt")).unwrap();
+    let mut own = String::new();
+    let mut inside = false;
+    for line in samples.lines() {
+        if line.starts_with("--- text") {
+            inside = true;
+        } else if line.starts_with("=====") {
+            inside = false;
+        } else if inside {
+            own.push_str(&line.replace("<|begin_of_text|>", ""));
+            own.push('\n');
+        }
+    }
+    let noise: String = (0..600u64)
+        .map(|i| ["qz", "xv ", "the", "kk ", "of", "ja "][(i * 7 + i / 3) as usize % 6])
+        .collect();
+    let dir = std::env::temp_dir().join(format!("bitnet-ppl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ppl = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let (out, _) = bitnet(&[
+            "perplexity",
+            "-f",
+            path.to_str().unwrap(),
+            "-c",
+            "64",
+            "--json",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v["chunks"].as_u64().unwrap() >= 3, "{v}");
+        v["ppl"].as_f64().unwrap()
+    };
+    let (a, b) = (ppl("own.txt", &own), ppl("noise.txt", &noise));
+    assert!(a > 1.0 && a < 50.0, "own text: {a}");
+    assert!(b > 1000.0, "noise: {b}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

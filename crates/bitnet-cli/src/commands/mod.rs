@@ -7,6 +7,7 @@ pub mod convert;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod perplexity;
 pub mod pull;
 pub mod synth;
 pub mod tokenize;
