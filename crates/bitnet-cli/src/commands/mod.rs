@@ -9,5 +9,6 @@ pub mod inspect;
 pub mod logits;
 pub mod perplexity;
 pub mod pull;
+pub mod serve;
 pub mod synth;
 pub mod tokenize;
