@@ -87,26 +87,6 @@ pub struct QuantizedBuffers {
 }
 
 impl QuantizedBuffers {
-    /// Quantizes each `row_len`-long row of `x` (BitNet's per-token absmax quantizer).
-    pub fn quantize(isa: Isa, x: &[f32], row_len: usize) -> QuantizedBuffers {
-        let mut q = vec![0i8; x.len()];
-        let scales = x
-            .chunks_exact(row_len)
-            .zip(q.chunks_exact_mut(row_len))
-            .map(|(x, q)| kernels::quantize_row_i8(isa, x, q))
-            .collect();
-        let qsums = q
-            .chunks_exact(row_len)
-            .map(|r| r.iter().map(|&v| v as i32).sum())
-            .collect();
-        QuantizedBuffers {
-            q,
-            scales,
-            qsums,
-            row_len,
-        }
-    }
-
     /// Sizes the buffers for `n_tokens` rows of `row_len` (capacity is kept when shrinking).
     pub fn fit(&mut self, n_tokens: usize, row_len: usize) {
         self.q.resize(n_tokens * row_len, 0);

@@ -369,15 +369,7 @@ impl Tokenizer {
     /// `tokenizer_config.json` (chat template, bos/eos tokens).
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Tokenizer, TokenizerError> {
         let path = path.as_ref();
-        let origin = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: origin.clone(),
-            source,
-        })?;
-        let json: Json = serde_json::from_slice(&text).map_err(|source| TokenizerError::Json {
-            path: origin.clone(),
-            source,
-        })?;
+        let (origin, json) = read_json(path)?;
         Tokenizer::from_tokenizer_json_value(&json, &origin)
     }
 
@@ -550,15 +542,7 @@ impl Tokenizer {
     /// Applies a Hugging Face `tokenizer_config.json`: `chat_template`, `bos_token`,
     /// `eos_token`, `add_bos_token` (each only when present).
     pub fn apply_tokenizer_config(&mut self, path: &Path) -> Result<(), TokenizerError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: origin.clone(),
-            source,
-        })?;
-        let json: Json = serde_json::from_slice(&text).map_err(|source| TokenizerError::Json {
-            path: origin.clone(),
-            source,
-        })?;
+        let (origin, json) = read_json(path)?;
         let invalid = |key: &str, problem: String| TokenizerError::Invalid {
             origin: origin.clone(),
             key: key.to_string(),
@@ -976,4 +960,18 @@ impl Specials {
         }
         None
     }
+}
+
+/// A JSON file and its name for error messages.
+fn read_json(path: &Path) -> Result<(String, Json), TokenizerError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read(path).map_err(|source| TokenizerError::Io {
+        path: origin.clone(),
+        source,
+    })?;
+    let json = serde_json::from_slice(&text).map_err(|source| TokenizerError::Json {
+        path: origin.clone(),
+        source,
+    })?;
+    Ok((origin, json))
 }
