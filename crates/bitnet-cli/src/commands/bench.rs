@@ -81,6 +81,27 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Tokens per second of `repetitions` timed runs of `run` over `n` tokens, after one untimed
+/// run that warms the caches and page tables. `setup` (not timed) prepares each run's input.
+fn measure<S>(
+    repetitions: usize,
+    n: usize,
+    mut setup: impl FnMut(usize) -> S,
+    mut run: impl FnMut(&mut S) -> Result<(), bitnet::model::ModelError>,
+) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(repetitions);
+    for rep in 0..repetitions + 1 {
+        let mut input = setup(rep);
+        let start = Instant::now();
+        run(&mut input)?;
+        let s = start.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push(n as f64 / s);
+        }
+    }
+    Ok(samples)
+}
+
 /// Deterministic "random" token ids, as llama-bench uses random prompts.
 fn tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
@@ -124,18 +145,18 @@ pub fn run(args: Args) -> Result<()> {
     for &t in &threads {
         model.set_threads(t);
         for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
-            let mut samples = Vec::new();
-            for rep in 0..args.repetitions + 1 {
-                let prompt = tokens(p, n_vocab, rep as u64);
-                let mut cache = model.new_cache(args.ctx_size.max(p), args.cache_type);
-                let start = Instant::now();
-                model.forward(&prompt, &mut cache, Logits::Last)?;
-                let s = start.elapsed().as_secs_f64();
-                // The first run warms the caches and page tables; it is not counted.
-                if rep > 0 {
-                    samples.push(p as f64 / s);
-                }
-            }
+            let samples = measure(
+                args.repetitions,
+                p,
+                |rep| {
+                    let prompt = tokens(p, n_vocab, rep as u64);
+                    (
+                        prompt,
+                        model.new_cache(args.ctx_size.max(p), args.cache_type),
+                    )
+                },
+                |(prompt, cache)| model.forward(prompt, cache, Logits::Last).map(drop),
+            )?;
             rows.push(Row {
                 threads: t,
                 test: format!("pp{p}"),
@@ -144,19 +165,20 @@ pub fn run(args: Args) -> Result<()> {
             });
         }
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-            let mut samples = Vec::new();
-            for rep in 0..args.repetitions + 1 {
-                let ids = tokens(n, n_vocab, 100 + rep as u64);
-                let mut cache = model.new_cache(args.ctx_size.max(n), args.cache_type);
-                let start = Instant::now();
-                for &id in &ids {
-                    model.forward(&[id], &mut cache, Logits::Last)?;
-                }
-                let s = start.elapsed().as_secs_f64();
-                if rep > 0 {
-                    samples.push(n as f64 / s);
-                }
-            }
+            let samples = measure(
+                args.repetitions,
+                n,
+                |rep| {
+                    let ids = tokens(n, n_vocab, 100 + rep as u64);
+                    (ids, model.new_cache(args.ctx_size.max(n), args.cache_type))
+                },
+                |(ids, cache)| {
+                    for &id in ids.iter() {
+                        model.forward(&[id], cache, Logits::Last)?;
+                    }
+                    Ok(())
+                },
+            )?;
             rows.push(Row {
                 threads: t,
                 test: format!("tg{n}"),
