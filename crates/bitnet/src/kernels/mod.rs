@@ -2,8 +2,12 @@
 //! operations of the forward pass. Knows the formats' block types, nothing of models.
 //!
 //! Every operation has a plain scalar twin in [`scalar`] (the reference, and the fallback on
-//! every CPU without a SIMD path). SIMD paths live in per-ISA modules and are chosen at run time
-//! with [`Isa`]; each caller passes the ISA explicitly so tests can force every path.
+//! every CPU without a SIMD path). Each instruction set is one module exporting one
+//! [`KernelTable`] (`scalar::TABLE`, `x86::avx2::TABLE`, ...): a table of function pointers,
+//! one per operation, that may borrow entries from a simpler table with `..OTHER`. The safe
+//! functions below check lengths once and call through the table of the [`Isa`] they are
+//! given, so tests can force every path and a new ISA adds a module and a table, not a
+//! wrapper per operation.
 //! Integer results (the ternary products, activation quantization) are bit-identical across
 //! ISAs; float reductions (f16/f32 dot products) differ only by summation order.
 
@@ -23,27 +27,47 @@ pub use scalar::{rms_norm, rope_neox, softmax};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     Scalar,
-    /// AVX2 with FMA and F16C (maddubs-based ternary products).
+    /// x86-64 AVX2 with FMA and F16C (maddubs-based ternary products).
     Avx2,
-    /// AVX-512 F/BW/VL with VNNI (vpdpbusd ternary products).
+    /// x86-64 AVX-512 F/BW/VL with VNNI (vpdpbusd ternary products).
     Avx512Vnni,
+    /// AArch64 Advanced SIMD (every ARMv8 CPU).
+    Neon,
+    /// NEON with the dot-product extension (`sdot`; Apple M1+, Graviton2+).
+    Dotprod,
+    /// NEON with dotprod and the int8 matrix multiply extension (`smmla`; Apple M2+,
+    /// Graviton3+).
+    I8mm,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+    /// Every ISA on every architecture, in order of preference within one architecture.
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::Dotprod,
+        Isa::I8mm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::Dotprod => "dotprod",
+            Isa::I8mm => "i8mm",
         }
     }
 
     /// Whether this CPU can run the path (detected once).
     pub fn is_available(self) -> bool {
-        static AVAILABLE: OnceLock<[bool; 3]> = OnceLock::new();
-        AVAILABLE.get_or_init(|| Isa::ALL.map(Isa::detect))[self as usize]
+        static AVAILABLE: OnceLock<Vec<Isa>> = OnceLock::new();
+        AVAILABLE
+            .get_or_init(|| Isa::ALL.into_iter().filter(|i| i.detect()).collect())
+            .contains(&self)
     }
 
     fn detect(self) -> bool {
@@ -63,7 +87,7 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -73,8 +97,8 @@ impl Isa {
         Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
     }
 
-    /// The fastest available path, or the one named by `BITNET_ISA` (scalar, avx2, avx512vnni)
-    /// when that is set and available. Detected once.
+    /// The fastest available path, or the one named by `BITNET_ISA` when that is set and
+    /// available. Detected once.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
@@ -85,15 +109,37 @@ impl Isa {
             forced.unwrap_or_else(|| Isa::available().into_iter().max().unwrap_or(Isa::Scalar))
         })
     }
+
+    /// The kernels of this ISA, or of the best available one below it on the same
+    /// architecture (and scalar at the bottom) when this CPU cannot run it.
+    pub fn kernels(self) -> &'static KernelTable {
+        let usable = if self.is_available() {
+            self
+        } else {
+            Isa::available()
+                .into_iter()
+                .filter(|&i| i < self)
+                .max()
+                .unwrap_or(Isa::Scalar)
+        };
+        match usable {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => &x86::avx2::TABLE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => &x86::avx512::TABLE,
+            _ => &scalar::TABLE,
+        }
+    }
 }
 
 impl std::str::FromStr for Isa {
     type Err = String;
     fn from_str(s: &str) -> Result<Isa, String> {
+        let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
         Isa::ALL
             .into_iter()
             .find(|i| i.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown ISA `{s}` (scalar, avx2, avx512vnni)"))
+            .ok_or_else(|| format!("unknown ISA `{s}` ({})", names.join(", ")))
     }
 }
 
@@ -103,30 +149,44 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// Runs the x86 path when the ISA asks for it (and it was checked available), else the
-/// scalar expression.
-macro_rules! dispatch {
-    ($isa:expr, avx512 => $v512:expr, avx2 => $v2:expr, scalar => $s:expr) => {{
-        match $isa {
-            // SAFETY: an `Isa` other than Scalar is only used after `is_available()`; the
-            // callers below check slice lengths before dispatching.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if Isa::Avx512Vnni.is_available() => unsafe { $v512 },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni if Isa::Avx2.is_available() => unsafe { $v2 },
-            _ => $s,
-        }
-    }};
+/// One ISA's implementation of every kernel. Entries are `unsafe fn` because SIMD ones need
+/// CPU features (guaranteed by [`Isa::kernels`], which only hands out tables this CPU can
+/// run) and trust the lengths that the safe functions below check; each entry's contract is
+/// the one documented on the safe function of the same name.
+pub struct KernelTable {
+    /// The ISA whose table this is (shown by `bitnet bench`).
+    pub isa: Isa,
+    pub(crate) quantize_row_i8: unsafe fn(&[f32], &mut [i8]) -> f32,
+    pub(crate) i2s_matmul: unsafe fn(&[u8], usize, &[i8], &[i32], &mut [i32]),
+    pub(crate) tq2_0_matmul: unsafe fn(&[u8], usize, &[i8], &[i32], &mut [f32]),
+    pub(crate) f16_matmul: unsafe fn(&[f16], usize, &[f32], &mut [f32]),
+    pub(crate) q8_0_matmul: unsafe fn(&[u8], usize, &[f32], &mut [f32]),
+    /// Q6_K rows against one row of Q8_K-quantized activations.
+    pub(crate) q6_k_rows: unsafe fn(&[u8], &scalar::Q8K, &mut [f32]),
+    pub(crate) f32_dot: unsafe fn(&[f32], &[f32]) -> f32,
+    pub(crate) f16_dot: unsafe fn(&[f16], &[f32]) -> f32,
+    pub(crate) f32_axpy: unsafe fn(&mut [f32], f32, &[f32]),
+    pub(crate) f16_axpy: unsafe fn(&mut [f32], f32, &[f16]),
+    pub(crate) f16_rows_dot: unsafe fn(&[f16], usize, usize, &[f32], &mut [f32]),
+    pub(crate) f32_rows_dot: unsafe fn(&[f32], usize, usize, &[f32], &mut [f32]),
+    pub(crate) f16_rows_axpy: unsafe fn(&[f16], usize, usize, &[f32], &mut [f32]),
+    pub(crate) f32_rows_axpy: unsafe fn(&[f32], usize, usize, &[f32], &mut [f32]),
+}
+
+impl std::fmt::Debug for KernelTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelTable")
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-token absmax int8 quantization (see [`scalar::quantize_row_i8`]); returns the scale.
 /// Bit-identical on every ISA.
 pub fn quantize_row_i8(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
     assert!(q.len() >= x.len());
-    dispatch!(isa,
-        avx512 => x86::avx2::quantize_row_i8(x, q),
-        avx2 => x86::avx2::quantize_row_i8(x, q),
-        scalar => scalar::quantize_row_i8(x, q))
+    // SAFETY: the table is runnable on this CPU (Isa::kernels); lengths checked above.
+    unsafe { (isa.kernels().quantize_row_i8)(x, q) }
 }
 
 /// Exact ternary × int8 products for I2_S rows:
@@ -138,10 +198,8 @@ pub fn i2s_matmul(isa: Isa, w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out:
     let n_rows = w.len() / (k / 4);
     assert!(w.len() == n_rows * k / 4);
     assert!(acts.len() >= qsums.len() * k && out.len() >= qsums.len() * n_rows);
-    dispatch!(isa,
-        avx512 => x86::avx512::i2s_matmul(w, k, acts, qsums, out),
-        avx2 => x86::avx2::i2s_matmul(w, k, acts, qsums, out),
-        scalar => scalar::i2s_matmul(w, k, acts, out))
+    // SAFETY: as in `quantize_row_i8`.
+    unsafe { (isa.kernels().i2s_matmul)(w, k, acts, qsums, out) }
 }
 
 /// Ternary × int8 products for TQ2_0 rows (a f16 scale per 256 values):
@@ -161,52 +219,40 @@ pub fn tq2_0_matmul(
     assert!(w.len() == n_rows * k / 256 * 66);
     let n_tokens = block_qsums.len() / (k / 256);
     assert!(acts.len() >= n_tokens * k && out.len() >= n_tokens * n_rows);
-    dispatch!(isa,
-        avx512 => x86::avx2::tq2_0_matmul(w, k, acts, block_qsums, out),
-        avx2 => x86::avx2::tq2_0_matmul(w, k, acts, block_qsums, out),
-        scalar => scalar::tq2_0_matmul(w, k, acts, out))
+    // SAFETY: as in `quantize_row_i8`.
+    unsafe { (isa.kernels().tq2_0_matmul)(w, k, acts, block_qsums, out) }
 }
 
 /// `out[t · n_rows + r] = Σ_k w[r · k + k] · x[t · k + k]` for f16 weights.
 pub fn f16_matmul(isa: Isa, w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && w.len().is_multiple_of(k) && x.len().is_multiple_of(k));
     assert!(out.len() >= w.len() / k * (x.len() / k));
-    dispatch!(isa,
-        avx512 => x86::avx2::f16_matmul(w, k, x, out),
-        avx2 => x86::avx2::f16_matmul(w, k, x, out),
-        scalar => scalar::f16_matmul(w, k, x, out))
+    // SAFETY: as in `quantize_row_i8`.
+    unsafe { (isa.kernels().f16_matmul)(w, k, x, out) }
 }
 
 /// `Σ a·b` over the shorter length.
 pub fn f32_dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    dispatch!(isa,
-        avx512 => x86::avx2::f32_dot(a, b),
-        avx2 => x86::avx2::f32_dot(a, b),
-        scalar => scalar::f32_dot(a, b))
+    // SAFETY: as in `quantize_row_i8` (any lengths).
+    unsafe { (isa.kernels().f32_dot)(a, b) }
 }
 
 /// `Σ w·x` with f16 `w`, over the shorter length.
 pub fn f16_dot(isa: Isa, w: &[f16], x: &[f32]) -> f32 {
-    dispatch!(isa,
-        avx512 => x86::avx2::f16_dot(w, x),
-        avx2 => x86::avx2::f16_dot(w, x),
-        scalar => scalar::f16_dot(w, x))
+    // SAFETY: as in `quantize_row_i8` (any lengths).
+    unsafe { (isa.kernels().f16_dot)(w, x) }
 }
 
-/// `out += a · v` (f32 `v`).
+/// `out += a · v` (f32 `v`), over the shorter length.
 pub fn f32_axpy(isa: Isa, out: &mut [f32], a: f32, v: &[f32]) {
-    dispatch!(isa,
-        avx512 => x86::avx2::f32_axpy(out, a, v),
-        avx2 => x86::avx2::f32_axpy(out, a, v),
-        scalar => scalar::f32_axpy(out, a, v))
+    // SAFETY: as in `quantize_row_i8` (any lengths).
+    unsafe { (isa.kernels().f32_axpy)(out, a, v) }
 }
 
-/// `out += a · v` (f16 `v`).
+/// `out += a · v` (f16 `v`), over the shorter length.
 pub fn f16_axpy(isa: Isa, out: &mut [f32], a: f32, v: &[f16]) {
-    dispatch!(isa,
-        avx512 => x86::avx2::f16_axpy(out, a, v),
-        avx2 => x86::avx2::f16_axpy(out, a, v),
-        scalar => scalar::f16_axpy(out, a, v))
+    // SAFETY: as in `quantize_row_i8` (any lengths).
+    unsafe { (isa.kernels().f16_axpy)(out, a, v) }
 }
 
 /// Panics unless every row `j < n` of length `len` at `j·stride + offset` lies in `total`.
@@ -230,10 +276,8 @@ pub fn f16_rows_dot(
     out: &mut [f32],
 ) {
     check_rows(rows.len(), stride, offset, x.len(), out.len());
-    dispatch!(isa,
-        avx512 => x86::avx2::f16_rows_dot(rows, stride, offset, x, out),
-        avx2 => x86::avx2::f16_rows_dot(rows, stride, offset, x, out),
-        scalar => scalar::f16_rows_dot(rows, stride, offset, x, out))
+    // SAFETY: as in `quantize_row_i8`; bounds checked above.
+    unsafe { (isa.kernels().f16_rows_dot)(rows, stride, offset, x, out) }
 }
 
 /// The f32 twin of [`f16_rows_dot`].
@@ -246,10 +290,8 @@ pub fn f32_rows_dot(
     out: &mut [f32],
 ) {
     check_rows(rows.len(), stride, offset, x.len(), out.len());
-    dispatch!(isa,
-        avx512 => x86::avx2::f32_rows_dot(rows, stride, offset, x, out),
-        avx2 => x86::avx2::f32_rows_dot(rows, stride, offset, x, out),
-        scalar => scalar::f32_rows_dot(rows, stride, offset, x, out))
+    // SAFETY: as in `quantize_row_i8`; bounds checked above.
+    unsafe { (isa.kernels().f32_rows_dot)(rows, stride, offset, x, out) }
 }
 
 /// `out += Σ_j p[j] · rows[j·stride + offset ..]` over `p.len()` strided f16 rows (the
@@ -263,10 +305,8 @@ pub fn f16_rows_axpy(
     out: &mut [f32],
 ) {
     check_rows(rows.len(), stride, offset, out.len(), p.len());
-    dispatch!(isa,
-        avx512 => x86::avx2::f16_rows_axpy(rows, stride, offset, p, out),
-        avx2 => x86::avx2::f16_rows_axpy(rows, stride, offset, p, out),
-        scalar => scalar::f16_rows_axpy(rows, stride, offset, p, out))
+    // SAFETY: as in `quantize_row_i8`; bounds checked above.
+    unsafe { (isa.kernels().f16_rows_axpy)(rows, stride, offset, p, out) }
 }
 
 /// The f32 twin of [`f16_rows_axpy`].
@@ -279,25 +319,19 @@ pub fn f32_rows_axpy(
     out: &mut [f32],
 ) {
     check_rows(rows.len(), stride, offset, out.len(), p.len());
-    dispatch!(isa,
-        avx512 => x86::avx2::f32_rows_axpy(rows, stride, offset, p, out),
-        avx2 => x86::avx2::f32_rows_axpy(rows, stride, offset, p, out),
-        scalar => scalar::f32_rows_axpy(rows, stride, offset, p, out))
+    // SAFETY: as in `quantize_row_i8`; bounds checked above.
+    unsafe { (isa.kernels().f32_rows_axpy)(rows, stride, offset, p, out) }
 }
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
-/// matrix). AVX-512 path; elsewhere the scalar twin.
+/// matrix).
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
     let row_bytes = k / 32 * 34;
     assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
     assert!(out.len() >= w.len() / row_bytes * (x.len() / k));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the ISA was checked available; lengths checked above.
-        Isa::Avx512Vnni if isa.is_available() => unsafe { x86::avx512::q8_0_matmul(w, k, x, out) },
-        _ => scalar::q8_0_matmul(w, k, x, out),
-    }
+    // SAFETY: as in `quantize_row_i8`; lengths checked above.
+    unsafe { (isa.kernels().q8_0_matmul)(w, k, x, out) }
 }
 
 /// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
@@ -309,15 +343,10 @@ pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
     let n_rows = w.len() / row_bytes;
     assert!(out.len() >= n_rows * (x.len() / k));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if Isa::Avx2.is_available() => {
-            for (t, xt) in x.chunks_exact(k).enumerate() {
-                let qx = scalar::Q8K::quantize(xt);
-                // SAFETY: AVX2 checked available; lengths checked above.
-                unsafe { x86::avx2::q6_k_rows(w, &qx, &mut out[t * n_rows..(t + 1) * n_rows]) };
-            }
-        }
-        _ => scalar::q6_k_matmul(w, k, x, out),
+    let rows_fn = isa.kernels().q6_k_rows;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        let qx = scalar::Q8K::quantize(xt);
+        // SAFETY: as in `quantize_row_i8`; whole rows of `k / 256` blocks, one output each.
+        unsafe { rows_fn(w, &qx, &mut out[t * n_rows..(t + 1) * n_rows]) };
     }
 }

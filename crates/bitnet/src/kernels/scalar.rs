@@ -5,6 +5,27 @@ use half::f16;
 
 use crate::formats::types::{i2_s, q6_k, q8_0, tq1_0, tq2_0, TernaryBlock};
 
+use super::{Isa, KernelTable};
+
+/// The scalar kernels as a table (every other ISA's table starts from a simpler one).
+pub(crate) static TABLE: KernelTable = KernelTable {
+    isa: Isa::Scalar,
+    quantize_row_i8,
+    i2s_matmul: |w, k, acts, _qsums, out| i2s_matmul(w, k, acts, out),
+    tq2_0_matmul: |w, k, acts, _block_qsums, out| tq2_0_matmul(w, k, acts, out),
+    f16_matmul,
+    q8_0_matmul,
+    q6_k_rows,
+    f32_dot,
+    f16_dot,
+    f32_axpy,
+    f16_axpy,
+    f16_rows_dot,
+    f32_rows_dot,
+    f16_rows_axpy,
+    f32_rows_axpy,
+};
+
 /// Per-token absmax int8 quantization (BitNet's activation quantizer):
 /// `a = max(max|x|, 1e-5)`, `s = 127 / a`, `q = clamp(round_half_even(x * s), -128, 127)`.
 /// Returns `s`; the dequantized value is `q / s`.
@@ -164,6 +185,14 @@ pub fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
         for (r, row) in w.chunks_exact(row_bytes).enumerate() {
             out[t * n_rows + r] = q8_0_dot(row, xt);
         }
+    }
+}
+
+/// Every Q6_K row of `w` against one row of quantized activations.
+pub fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
+    let row_bytes = qx.d.len() * 210;
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = q6_k_dot(row, qx);
     }
 }
 

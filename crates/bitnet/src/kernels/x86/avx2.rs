@@ -8,6 +8,26 @@ use half::f16;
 
 use super::hsum_epi32_256;
 use crate::formats::types::{tq2_0, TernaryBlock};
+use crate::kernels::{scalar, Isa, KernelTable};
+
+/// The AVX2 kernels (Q8_0 has no AVX2 path: the scalar one).
+pub(crate) static TABLE: KernelTable = KernelTable {
+    isa: Isa::Avx2,
+    quantize_row_i8,
+    i2s_matmul,
+    tq2_0_matmul,
+    f16_matmul,
+    q6_k_rows,
+    f32_dot,
+    f16_dot,
+    f32_axpy,
+    f16_axpy,
+    f16_rows_dot,
+    f32_rows_dot,
+    f16_rows_axpy,
+    f32_rows_axpy,
+    ..scalar::TABLE
+};
 
 const I2S_GROUP: usize = 32;
 

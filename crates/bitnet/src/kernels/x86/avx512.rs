@@ -10,6 +10,16 @@
 use std::arch::x86_64::*;
 
 use super::hsum_epi32_256;
+use crate::kernels::{Isa, KernelTable};
+
+/// The AVX-512 VNNI kernels: the ternary and Q8_0 products; the rest are AVX2's (on Zen 4,
+/// which runs 512-bit operations as two halves, wider float loops measured no faster).
+pub(crate) static TABLE: KernelTable = KernelTable {
+    isa: Isa::Avx512Vnni,
+    i2s_matmul,
+    q8_0_matmul,
+    ..super::avx2::TABLE
+};
 
 /// Rows unpacked together for the GEMM.
 const ROW_BLOCK: usize = 4;
