@@ -149,6 +149,9 @@ impl std::fmt::Display for Isa {
     }
 }
 
+/// A ternary product: `(weights, k, int8 activations, activation sums, out)`.
+type TernaryMatmul<O> = unsafe fn(&[u8], usize, &[i8], &[i32], &mut [O]);
+
 /// One ISA's implementation of every kernel. Entries are `unsafe fn` because SIMD ones need
 /// CPU features (guaranteed by [`Isa::kernels`], which only hands out tables this CPU can
 /// run) and trust the lengths that the safe functions below check; each entry's contract is
@@ -157,8 +160,8 @@ pub struct KernelTable {
     /// The ISA whose table this is (shown by `bitnet bench`).
     pub isa: Isa,
     pub(crate) quantize_row_i8: unsafe fn(&[f32], &mut [i8]) -> f32,
-    pub(crate) i2s_matmul: unsafe fn(&[u8], usize, &[i8], &[i32], &mut [i32]),
-    pub(crate) tq2_0_matmul: unsafe fn(&[u8], usize, &[i8], &[i32], &mut [f32]),
+    pub(crate) i2s_matmul: TernaryMatmul<i32>,
+    pub(crate) tq2_0_matmul: TernaryMatmul<f32>,
     pub(crate) f16_matmul: unsafe fn(&[f16], usize, &[f32], &mut [f32]),
     pub(crate) q8_0_matmul: unsafe fn(&[u8], usize, &[f32], &mut [f32]),
     /// Q6_K rows against one row of Q8_K-quantized activations.
