@@ -50,23 +50,28 @@ fn linear_group<const N: usize>(
     let mut outs = outs;
     {
         let shared: Vec<SharedOut<f32>> = outs.iter_mut().map(|o| SharedOut::new(o)).collect();
-        exec.pool.run(&|thread| {
-            for (lin, out) in linears.iter().zip(&shared) {
-                let out_features = lin.weight.out_features();
-                let rows = exec.pool.share(out_features, ROW_GRANULE, thread);
-                let n = rows.len();
-                if n == 0 {
-                    continue;
+        // Chunks of whole granules over every layer's rows, taken by the threads as they come.
+        let total: usize = linears.iter().map(|l| l.weight.out_features()).sum();
+        let k = linears[0].weight.in_features();
+        let len = exec.pool.chunk_len(total, ROW_GRANULE, k * n_tokens);
+        let mut chunks = Vec::new();
+        for (l, lin) in linears.iter().enumerate() {
+            let rows = lin.weight.out_features();
+            chunks.extend((0..rows).step_by(len).map(|r| (l, r..(r + len).min(rows))));
+        }
+        exec.pool.run_chunks(chunks.len(), &|i| {
+            let (l, rows) = chunks[i].clone();
+            let (lin, out) = (linears[l], &shared[l]);
+            let out_features = lin.weight.out_features();
+            let n = rows.len();
+            threads::with_scratch_f32(n_tokens * n, |local| {
+                lin.weight.matmul(exec.isa, x, rows.clone(), local);
+                for (t, chunk) in local.chunks_exact(n).enumerate() {
+                    let start = t * out_features + rows.start;
+                    // SAFETY: each chunk is a distinct range of one layer's rows.
+                    unsafe { out.slice_mut(start..start + n) }.copy_from_slice(chunk);
                 }
-                threads::with_scratch_f32(n_tokens * n, |local| {
-                    lin.weight.matmul(exec.isa, x, rows.clone(), local);
-                    for (t, chunk) in local.chunks_exact(n).enumerate() {
-                        let start = t * out_features + rows.start;
-                        // SAFETY: each thread owns a distinct range of every layer's rows.
-                        unsafe { out.slice_mut(start..start + n) }.copy_from_slice(chunk);
-                    }
-                });
-            }
+            });
         });
     }
     for (lin, out) in linears.iter().zip(outs.iter_mut()) {
@@ -430,17 +435,19 @@ impl BitnetModel {
         let n_out = normed.len() / h;
         let mut logits = vec![0f32; n_out * c.n_vocab];
         let shared = SharedOut::new(&mut logits);
-        self.exec.pool.for_ranges(c.n_vocab, 64, &|rows| {
-            let n = rows.len();
-            let mut local = vec![0f32; n_out * n];
-            self.output
-                .matmul(self.exec.isa, &normed, rows.clone(), &mut local);
-            for (t, chunk) in local.chunks_exact(n).enumerate() {
-                let start = t * c.n_vocab + rows.start;
-                // SAFETY: each thread owns a distinct range of vocabulary rows.
-                unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
-            }
-        });
+        self.exec
+            .pool
+            .for_chunks(c.n_vocab, 64, h * n_out, &|rows| {
+                let n = rows.len();
+                let mut local = vec![0f32; n_out * n];
+                self.output
+                    .matmul(self.exec.isa, &normed, rows.clone(), &mut local);
+                for (t, chunk) in local.chunks_exact(n).enumerate() {
+                    let start = t * c.n_vocab + rows.start;
+                    // SAFETY: each thread owns a distinct range of vocabulary rows.
+                    unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                }
+            });
         Ok(logits)
     }
 
@@ -556,32 +563,43 @@ impl BitnetModel {
         let scale = 1.0 / (hd as f32).sqrt();
         out.fill(0.0);
         let shared = SharedOut::new(out);
-        let n_threads = self.exec.pool.n_threads();
-        self.exec.pool.run(&|thread| {
-            let mut scores = vec![0f32; pos0 + n];
-            let mut qh = vec![0f32; hd];
-            // Strided, not contiguous: later tokens see more keys, so this balances the work.
-            for item in (thread..n * c.n_head).step_by(n_threads) {
-                let (t, head) = (item / c.n_head, item % c.n_head);
-                let visible = pos0 + t + 1;
-                let kv_off = (head / group) * hd;
-                qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
-                let scores = &mut scores[..visible];
-                match keys {
-                    KvSlice::F32(k) => kernels::f32_rows_dot(isa, k, kv, kv_off, &qh, scores),
-                    KvSlice::F16(k) => kernels::f16_rows_dot(isa, k, kv, kv_off, &qh, scores),
+        // One chunk per (token, head); later tokens see more keys, and the threads take
+        // chunks as they come, which balances that.
+        let item_work = 2 * hd * (pos0 + n.div_ceil(2));
+        self.exec
+            .pool
+            .for_chunks(n * c.n_head, 1, item_work, &|items| {
+                for item in items {
+                    let (t, head) = (item / c.n_head, item % c.n_head);
+                    let visible = pos0 + t + 1;
+                    let kv_off = (head / group) * hd;
+                    threads::with_scratch_f32(visible + hd, |buf| {
+                        let (scores, qh) = buf.split_at_mut(visible);
+                        qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
+                        match keys {
+                            KvSlice::F32(k) => {
+                                kernels::f32_rows_dot(isa, k, kv, kv_off, qh, scores)
+                            }
+                            KvSlice::F16(k) => {
+                                kernels::f16_rows_dot(isa, k, kv, kv_off, qh, scores)
+                            }
+                        }
+                        scores.iter_mut().for_each(|s| *s *= scale);
+                        kernels::softmax(scores);
+                        let start = t * h + head * hd;
+                        // SAFETY: each (token, head) pair is one chunk.
+                        let o = unsafe { shared.slice_mut(start..start + hd) };
+                        match values {
+                            KvSlice::F32(v) => {
+                                kernels::f32_rows_axpy(isa, v, kv, kv_off, scores, o)
+                            }
+                            KvSlice::F16(v) => {
+                                kernels::f16_rows_axpy(isa, v, kv, kv_off, scores, o)
+                            }
+                        }
+                    });
                 }
-                scores.iter_mut().for_each(|s| *s *= scale);
-                kernels::softmax(scores);
-                let start = t * h + head * hd;
-                // SAFETY: each (token, head) pair is one thread's alone.
-                let o = unsafe { shared.slice_mut(start..start + hd) };
-                match values {
-                    KvSlice::F32(v) => kernels::f32_rows_axpy(isa, v, kv, kv_off, scores, o),
-                    KvSlice::F16(v) => kernels::f16_rows_axpy(isa, v, kv, kv_off, scores, o),
-                }
-            }
-        });
+            });
     }
 }
 
@@ -612,6 +630,6 @@ fn norm_quantize(exec: &Exec, x: &[f32], g: &[f32], eps: f32, acts: &mut Quantiz
     if n_tokens == 1 {
         work(0..1);
     } else {
-        exec.pool.for_ranges(n_tokens, 1, &work);
+        exec.pool.for_chunks(n_tokens, 1, 4 * n, &work);
     }
 }

@@ -421,7 +421,7 @@ impl DenseTensor {
         let mut bytes = vec![0u8; rows * row_bytes];
         {
             let out = crate::kernels::threads::SharedOut::new(&mut bytes);
-            pool.for_ranges(rows, 64, &|range| {
+            pool.for_chunks(rows, 64, cols * 8, &|range| {
                 let mut row = vec![0f32; cols];
                 for chunk_start in range.clone().step_by(1024) {
                     let chunk = chunk_start..(chunk_start + 1024).min(range.end);
