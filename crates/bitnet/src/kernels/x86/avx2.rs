@@ -29,7 +29,19 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     ..scalar::TABLE
 };
 
-const I2S_GROUP: usize = 32;
+/// How far ahead of the current weight bytes to prefetch (the hardware prefetcher alone
+/// leaves a single-threaded GEMV waiting on memory).
+const PREFETCH_BYTES: usize = 4096;
+/// I2_S blocks whose i16 partial sums fit in one i16 lane: a block adds at most
+/// 4 groups × 2 pairs × 2·128 = 2048 in magnitude, and 16 · 2048 = 32768 = -i16::MIN.
+const I16_BLOCKS: usize = 16;
+/// Rows unpacked together for the GEMM, and tokens per register tile (3 × 4 accumulators
+/// + 3 code registers + a temporary fill the 16 ymm registers).
+const ROW_TILE: usize = 3;
+const TOKEN_TILE: usize = 3;
+/// 32-value steps of the GEMM tile before its i16 sums are widened: each step adds at most
+/// 2·2·128 = 512 in magnitude per lane, and 64 · 512 = 32768.
+const I16_STEPS: usize = 64;
 
 /// The four 32-code groups of a 32-byte I2_S block (values 0..32, 32..64, 64..96, 96..128).
 #[inline(always)]
@@ -47,59 +59,197 @@ unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// `Σ code·q` over one 32-value group, as 8 i32 lanes.
-#[inline(always)]
-unsafe fn dot_group(codes: __m256i, q: __m256i, ones: __m256i) -> __m256i {
-    // |code·q + code·q| ≤ 2·2·128: no i16 saturation.
-    _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones)
-}
-
-/// See [`crate::kernels::i2s_matmul`].
+/// See [`crate::kernels::i2s_matmul`]: a streaming GEMV for one token, a register-tiled GEMM
+/// over unpacked codes for several.
 ///
 /// # Safety
 /// Requires AVX2; slice lengths as documented there (checked by the caller).
 #[target_feature(enable = "avx2")]
 pub unsafe fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    let n_tokens = qsums.len();
+    if n_tokens >= 2 {
+        i2s_gemm(w, k, acts, qsums, out);
+    } else if n_tokens == 1 {
+        i2s_gemv(w, k, &acts[..k], qsums[0], out);
+    }
+}
+
+/// One token against all rows, one row at a time front to back, so the weights stream from
+/// memory as one sequential read, prefetched ahead. (Two rows at a time share activation
+/// loads but measured half the bandwidth once the weights come from DRAM.)
+#[target_feature(enable = "avx2")]
+unsafe fn i2s_gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, out: &mut [i32]) {
     let row_bytes = k / 4;
     let n_rows = w.len() / row_bytes;
+    let q = q.as_ptr() as *const u8;
+    for (r, o) in out.iter_mut().enumerate().take(n_rows) {
+        let [dot] = gemv_rows::<1>(w.as_ptr().add(r * row_bytes), row_bytes, k, q);
+        *o = dot - qsum;
+    }
+}
+
+/// `Σ code·q` for `R` consecutive rows. Per 128 weights of a row: one load, seven shift/and
+/// to unpack, four `maddubs` (codes × activations, pairs into i16) and four i16 adds; the
+/// activation loads are shared by the rows and the i16 sums widened once per 16 blocks.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_rows<const R: usize>(
+    wp: *const u8,
+    row_bytes: usize,
+    k: usize,
+    q: *const u8,
+) -> [i32; R] {
+    let n_blocks = k / 128;
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
-    for (t, &qsum) in qsums.iter().enumerate() {
-        let q = acts[t * k..].as_ptr() as *const u8;
-        let mut r = 0;
-        // Two rows at a time share the activation loads.
-        while r + 2 <= n_rows {
-            let (w0, w1) = (
-                w[r * row_bytes..].as_ptr(),
-                w[(r + 1) * row_bytes..].as_ptr(),
-            );
-            let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for blk in 0..k / 128 {
-                let c0 = unpack_i2s(load(w0.add(blk * 32)), mask);
-                let c1 = unpack_i2s(load(w1.add(blk * 32)), mask);
-                for g in 0..4 {
-                    let qg = load(q.add(blk * 128 + g * I2S_GROUP));
-                    a0 = _mm256_add_epi32(a0, dot_group(c0[g], qg, ones));
-                    a1 = _mm256_add_epi32(a1, dot_group(c1[g], qg, ones));
-                }
+    let mut acc32 = [_mm256_setzero_si256(); R];
+    let mut blk = 0;
+    while blk < n_blocks {
+        let end = (blk + I16_BLOCKS).min(n_blocks);
+        let mut acc16 = [_mm256_setzero_si256(); R];
+        while blk < end {
+            let qb = q.add(blk * 128);
+            let qv = [load(qb), load(qb.add(32)), load(qb.add(64)), load(qb.add(96))];
+            for (r, acc) in acc16.iter_mut().enumerate() {
+                let p = wp.add(r * row_bytes + blk * 32);
+                // Prefetching past the end of the weights is harmless: prefetches never fault.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                let c = unpack_i2s(load(p), mask);
+                let s01 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(c[0], qv[0]),
+                    _mm256_maddubs_epi16(c[1], qv[1]),
+                );
+                let s23 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(c[2], qv[2]),
+                    _mm256_maddubs_epi16(c[3], qv[3]),
+                );
+                *acc = _mm256_add_epi16(*acc, _mm256_add_epi16(s01, s23));
             }
-            out[t * n_rows + r] = hsum_epi32_256(a0) - qsum;
-            out[t * n_rows + r + 1] = hsum_epi32_256(a1) - qsum;
-            r += 2;
+            blk += 1;
         }
-        if r < n_rows {
-            let w0 = w[r * row_bytes..].as_ptr();
-            let mut a0 = _mm256_setzero_si256();
-            for blk in 0..k / 128 {
-                let c0 = unpack_i2s(load(w0.add(blk * 32)), mask);
-                for (g, c) in c0.iter().enumerate() {
-                    let qg = load(q.add(blk * 128 + g * I2S_GROUP));
-                    a0 = _mm256_add_epi32(a0, dot_group(*c, qg, ones));
-                }
-            }
-            out[t * n_rows + r] = hsum_epi32_256(a0) - qsum;
+        for (a32, a16) in acc32.iter_mut().zip(acc16) {
+            *a32 = _mm256_add_epi32(*a32, _mm256_madd_epi16(a16, ones));
         }
     }
+    acc32.map(|a| hsum_epi32_256(a))
+}
+
+/// Many tokens: unpack [`ROW_TILE`] rows to codes once (an L1-resident buffer), then run
+/// register tiles of rows × tokens over them. Per 32 values of a row and a token: one
+/// `maddubs` and one i16 add; the sums are widened to i32 every [`I16_STEPS`] steps.
+#[target_feature(enable = "avx2")]
+unsafe fn i2s_gemm(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    let row_bytes = k / 4;
+    let n_rows = w.len() / row_bytes;
+    let n_tokens = qsums.len();
+    let mask = _mm256_set1_epi8(3);
+    let mut codes = vec![0u8; ROW_TILE * k];
+    let a = acts.as_ptr() as *const u8;
+    let mut r0 = 0;
+    while r0 < n_rows {
+        let rows = ROW_TILE.min(n_rows - r0);
+        for row in 0..rows {
+            let wp = w.as_ptr().add((r0 + row) * row_bytes);
+            let cp = codes.as_mut_ptr().add(row * k);
+            for blk in 0..k / 128 {
+                let c = unpack_i2s(load(wp.add(blk * 32)), mask);
+                for (g, code) in c.iter().enumerate() {
+                    _mm256_storeu_si256(cp.add(blk * 128 + g * 32) as *mut __m256i, *code);
+                }
+            }
+        }
+        let c = codes.as_ptr();
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let at = a.add(t0 * k);
+            let tokens = TOKEN_TILE.min(n_tokens - t0);
+            macro_rules! tiles {
+                ($($r:literal),*) => {
+                    match (rows, tokens) {
+                        $(
+                            ($r, 6) => store(gemm_tile::<$r, 6>(c, at, k), r0, t0, n_rows, qsums, out),
+                            ($r, 5) => store(gemm_tile::<$r, 5>(c, at, k), r0, t0, n_rows, qsums, out),
+                            ($r, 4) => store(gemm_tile::<$r, 4>(c, at, k), r0, t0, n_rows, qsums, out),
+                            ($r, 3) => store(gemm_tile::<$r, 3>(c, at, k), r0, t0, n_rows, qsums, out),
+                            ($r, 2) => store(gemm_tile::<$r, 2>(c, at, k), r0, t0, n_rows, qsums, out),
+                            ($r, _) => store(gemm_tile::<$r, 1>(c, at, k), r0, t0, n_rows, qsums, out),
+                        )*
+                        _ => unreachable!("row tiles have 1..={ROW_TILE} rows"),
+                    }
+                };
+            }
+            tiles!(3, 2, 1);
+            t0 += tokens;
+        }
+        r0 += rows;
+    }
+}
+
+/// `Σ code·q` for `R` rows of codes (stride k) × `T` activation rows (stride k).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_tile<const R: usize, const T: usize>(
+    codes: *const u8,
+    acts: *const u8,
+    k: usize,
+) -> [[i32; T]; R] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc32 = [[_mm256_setzero_si256(); T]; R];
+    let steps = k / 32;
+    let mut step = 0;
+    while step < steps {
+        let end = (step + I16_STEPS).min(steps);
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        while step < end {
+            let kk = step * 32;
+            let mut c = [_mm256_setzero_si256(); R];
+            for (r, v) in c.iter_mut().enumerate() {
+                *v = load(codes.add(r * k + kk));
+            }
+            for t in 0..T {
+                let q = load(acts.add(t * k + kk));
+                for r in 0..R {
+                    acc[r][t] = _mm256_add_epi16(acc[r][t], _mm256_maddubs_epi16(c[r], q));
+                }
+            }
+            step += 1;
+        }
+        for r in 0..R {
+            for t in 0..T {
+                acc32[r][t] = _mm256_add_epi32(acc32[r][t], _mm256_madd_epi16(acc[r][t], ones));
+            }
+        }
+    }
+    let mut out = [[0i32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum_epi32_256(acc32[r][t]);
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn store<const R: usize, const T: usize>(
+    tile: [[i32; T]; R],
+    r0: usize,
+    t0: usize,
+    n_rows: usize,
+    qsums: &[i32],
+    out: &mut [i32],
+) {
+    for (r, row) in tile.iter().enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            out[(t0 + t) * n_rows + r0 + r] = v - qsums[t0 + t];
+        }
+    }
+}
+
+/// `Σ code·q` over one 32-value group, as 8 i32 lanes.
+#[inline(always)]
+unsafe fn dot_group(codes: __m256i, q: __m256i, ones: __m256i) -> __m256i {
+    // |code·q + code·q| ≤ 2·2·128: no i16 saturation.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones)
 }
 
 /// See [`crate::kernels::tq2_0_matmul`]. Per block: an exact i32 dot, then `sum += d · dot` in
