@@ -241,3 +241,28 @@ fn this_machine_runs_every_simd_path_it_claims() {
     float::f16_to_f32(&bytes, &mut out);
     assert_eq!(out, [1.5, -2.0]);
 }
+
+/// The SIMD paths keep partial sums in 16-bit lanes for a while before widening them: the
+/// largest products (every weight +1 or every weight −1 against −128 or 127) over rows long
+/// enough to cross every widening boundary must still be exact.
+#[test]
+fn i2s_partial_sums_do_not_overflow_at_the_extremes() {
+    for k in [128usize, 2048, 2176, 4096, 4224, 6912] {
+        for (weight, act) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
+            for tokens in [1usize, 2, 5] {
+                let rows = 4;
+                let t = vec![weight; rows * k];
+                let w = i2_s::encode(&t, 1.0);
+                let w = &w[..rows * k / 4];
+                let acts = vec![act; tokens * k];
+                let qsums: Vec<i32> = vec![act as i32 * k as i32; tokens];
+                let expected = vec![weight as i32 * act as i32 * k as i32; tokens * rows];
+                for isa in Isa::available() {
+                    let mut out = vec![0i32; tokens * rows];
+                    kernels::i2s_matmul(isa, w, k, &acts, &qsums, &mut out);
+                    assert_eq!(out, expected, "{isa} k={k} w={weight} a={act} tokens={tokens}");
+                }
+            }
+        }
+    }
+}
