@@ -163,7 +163,8 @@ pub struct KernelTable {
     pub(crate) i2s_matmul: TernaryMatmul<i32>,
     pub(crate) tq2_0_matmul: TernaryMatmul<f32>,
     pub(crate) f16_matmul: unsafe fn(&[f16], usize, &[f32], &mut [f32]),
-    pub(crate) q8_0_matmul: unsafe fn(&[u8], usize, &[f32], &mut [f32]),
+    /// Q8_0 rows against one row of Q8_0-quantized activations.
+    pub(crate) q8_0_rows: unsafe fn(&[u8], &scalar::Q8Blocks, &mut [f32]),
     /// Q6_K rows against one row of Q8_K-quantized activations.
     pub(crate) q6_k_rows: unsafe fn(&[u8], &scalar::Q8K, &mut [f32]),
     pub(crate) f32_dot: unsafe fn(&[f32], &[f32]) -> f32,
@@ -327,19 +328,27 @@ pub fn f32_rows_axpy(
 }
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
-/// matrix).
+/// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
+/// ([`scalar::Q8Blocks`]); each block's product is an exact integer, and the SIMD paths differ
+/// from the scalar one only in the order the scaled blocks are added.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
     let row_bytes = k / 32 * 34;
     assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
-    assert!(out.len() >= w.len() / row_bytes * (x.len() / k));
-    // SAFETY: as in `quantize_row_i8`; lengths checked above.
-    unsafe { (isa.kernels().q8_0_matmul)(w, k, x, out) }
+    let n_rows = w.len() / row_bytes;
+    assert!(out.len() >= n_rows * (x.len() / k));
+    let rows_fn = isa.kernels().q8_0_rows;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        let qx = scalar::Q8Blocks::quantize(xt);
+        // SAFETY: as in `quantize_row_i8`; whole rows of `k / 32` blocks, one output each.
+        unsafe { rows_fn(w, &qx, &mut out[t * n_rows..(t + 1) * n_rows]) };
+    }
 }
 
 /// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
 /// is first quantized to int8 per 256 values ([`scalar::Q8K`]); each block's product is then an
-/// exact integer, so every ISA gives bit-identical results.
+/// exact integer, and the SIMD paths differ from the scalar one only in the order the scaled
+/// blocks are added.
 pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(256));
     let row_bytes = k / 256 * 210;

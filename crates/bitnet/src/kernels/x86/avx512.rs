@@ -12,12 +12,11 @@ use std::arch::x86_64::*;
 use super::hsum_epi32_256;
 use crate::kernels::{Isa, KernelTable};
 
-/// The AVX-512 VNNI kernels: the ternary and Q8_0 products; the rest are AVX2's (on Zen 4,
-/// which runs 512-bit operations as two halves, wider float loops measured no faster).
+/// The AVX-512 VNNI kernels: the ternary product; the rest are AVX2's (on Zen 4, which runs
+/// 512-bit operations as two halves, wider loops measured no faster).
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx512Vnni,
     i2s_matmul,
-    q8_0_matmul,
     ..super::avx2::TABLE
 };
 
@@ -184,45 +183,6 @@ fn store<const R: usize, const T: usize>(
     for (r, row) in tile.iter().enumerate() {
         for (t, &v) in row.iter().enumerate() {
             out[(t0 + t) * n_rows + r0 + r] = v - qsums[t0 + t];
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    half::f16::from_le_bytes([*p, *p.add(1)]).to_f32()
-}
-
-/// 16 signed bytes to 16 floats.
-#[inline(always)]
-unsafe fn i8x16_to_ps(v: __m128i) -> __m512 {
-    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))
-}
-
-/// See [`crate::kernels::q8_0_matmul`]: per 32-value block two 16-lane products, scaled by the
-/// block's f16 scale into two alternating accumulators.
-///
-/// # Safety
-/// Requires AVX512F/BW (and F16C/FMA); `row_bytes = k/32·34`, lengths checked by the caller.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-pub unsafe fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = k / 32 * 34;
-    let n_rows = w.len() / row_bytes;
-    for (t, xt) in x.chunks_exact(k).enumerate() {
-        let xp = xt.as_ptr();
-        for r in 0..n_rows {
-            let row = w[r * row_bytes..].as_ptr();
-            let mut acc = [_mm512_setzero_ps(); 2];
-            for b in 0..k / 32 {
-                let p = row.add(b * 34);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
-                let w0 = i8x16_to_ps(_mm_loadu_si128(p.add(2) as *const __m128i));
-                let w1 = i8x16_to_ps(_mm_loadu_si128(p.add(18) as *const __m128i));
-                let s = _mm512_mul_ps(w0, _mm512_loadu_ps(xp.add(b * 32)));
-                let s = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(b * 32 + 16)), s);
-                acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(p)), s, acc[b & 1]);
-            }
-            out[t * n_rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
     }
 }
