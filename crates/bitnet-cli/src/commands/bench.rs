@@ -144,6 +144,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut bandwidth = Vec::new();
     for &t in &threads {
         model.set_threads(t);
+        // More threads than CPUs are capped (with a warning): report what ran.
+        let t = model.threads();
         for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
             let samples = measure(
                 args.repetitions,
@@ -189,7 +191,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Peak RSS of the model runs, before the probe allocates its buffer.
     let peak_rss = crate::stats::peak_rss_bytes();
-    for &t in &threads {
+    let mut probed: Vec<usize> = Vec::new();
+    let ran: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    for t in ran {
+        if probed.contains(&t) {
+            continue;
+        }
+        probed.push(t);
         let bw = if args.no_bandwidth {
             None
         } else {
@@ -225,7 +233,12 @@ pub fn run(args: Args) -> Result<()> {
         let out = json!({
             "model": model_name, "file": args.model.display().to_string(), "file_bytes": size,
             "params": params, "linear_type": linear_type.name(), "output_type": output_type.name(),
-            "isa": model.isa().name(), "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
+            "isa": model.isa().name(),
+            "kernel_plan": model.kernel_plan().iter().map(|(ty, i, o, isas)| json!({
+                "format": ty.name(), "in": i, "out": o,
+                "decode": isas.decode.name(), "prefill": isas.prefill.name(),
+            })).collect::<Vec<_>>(),
+            "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
             "load_s": load_s, "bytes_read_per_token": bytes_per_token,
             "bandwidth_gb_s": bandwidth.iter().map(|(t, bw)| json!({"threads": t, "gb_s": bw})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak_rss,
@@ -265,6 +278,12 @@ pub fn run(args: Args) -> Result<()> {
                 bw * 1e9 / bytes_per_token
             );
         }
+    }
+    for (ty, i, o, isas) in model.kernel_plan() {
+        eprintln!(
+            "kernels for {ty} {i}→{o}: decode {}, prefill {} (fastest at load)",
+            isas.decode, isas.prefill
+        );
     }
     eprintln!(
         "load {load_s:.2} s; peak RSS {:.2} GB; cache {:?}",

@@ -65,7 +65,8 @@ fn linear_group<const N: usize>(
             let out_features = lin.weight.out_features();
             let n = rows.len();
             threads::with_scratch_f32(n_tokens * n, |local| {
-                lin.weight.matmul(exec.isa, x, rows.clone(), local);
+                let isa = exec.ternary_isa(lin.weight.as_ref(), n_tokens);
+                lin.weight.matmul(isa, x, rows.clone(), local);
                 for (t, chunk) in local.chunks_exact(n).enumerate() {
                     let start = t * out_features + rows.start;
                     // SAFETY: each chunk is a distinct range of one layer's rows.
@@ -111,6 +112,20 @@ impl Workspace {
     }
 }
 
+impl Layer {
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
 /// One transformer block's weights.
 struct Layer {
     attn_norm: Vec<f32>,
@@ -141,7 +156,74 @@ const ROW_GRANULE: usize = 16;
 /// How the forward pass runs: the kernels' instruction set and the worker threads.
 struct Exec {
     isa: Isa,
+    /// The ISA each ternary layer shape runs on (empty: `isa` everywhere).
+    shapes: Vec<(ShapeKey, ShapeIsas)>,
     pool: ThreadPool,
+}
+
+/// A ternary layer's storage format, input and output features.
+type ShapeKey = (TensorType, usize, usize);
+
+/// The fastest ISA for a ternary layer shape, for one token (decode) and for many (prefill).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeIsas {
+    pub decode: Isa,
+    pub prefill: Isa,
+}
+
+/// Tokens the prefill kernels are timed with.
+const TUNE_TOKENS: usize = 32;
+/// Rows the kernels are timed over (enough to stream from the L2 cache, not to be slow).
+const TUNE_ROWS: usize = 256;
+
+impl Exec {
+    fn ternary_isa(&self, w: &dyn TernaryLinear, n_tokens: usize) -> Isa {
+        let key = (w.format(), w.in_features(), w.out_features());
+        match self.shapes.iter().find(|(k, _)| *k == key) {
+            Some((_, isas)) if n_tokens == 1 => isas.decode,
+            Some((_, isas)) => isas.prefill,
+            None => self.isa,
+        }
+    }
+
+    /// Times every available SIMD path up to `isa` on each distinct ternary layer shape (on the
+    /// model's own weights; the paths give bit-identical results, so only speed differs) and
+    /// keeps the fastest per shape, for one token and for many.
+    fn tune(&mut self, layers: &[Layer]) {
+        self.shapes.clear();
+        let candidates: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|&i| i != Isa::Scalar && i <= self.isa && i.kernels().isa == i)
+            .collect();
+        if candidates.len() < 2 {
+            return;
+        }
+        for layer in layers {
+            for lin in layer.linears() {
+                let w = lin.weight.as_ref();
+                let key = (w.format(), w.in_features(), w.out_features());
+                if self.shapes.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                let fastest = |tokens: usize| {
+                    let timed = candidates
+                        .iter()
+                        .map(|&i| (w.time_matmul(i, tokens, TUNE_ROWS), i));
+                    timed
+                        .fold(
+                            (f64::INFINITY, self.isa),
+                            |a, b| if b.0 < a.0 { b } else { a },
+                        )
+                        .1
+                };
+                let isas = ShapeIsas {
+                    decode: fastest(1),
+                    prefill: fastest(TUNE_TOKENS),
+                };
+                self.shapes.push((key, isas));
+            }
+        }
+    }
 }
 
 /// A loaded BitNet b1.58 model.
@@ -266,9 +348,10 @@ impl BitnetModel {
             .map(|k| (1.0 / (c.rope_theta as f64).powf(2.0 * k as f64 / c.head_dim as f64)) as f32)
             .collect();
 
-        Ok(BitnetModel {
+        let mut model = BitnetModel {
             exec: Exec {
                 isa: Isa::best(),
+                shapes: Vec::new(),
                 pool: ThreadPool::new(ThreadPool::default_threads()),
             },
             config: c,
@@ -279,7 +362,11 @@ impl BitnetModel {
             layers,
             inv_freq,
             workspace: Mutex::new(Workspace::default()),
-        })
+        };
+        if std::env::var_os("BITNET_ISA").is_none() {
+            model.exec.tune(&model.layers);
+        }
+        Ok(model)
     }
 
     /// Opens and loads a GGUF file.
@@ -302,9 +389,20 @@ impl BitnetModel {
         self.exec.pool.n_threads()
     }
 
-    /// Uses the kernels of `isa` (falls back to the best available one below it).
+    /// Uses the kernels of `isa` everywhere (falls back to the best available one below it).
     pub fn set_isa(&mut self, isa: Isa) {
         self.exec.isa = isa;
+        self.exec.shapes.clear();
+    }
+
+    /// The ISA each ternary layer shape runs on, chosen at load (empty when one ISA was forced
+    /// or only one SIMD path is available): `(format, in_features, out_features, isas)`.
+    pub fn kernel_plan(&self) -> Vec<(TensorType, usize, usize, ShapeIsas)> {
+        self.exec
+            .shapes
+            .iter()
+            .map(|&((ty, i, o), isas)| (ty, i, o, isas))
+            .collect()
     }
 
     pub fn isa(&self) -> Isa {
@@ -333,7 +431,7 @@ impl BitnetModel {
         let linears: usize = self
             .layers
             .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .flat_map(|l| l.linears())
             .map(|lin| lin.weight.weight_bytes())
             .sum();
         linears + self.output.weight_bytes()

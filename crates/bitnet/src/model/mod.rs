@@ -8,7 +8,7 @@ mod kv_cache;
 pub mod synth;
 pub mod weights;
 
-pub use bitnet::{BitnetModel, Logits};
+pub use bitnet::{BitnetModel, Logits, ShapeIsas};
 pub use config::{Architecture, Config};
 pub use kv_cache::{CacheType, KvCache};
 

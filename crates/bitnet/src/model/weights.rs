@@ -117,6 +117,36 @@ pub trait TernaryLinear: Send + Sync {
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
     /// `rows` and every token `t` of `x`, with `x` dequantized as `q / scale`.
     fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]);
+
+    /// Seconds [`TernaryLinear::matmul`] takes on `isa` for `n_tokens` tokens over the first
+    /// `rows` output rows (best of three runs after a warm-up), to choose kernels per shape.
+    fn time_matmul(&self, isa: Isa, n_tokens: usize, rows: usize) -> f64 {
+        let k = self.in_features();
+        let rows = rows.clamp(1, self.out_features());
+        let mut acts = QuantizedBuffers::default();
+        acts.fit(n_tokens, k);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for q in acts.q.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *q = x as i8;
+        }
+        for (t, row) in acts.q.chunks_exact(k).enumerate() {
+            acts.qsums[t] = row.iter().map(|&v| v as i32).sum();
+            acts.scales[t] = 1.0;
+        }
+        let mut out = vec![0f32; n_tokens * rows];
+        let mut best = f64::INFINITY;
+        for run in 0..4 {
+            let start = std::time::Instant::now();
+            self.matmul(isa, &acts.view(), 0..rows, &mut out);
+            if run > 0 {
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+        }
+        best
+    }
 }
 
 /// I2_S: one scale per tensor; rows are `in/4` packed bytes.
