@@ -82,10 +82,28 @@ fn main() {
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
             eprintln!("{}", e.backtrace());
         }
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each said once: a library error that shows its
+/// source in its own message (`FILE: metadata key … is missing`) also returns that source as
+/// its cause, which `{:#}` would print a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if out.contains(&message) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&message);
+    }
+    out
 }
