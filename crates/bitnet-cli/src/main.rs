@@ -48,6 +48,12 @@ enum Command {
     Convert(commands::convert::Args),
     /// Download a model from the Hugging Face Hub into its cache and print the local path
     Pull(commands::pull::Args),
+    /// List the models in the Hugging Face cache (name, size, age, path)
+    List(commands::list::ListArgs),
+    /// Remove models from the Hugging Face cache
+    Rm(commands::list::RmArgs),
+    /// Re-encode a GGUF: the output matrix as q8_0/q6_k, the ternary weights as i2_s/tq2_0/tq1_0
+    Quantize(commands::quantize::Args),
 }
 
 fn main() {
@@ -79,6 +85,9 @@ fn main() {
         Command::Bench(args) => commands::bench::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Pull(args) => commands::pull::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
+        Command::List(args) => commands::list::list(args),
+        Command::Rm(args) => commands::list::rm(args),
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.

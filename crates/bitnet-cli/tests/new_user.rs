@@ -335,3 +335,72 @@ fn batch_reads_the_serve_format_and_isolates_every_bad_line() {
     assert_eq!(records[5]["id"], 8);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bitnet list` shows what `bitnet pull` put in the Hugging Face cache; `bitnet rm` removes it.
+#[test]
+fn list_and_rm_the_hugging_face_cache() {
+    let cache = temp_dir("hf-cache");
+    let repo = cache.join("models--someone--tiny-gguf");
+    let blob = repo.join("blobs/0123abcd");
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::copy(repo_root_demo(), &blob).unwrap();
+    let snapshot = repo.join("snapshots/c1");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::os::unix::fs::symlink("../../blobs/0123abcd", snapshot.join("m.gguf")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "c1").unwrap();
+
+    let with_cache = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bitnet"))
+            .args(args)
+            .env("HF_HUB_CACHE", &cache)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let out = with_cache(&["list"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.starts_with("someone/tiny-gguf:m.gguf"), "{table}");
+    assert!(row.contains("just now") && row.contains(" MB"), "{row}");
+    // The listed name loads offline.
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "generate",
+            "-m",
+            "hf:someone/tiny-gguf:m.gguf",
+            "-p",
+            "hi",
+            "-n",
+            "2",
+        ])
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = with_cache(&["rm", "someone/tiny-gguf"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "deleted 'someone/tiny-gguf'\n"
+    );
+    assert!(!repo.exists());
+    let out = with_cache(&["rm", "someone/tiny-gguf"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success() && stderr.contains("not in the cache"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+fn repo_root_demo() -> PathBuf {
+    repo("models/bitnet-shakespeare-7m-i2_s.gguf")
+}

@@ -26,12 +26,18 @@ pub struct Args {
     /// Print `{"n_vocab": …, "logits": [[…], …]}`
     #[arg(long)]
     json: bool,
+    /// Store the output matrix as q8_0 or q6_k (re-encoded at load), as the other commands do
+    #[arg(long)]
+    output_type: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let (_, file) = crate::model_args::open_gguf(args.model.as_deref(), false)?;
-    let model = BitnetModel::from_gguf(file)?;
+    let mut model = BitnetModel::from_gguf(file)?;
+    if let Some(name) = &args.output_type {
+        model.set_output_type(crate::model_args::output_type(name)?)?;
+    }
     let loaded = start.elapsed();
     let mut cache = model.new_cache(args.tokens.len(), args.cache_type)?;
     let which = if args.all { Logits::All } else { Logits::Last };

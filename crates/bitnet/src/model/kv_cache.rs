@@ -116,6 +116,16 @@ pub struct KvCache {
     layers: Vec<(Store, Store)>,
 }
 
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("ty", &self.ty)
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CacheType {
     /// Bytes per stored element.
     pub fn element_bytes(self) -> usize {

@@ -5,6 +5,7 @@
 mod bitnet;
 mod config;
 mod kv_cache;
+pub mod quantize;
 pub mod synth;
 pub mod weights;
 
