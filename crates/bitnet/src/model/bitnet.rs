@@ -458,14 +458,36 @@ impl BitnetModel {
         (self.layers[0].wq.weight.format(), self.output.format())
     }
 
-    /// A KV cache for this model holding `n_ctx` positions (0: the trained context length).
-    pub fn new_cache(&self, n_ctx: usize, ty: CacheType) -> KvCache {
+    /// A KV cache for this model holding `n_ctx` positions (0: the trained context length,
+    /// capped by [`Config::default_context`]); an error, not an abort, when the machine lacks
+    /// the memory.
+    pub fn new_cache(&self, n_ctx: usize, ty: CacheType) -> Result<KvCache, ModelError> {
         let n_ctx = if n_ctx == 0 {
-            self.config.n_ctx_train
+            self.config.default_context()
         } else {
             n_ctx
         };
         KvCache::new(self.config.n_layer, self.config.kv_dim(), n_ctx, ty)
+    }
+
+    /// Drops cached positions `keep .. keep + n`, moving the later ones down (llama.cpp's
+    /// context shift): the keys are stored rotated by their position, so each moved key is
+    /// rotated back by `n` positions (ggml's K-shift); values move as they are.
+    pub fn shift_cache(
+        &self,
+        cache: &mut KvCache,
+        keep: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        let (cos, sin) = self.rope_tables(n, 1);
+        // R(−θ): the same cosines, negated sines.
+        let sin: Vec<f32> = sin.iter().map(|s| -s).collect();
+        let hd = self.config.head_dim;
+        cache.discard(keep, n, |row| {
+            for head in row.chunks_exact_mut(hd) {
+                kernels::rope_neox(head, &cos, &sin);
+            }
+        })
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and

@@ -478,6 +478,11 @@ impl DenseTensor {
     fn row_bytes(&self, r: usize) -> &[u8] {
         &self.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
+
+    /// The encoded bytes, as a GGUF tensor stores them (`bitnet quantize` writes them out).
+    pub fn data(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
 }
 
 impl DenseMatrix for DenseTensor {

@@ -117,6 +117,10 @@ impl GgufFile {
         let source = path.display().to_string();
         let io = |e: std::io::Error| GgufError::new(&source, GgufErrorKind::Io(e));
         let file = File::open(path).map_err(io)?;
+        // A directory opens fine on Unix and only fails at the map, with ENODEV.
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::new(&source, GgufErrorKind::IsDirectory));
+        }
         // SAFETY: the map is read-only. As with every mmap-based loader (llama.cpp included), a
         // file truncated or rewritten by another process while mapped is outside our control;
         // we never hold a reference into it across such a change on purpose.
@@ -135,6 +139,9 @@ impl GgufFile {
         let source = path.display().to_string();
         let io = |e: std::io::Error| GgufError::new(&source, GgufErrorKind::Io(e));
         let mut file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::new(&source, GgufErrorKind::IsDirectory));
+        }
         let len = file.metadata().map_err(io)?.len() as usize;
         let mut mem = memmap2::MmapMut::map_anon(len.max(1)).map_err(io)?;
         #[cfg(target_os = "linux")]
