@@ -22,8 +22,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it sleeps.
+/// The longest an idle worker spins before it sleeps. Each worker adapts its own spin: it
+/// doubles when a job came while spinning and halves when it had to sleep anyway, so between
+/// the back-to-back jobs of a large model's decode step workers stay awake, while with long
+/// serial gaps (a small model) they stop burning a core that another thread or program needs.
 const SPIN: Duration = Duration::from_micros(200);
+/// Below this, a worker does not spin at all.
+const MIN_SPIN: Duration = Duration::from_micros(4);
 /// Chunks per thread that [`ThreadPool::for_chunks`] aims for: enough that a descheduled
 /// thread's one chunk is a small part of a job, few enough that taking one costs nothing.
 const CHUNKS_PER_THREAD: usize = 8;
@@ -80,6 +85,9 @@ struct Adaptive {
 }
 
 const WINDOW: Duration = Duration::from_millis(20);
+/// How much longer than its chunks' own cost one job may take before the pool concludes a
+/// worker was descheduled (an OS time slice is milliseconds; chunks are microseconds).
+const STALL: Duration = Duration::from_millis(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -105,9 +113,14 @@ impl Adaptive {
         }
     }
 
-    /// Records one parallel job; at the end of a window, switches to solo mode if the workers
-    /// made things slower (by more than 5 %, so noise does not flip it).
+    /// Records one parallel job. A job held up far beyond what its chunks cost (a worker was
+    /// descheduled holding one) switches to solo mode at once; otherwise, at the end of a
+    /// window, if the workers made things slower (by more than 5 %, so noise does not flip it).
     fn record(&mut self, now: Instant, wall: Duration, alone: Duration) {
+        if wall > alone + STALL {
+            self.go_solo(now, wall, alone);
+            return;
+        }
         self.wall += wall;
         self.alone += alone;
         self.jobs += 1;
@@ -115,18 +128,26 @@ impl Adaptive {
             return;
         }
         if self.wall.as_secs_f64() > 1.05 * self.alone.as_secs_f64() {
-            self.solo_until = Some(now + self.backoff);
-            log::debug!(
-                "thread pool: workers slowed the last {} jobs down ({:.1} ms against {:.1} ms alone); running on one thread for {} ms",
-                self.jobs,
-                self.wall.as_secs_f64() * 1e3,
-                self.alone.as_secs_f64() * 1e3,
-                self.backoff.as_millis()
-            );
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.go_solo(now, self.wall, self.alone);
         } else {
             self.backoff = (self.backoff / 2).max(MIN_BACKOFF);
+            self.reset_window();
         }
+    }
+
+    fn go_solo(&mut self, now: Instant, wall: Duration, alone: Duration) {
+        self.solo_until = Some(now + self.backoff);
+        log::debug!(
+            "thread pool: workers slowed jobs down ({:.2} ms against {:.2} ms alone); running on one thread for {} ms",
+            wall.as_secs_f64() * 1e3,
+            alone.as_secs_f64() * 1e3,
+            self.backoff.as_millis()
+        );
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.reset_window();
+    }
+
+    fn reset_window(&mut self) {
         self.wall = Duration::ZERO;
         self.alone = Duration::ZERO;
         self.jobs = 0;
@@ -322,7 +343,8 @@ impl ThreadPool {
 
 fn worker(s: &Shared) {
     let mut seen = generation(s.state.0.load(Ordering::Acquire));
-    let mut spin_until = Instant::now() + SPIN;
+    let mut spin = SPIN;
+    let mut spin_until = Instant::now() + spin;
     let mut spins = 0u32;
     loop {
         let state = s.state.0.load(Ordering::Acquire);
@@ -334,10 +356,12 @@ fn worker(s: &Shared) {
             }
             // Reading the clock is not free: look at it every 256 spins only.
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(256) || Instant::now() < spin_until {
+            if spin >= MIN_SPIN && (!spins.is_multiple_of(256) || Instant::now() < spin_until) {
                 std::hint::spin_loop();
                 continue;
             }
+            // Spinning did not pay this time: spin less next time.
+            spin /= 2;
             s.sleepers.fetch_add(1, Ordering::SeqCst);
             {
                 let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,7 +375,7 @@ fn worker(s: &Shared) {
                 }
             }
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
-            spin_until = Instant::now() + SPIN;
+            spin_until = Instant::now() + spin;
             continue;
         }
         // An open job we have not joined: join it unless it closes (or another worker joins)
@@ -364,6 +388,10 @@ fn worker(s: &Shared) {
             continue;
         }
         seen = generation(state);
+        if Instant::now() < spin_until {
+            // The job came while spinning: spinning pays, spin longer next time.
+            spin = (spin * 2).clamp(MIN_SPIN, SPIN);
+        }
         // SAFETY: set before the job was opened, cleared only after it is closed, which
         // cannot happen while this worker is counted inside.
         if let Some((job, n_chunks)) = unsafe { *s.job.get() } {
@@ -380,7 +408,7 @@ fn worker(s: &Shared) {
             }
         }
         s.state.0.fetch_sub(1, Ordering::AcqRel);
-        spin_until = Instant::now() + SPIN;
+        spin_until = Instant::now() + spin;
     }
 }
 
@@ -521,16 +549,14 @@ mod tests {
             a.record(t0, ms(2), ms(3) + ms(3) / 5);
         }
         assert!(!a.solo(t0));
-        // Workers descheduled: one window (20 ms) of 4 ms jobs against 3 ms alone.
+        // Workers descheduled: one window (20 ms) of jobs 5 % slower than alone.
         for _ in 0..5 {
-            a.record(t0, ms(4), ms(3));
+            a.record(t0, ms(4) + ms(4) / 5, ms(4));
         }
         assert!(a.solo(t0 + ms(1)));
         assert!(!a.solo(t0 + MIN_BACKOFF + ms(1)));
-        // Again: the solo period doubles.
-        for _ in 0..5 {
-            a.record(t0, ms(4), ms(3));
-        }
+        // A single job stalled by a descheduled worker: solo at once, for twice as long.
+        a.record(t0, ms(5), ms(3));
         assert!(a.solo(t0 + MIN_BACKOFF + ms(1)));
         assert!(!a.solo(t0 + 2 * MIN_BACKOFF + ms(1)));
     }
