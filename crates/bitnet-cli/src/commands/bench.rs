@@ -50,9 +50,8 @@ pub struct Args {
     /// Store the output matrix as q8_0 or q6_k (re-encoded at load)
     #[arg(long)]
     output_type: Option<String>,
-    /// Read the file into (huge-page) memory instead of memory-mapping it
-    #[arg(long)]
-    no_mmap: bool,
+    #[command(flatten)]
+    residency: crate::model_args::Residency,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -127,8 +126,9 @@ pub fn run(args: Args) -> Result<()> {
         .map(crate::model_args::output_type)
         .transpose()?;
     let load_start = Instant::now();
-    let (name, file) = crate::model_args::open_gguf(args.model.as_deref(), args.no_mmap)?;
+    let (name, file) = crate::model_args::open_gguf(args.model.as_deref(), args.residency)?;
     let size = file.file_len();
+    let in_memory = file.is_in_memory();
     let mut model = BitnetModel::from_gguf(file)?;
     if let Some(isa) = args.isa {
         anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
@@ -207,7 +207,7 @@ pub fn run(args: Args) -> Result<()> {
         let bw = if args.no_bandwidth {
             None
         } else {
-            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 3))
+            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 10))
         };
         bandwidth.push((t, bw));
         for r in rows
@@ -244,7 +244,7 @@ pub fn run(args: Args) -> Result<()> {
                 "decode": isas.decode.name(), "prefill": isas.prefill.name(),
             })).collect::<Vec<_>>(),
             "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
-            "load_s": load_s, "bytes_read_per_token": bytes_per_token,
+            "load_s": load_s, "weights_in_memory": in_memory, "bytes_read_per_token": bytes_per_token,
             "bandwidth_gb_s": bandwidth.iter().map(|(t, bw)| json!({"threads": t, "gb_s": bw})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak_rss,
             "results": results,
@@ -291,7 +291,12 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     eprintln!(
-        "load {load_s:.2} s; peak RSS {:.2} GB; cache {:?}",
+        "load {load_s:.2} s; weights {}; peak RSS {:.2} GB; cache {:?}",
+        if in_memory {
+            "read into memory"
+        } else {
+            "memory-mapped"
+        },
         peak_rss.unwrap_or(0) as f64 / 1e9,
         args.cache_type
     );

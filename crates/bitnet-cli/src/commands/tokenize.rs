@@ -40,7 +40,8 @@ pub struct DetokenizeArgs {
 }
 
 fn load(model: &Option<String>) -> Result<Tokenizer> {
-    let (_, file) = crate::model_args::open_gguf(model.as_deref(), false)?;
+    let (_, file) =
+        crate::model_args::open_gguf(model.as_deref(), crate::model_args::Residency::MAPPED)?;
     Ok(Tokenizer::from_gguf(&file)?)
 }
 

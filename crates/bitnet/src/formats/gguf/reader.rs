@@ -153,6 +153,25 @@ impl GgufFile {
         GgufFile::from_source(source, Bytes::Anon(mem))
     }
 
+    /// Whether [`GgufFile::read_into_memory`] gets huge pages here: Linux with transparent
+    /// huge pages enabled ("always" or "madvise").
+    pub fn huge_pages_available() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .is_ok_and(|s| !s.contains("[never]"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Whether the tensor data lives in anonymous memory (read in) rather than a file map.
+    pub fn is_in_memory(&self) -> bool {
+        !matches!(self.bytes, Bytes::Mmap(_))
+    }
+
     /// Parses a file held in memory (tests, fuzzing, embedded models).
     pub fn from_vec(label: impl Into<String>, bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         GgufFile::from_source(label.into(), Bytes::Owned(bytes))
