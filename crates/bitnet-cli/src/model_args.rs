@@ -9,9 +9,8 @@ use anyhow::{bail, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::formats::types::TensorType;
 use bitnet::hf::hub::{self, HubOptions};
-use bitnet::hf::ModelSource;
 use bitnet::kernels::Isa;
-use bitnet::model::{BitnetModel, CacheType};
+use bitnet::model::{BitnetModel, CacheType, LoadOptions};
 use bitnet::tokenizer::Tokenizer;
 
 /// The demo model shipped inside the binary (7M parameters, trained on Shakespeare), so that
@@ -48,37 +47,35 @@ pub struct ModelArgs {
 /// Where a GGUF file's weights live while the model runs.
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct Residency {
-    /// Read the weights into huge-page memory (the default when the OS has transparent huge
-    /// pages and the file fits in half the available memory): generation streams every weight
-    /// each token, and huge pages make that ~30 % faster than through the file's 4 KiB pages
+    /// Copy the weights read every token into huge-page memory (the default when the OS has
+    /// transparent huge pages and the file fits in half the available memory): generation
+    /// streams every weight each token, and huge pages make that ~30 % faster than through
+    /// the file's 4 KiB pages
     #[arg(long, conflicts_with = "mmap")]
     pub no_mmap: bool,
-    /// Memory-map the file instead (zero-copy, starts instantly, shares the page cache)
+    /// Keep the weights in the memory-mapped file where their layout allows (starts at once,
+    /// shares the page cache; slower generation)
     #[arg(long)]
     pub mmap: bool,
 }
 
 impl Residency {
-    /// Memory-mapped: for commands that read a file once (tokenize, one forward pass).
-    pub const MAPPED: Residency = Residency {
-        no_mmap: false,
-        mmap: true,
-    };
-
-    /// Whether to read a file of `len` bytes into memory.
-    pub fn read_in(self, len: u64) -> bool {
-        if self.no_mmap || self.mmap {
-            return self.no_mmap;
-        }
-        GgufFile::huge_pages_available()
-            && bitnet::model::available_memory().is_some_and(|avail| len <= avail / 2)
+    /// How to load a model from a file of `len` bytes.
+    pub fn load_options(self, len: u64) -> LoadOptions {
+        let resident = if self.no_mmap || self.mmap {
+            self.no_mmap
+        } else {
+            GgufFile::huge_pages_available()
+                && bitnet::model::available_memory().is_some_and(|avail| len <= avail / 2)
+        };
+        LoadOptions { resident }
     }
 }
 
 /// Opens what `-m` names (a GGUF file, a Hugging Face folder converted in memory, or
 /// `hf:OWNER/REPO[:FILE]`), or the bundled demo model without `-m`; returns its name for
 /// messages and the file.
-pub fn open_gguf(spec: Option<&str>, residency: Residency) -> Result<(String, Arc<GgufFile>)> {
+pub fn open_gguf(spec: Option<&str>) -> Result<(String, Arc<GgufFile>)> {
     let Some(spec) = spec else {
         let file = GgufFile::from_static(DEMO_MODEL_NAME, DEMO_MODEL)?;
         return Ok((DEMO_MODEL_NAME.to_string(), Arc::new(file)));
@@ -86,15 +83,7 @@ pub fn open_gguf(spec: Option<&str>, residency: Residency) -> Result<(String, Ar
     let mut bar = crate::commands::pull::DownloadBar::default();
     // The library's errors name the file (or repository) already: no context is added.
     let source = hub::resolve_model(spec, &HubOptions::from_env(), &mut bar)?;
-    let file = match &source {
-        ModelSource::Gguf(path)
-            if residency.read_in(std::fs::metadata(path).map_or(0, |m| m.len())) =>
-        {
-            Arc::new(GgufFile::read_into_memory(path)?)
-        }
-        _ => source.open_gguf()?,
-    };
-    Ok((spec.to_string(), file))
+    Ok((spec.to_string(), source.open_gguf()?))
 }
 
 /// Parses `--output-type`.
@@ -164,7 +153,7 @@ impl ModelArgs {
     }
 
     fn load_quietly(&self) -> Result<Loaded> {
-        let (name, file) = open_gguf(self.model.as_deref(), self.residency)?;
+        let (name, file) = open_gguf(self.model.as_deref())?;
         let tokenizer = match Tokenizer::from_gguf(&file) {
             Ok(t) => t,
             // A Hugging Face folder's tokenizer comes from its tokenizer.json: name that file.
@@ -182,7 +171,8 @@ impl ModelArgs {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut model = BitnetModel::from_gguf(Arc::clone(&file))?;
+        let options = self.residency.load_options(file.file_len());
+        let mut model = BitnetModel::from_gguf_with(Arc::clone(&file), options)?;
         if let Some(t) = self.threads {
             model.set_threads(t);
         }

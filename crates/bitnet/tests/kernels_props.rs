@@ -15,6 +15,13 @@ fn simd_isas() -> Vec<Isa> {
         .collect()
 }
 
+/// I2_S rows (the file's layout) in the layout `isa`'s kernels take.
+fn layout_for(isa: Isa, w: &[u8], k: usize) -> Vec<u8> {
+    let mut out = vec![0u8; w.len()];
+    kernels::i2s_interleave_rows(w, k, isa.kernels().i2s_rows, &mut out);
+    out
+}
+
 /// Float tolerance: relative to the sum of absolute products.
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale + 1e-6
@@ -51,7 +58,7 @@ proptest! {
         }
         for isa in Isa::available() {
             let mut out = vec![0i32; tokens * rows];
-            kernels::i2s_matmul(isa, w, k, &acts, &qsums, &mut out);
+            kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
             prop_assert_eq!(&out, &expected, "{}", isa);
         }
     }
@@ -261,7 +268,7 @@ fn i2s_partial_sums_do_not_overflow_at_the_extremes() {
                 let expected = vec![weight as i32 * act as i32 * k as i32; tokens * rows];
                 for isa in Isa::available() {
                     let mut out = vec![0i32; tokens * rows];
-                    kernels::i2s_matmul(isa, w, k, &acts, &qsums, &mut out);
+                    kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
                     assert_eq!(
                         out, expected,
                         "{isa} k={k} w={weight} a={act} tokens={tokens}"

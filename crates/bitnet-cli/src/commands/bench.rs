@@ -126,10 +126,11 @@ pub fn run(args: Args) -> Result<()> {
         .map(crate::model_args::output_type)
         .transpose()?;
     let load_start = Instant::now();
-    let (name, file) = crate::model_args::open_gguf(args.model.as_deref(), args.residency)?;
+    let (name, file) = crate::model_args::open_gguf(args.model.as_deref())?;
     let size = file.file_len();
-    let in_memory = file.is_in_memory();
-    let mut model = BitnetModel::from_gguf(file)?;
+    let options = args.residency.load_options(size);
+    let in_memory = options.resident;
+    let mut model = BitnetModel::from_gguf_with(file, options)?;
     if let Some(isa) = args.isa {
         anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
         model.set_isa(isa);
@@ -293,7 +294,7 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!(
         "load {load_s:.2} s; weights {}; peak RSS {:.2} GB; cache {:?}",
         if in_memory {
-            "read into memory"
+            "copied to huge-page memory"
         } else {
             "memory-mapped"
         },

@@ -33,8 +33,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    let (_, file) =
-        crate::model_args::open_gguf(args.model.as_deref(), crate::model_args::Residency::MAPPED)?;
+    let (_, file) = crate::model_args::open_gguf(args.model.as_deref())?;
     let mut model = BitnetModel::from_gguf(file)?;
     if let Some(name) = &args.output_type {
         model.set_output_type(crate::model_args::output_type(name)?)?;

@@ -40,8 +40,7 @@ pub struct DetokenizeArgs {
 }
 
 fn load(model: &Option<String>) -> Result<Tokenizer> {
-    let (_, file) =
-        crate::model_args::open_gguf(model.as_deref(), crate::model_args::Residency::MAPPED)?;
+    let (_, file) = crate::model_args::open_gguf(model.as_deref())?;
     Ok(Tokenizer::from_gguf(&file)?)
 }
 

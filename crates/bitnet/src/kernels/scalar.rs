@@ -10,6 +10,7 @@ use super::{Isa, KernelTable};
 /// The scalar kernels as a table (every other ISA's table starts from a simpler one).
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Scalar,
+    i2s_rows: 1,
     quantize_row_i8,
     i2s_matmul: |w, k, acts, _qsums, out| i2s_matmul(w, k, acts, out),
     tq2_0_matmul: |w, k, acts, _block_qsums, out| tq2_0_matmul(w, k, acts, out),

@@ -153,7 +153,7 @@ impl GgufFile {
         GgufFile::from_source(source, Bytes::Anon(mem))
     }
 
-    /// Whether [`GgufFile::read_into_memory`] gets huge pages here: Linux with transparent
+    /// Whether anonymous memory advised for huge pages gets them here: Linux with transparent
     /// huge pages enabled ("always" or "madvise").
     pub fn huge_pages_available() -> bool {
         #[cfg(target_os = "linux")]
@@ -165,11 +165,6 @@ impl GgufFile {
         {
             false
         }
-    }
-
-    /// Whether the tensor data lives in anonymous memory (read in) rather than a file map.
-    pub fn is_in_memory(&self) -> bool {
-        !matches!(self.bytes, Bytes::Mmap(_))
     }
 
     /// Parses a file held in memory (tests, fuzzing, embedded models).

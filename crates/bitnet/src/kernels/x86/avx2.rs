@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::hsum_epi32_256;
+use super::{hsum_epi32_256, i2s_block, I2S_ROWS};
 use crate::formats::types::{tq2_0, TernaryBlock};
 use crate::kernels::scalar::{Q8Blocks, Q8K};
 use crate::kernels::{Isa, KernelTable};
@@ -14,6 +14,7 @@ use crate::kernels::{Isa, KernelTable};
 /// The AVX2 kernels.
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx2,
+    i2s_rows: I2S_ROWS,
     quantize_row_i8,
     i2s_matmul,
     tq2_0_matmul,
@@ -75,31 +76,34 @@ pub unsafe fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &m
     }
 }
 
-/// One token against all rows, one row at a time front to back, so the weights stream from
-/// memory as one sequential read, prefetched ahead. (Two rows at a time share activation
-/// loads but measured half the bandwidth once the weights come from DRAM.)
+/// One token against all rows: [`I2S_ROWS`] interleaved rows at a time (one sequential stream,
+/// prefetched ahead; each activation load shared by the rows), then the ragged last rows one
+/// at a time.
 #[target_feature(enable = "avx2")]
 unsafe fn i2s_gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, out: &mut [i32]) {
     let row_bytes = k / 4;
     let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / I2S_ROWS * I2S_ROWS;
     let q = q.as_ptr() as *const u8;
-    for (r, o) in out.iter_mut().enumerate().take(n_rows) {
-        let [dot] = gemv_rows::<1>(w.as_ptr().add(r * row_bytes), row_bytes, k, q);
+    for g in (0..grouped).step_by(I2S_ROWS) {
+        let dots = gemv_rows::<I2S_ROWS>(w.as_ptr().add(g * row_bytes), k, q);
+        for (o, d) in out[g..g + I2S_ROWS].iter_mut().zip(dots) {
+            *o = d - qsum;
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate().take(n_rows).skip(grouped) {
+        let [dot] = gemv_rows::<1>(w.as_ptr().add(r * row_bytes), k, q);
         *o = dot - qsum;
     }
 }
 
-/// `Σ code·q` for `R` consecutive rows. Per 128 weights of a row: one load, seven shift/and
-/// to unpack, four `maddubs` (codes × activations, pairs into i16) and four i16 adds; the
-/// activation loads are shared by the rows and the i16 sums widened once per 16 blocks.
+/// `Σ code·q` for `R` rows whose blocks are interleaved (block `b` of row `i` at
+/// `(b·R + i)·32`). Per 128 weights of a row: one load, seven shift/and to unpack, four
+/// `maddubs` (codes × activations, pairs into i16) and four i16 adds; the four activation
+/// loads are shared by the `R` rows and the i16 sums widened once per 16 blocks.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn gemv_rows<const R: usize>(
-    wp: *const u8,
-    row_bytes: usize,
-    k: usize,
-    q: *const u8,
-) -> [i32; R] {
+unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
     let n_blocks = k / 128;
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
@@ -117,9 +121,12 @@ unsafe fn gemv_rows<const R: usize>(
                 load(qb.add(96)),
             ];
             for (r, acc) in acc16.iter_mut().enumerate() {
-                let p = wp.add(r * row_bytes + blk * 32);
-                // Prefetching past the end of the weights is harmless: prefetches never fault.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                let p = wp.add((blk * R + r) * 32);
+                if r % 2 == 0 {
+                    // One prefetch per 64-byte line. Past the end of the weights is harmless:
+                    // prefetches never fault.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                }
                 let c = unpack_i2s(load(p), mask);
                 let s01 = _mm256_add_epi16(
                     _mm256_maddubs_epi16(c[0], qv[0]),
@@ -149,16 +156,17 @@ unsafe fn i2s_gemm(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i3
     let n_rows = w.len() / row_bytes;
     let n_tokens = qsums.len();
     let mask = _mm256_set1_epi8(3);
+    let grouped = n_rows / I2S_ROWS * I2S_ROWS;
     let mut codes = vec![0u8; ROW_TILE * k];
     let a = acts.as_ptr() as *const u8;
     let mut r0 = 0;
     while r0 < n_rows {
         let rows = ROW_TILE.min(n_rows - r0);
         for row in 0..rows {
-            let wp = w.as_ptr().add((r0 + row) * row_bytes);
             let cp = codes.as_mut_ptr().add(row * k);
             for blk in 0..k / 128 {
-                let c = unpack_i2s(load(wp.add(blk * 32)), mask);
+                let b = i2s_block(w.as_ptr(), row_bytes, grouped, r0 + row, blk);
+                let c = unpack_i2s(load(b), mask);
                 for (g, code) in c.iter().enumerate() {
                     _mm256_storeu_si256(cp.add(blk * 128 + g * 32) as *mut __m256i, *code);
                 }
