@@ -93,7 +93,7 @@ const PROMPTS: [&str; 8] = [
 
 fn sampler(i: usize) -> SamplerConfig {
     // Half greedy, half sampled with a fixed seed.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SamplerConfig::greedy()
     } else {
         SamplerConfig {
@@ -286,11 +286,17 @@ fn the_queue_is_bounded() {
         Err(SubmitError::EmptyPrompt)
     ));
     assert!(matches!(
-        s.submit(Job::new(vec![1; 300], SamplerConfig::greedy()), collector().0),
+        s.submit(
+            Job::new(vec![1; 300], SamplerConfig::greedy()),
+            collector().0
+        ),
         Err(SubmitError::PromptTooLong { .. })
     ));
     assert!(matches!(
-        s.submit(Job::new(vec![1, 99_999], SamplerConfig::greedy()), collector().0),
+        s.submit(
+            Job::new(vec![1, 99_999], SamplerConfig::greedy()),
+            collector().0
+        ),
         Err(SubmitError::TokenOutOfRange { .. })
     ));
 }

@@ -92,7 +92,10 @@ impl ConstraintCompiler {
                     }
                     w
                 } else {
-                    tokenizer.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default()
+                    tokenizer
+                        .token_bytes(id)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default()
                 }
             })
             .collect();

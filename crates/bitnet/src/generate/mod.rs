@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-pub use request::{Input, Request, RequestError};
+pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
 

@@ -477,11 +477,7 @@ impl Scheduler {
 
     /// Waits for the scheduler's thread to end (after [`Scheduler::shutdown`]).
     pub fn join(&self) {
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -678,16 +674,19 @@ impl<'a> Engine<'a> {
                 cached: common,
                 next: None,
                 generated: 0,
-                prompt_logprobs: if p.job.prompt_logprobs { vec![None] } else { Vec::new() },
+                prompt_logprobs: if p.job.prompt_logprobs {
+                    vec![None]
+                } else {
+                    Vec::new()
+                },
                 started: Instant::now(),
                 first_token: None,
                 p,
             });
         }
-        self.shared.idle_slots.store(
-            self.slots.len() - self.active.len(),
-            Ordering::SeqCst,
-        );
+        self.shared
+            .idle_slots
+            .store(self.slots.len() - self.active.len(), Ordering::SeqCst);
     }
 
     /// One forward pass over every active sequence, then a sampled token for each that has
@@ -763,7 +762,7 @@ impl<'a> Engine<'a> {
                 // than retry the same failure forever.
                 let message = e.to_string();
                 let mut idx: Vec<usize> = inputs.iter().map(|(i, _, _)| *i).collect();
-                idx.sort_unstable_by(|a, b| b.cmp(a));
+                idx.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
                 for i in idx {
                     self.leave(i, Outcome::Failed(message.clone()));
                 }
@@ -785,7 +784,9 @@ impl<'a> Engine<'a> {
                     for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
                         let at = a.fed + j + 1;
                         if let Some(&t) = a.p.job.prompt.get(at) {
-                            a.prompt_logprobs.push(Some(logprob_of(row, t, &[], 0)));
+                            let k = a.p.job.logprobs.unwrap_or(0);
+                            let lp = logprob_of(row, t, &a.p.job.logit_bias, k);
+                            a.prompt_logprobs.push(Some(lp));
                         }
                     }
                 }
@@ -831,7 +832,7 @@ impl<'a> Engine<'a> {
             s.generation_tokens_per_s = rate;
         });
         // Leave from the back so the indices stay valid.
-        outcomes.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        outcomes.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
         for (i, outcome) in outcomes {
             if !matches!(outcome, Outcome::Continue) {
                 self.leave(i, outcome);
@@ -861,10 +862,9 @@ impl<'a> Engine<'a> {
     /// Ends active request `i` and frees its slot (whose cache keeps its tokens for reuse).
     fn leave(&mut self, i: usize, outcome: Outcome) {
         let mut a = self.active.swap_remove(i);
-        self.shared.idle_slots.store(
-            self.slots.len() - self.active.len(),
-            Ordering::SeqCst,
-        );
+        self.shared
+            .idle_slots
+            .store(self.slots.len() - self.active.len(), Ordering::SeqCst);
         // The status shows the slot free before the caller hears of the end.
         self.publish();
         match outcome {
@@ -956,7 +956,9 @@ fn logprob_of(logits: &[f32], token: u32, bias: &[(u32, f32)], k: usize) -> Toke
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
     let log_z = max as f64 + sum.ln();
-    let lp = |t: u32| (logits.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64 - log_z) as f32;
+    let lp = |t: u32| {
+        (logits.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64 - log_z) as f32
+    };
     let mut top = Vec::new();
     if k > 0 {
         let mut ids: Vec<u32> = (0..logits.len() as u32).collect();

@@ -532,10 +532,7 @@ impl BitnetModel {
     /// A sequence's results do not depend on what else is in the batch, bit for bit: the
     /// activation quantization and the output product work row by row, the ternary products
     /// are exact integers, and attention is computed per (token, head) over its own cache.
-    pub fn forward_batch(
-        &self,
-        batch: &mut [BatchEntry<'_>],
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         if batch.is_empty() {
             return Err(ModelError::EmptyInput);
