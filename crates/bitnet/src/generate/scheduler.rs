@@ -575,6 +575,11 @@ impl<'a> Engine<'a> {
 
     fn receive(&mut self, msg: Msg) {
         match msg {
+            // One that raced with a shutdown never starts.
+            Msg::Submit(p) if self.deadline.is_some() => {
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                finish_unstarted(*p, StopReason::Shutdown);
+            }
             Msg::Submit(p) => self.queue.push_back(*p),
             Msg::Shutdown { grace } => {
                 let now = Instant::now();

@@ -674,7 +674,11 @@ async fn translate(
                 Some(e) => e,
                 None => break,
             },
-            _ = out.closed() => return,
+            _ = out.closed() => {
+                // The client left: the log line shows what was done for it.
+                reply.record();
+                return;
+            }
         };
         let wants_logprobs = reply.plan.logprobs.is_some();
         let choice = match event {
