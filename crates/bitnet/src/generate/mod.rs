@@ -2,8 +2,10 @@
 //! streams text and stops (end-of-generation tokens, stop strings, a token budget, a full
 //! context), and its figures. Uses `model` and `tokenizer`; knows nothing of the CLI.
 
+pub mod constraint;
 pub mod request;
 pub mod sampler;
+pub mod scheduler;
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-pub use request::{Input, Request, RequestError};
+pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
+pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,10 @@ pub enum StopReason {
     ContextFull,
     /// The caller's callback asked to stop (an interrupt).
     Interrupted,
+    /// The output completed its grammar ([`constraint::Constraint`]).
+    Constraint,
+    /// The scheduler was shut down while the request ran or waited.
+    Shutdown,
 }
 
 impl StopReason {
@@ -83,6 +90,8 @@ impl StopReason {
             StopReason::MaxTokens => "length",
             StopReason::ContextFull => "context_full",
             StopReason::Interrupted => "interrupted",
+            StopReason::Constraint => "grammar",
+            StopReason::Shutdown => "shutdown",
         }
     }
 }

@@ -162,6 +162,26 @@ pub enum Logits {
     All,
 }
 
+/// One sequence's part of a batched forward pass ([`BitnetModel::forward_batch`]).
+pub struct BatchEntry<'a> {
+    /// The new tokens, run at the positions after those already in `cache`.
+    pub tokens: &'a [u32],
+    /// The sequence's own cache.
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
+
+/// Where a sequence's tokens sit in the batch's activation rows, and its first position.
+struct Span {
+    start: usize,
+    len: usize,
+    pos0: usize,
+}
+
+/// Rows of the output matrix multiplied at a time when several sequences need logits
+/// (128 rows of 2560 F16 weights are 640 KiB: they stay in a 1 MiB L2 cache).
+const OUTPUT_BLOCK: usize = 128;
+
 /// Output rows per scheduling unit (keeps the kernels' 4-row tiles whole).
 const ROW_GRANULE: usize = 16;
 
@@ -529,7 +549,7 @@ impl BitnetModel {
         keep: usize,
         n: usize,
     ) -> Result<(), ModelError> {
-        let (cos, sin) = self.rope_tables(n, 1);
+        let (cos, sin) = self.rope_tables(&[n]);
         // R(−θ): the same cosines, negated sines.
         let sin: Vec<f32> = sin.iter().map(|s| -s).collect();
         let hd = self.config.head_dim;
@@ -548,86 +568,170 @@ impl BitnetModel {
         cache: &mut KvCache,
         which: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut batch = [BatchEntry {
+            tokens,
+            cache,
+            logits: which,
+        }];
+        let mut out = self.forward_batch(&mut batch)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): every entry's
+    /// new tokens are concatenated into one activation matrix, so each weight is read once
+    /// for the whole batch; each token is rotated by its own position and attends only over
+    /// its own sequence's cache, to which its keys and values are appended. Returns each
+    /// entry's logits (as [`BitnetModel::forward`] does for it).
+    ///
+    /// A sequence's results do not depend on what else is in the batch, bit for bit: the
+    /// activation quantization and the output product work row by row, the ternary products
+    /// are exact integers, and attention is computed per (token, head) over its own cache.
+    pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        if tokens.is_empty() {
+        if batch.is_empty() {
             return Err(ModelError::EmptyInput);
         }
-        if let Some((i, &t)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= c.n_vocab)
-        {
-            return Err(ModelError::TokenOutOfRange {
-                token: t,
-                index: i,
-                n_vocab: c.n_vocab,
-            });
-        }
-        let pos0 = cache.len();
-        let n = tokens.len();
-        if pos0 + n > cache.capacity() {
-            return Err(ModelError::ContextFull {
-                needed: pos0 + n,
-                capacity: cache.capacity(),
-            });
+        for entry in batch.iter() {
+            if entry.tokens.is_empty() {
+                return Err(ModelError::EmptyInput);
+            }
+            if let Some((i, &t)) = entry
+                .tokens
+                .iter()
+                .enumerate()
+                .find(|(_, &t)| t as usize >= c.n_vocab)
+            {
+                return Err(ModelError::TokenOutOfRange {
+                    token: t,
+                    index: i,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            let needed = entry.cache.len() + entry.tokens.len();
+            if needed > entry.cache.capacity() {
+                return Err(ModelError::ContextFull {
+                    needed,
+                    capacity: entry.cache.capacity(),
+                });
+            }
         }
         let h = c.n_embd;
-
-        let mut x = vec![0f32; n * h];
-        for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
-            self.token_embd.row_to_f32(t as usize, row);
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut positions = Vec::new();
+        let mut x = Vec::new();
+        for entry in batch.iter() {
+            let (start, pos0) = (positions.len(), entry.cache.len());
+            spans.push(Span {
+                start,
+                len: entry.tokens.len(),
+                pos0,
+            });
+            positions.extend(pos0..pos0 + entry.tokens.len());
+            for &t in entry.tokens {
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                self.token_embd.row_to_f32(t as usize, &mut x[at..]);
+            }
         }
+        let n = positions.len();
 
-        let (cos, sin) = self.rope_tables(pos0, n);
+        let (cos, sin) = self.rope_tables(&positions);
+        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|e| &mut *e.cache).collect();
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         ws.fit(n, c);
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(l, layer, &mut x, &mut ws, cache, pos0, &cos, &sin);
+            self.layer_forward(l, layer, &mut x, &mut ws, &mut caches, &spans, &cos, &sin);
         }
         drop(ws);
-        cache.set_len(pos0 + n);
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.set_len(span.pos0 + span.len);
+        }
 
-        let rows: &[f32] = match which {
-            Logits::All => &x,
-            Logits::Last => &x[(n - 1) * h..],
-        };
-        let mut normed = vec![0f32; rows.len()];
-        for (o, r) in normed.chunks_exact_mut(h).zip(rows.chunks_exact(h)) {
-            kernels::rms_norm(r, &self.output_norm, c.rms_eps, o);
+        // The rows whose logits are wanted, normalized, each entry's rounded as its cache
+        // type asks.
+        let mut normed = Vec::new();
+        let mut n_rows = Vec::with_capacity(batch.len());
+        for (entry, span) in batch.iter().zip(&spans) {
+            let rows = match entry.logits {
+                Logits::All => span.start..span.start + span.len,
+                Logits::Last => span.start + span.len - 1..span.start + span.len,
+            };
+            n_rows.push(rows.len());
+            for r in rows {
+                let at = normed.len();
+                normed.resize(at + h, 0.0);
+                let o = &mut normed[at..];
+                kernels::rms_norm(&x[r * h..(r + 1) * h], &self.output_norm, c.rms_eps, o);
+                if entry.cache.cache_type() == CacheType::F16 {
+                    // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16
+                    // weights rounds its f32 input to f16 first. The f32 mode keeps
+                    // transformers' float32.
+                    o.iter_mut()
+                        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                }
+            }
         }
-        if cache.cache_type() == CacheType::F16 {
-            // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16 weights
-            // rounds its f32 input to f16 first. The f32 mode keeps transformers' float32.
-            normed
-                .iter_mut()
-                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        let logits = self.output_product(&normed);
+        let mut out = Vec::with_capacity(batch.len());
+        let mut rest = &logits[..];
+        for rows in n_rows {
+            let (mine, tail) = rest.split_at(rows * c.n_vocab);
+            out.push(mine.to_vec());
+            rest = tail;
         }
+        Ok(out)
+    }
+
+    /// `normed · outputᵀ` for every row of `normed`, `[rows × n_vocab]`, the vocabulary split
+    /// between the threads.
+    fn output_product(&self, normed: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let h = c.n_embd;
         let n_out = normed.len() / h;
         let mut logits = vec![0f32; n_out * c.n_vocab];
         let shared = SharedOut::new(&mut logits);
+        // With several rows, each thread's range is taken in blocks small enough to stay in
+        // the L2 cache while every row of `normed` runs over them: the matrix is then read
+        // from memory once per step, not once per sequence. Each logit is the same dot product
+        // whatever the blocking, so results do not change. Not for the 8-bit formats, whose
+        // products quantize every row of `normed` again at each call (measured slower).
+        let float = matches!(
+            self.output.format(),
+            TensorType::F16 | TensorType::BF16 | TensorType::F32
+        );
+        let block = if n_out == 1 || !float {
+            usize::MAX
+        } else {
+            OUTPUT_BLOCK
+        };
         self.exec
             .pool
             .for_chunks(c.n_vocab, 64, h * n_out, &|rows| {
-                let n = rows.len();
-                let mut local = vec![0f32; n_out * n];
-                self.output
-                    .matmul(self.exec.isa, &normed, rows.clone(), &mut local);
-                for (t, chunk) in local.chunks_exact(n).enumerate() {
-                    let start = t * c.n_vocab + rows.start;
-                    // SAFETY: each thread owns a distinct range of vocabulary rows.
-                    unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                let mut start_row = rows.start;
+                while start_row < rows.end {
+                    let sub = start_row..rows.end.min(start_row.saturating_add(block));
+                    let n = sub.len();
+                    let mut local = vec![0f32; n_out * n];
+                    self.output
+                        .matmul(self.exec.isa, normed, sub.clone(), &mut local);
+                    for (t, chunk) in local.chunks_exact(n).enumerate() {
+                        let start = t * c.n_vocab + sub.start;
+                        // SAFETY: each thread owns a distinct range of vocabulary rows.
+                        unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                    }
+                    start_row = sub.end;
                 }
             });
-        Ok(logits)
+        logits
     }
 
     /// cos and sin of `angle = p · inv_freq_k` (the product in f32, as transformers computes
-    /// it) for positions `pos0 .. pos0 + n`, `[n × head_dim/2]` each.
-    fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    /// it) for each position `p`, `[positions × head_dim/2]` each.
+    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in pos0..pos0 + n {
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
             for &f in &self.inv_freq {
                 let angle = (p as f32 * f) as f64;
                 cos.push(angle.cos() as f32);
@@ -644,8 +748,8 @@ impl BitnetModel {
         layer: &Layer,
         x: &mut [f32],
         ws: &mut Workspace,
-        cache: &mut KvCache,
-        pos0: usize,
+        caches: &mut [&mut KvCache],
+        spans: &[Span],
         cos: &[f32],
         sin: &[f32],
     ) {
@@ -673,25 +777,27 @@ impl BitnetModel {
             [(&layer.wq, q), (&layer.wk, k), (&layer.wv, v)],
         );
         let half = hd / 2;
-        for t in 0..n {
-            let (cos, sin) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
-            for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
-                kernels::rope_neox(head, cos, sin);
+        for (cache, span) in caches.iter_mut().zip(spans) {
+            for t in span.start..span.start + span.len {
+                let (cos, sin) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                    kernels::rope_neox(head, cos, sin);
+                }
+                for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
+                    kernels::rope_neox(head, cos, sin);
+                }
+                cache.write(
+                    l,
+                    span.pos0 + t - span.start,
+                    &k[t * kv..(t + 1) * kv],
+                    &v[t * kv..(t + 1) * kv],
+                );
             }
-            for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
-                kernels::rope_neox(head, cos, sin);
-            }
-            cache.write(
-                l,
-                pos0 + t,
-                &k[t * kv..(t + 1) * kv],
-                &v[t * kv..(t + 1) * kv],
-            );
         }
-        self.attention(l, q, cache, pos0, n, attn);
+        self.attention(l, q, caches, spans, n, attn);
         norm_quantize(ex, attn, &layer.attn_sub_norm, eps, acts);
         linear_group(ex, &acts.view(), [(&layer.wo, &mut proj[..])]);
         x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
@@ -712,16 +818,16 @@ impl BitnetModel {
         x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
     }
 
-    /// Causal attention of `n` queries at positions `pos0..` over the cache (which already
-    /// holds their own keys and values). Each (query, head) pair is computed alone by one
-    /// thread, in the same order, so a prefill and one-token-at-a-time decoding give identical
-    /// results on any number of threads.
+    /// Causal attention of the `n` queries of every span, each over its own sequence's cache
+    /// (which already holds their own keys and values). Each (query, head) pair is computed
+    /// alone by one thread, in the same order, so a prefill, one-token-at-a-time decoding and
+    /// a batch of other sequences give identical results on any number of threads.
     fn attention(
         &self,
         l: usize,
         q: &[f32],
-        cache: &KvCache,
-        pos0: usize,
+        caches: &[&mut KvCache],
+        spans: &[Span],
         n: usize,
         out: &mut [f32],
     ) {
@@ -729,19 +835,27 @@ impl BitnetModel {
         let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let isa = self.exec.isa;
-        let (keys, values) = cache.layer(l);
+        let layers: Vec<_> = caches.iter().map(|cache| cache.layer(l)).collect();
+        // The span and position of every token.
+        let mut owner = Vec::with_capacity(n);
+        for (s, span) in spans.iter().enumerate() {
+            owner.extend((0..span.len).map(|i| (s, span.pos0 + i)));
+        }
         let scale = 1.0 / (hd as f32).sqrt();
         out.fill(0.0);
         let shared = SharedOut::new(out);
         // One chunk per (token, head); later tokens see more keys, and the threads take
         // chunks as they come, which balances that.
-        let item_work = 2 * hd * (pos0 + n.div_ceil(2));
+        let mean_visible = owner.iter().map(|&(_, p)| p + 1).sum::<usize>() / n.max(1);
+        let item_work = 2 * hd * mean_visible.max(1);
         self.exec
             .pool
             .for_chunks(n * c.n_head, 1, item_work, &|items| {
                 for item in items {
                     let (t, head) = (item / c.n_head, item % c.n_head);
-                    let visible = pos0 + t + 1;
+                    let (s, pos) = owner[t];
+                    let (keys, values) = layers[s];
+                    let visible = pos + 1;
                     let kv_off = (head / group) * hd;
                     threads::with_scratch_f32(visible + hd, |buf| {
                         let (scores, qh) = buf.split_at_mut(visible);

@@ -9,7 +9,7 @@ pub mod quantize;
 pub mod synth;
 pub mod weights;
 
-pub use bitnet::{BitnetModel, LoadOptions, Logits, ShapeIsas};
+pub use bitnet::{BatchEntry, BitnetModel, LoadOptions, Logits, ShapeIsas};
 pub use config::{Architecture, Config, DEFAULT_CONTEXT_CAP};
 pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache};
 
