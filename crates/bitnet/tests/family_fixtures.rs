@@ -118,3 +118,69 @@ fn families_match_transformers() {
         }
     }
 }
+
+/// Two correct engines part where one of them sees a near-tie: on these random models
+/// bitnet.cpp's logits differ from transformers' (and ours) by up to ~0.6 (f16 queries and KV
+/// cache, and int8 activation roundings that flip with them; the same holds for the 2B-4T
+/// `visible` fixture, made with bitnet.cpp's own converter). Below this top-2 margin of
+/// bitnet.cpp's, its choice is not held against us.
+const TIE_MARGIN: f64 = 0.5;
+
+/// The GGUF our converter writes for each family (I2_S linears, F16 embedding and output, as
+/// bitnet.cpp's pipeline makes them), decoded greedily by bitnet.cpp (`bitnetcpp.json`) and by
+/// us from the same file: every token equal up to the first step where bitnet.cpp's top-2
+/// margin is below [`TIE_MARGIN`], and whole runs equal where bitnet.cpp has no such step.
+#[test]
+fn converted_ggufs_decode_like_bitnet_cpp() {
+    for (family, folders, arch) in FAMILIES {
+        let cpp = json(&format!("testdata/family/{family}/bitnetcpp.json"));
+        let folder = repo(&format!("testdata/family/{family}/{}", folders.last().unwrap()));
+        let ckpt = hf::Checkpoint::open(&folder).unwrap();
+        let options = hf::ConvertOptions::new(hf::OutType::I2S);
+        let (bytes, summary) = hf::convert::convert_to_vec(&ckpt, &options).unwrap();
+        assert!(summary.skipped.is_empty(), "{family}: {:?}", summary.skipped);
+        let file = bitnet::formats::gguf::GgufFile::from_vec(family, bytes).unwrap();
+        assert_eq!(
+            file.metadata().get_str("general.architecture").unwrap(),
+            arch.gguf_name()
+        );
+        if cpp.get("not_comparable").is_some() {
+            // bitnet.cpp has no pre-quantization norm: the converter says so.
+            assert!(
+                summary.notes.iter().any(|n| n.contains("use_rms_norm")),
+                "{family}: {:?}",
+                summary.notes
+            );
+            continue;
+        }
+        let model = BitnetModel::from_gguf(std::sync::Arc::new(file)).unwrap();
+        let mut whole = 0;
+        for run in cpp["runs"].as_array().unwrap() {
+            let prompt = ids(&run["prompt_ids"]);
+            let expected = ids(&run["new_tokens"]);
+            let margins: Vec<f64> = run["top2_margin"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_f64().unwrap())
+                .collect();
+            let firm = margins
+                .iter()
+                .position(|&m| m < TIE_MARGIN)
+                .unwrap_or(expected.len());
+            for ty in [CacheType::F16, CacheType::F32] {
+                let ours = greedy(&model, &prompt, expected.len(), ty);
+                assert_eq!(
+                    ours[..firm],
+                    expected[..firm],
+                    "{family} {prompt:?} {ty:?} cache vs bitnet.cpp (first {firm} steps)"
+                );
+                if ty == CacheType::F16 && ours == expected {
+                    whole += 1;
+                }
+            }
+        }
+        // Most runs agree to the last token despite the near-ties.
+        assert!(whole >= 2, "{family}: {whole} whole runs equal");
+    }
+}

@@ -607,6 +607,49 @@ mod tests {
         );
     }
 
+    /// Falcon3-1B-Instruct-1.58bit's config.json (the keys that matter here).
+    const FALCON3: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "head_dim": 256, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 8192,
+        "max_position_embeddings": 8192, "num_attention_heads": 8, "num_hidden_layers": 18,
+        "num_key_value_heads": 4, "quantization_config": {"modules_to_not_convert": ["lm_head"],
+        "quant_method": "bitnet"}, "rms_norm_eps": 1e-06, "rope_scaling": null,
+        "rope_theta": 1000042, "tie_word_embeddings": false, "vocab_size": 131072}"#;
+
+    #[test]
+    fn llama_family_configs() {
+        let c = HfConfig::from_json("c.json", FALCON3.as_bytes()).unwrap();
+        assert_eq!(c.family, HfFamily::Llama);
+        assert_eq!((c.head_dim, c.linear_class), (256, LinearClass::BitLinear));
+        assert_eq!((c.act_norm_eps, c.rope_scaling), (None, None));
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["quantization_config"]["modules_to_not_convert"] = serde_json::json!(["lm_head", "mlp"]);
+        let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("only lm_head may stay unquantized"), "{e}");
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["quantization_config"]["use_rms_norm"] = serde_json::json!(true);
+        v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("RoPE scaling `yarn` is not supported"), "{e}");
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192});
+        let c = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.act_norm_eps, Some(1e-6));
+        // Llama 3.1 8B's published rope_freqs: 1 for the first (short) wavelengths, 8 for the
+        // long ones, a blend between.
+        let f = c.rope_scaling.unwrap().llama3_factors(500000.0, 128).unwrap();
+        assert_eq!(f.len(), 64);
+        assert_eq!((f[0], f[63]), (1.0, 8.0));
+        assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["architectures"] = serde_json::json!(["BitnetForCausalLM"]);
+        v["tie_word_embeddings"] = serde_json::json!(true);
+        v.as_object_mut().unwrap().remove("quantization_config");
+        let c = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.family, HfFamily::OneBitLlm);
+    }
+
     #[test]
     fn legacy_defaults() {
         let mut legacy: Value = serde_json::from_str(ONLINE).unwrap();

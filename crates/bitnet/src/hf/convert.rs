@@ -156,6 +156,8 @@ pub struct ConvertSummary {
     pub tokenizer: bool,
     /// Checkpoint tensors that were not converted (a tied `lm_head.weight`, unknown names).
     pub skipped: Vec<String>,
+    /// What a reader of the file should know (e.g. parts bitnet.cpp does not compute).
+    pub notes: Vec<String>,
 }
 
 /// How one GGUF tensor is made.
@@ -617,8 +619,21 @@ pub fn convert<W: Write>(
             fallbacks: plan.fallbacks,
             tokenizer: vocab.is_some(),
             skipped: plan.skipped,
+            notes: notes(ckpt),
         },
     ))
+}
+
+/// Caveats about the written file.
+fn notes(ckpt: &Checkpoint) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(eps) = ckpt.config().act_norm_eps {
+        notes.push(format!(
+            "quantization_config.use_rms_norm: the RMSNorm (eps {eps}) before every BitLinear's activation quantization is recorded as `{}.{ACT_NORM_EPS_KEY}`; bitnet.cpp and llama.cpp do not apply it and compute a different model from this file",
+            ckpt.config().family.architecture().gguf_name()
+        ));
+    }
+    notes
 }
 
 /// A writer that only counts bytes.
@@ -652,4 +667,20 @@ pub fn convert_to_vec(
     let capacity = header + output_size(ckpt, options)?;
     let buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     convert(ckpt, options, buf, |_, _| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permute_rows;
+
+    /// llama.cpp's `permute`: `reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`.
+    #[test]
+    fn permute_interleaves_the_two_halves_of_each_head() {
+        // Two heads of 4 rows, one value per row.
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(permute_rows(&rows, 1, 4), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        // Rows of 2 values move whole.
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(permute_rows(&rows, 2, 4), vec![0, 1, 4, 5, 2, 3, 6, 7]);
+    }
 }
