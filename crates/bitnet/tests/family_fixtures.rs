@@ -184,3 +184,94 @@ fn converted_ggufs_decode_like_bitnet_cpp() {
         assert!(whole >= 2, "{family}: {whole} whole runs equal");
     }
 }
+
+/// llama.cpp's ternary types for the `llama` and `bitnet` architectures: every ternary value
+/// kept, the scale stored per 256 values as f16, so the logits move only by that rounding of
+/// the scale.
+#[test]
+fn tq_types_hold_the_same_family_models() {
+    for (family, folders, _) in FAMILIES {
+        let folder = repo(&format!("testdata/family/{family}/{}", folders[0]));
+        let ckpt = hf::Checkpoint::open(&folder).unwrap();
+        let logits = |ty: hf::OutType| {
+            let (bytes, _) =
+                hf::convert::convert_to_vec(&ckpt, &hf::ConvertOptions::new(ty)).unwrap();
+            let file = bitnet::formats::gguf::GgufFile::from_vec(family, bytes).unwrap();
+            let model = BitnetModel::from_gguf(std::sync::Arc::new(file)).unwrap();
+            assert_eq!(model.weight_formats().0, ty.tensor_type(), "{family}");
+            let mut cache = model.new_cache(0, CacheType::F32).unwrap();
+            model
+                .forward(&[1021, 568, 559, 845, 275], &mut cache, Logits::All)
+                .unwrap()
+        };
+        let reference = logits(hf::OutType::I2S);
+        for ty in [hf::OutType::TQ2_0, hf::OutType::TQ1_0] {
+            let l = logits(ty);
+            let d = l
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 0.05, "{family} {ty}: max |Δlogit| vs I2_S {d}");
+        }
+    }
+}
+
+/// The `bitnet` architecture's optional per-tensor `.scale` (llama.cpp multiplies each linear's
+/// output by it): a file whose I2_S scales are divided by 4 and that carries `.scale` = 4 for
+/// every linear holds the same model.
+#[test]
+fn bitnet_scale_tensors_multiply_the_outputs() {
+    use bitnet::formats::gguf::{GgufFile, GgufWriter, TensorSpec};
+    use bitnet::formats::types::TensorType;
+    let folder = repo("testdata/family/bitnet1/hf");
+    let ckpt = hf::Checkpoint::open(&folder).unwrap();
+    let options = hf::ConvertOptions::new(hf::OutType::I2S);
+    let (bytes, _) = hf::convert::convert_to_vec(&ckpt, &options).unwrap();
+    let plain = GgufFile::from_vec("plain", bytes).unwrap();
+    let mut specs = Vec::new();
+    for t in plain.tensors() {
+        specs.push(TensorSpec {
+            name: t.name.clone(),
+            ty: t.ty,
+            dims: t.dims.clone(),
+        });
+        if t.ty == TensorType::I2S {
+            specs.push(TensorSpec {
+                name: t.name.replace(".weight", ".scale"),
+                ty: TensorType::F32,
+                dims: vec![1],
+            });
+        }
+    }
+    let mut w = GgufWriter::new(Vec::new(), plain.metadata(), specs).unwrap();
+    for t in plain.tensors() {
+        let mut data = plain.bytes()[plain.tensor_range(t)].to_vec();
+        if t.ty == TensorType::I2S {
+            let at = (t.dims[0] * t.dims[1] / 4) as usize;
+            let s = f32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+            data[at..at + 4].copy_from_slice(&(s / 4.0).to_le_bytes());
+            w.write_tensor(&t.name, &data).unwrap();
+            w.write_tensor(&t.name.replace(".weight", ".scale"), &4f32.to_le_bytes())
+                .unwrap();
+        } else {
+            w.write_tensor(&t.name, &data).unwrap();
+        }
+    }
+    let scaled = GgufFile::from_vec("scaled", w.finish().unwrap()).unwrap();
+    let logits = |file: GgufFile| {
+        let model = BitnetModel::from_gguf(std::sync::Arc::new(file)).unwrap();
+        let mut cache = model.new_cache(0, CacheType::F32).unwrap();
+        model
+            .forward(&[1021, 568, 559, 845, 275], &mut cache, Logits::All)
+            .unwrap()
+    };
+    let (a, b) = (logits(plain), logits(scaled));
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    // Dividing and multiplying by 4 is exact in binary floating point.
+    assert!(d <= 1e-5, "{d}");
+}

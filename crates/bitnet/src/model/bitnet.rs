@@ -347,8 +347,9 @@ impl BitnetModel {
 
         let token_embd = load.dense("token_embd.weight", h, c.n_vocab)?;
         // A separate output matrix when the file has one (untied models); otherwise the
-        // embedding (tied, as in bitnet-b1.58-2B-4T). llama.cpp's `bitnet` graph always uses
-        // the embedding, so an `output.weight` there is ignored as it ignores it.
+        // embedding (tied, as in bitnet-b1.58-2B-4T). llama.cpp's `bitnet` graph has no output
+        // tensor and always multiplies by the embedding, so neither do we for that
+        // architecture.
         let has_output = file.tensor_info("output.weight").is_some() && c.arch.reads_output_tensor();
         let tied_output = !has_output;
         let output = if has_output {
