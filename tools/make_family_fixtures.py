@@ -18,6 +18,7 @@ AutoBitLinear) and run:
   rmsnorm     LlamaForCausalLM, quantization_config {quant_method: bitnet, linear_class:
               autobitlinear, use_rms_norm: true}: the pre-quantization RMSNorm transformers
               offers (Falcon-E's option); bf16 master weights (online) and packed (offline).
+  bitnet1-oddff  the same with an FFN width of 320 (2.5 I2_S blocks, like 3B's 8640).
   bitnet1     1bitLLM/bitnet_b1_58 format: config.json as 1bitLLM ships it (architectures
               BitnetForCausalLM, model_type llama, hidden_act silu, weight_bits/input_bits, no
               quantization_config), float16 master weights, tensor names inner_attn_ln /
@@ -75,6 +76,11 @@ FAMILIES = {
     "bitnet1": dict(kind="bitnet1", vocab=1024, hidden=128, layers=2, heads=4, kv_heads=4,
                     intermediate=256, rope_theta=10000.0, rms_eps=1e-5, max_pos=2048, tied=True,
                     formats=["online"], bos=1021, eos=1023, seed=34),
+    # 1bitLLM 3B's ffn_down has 8640 inputs, not a whole number of 128-value I2_S blocks:
+    # the same odd ratio (320 = 2.5 x 128) at tiny size.
+    "bitnet1-oddff": dict(kind="bitnet1", vocab=1024, hidden=128, layers=2, heads=4, kv_heads=4,
+                          intermediate=320, rope_theta=10000.0, rms_eps=1e-5, max_pos=2048,
+                          tied=True, formats=["online"], bos=1021, eos=1023, seed=35),
 }
 
 SEQ_LENS = [1, 9, 40]

@@ -50,12 +50,17 @@ fn greedy(model: &BitnetModel, prompt: &[u32], n: usize, ty: CacheType) -> Vec<u
 }
 
 /// (family, its Hugging Face folders, the GGUF architecture they become)
-const FAMILIES: [(&str, &[&str], Architecture); 4] = [
+const FAMILIES: [(&str, &[&str], Architecture); 5] = [
     ("falcon3", &["hf-packed"], Architecture::Llama),
     ("llama3", &["hf-packed"], Architecture::Llama),
     ("rmsnorm", &["hf-online", "hf-packed"], Architecture::Llama),
     ("bitnet1", &["hf"], Architecture::Bitnet),
+    // An FFN width of 2.5 I2_S blocks (1bitLLM 3B's 8640 is 67.5): ffn_down's rows padded.
+    ("bitnet1-oddff", &["hf"], Architecture::Bitnet),
 ];
+
+/// The families with a `bitnetcpp.json` (bitnet.cpp's greedy tokens on our GGUF).
+const WITH_BITNET_CPP: [&str; 4] = ["falcon3", "llama3", "rmsnorm", "bitnet1"];
 
 /// transformers' logits of every position of every sequence.
 fn reference_logits(family: &str) -> Vec<f32> {
@@ -133,6 +138,9 @@ const TIE_MARGIN: f64 = 0.5;
 #[test]
 fn converted_ggufs_decode_like_bitnet_cpp() {
     for (family, folders, arch) in FAMILIES {
+        if !WITH_BITNET_CPP.contains(&family) {
+            continue;
+        }
         let cpp = json(&format!("testdata/family/{family}/bitnetcpp.json"));
         let folder = repo(&format!("testdata/family/{family}/{}", folders.last().unwrap()));
         let ckpt = hf::Checkpoint::open(&folder).unwrap();
@@ -185,9 +193,9 @@ fn converted_ggufs_decode_like_bitnet_cpp() {
     }
 }
 
-/// llama.cpp's ternary types for the `llama` and `bitnet` architectures: every ternary value
-/// kept, the scale stored per 256 values as f16, so the logits move only by that rounding of
-/// the scale.
+/// llama.cpp's ternary types for the `llama` and `bitnet` architectures keep every ternary
+/// value and store the scale as f16 per 256 values: they give the logits of the same weights
+/// with f16-rounded scales (the F16 conversion, ternarized at load), to float noise.
 #[test]
 fn tq_types_hold_the_same_family_models() {
     for (family, folders, _) in FAMILIES {
@@ -197,14 +205,26 @@ fn tq_types_hold_the_same_family_models() {
             let (bytes, _) =
                 hf::convert::convert_to_vec(&ckpt, &hf::ConvertOptions::new(ty)).unwrap();
             let file = bitnet::formats::gguf::GgufFile::from_vec(family, bytes).unwrap();
+            // Rows of 128 (these models' hidden size) are not whole 256-value TQ blocks and
+            // fall back to F16, as llama-quantize does; the FFN's 256-wide rows are TQ.
+            let n_ty = file
+                .tensors()
+                .iter()
+                .filter(|t| t.ty == ty.tensor_type())
+                .count();
+            let expected = match (ty, family) {
+                (hf::OutType::F16, _) => n_ty,
+                (_, "bitnet1-oddff") => 0,
+                _ => 2,
+            };
+            assert_eq!(n_ty, expected, "{family} {ty}");
             let model = BitnetModel::from_gguf(std::sync::Arc::new(file)).unwrap();
-            assert_eq!(model.weight_formats().0, ty.tensor_type(), "{family}");
             let mut cache = model.new_cache(0, CacheType::F32).unwrap();
             model
                 .forward(&[1021, 568, 559, 845, 275], &mut cache, Logits::All)
                 .unwrap()
         };
-        let reference = logits(hf::OutType::I2S);
+        let reference = logits(hf::OutType::F16);
         for ty in [hf::OutType::TQ2_0, hf::OutType::TQ1_0] {
             let l = logits(ty);
             let d = l
@@ -212,7 +232,7 @@ fn tq_types_hold_the_same_family_models() {
                 .zip(&reference)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(d < 0.05, "{family} {ty}: max |Δlogit| vs I2_S {d}");
+            assert!(d <= 1e-3, "{family} {ty}: max |Δlogit| vs F16 {d}");
         }
     }
 }

@@ -683,7 +683,16 @@ impl BitnetModel {
         let act_norm = c.act_norm_eps.map(|e| (self.ones.as_slice(), e));
 
         // Attention.
-        norm_quantize(ex, x, h, Some(&layer.attn_norm), eps, act_norm, acts);
+        norm_quantize(
+            ex,
+            x,
+            h,
+            layer.wq.weight.in_features(),
+            Some(&layer.attn_norm),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(
             ex,
             &acts.view(),
@@ -713,6 +722,7 @@ impl BitnetModel {
             ex,
             attn,
             h,
+            layer.wo.weight.in_features(),
             layer.attn_sub_norm.as_deref(),
             eps,
             act_norm,
@@ -722,7 +732,16 @@ impl BitnetModel {
         x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
 
         // Feed-forward: gated activation.
-        norm_quantize(ex, x, h, Some(&layer.ffn_norm), eps, act_norm, acts);
+        norm_quantize(
+            ex,
+            x,
+            h,
+            layer.w_gate.weight.in_features(),
+            Some(&layer.ffn_norm),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(
             ex,
             &acts.view(),
@@ -746,6 +765,7 @@ impl BitnetModel {
             ex,
             up,
             c.n_ff,
+            layer.w_down.weight.in_features(),
             layer.ffn_sub_norm.as_deref(),
             eps,
             act_norm,
@@ -820,17 +840,21 @@ impl BitnetModel {
 /// RMSNorm with gain `g` when given (the block's norm or sub-norm), then after the weightless
 /// pre-quantization RMSNorm `act_norm` (unit gains and epsilon) when the model has one. Rows
 /// are split between the threads when there are several.
+/// Rows are stored `width` long (the consuming layer's input width, at least `n`: a padded
+/// weight's extra columns meet zeros).
+#[allow(clippy::too_many_arguments)]
 fn norm_quantize(
     exec: &Exec,
     x: &[f32],
     n: usize,
+    width: usize,
     g: Option<&[f32]>,
     eps: f32,
     act_norm: Option<(&[f32], f32)>,
     acts: &mut QuantizedBuffers,
 ) {
     let n_tokens = x.len() / n;
-    acts.fit(n_tokens, n);
+    acts.fit(n_tokens, width);
     let (q_out, s_out, sum_out) = (
         SharedOut::new(&mut acts.q),
         SharedOut::new(&mut acts.scales),
@@ -850,7 +874,9 @@ fn norm_quantize(
                     kernels::rms_norm(tmp, &ones[..n], act_eps, normed);
                 }
                 // SAFETY: each token's row and scalars belong to one thread.
-                let qt = unsafe { q_out.slice_mut(t * n..(t + 1) * n) };
+                let row_q = unsafe { q_out.slice_mut(t * width..(t + 1) * width) };
+                let (qt, pad) = row_q.split_at_mut(n);
+                pad.fill(0);
                 let s = kernels::quantize_row_i8(exec.isa, normed, qt);
                 let sum: i32 = qt.iter().map(|&v| v as i32).sum();
                 unsafe { s_out.slice_mut(t..t + 1)[0] = s };

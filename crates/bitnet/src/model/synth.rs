@@ -166,6 +166,16 @@ impl Shape {
             (self.n_embd / self.n_head * self.n_head_kv) as u64,
         );
         let spec = |name: String, ty, dims: Vec<u64>| TensorSpec { name, ty, dims };
+        // A linear whose rows are not whole I2_S blocks (1bitLLM 3B's ffn_down, 8640 inputs)
+        // stays F16, as converters leave it; loading ternarizes it.
+        let linear = |name: String, dims: Vec<u64>| {
+            let ty = if dims[0].is_multiple_of(i2_s::BLOCK_LEN as u64) {
+                TensorType::I2S
+            } else {
+                TensorType::F16
+            };
+            TensorSpec { name, ty, dims }
+        };
         let sub_norms = self.arch.has_sub_norms();
         let mut out = vec![spec(
             "token_embd.weight".into(),
@@ -175,20 +185,20 @@ impl Shape {
         for i in 0..self.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             out.push(spec(p("attn_norm"), TensorType::F32, vec![h]));
-            out.push(spec(p("attn_q"), TensorType::I2S, vec![h, h]));
-            out.push(spec(p("attn_k"), TensorType::I2S, vec![h, kv]));
-            out.push(spec(p("attn_v"), TensorType::I2S, vec![h, kv]));
+            out.push(linear(p("attn_q"), vec![h, h]));
+            out.push(linear(p("attn_k"), vec![h, kv]));
+            out.push(linear(p("attn_v"), vec![h, kv]));
             if sub_norms {
                 out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![h]));
             }
-            out.push(spec(p("attn_output"), TensorType::I2S, vec![h, h]));
+            out.push(linear(p("attn_output"), vec![h, h]));
             out.push(spec(p("ffn_norm"), TensorType::F32, vec![h]));
-            out.push(spec(p("ffn_gate"), TensorType::I2S, vec![h, ff]));
-            out.push(spec(p("ffn_up"), TensorType::I2S, vec![h, ff]));
+            out.push(linear(p("ffn_gate"), vec![h, ff]));
+            out.push(linear(p("ffn_up"), vec![h, ff]));
             if sub_norms {
                 out.push(spec(p("ffn_sub_norm"), TensorType::F32, vec![ff]));
             }
-            out.push(spec(p("ffn_down"), TensorType::I2S, vec![ff, h]));
+            out.push(linear(p("ffn_down"), vec![ff, h]));
         }
         out.push(spec("output_norm.weight".into(), TensorType::F32, vec![h]));
         if !self.tied {
