@@ -106,7 +106,11 @@ fn families_match_transformers() {
                         .fold(0f32, f32::max);
                     worst = worst.max(d);
                     checked += 1;
-                    assert!(d <= 1e-3, "{family}/{folder} len {} pos {t}: {d}", tokens.len());
+                    assert!(
+                        d <= 1e-3,
+                        "{family}/{folder} len {} pos {t}: {d}",
+                        tokens.len()
+                    );
                     assert_eq!(argmax(a), argmax(b), "{family}/{folder} pos {t}");
                 }
             }
@@ -142,11 +146,18 @@ fn converted_ggufs_decode_like_bitnet_cpp() {
             continue;
         }
         let cpp = json(&format!("testdata/family/{family}/bitnetcpp.json"));
-        let folder = repo(&format!("testdata/family/{family}/{}", folders.last().unwrap()));
+        let folder = repo(&format!(
+            "testdata/family/{family}/{}",
+            folders.last().unwrap()
+        ));
         let ckpt = hf::Checkpoint::open(&folder).unwrap();
         let options = hf::ConvertOptions::new(hf::OutType::I2S);
         let (bytes, summary) = hf::convert::convert_to_vec(&ckpt, &options).unwrap();
-        assert!(summary.skipped.is_empty(), "{family}: {:?}", summary.skipped);
+        assert!(
+            summary.skipped.is_empty(),
+            "{family}: {:?}",
+            summary.skipped
+        );
         let file = bitnet::formats::gguf::GgufFile::from_vec(family, bytes).unwrap();
         assert_eq!(
             file.metadata().get_str("general.architecture").unwrap(),

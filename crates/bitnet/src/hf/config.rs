@@ -98,7 +98,11 @@ impl RopeScaling {
             return None;
         };
         let old = original_max_position_embeddings as f64;
-        let (factor, low, high) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
+        let (factor, low, high) = (
+            factor as f64,
+            low_freq_factor as f64,
+            high_freq_factor as f64,
+        );
         let low_wavelen = old / low;
         let high_wavelen = old / high;
         Some(
@@ -357,7 +361,11 @@ impl Keys<'_> {
             ));
         }
 
-        let default_eps = if family == HfFamily::BitNet { 1e-5 } else { 1e-6 };
+        let default_eps = if family == HfFamily::BitNet {
+            1e-5
+        } else {
+            1e-6
+        };
         let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(default_eps) as f32;
         if !(rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
             return Err(self.err("rms_norm_eps", format!("{rms_norm_eps} is not in (0, 1)")));
@@ -436,7 +444,9 @@ impl Keys<'_> {
                     .as_f64()
                     .filter(|x| *x > 0.0 && x.is_finite())
                     .map(|x| x as f32)
-                    .ok_or_else(|| self.err(&key(k), format!("expected a positive number, found {v}"))),
+                    .ok_or_else(|| {
+                        self.err(&key(k), format!("expected a positive number, found {v}"))
+                    }),
             }
         };
         match kind {
@@ -449,10 +459,8 @@ impl Keys<'_> {
                     factor: num("factor", None)?,
                     low_freq_factor: num("low_freq_factor", None)?,
                     high_freq_factor: num("high_freq_factor", None)?,
-                    original_max_position_embeddings: num(
-                        "original_max_position_embeddings",
-                        None,
-                    )? as usize,
+                    original_max_position_embeddings: num("original_max_position_embeddings", None)?
+                        as usize,
                 };
                 if let RopeScaling::Llama3 {
                     low_freq_factor,
@@ -461,10 +469,9 @@ impl Keys<'_> {
                 } = scaling
                 {
                     if low_freq_factor == high_freq_factor {
-                        return Err(self.err(
-                            &key("high_freq_factor"),
-                            "must differ from low_freq_factor",
-                        ));
+                        return Err(
+                            self.err(&key("high_freq_factor"), "must differ from low_freq_factor")
+                        );
                     }
                 }
                 Ok(Some(scaling))
@@ -512,7 +519,10 @@ impl Keys<'_> {
         // in full precision is a model this engine cannot run.
         if let Some(list) = q.get("modules_to_not_convert").filter(|v| !v.is_null()) {
             let names = list.as_array().ok_or_else(|| {
-                self.err(&key("modules_to_not_convert"), format!("expected a list, found {list}"))
+                self.err(
+                    &key("modules_to_not_convert"),
+                    format!("expected a list, found {list}"),
+                )
             })?;
             if let Some(other) = names.iter().find(|n| n.as_str() != Some("lm_head")) {
                 return Err(self.err(
@@ -527,7 +537,10 @@ impl Keys<'_> {
                 let eps = match q.get("rms_norm_eps").filter(|v| !v.is_null()) {
                     None => 1e-6,
                     Some(v) => v.as_f64().ok_or_else(|| {
-                        self.err(&key("rms_norm_eps"), format!("expected a number, found {v}"))
+                        self.err(
+                            &key("rms_norm_eps"),
+                            format!("expected a number, found {v}"),
+                        )
                     })?,
                 } as f32;
                 if !(eps > 0.0 && eps < 1.0) {
@@ -624,12 +637,19 @@ mod tests {
         let mut v: Value = serde_json::from_str(FALCON3).unwrap();
         v["quantization_config"]["modules_to_not_convert"] = serde_json::json!(["lm_head", "mlp"]);
         let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("only lm_head may stay unquantized"), "{e}");
+        assert!(
+            e.to_string().contains("only lm_head may stay unquantized"),
+            "{e}"
+        );
         let mut v: Value = serde_json::from_str(FALCON3).unwrap();
         v["quantization_config"]["use_rms_norm"] = serde_json::json!(true);
         v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
         let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("RoPE scaling `yarn` is not supported"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("RoPE scaling `yarn` is not supported"),
+            "{e}"
+        );
         v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192});
@@ -637,7 +657,11 @@ mod tests {
         assert_eq!(c.act_norm_eps, Some(1e-6));
         // Llama 3.1 8B's published rope_freqs: 1 for the first (short) wavelengths, 8 for the
         // long ones, a blend between.
-        let f = c.rope_scaling.unwrap().llama3_factors(500000.0, 128).unwrap();
+        let f = c
+            .rope_scaling
+            .unwrap()
+            .llama3_factors(500000.0, 128)
+            .unwrap();
         assert_eq!(f.len(), 64);
         assert_eq!((f[0], f[63]), (1.0, 8.0));
         assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");

@@ -350,7 +350,8 @@ impl BitnetModel {
         // embedding (tied, as in bitnet-b1.58-2B-4T). llama.cpp's `bitnet` graph has no output
         // tensor and always multiplies by the embedding, so neither do we for that
         // architecture.
-        let has_output = file.tensor_info("output.weight").is_some() && c.arch.reads_output_tensor();
+        let has_output =
+            file.tensor_info("output.weight").is_some() && c.arch.reads_output_tensor();
         let tied_output = !has_output;
         let output = if has_output {
             load.dense("output.weight", h, c.n_vocab)?

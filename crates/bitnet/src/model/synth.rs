@@ -64,7 +64,13 @@ const fn llama(
 }
 
 /// A 1bitLLM `bitnet` shape: tied, SiLU, sub-norms, no GQA, Llama 2's vocabulary + 2.
-const fn one_bit_llm(name: &'static str, n_embd: usize, n_layer: usize, n_ff: usize, n_head: usize) -> Shape {
+const fn one_bit_llm(
+    name: &'static str,
+    n_embd: usize,
+    n_layer: usize,
+    n_ff: usize,
+    n_head: usize,
+) -> Shape {
     Shape {
         name,
         n_vocab: 32002,
@@ -130,12 +136,67 @@ pub const SHAPES: [Shape; 10] = [
     },
     // tiiuae/Falcon3-{1B,3B,7B,10B}-*-1.58bit (config.json of the 1.58bit uploads: head dim
     // 256, rope θ 1000042, eps 1e-6, 131072-token vocabulary, untied).
-    llama("falcon3-1b", 131072, 2048, 18, 8192, 8, 4, 8192, 1000042.0, 1e-6),
-    llama("falcon3-3b", 131072, 3072, 22, 9216, 12, 4, 4096, 1000042.0, 1e-6),
-    llama("falcon3-7b", 131072, 3072, 28, 23040, 12, 4, 8192, 1000042.0, 1e-6),
-    llama("falcon3-10b", 131072, 3072, 40, 23040, 12, 4, 32768, 1000042.0, 1e-6),
+    llama(
+        "falcon3-1b",
+        131072,
+        2048,
+        18,
+        8192,
+        8,
+        4,
+        8192,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-3b",
+        131072,
+        3072,
+        22,
+        9216,
+        12,
+        4,
+        4096,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-7b",
+        131072,
+        3072,
+        28,
+        23040,
+        12,
+        4,
+        8192,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-10b",
+        131072,
+        3072,
+        40,
+        23040,
+        12,
+        4,
+        32768,
+        1000042.0,
+        1e-6,
+    ),
     // HF1BitLLM/Llama3-8B-1.58-100B-tokens: Llama 3 8B's shape.
-    llama("llama3-8b", 128256, 4096, 32, 14336, 32, 8, 8192, 500000.0, 1e-5),
+    llama(
+        "llama3-8b",
+        128256,
+        4096,
+        32,
+        14336,
+        32,
+        8,
+        8192,
+        500000.0,
+        1e-5,
+    ),
     // 1bitLLM/bitnet_b1_58-large (0.7B) and -3B.
     one_bit_llm("bitnet-large", 1536, 24, 4096, 16),
     one_bit_llm("bitnet-3b", 3200, 26, 8640, 32),
@@ -237,7 +298,10 @@ impl Shape {
             k("attention.head_count_kv"),
             Value::U32(self.n_head_kv as u32),
         );
-        md.set(k("attention.layer_norm_rms_epsilon"), Value::F32(self.rms_eps));
+        md.set(
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(self.rms_eps),
+        );
         md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
         if let Some(vocab) = vocab {
             for (key, value) in vocab.metadata().iter() {
@@ -444,8 +508,8 @@ mod tests {
             ..Shape::by_name("falcon3-1b").unwrap()
         };
         let bytes = write_random_model(Vec::new(), &tiny_llama, None, 3, |_, _| {}).unwrap();
-        let model = BitnetModel::from_gguf(Arc::new(GgufFile::from_vec("l.gguf", bytes).unwrap()))
-            .unwrap();
+        let model =
+            BitnetModel::from_gguf(Arc::new(GgufFile::from_vec("l.gguf", bytes).unwrap())).unwrap();
         assert_eq!(model.config().arch, Architecture::Llama);
         let mut cache = model.new_cache(0, CacheType::F16).unwrap();
         let logits = model.forward(&[1, 2, 3], &mut cache, Logits::Last).unwrap();
