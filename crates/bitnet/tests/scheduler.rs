@@ -418,3 +418,65 @@ fn logprobs_of_generated_and_prompt_tokens() {
         assert!(lp.logprob > -0.01, "{}", lp.logprob);
     }
 }
+
+#[test]
+fn a_full_context_shifts_and_generation_goes_on_as_in_a_session() {
+    let (model, tokenizer) = demo();
+    let prompt = encode(&tokenizer, "ROMEO:\n");
+    let (n_ctx, keep, max_tokens) = (48, 2, 100);
+    let job = || {
+        let mut j = Job::new(prompt.clone(), SamplerConfig::greedy());
+        j.max_tokens = Some(max_tokens);
+        j.ignore_eos = true;
+        j.context_shift = Some(keep);
+        j
+    };
+    // The single-sequence session shifts the same way (llama.cpp's rule: keep the first
+    // `keep` tokens after BOS, drop half of the rest).
+    let mut session = Session::new(&model, &tokenizer, n_ctx, CacheType::F16).unwrap();
+    let expected = session
+        .generate(
+            &prompt,
+            &GenerationConfig {
+                max_tokens: Some(max_tokens),
+                ignore_eos: true,
+                context_shift: Some(keep),
+                ..GenerationConfig::default()
+            },
+            &mut Sampler::new(SamplerConfig::greedy()),
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(expected.generated.len(), max_tokens);
+    let s = Scheduler::start(
+        Arc::clone(&model),
+        Arc::clone(&tokenizer),
+        SchedulerConfig { n_ctx, ..config(2) },
+    )
+    .unwrap();
+    // Two at once, so the shift happens inside a batched step.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (sink, run) = collector();
+            (s.submit(job(), sink).unwrap(), run)
+        })
+        .collect();
+    for (_ticket, run) in &runs {
+        let (ids, _, f, _) = run.collect();
+        assert_eq!(
+            f.stop,
+            StopReason::MaxTokens,
+            "went past the {n_ctx}-token context"
+        );
+        assert_eq!(f.generated_tokens, max_tokens);
+        assert_eq!(ids, expected.generated);
+    }
+    // Without the shift the same request stops when the context is full.
+    let (sink, run) = collector();
+    let mut j = job();
+    j.context_shift = None;
+    let _t = s.submit(j, sink).unwrap();
+    let (ids, _, f, _) = run.collect();
+    assert_eq!(f.stop, StopReason::ContextFull);
+    assert!(ids.len() < n_ctx);
+}
