@@ -27,9 +27,11 @@ fn ternary_strategy(n: usize) -> impl Strategy<Value = Vec<i8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
+    /// Up to 19 blocks: past the 8- and 16-block points where some paths flush narrow
+    /// accumulators; up to 9 tokens and 12 rows: full and ragged GEMM tiles of every path.
     #[test]
     fn i2s_matmul_is_bit_identical(
-        (rows, blocks, tokens) in (1usize..13, 1usize..7, 1usize..10),
+        (rows, blocks, tokens) in (1usize..13, 1usize..20, 1usize..10),
         seed in any::<u64>(),
     ) {
         let k = blocks * 128;
@@ -75,6 +77,22 @@ proptest! {
             kernels::tq2_0_matmul(isa, &w, k, acts, &block_qsums, &mut out);
             let same = out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
             prop_assert!(same, "{}: {:?} vs {:?}", isa, out, expected);
+        }
+    }
+
+    /// Exact ties (x · s lands on k + 0.5 with s = 1) and values that saturate at -128.
+    #[test]
+    fn activation_quantization_ties_are_bit_identical(
+        halves in prop::collection::vec(-254i32..=254, 1..70),
+    ) {
+        let mut x: Vec<f32> = halves.iter().map(|&h| h as f32 / 2.0).collect();
+        x.push(127.0); // max |x| = 127, so s = 1 and every half-integer is a tie
+        let mut expected = vec![0i8; x.len()];
+        scalar::quantize_row_i8(&x, &mut expected);
+        for isa in simd_isas() {
+            let mut q = vec![0i8; x.len()];
+            kernels::quantize_row_i8(isa, &x, &mut q);
+            prop_assert_eq!(&q, &expected, "{}", isa);
         }
     }
 
@@ -229,12 +247,52 @@ proptest! {
     }
 }
 
+/// The largest sums the products can reach: every weight +1 (or −1) against activations all
+/// −128 (or 127), over the widest BitNet row (6912), for a GEMV and for GEMMs, so that no path
+/// keeps a narrow accumulator too long.
+#[test]
+fn extreme_products_are_exact() {
+    let k = 6912;
+    let rows = 5;
+    for t in [-1i8, 1] {
+        let w = i2_s::encode(&vec![t; rows * k], 1.0);
+        let w = &w[..rows * k / 4];
+        let tq: Vec<f32> = vec![t as f32; rows * k];
+        let tq = tq2_0::quantize(&tq);
+        for a in [-128i8, 127] {
+            for tokens in [1, 3, 9] {
+                let acts = vec![a; tokens * k];
+                let qsums = vec![a as i32 * k as i32; tokens];
+                let expected = vec![t as i32 * a as i32 * k as i32; tokens * rows];
+                let block_qsums = vec![a as i32 * 256; tokens * k / 256];
+                let mut tq_expected = vec![0f32; tokens * rows];
+                scalar::tq2_0_matmul(&tq, k, &acts, &mut tq_expected);
+                assert_eq!(tq_expected[0], (t as i32 * a as i32 * k as i32) as f32);
+                for isa in Isa::available() {
+                    let mut out = vec![0i32; tokens * rows];
+                    kernels::i2s_matmul(isa, w, k, &acts, &qsums, &mut out);
+                    assert_eq!(out, expected, "{isa} t={t} a={a} tokens={tokens}");
+                    let mut out = vec![0f32; tokens * rows];
+                    kernels::tq2_0_matmul(isa, &tq, k, &acts, &block_qsums, &mut out);
+                    assert_eq!(out, tq_expected, "{isa} tq2_0 t={t} a={a} tokens={tokens}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn this_machine_runs_every_simd_path_it_claims() {
-    // On the CI machine (x86-64 with AVX-512 VNNI) all three paths are exercised above.
     let isas = Isa::available();
     assert!(isas.contains(&Isa::Scalar));
     eprintln!("kernel paths tested: {isas:?}");
+    // CI names the paths each machine (or emulated CPU) must have, so that a detection bug
+    // cannot silently skip one: e.g. BITNET_EXPECT_ISAS=scalar,neon,dotprod under qemu's
+    // neoverse-n1.
+    if let Ok(expected) = std::env::var("BITNET_EXPECT_ISAS") {
+        let expected: Vec<Isa> = expected.split(',').map(|s| s.parse().unwrap()).collect();
+        assert_eq!(isas, expected);
+    }
     // Keep the encoders honest: f16 encoding used by the tests round-trips.
     let bytes = float::encode_f16(&[1.5, -2.0]);
     let mut out = [0f32; 2];
