@@ -175,17 +175,17 @@ unsafe fn tq2_0_block_dot(qs: *const u8, q: *const i8) -> i32 {
 }
 
 /// See [`crate::kernels::q6_k_matmul`]: per 16 values one `sdot` of the codes (0..63) with the
-/// activations, times the group's scale. Bit-identical to the scalar twin.
+/// activations. Bit-identical to the scalar twin.
 ///
 /// # Safety
 /// Requires NEON and dotprod; `w` holds whole rows of `qx.q.len() / 256` blocks.
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
-    super::q6_k_rows_with(w, qx, out, q6_k_group);
+    super::q6_k_rows_with(w, qx, out, q6_k_group_dot);
 }
 
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn q6_k_group(acc: int32x4_t, codes: int8x16_t, x: int8x16_t, scale: i32) -> int32x4_t {
-    vmlaq_n_s32(acc, sdot(vdupq_n_s32(0), codes, x), scale)
+unsafe fn q6_k_group_dot(codes: int8x16_t, x: int8x16_t) -> int32x4_t {
+    sdot(vdupq_n_s32(0), codes, x)
 }

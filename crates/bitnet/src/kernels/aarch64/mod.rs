@@ -20,7 +20,7 @@ pub mod neon;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use crate::formats::types::{q6_k, tq2_0, TernaryBlock};
+use crate::formats::types::{q6_k, tq2_0};
 use crate::kernels::scalar::Q8K;
 
 /// f16 → f32 of the low four lanes of eight halves (`fcvtl`, a base ARMv8 instruction: no FP16
@@ -54,6 +54,13 @@ unsafe fn f16_hi_to_f32(h: uint16x8_t) -> float32x4_t {
 unsafe fn load_f16x8(p: *const half::f16) -> (float32x4_t, float32x4_t) {
     let h = vld1q_u16(p as *const u16);
     (f16_lo_to_f32(h), f16_hi_to_f32(h))
+}
+
+/// One f16 (its little-endian bytes) as f32, for block scales: by `fcvtl`, where the `half`
+/// crate checks the CPU's FP16 support on every call. Exact, as every f16 → f32 conversion is.
+#[inline(always)]
+unsafe fn f16_bytes_to_f32(bytes: [u8; 2]) -> f32 {
+    vgetq_lane_f32::<0>(f16_lo_to_f32(vdupq_n_u16(u16::from_le_bytes(bytes))))
 }
 
 /// A hint to bring the cache line at `p` into L1 (`prfm pldl1keep`). Stable Rust has no
@@ -184,7 +191,7 @@ unsafe fn tq2_0_rows(
             let row = tq2_0::blocks(&w[r * row_bytes..(r + 1) * row_bytes]);
             for (b, (block, &qsum)) in row.iter().zip(sums).enumerate() {
                 let dot = block_dot(block.qs.as_ptr(), q.add(b * tq2_0::BLOCK_LEN)) - qsum;
-                sum += block.scale() * dot as f32;
+                sum += f16_bytes_to_f32(block.d) * dot as f32;
             }
             out[t * n_rows + r] = sum;
         }
@@ -212,19 +219,20 @@ unsafe fn q6_k_codes(ql0: uint8x16_t, ql1: uint8x16_t, qh: uint8x16_t) -> [int8x
     .map(|v| vreinterpretq_s8_u8(v))
 }
 
-/// The Q6_K product shared by the NEON and dotprod paths, with `group` =
-/// `acc + scale · Σ code·x` over 16 values (spread over the i32 lanes, in any order: every
-/// sum is an exact integer). Per block: `Σ_g sc_g · Σ u·q − 32 · Σ_g sc_g · Σ q` in i32, then
-/// `sum += d_w · d_x · dot` in block order, as the scalar twin computes it.
+/// The Q6_K product shared by the NEON and dotprod paths, with `group_dot` = `Σ code·x` over
+/// 16 values, spread over the four i32 lanes. Per half-block, the eight groups' lane sums are
+/// reduced four at a time by pairwise adds and multiplied by their four scales in one
+/// instruction. Per block: `Σ_g sc_g · Σ u·q − 32 · Σ_g sc_g · Σ q` in i32 (exact, so in any
+/// order), then `sum += d_w · d_x · dot` in block order, as the scalar twin computes it.
 ///
 /// # Safety
-/// `w` holds whole rows of `qx.q.len() / 256` blocks; `group` runnable on this CPU.
+/// `w` holds whole rows of `qx.q.len() / 256` blocks; `group_dot` runnable on this CPU.
 #[inline(always)]
 unsafe fn q6_k_rows_with(
     w: &[u8],
     qx: &Q8K,
     out: &mut [f32],
-    group: unsafe fn(int32x4_t, int8x16_t, int8x16_t, i32) -> int32x4_t,
+    group_dot: unsafe fn(int8x16_t, int8x16_t) -> int32x4_t,
 ) {
     let n_blocks = qx.d.len();
     let row_bytes = n_blocks * 210;
@@ -232,24 +240,39 @@ unsafe fn q6_k_rows_with(
         let mut sum = 0f32;
         for (b, block) in q6_k::blocks(row).iter().enumerate() {
             let xq = qx.q[b * 256..(b + 1) * 256].as_ptr();
+            let sc = vld1q_s8(block.scales.as_ptr());
+            let (sc_lo, sc_hi) = (vmovl_s8(vget_low_s8(sc)), vmovl_high_s8(sc));
+            // The scales of groups 4m..4m+4 as i32.
+            let sc32 = [
+                vmovl_s16(vget_low_s16(sc_lo)),
+                vmovl_high_s16(sc_lo),
+                vmovl_s16(vget_low_s16(sc_hi)),
+                vmovl_high_s16(sc_hi),
+            ];
             let mut acc = vdupq_n_s32(0);
             for half in 0..2 {
-                for j in 0..2 {
+                // dots(j)[i]: values 32i + 16j ..+16 of the half, i.e. group 8·half + 2i + j.
+                let dots = |j: usize| {
                     let codes = q6_k_codes(
                         vld1q_u8(block.ql[64 * half + 16 * j..].as_ptr()),
                         vld1q_u8(block.ql[64 * half + 32 + 16 * j..].as_ptr()),
                         vld1q_u8(block.qh[32 * half + 16 * j..].as_ptr()),
                     );
-                    for (i, &c) in codes.iter().enumerate() {
-                        let v = 128 * half + 32 * i + 16 * j;
-                        let scale = block.scales[v / 16] as i32;
-                        acc = group(acc, c, vld1q_s8(xq.add(v)), scale);
+                    let mut d = [vdupq_n_s32(0); 4];
+                    for (i, (di, &c)) in d.iter_mut().zip(&codes).enumerate() {
+                        *di = group_dot(c, vld1q_s8(xq.add(128 * half + 32 * i + 16 * j)));
                     }
+                    d
+                };
+                let (d0, d1) = (dots(0), dots(1));
+                for m in 0..2 {
+                    // [Σ group 4m', Σ 4m'+1, Σ 4m'+2, Σ 4m'+3] for m' = 2·half + m.
+                    let (i0, i1) = (2 * m, 2 * m + 1);
+                    let sums = vpaddq_s32(vpaddq_s32(d0[i0], d1[i0]), vpaddq_s32(d0[i1], d1[i1]));
+                    acc = vmlaq_s32(acc, sums, sc32[2 * half + m]);
                 }
             }
             // The −32 offset: Σ_g sc_g · Σ_{i∈g} q_i, widened to i32.
-            let sc = vld1q_s8(block.scales.as_ptr());
-            let (sc_lo, sc_hi) = (vmovl_s8(vget_low_s8(sc)), vmovl_high_s8(sc));
             let gs = qx.group_sums[b * 16..(b + 1) * 16].as_ptr();
             let (gs_lo, gs_hi) = (vld1q_s16(gs), vld1q_s16(gs.add(8)));
             let bias = vmull_s16(vget_low_s16(sc_lo), vget_low_s16(gs_lo));
@@ -257,7 +280,7 @@ unsafe fn q6_k_rows_with(
             let bias = vmlal_s16(bias, vget_low_s16(sc_hi), vget_low_s16(gs_hi));
             let bias = vmlal_high_s16(bias, sc_hi, gs_hi);
             let dot = vaddvq_s32(acc) - 32 * vaddvq_s32(bias);
-            sum += block.scale() * qx.d[b] * dot as f32;
+            sum += f16_bytes_to_f32(block.d) * qx.d[b] * dot as f32;
         }
         *o = sum;
     }
@@ -282,6 +305,15 @@ mod tests {
         }
         for (o, v) in out.iter().zip(&h) {
             assert_eq!(o.to_bits(), v.to_f32().to_bits());
+        }
+        // Subnormals, infinities and signed zeros too, one value at a time.
+        for bits in [
+            0x0001, 0x03ff, 0x8001, 0x7c00, 0xfc00, 0x8000, 0x7bff, 0x3555,
+        ] {
+            let v = half::f16::from_bits(bits);
+            // SAFETY: NEON is part of every AArch64 CPU.
+            let f = unsafe { f16_bytes_to_f32(v.to_le_bytes()) };
+            assert_eq!(f.to_bits(), v.to_f32().to_bits(), "{bits:#x}");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
+use super::{f16_bytes_to_f32, i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
 use crate::kernels::{scalar::Q8K, Isa, KernelTable};
 
 /// The NEON kernels: a path for every operation.
@@ -448,7 +448,7 @@ pub unsafe fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
                         s[j % 2] = vfmaq_f32(s[j % 2], wj, vld1q_f32(xb.add(16 * h + 4 * j)));
                     }
                 }
-                let d = f16::from_le_bytes([*p, *p.add(1)]).to_f32();
+                let d = f16_bytes_to_f32([*p, *p.add(1)]);
                 acc[b & 1] = vfmaq_n_f32(acc[b & 1], vaddq_f32(s[0], s[1]), d);
             }
             out[t * n_rows + r] = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
@@ -457,19 +457,22 @@ pub unsafe fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
 }
 
 /// See [`crate::kernels::q6_k_matmul`]: per 16 values, the codes (0..63) times the int8
-/// activations widened into i16 pairs (`smull`, `smlal2`: `|u·q + u·q| ≤ 2·63·127`), summed
-/// pairwise into i32 and multiplied by the group's scale. Bit-identical to the scalar twin.
+/// activations widened into i16 pairs (`smull`, `smlal2`: `|u·q + u·q| ≤ 2·63·127`), then
+/// summed pairwise into i32 lanes. Bit-identical to the scalar twin.
 ///
 /// # Safety
 /// Requires NEON; `w` holds whole rows of `qx.q.len() / 256` blocks, `out` one value per row.
 #[target_feature(enable = "neon")]
 pub unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
-    super::q6_k_rows_with(w, qx, out, q6_k_group);
+    super::q6_k_rows_with(w, qx, out, q6_k_group_dot);
 }
 
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn q6_k_group(acc: int32x4_t, codes: int8x16_t, x: int8x16_t, scale: i32) -> int32x4_t {
-    let pairs = vmlal_high_s8(vmull_s8(vget_low_s8(codes), vget_low_s8(x)), codes, x);
-    vmlaq_n_s32(acc, vpaddlq_s16(pairs), scale)
+unsafe fn q6_k_group_dot(codes: int8x16_t, x: int8x16_t) -> int32x4_t {
+    vpaddlq_s16(vmlal_high_s8(
+        vmull_s8(vget_low_s8(codes), vget_low_s8(x)),
+        codes,
+        x,
+    ))
 }
