@@ -11,7 +11,8 @@ set -euo pipefail
 SUDO=
 [[ $(id -u) -eq 0 ]] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
-if [[ ! -x /usr/bin/rustc || ! -x /usr/bin/qemu-aarch64 || ! -x /usr/bin/aarch64-linux-gnu-gcc ]]; then
+if [[ ! -x /usr/bin/rustc || ! -x /usr/bin/cargo-clippy || ! -x /usr/bin/qemu-aarch64 ||
+      ! -x /usr/bin/aarch64-linux-gnu-gcc ]]; then
   $SUDO dpkg --add-architecture arm64 # only so that apt can see the arm64 std package
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends \

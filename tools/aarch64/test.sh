@@ -4,7 +4,8 @@
 # aarch64 once, and runs them under qemu as three CPUs, one per kernel path: `max` (dotprod +
 # i8mm), `neoverse-n1` (dotprod), `cortex-a72` (plain NEON). Each run also checks that runtime
 # detection found exactly the paths that CPU has, that `bitnet generate` (greedy) prints the
-# same text as the x86 build, and shows which path `bitnet bench` ran.
+# same text as the x86 build, and shows which path `bitnet bench` ran. Clippy lints the
+# library for aarch64 first (x86 clippy never compiles the AArch64 kernels).
 #
 # Only what those need is built: the heavy dev-dependencies (tokenizers, criterion) are
 # x86-64-only, and `bitnet-cli` is built once, with the test profile's optimisation.
@@ -21,6 +22,8 @@ tools/aarch64/setup.sh
 source tools/aarch64/env.sh
 triple=aarch64-unknown-linux-gnu
 tests=(-p bitnet --lib --test kernels_props --test forward_fixtures)
+# x86 clippy never compiles the AArch64 kernels: lint them with Debian's clippy.
+/usr/bin/cargo-clippy clippy --target $triple -p bitnet --all-targets -- -D warnings
 "$CARGO" test --target $triple "${tests[@]}" --no-run
 "$CARGO" build --target $triple --profile test -p bitnet-cli --bin bitnet
 bitnet=(qemu-aarch64 "$CARGO_TARGET_DIR/$triple/debug/bitnet")
