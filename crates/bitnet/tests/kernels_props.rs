@@ -27,8 +27,9 @@ fn ternary_strategy(n: usize) -> impl Strategy<Value = Vec<i8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
-    /// Up to 19 blocks: past the 8- and 16-block points where some paths flush narrow
-    /// accumulators; up to 9 tokens and 12 rows: full and ragged GEMM tiles of every path.
+    /// Up to 19 blocks: past the points (every 4 blocks, every 512 values) where the plain
+    /// NEON paths flush narrow accumulators; up to 9 tokens and 12 rows: full and ragged GEMM
+    /// tiles of every path.
     #[test]
     fn i2s_matmul_is_bit_identical(
         (rows, blocks, tokens) in (1usize..13, 1usize..20, 1usize..10),

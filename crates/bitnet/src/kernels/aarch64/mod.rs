@@ -73,8 +73,9 @@ fn prefetch(p: *const u8) {
     }
 }
 
-/// How far ahead of the bytes being read the I2_S GEMVs prefetch (the distance measured best
-/// on x86; it also carries the stream across 4 KiB pages, where hardware prefetchers stop).
+/// How far ahead of the bytes being read the I2_S GEMVs prefetch: the distance measured best on
+/// x86 (unmeasured on ARM). It also carries each row's stream across 4 KiB pages, where many
+/// hardware prefetchers stop; one hint per 32 bytes is one instruction per 128 weights.
 const PREFETCH_BYTES: usize = 4096;
 
 /// The 16 codes (0..=2) of one 2-bit field of 16 packed I2_S bytes: field 0 is bits 7-6

@@ -71,9 +71,10 @@ unsafe fn gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, out: &mut [i32]) {
     }
 }
 
-/// Blocks between flushes of the GEMV's i16 accumulators: a lane gains 8 products
-/// `|c·q| ≤ 256` per block, so 8 blocks stay within ±16384 (16 would just fit).
-const GEMV_FLUSH_BLOCKS: usize = 8;
+/// Blocks between flushes of the GEMV's i16 accumulators: a lane gains 16 products
+/// `|c·q| ≤ 256` per block (eight 16-byte steps, two products each), so 4 blocks stay within
+/// ±16384 (8 would reach −32768 exactly, too close for comfort).
+const GEMV_FLUSH_BLOCKS: usize = 4;
 
 /// `Σ code·q` for `N` I2_S rows of `k` values.
 #[inline]
@@ -162,7 +163,7 @@ pub unsafe fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], block_qsums: &[i32],
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn tq2_0_block_dot(qs: *const u8, q: *const i8) -> i32 {
-    // 16 products |c·q| ≤ 256 per lane: within ±4096.
+    // 32 products |c·q| ≤ 256 per lane (16 steps of two): within ±8192.
     let mut acc16 = vdupq_n_s16(0);
     for half in 0..2 {
         let packed = [
