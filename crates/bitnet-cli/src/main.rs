@@ -48,6 +48,12 @@ enum Command {
     Convert(commands::convert::Args),
     /// Download a model from the Hugging Face Hub into its cache and print the local path
     Pull(commands::pull::Args),
+    /// List the models in the Hugging Face cache (name, size, age, path)
+    List(commands::list::ListArgs),
+    /// Remove models from the Hugging Face cache
+    Rm(commands::list::RmArgs),
+    /// Re-encode a GGUF: the output matrix as q8_0/q6_k, the ternary weights as i2_s/tq2_0/tq1_0
+    Quantize(commands::quantize::Args),
 }
 
 fn main() {
@@ -79,13 +85,34 @@ fn main() {
         Command::Bench(args) => commands::bench::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Pull(args) => commands::pull::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
+        Command::List(args) => commands::list::list(args),
+        Command::Rm(args) => commands::list::rm(args),
     };
     if let Err(e) = result {
         // One line with the whole cause chain; a backtrace only when asked for.
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
             eprintln!("{}", e.backtrace());
         }
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each said once: a library error that shows its
+/// source in its own message (`FILE: metadata key … is missing`) also returns that source as
+/// its cause, which `{:#}` would print a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if out.contains(&message) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&message);
+    }
+    out
 }

@@ -156,4 +156,48 @@ fn openai_compatible_endpoints() {
         .contains("invalid request"));
     let (status, _) = http(a, "POST", "/v1/chat/completions", r#"{"messages": []}"#);
     assert_eq!(status, 400);
+
+    // Sampler values are checked as on the command line: a 400 naming the field and range.
+    for (body, param, text) in [
+        (
+            r#"{"prompt": "x", "min_p": 5}"#,
+            "min_p",
+            "`min_p` = 5 is out of range",
+        ),
+        (
+            r#"{"prompt": "x", "temperature": "hot"}"#,
+            "temperature",
+            "must be a number",
+        ),
+        (
+            r#"{"prompt": "x", "repeat_penalty": 0}"#,
+            "repeat_penalty",
+            "above 0",
+        ),
+        (
+            r#"{"prompt": "x", "stop": 7}"#,
+            "stop",
+            "a string or a list",
+        ),
+    ] {
+        let (status, body) = http(a, "POST", "/v1/completions", body);
+        assert_eq!(status, 400, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{v}"
+        );
+    }
+    // The format `batch` reads: `stop` as one string, unknown fields ignored.
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "ROMEO:\n", "stop": "\n", "max_tokens": 40, "temperature": 0, "model": "m", "user": "u"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
 }

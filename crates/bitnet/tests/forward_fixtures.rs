@@ -60,7 +60,7 @@ fn visible_model() -> BitnetModel {
 }
 
 fn greedy(model: &BitnetModel, prompt: &[u32], n: usize, cache_type: CacheType) -> Vec<u32> {
-    let mut cache = model.new_cache(0, cache_type);
+    let mut cache = model.new_cache(0, cache_type).unwrap();
     let mut logits = model.forward(prompt, &mut cache, Logits::Last).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
@@ -84,7 +84,7 @@ fn visible_logits_match_transformers_at_stable_positions() {
         for seq in fixture["sequences"].as_array().unwrap() {
             let tokens = ids(&seq["input_ids"]);
             let stable = ids(&seq["stability"]["stable_positions_1e-4"]);
-            let mut cache = model.new_cache(0, CacheType::F32);
+            let mut cache = model.new_cache(0, CacheType::F32).unwrap();
             let ours = model.forward(&tokens, &mut cache, Logits::All).unwrap();
             let reference = seq["logits"].as_array().unwrap();
             assert_eq!(reference.len(), tokens.len());
@@ -180,9 +180,9 @@ fn kv_cache_decode_equals_prefill() {
     for seq in fixture["sequences"].as_array().unwrap() {
         let tokens = ids(&seq["input_ids"]);
         for ty in [CacheType::F32, CacheType::F16] {
-            let mut cache = model.new_cache(0, ty);
+            let mut cache = model.new_cache(0, ty).unwrap();
             let full = model.forward(&tokens, &mut cache, Logits::All).unwrap();
-            let mut cache = model.new_cache(0, ty);
+            let mut cache = model.new_cache(0, ty).unwrap();
             for (t, &tok) in tokens.iter().enumerate() {
                 let step = model.forward(&[tok], &mut cache, Logits::Last).unwrap();
                 let d = max_abs_diff(&step, &full[t * n_vocab..(t + 1) * n_vocab]);
@@ -202,7 +202,7 @@ fn logits_are_bit_identical_for_any_thread_count() {
         let mut runs = Vec::new();
         for threads in [1, 2, 3] {
             model.set_threads(threads);
-            let mut cache = model.new_cache(0, ty);
+            let mut cache = model.new_cache(0, ty).unwrap();
             let mut all = model.forward(&tokens, &mut cache, Logits::All).unwrap();
             all.extend(model.forward(&[7], &mut cache, Logits::Last).unwrap());
             runs.push(all);
@@ -221,7 +221,7 @@ fn forward_is_deterministic() {
     let model = visible_model();
     let tokens: Vec<u32> = (0..40).map(|i| (i * 97 % 1024) as u32).collect();
     let run = || {
-        let mut cache = model.new_cache(0, CacheType::F16);
+        let mut cache = model.new_cache(0, CacheType::F16).unwrap();
         model.forward(&tokens, &mut cache, Logits::All).unwrap()
     };
     let a = run();
@@ -241,8 +241,8 @@ fn f32_gguf_gives_the_same_logits_as_i2s() {
         bitnet::formats::types::TensorType::I2S
     );
     let tokens: Vec<u32> = vec![1021, 568, 559, 845, 275, 10, 20];
-    let mut ca = a.new_cache(0, CacheType::F32);
-    let mut cb = b.new_cache(0, CacheType::F32);
+    let mut ca = a.new_cache(0, CacheType::F32).unwrap();
+    let mut cb = b.new_cache(0, CacheType::F32).unwrap();
     let la = a.forward(&tokens, &mut ca, Logits::All).unwrap();
     let lb = b.forward(&tokens, &mut cb, Logits::All).unwrap();
     let d = max_abs_diff(&la, &lb);
@@ -252,7 +252,7 @@ fn f32_gguf_gives_the_same_logits_as_i2s() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let model = visible_model();
-    let mut cache = model.new_cache(8, CacheType::F32);
+    let mut cache = model.new_cache(8, CacheType::F32).unwrap();
     match model.forward(&[1, 2, 5000], &mut cache, Logits::Last) {
         Err(ModelError::TokenOutOfRange {
             token: 5000,
@@ -378,7 +378,7 @@ fn f16_cache_cost_on_the_fixtures() {
         let tokens = ids(&seq["input_ids"]);
         let stable = ids(&seq["stability"]["stable_positions_1e-4"]);
         let run = |ty| {
-            let mut cache = model.new_cache(0, ty);
+            let mut cache = model.new_cache(0, ty).unwrap();
             model.forward(&tokens, &mut cache, Logits::All).unwrap()
         };
         let (l16, l32) = (run(CacheType::F16), run(CacheType::F32));
@@ -404,7 +404,7 @@ fn f16_cache_cost_on_the_fixtures() {
     let prompt = ids(&cpp["greedy"]["prompt_ids"]);
     let steps = cpp["greedy"]["step_logits"].as_array().unwrap();
     let tokens = ids(&cpp["greedy"]["new_tokens"]);
-    let mut cache = model.new_cache(0, CacheType::F16);
+    let mut cache = model.new_cache(0, CacheType::F16).unwrap();
     let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
     let mut worst_step = 0f32;
     for (k, step) in steps.iter().enumerate() {
@@ -424,7 +424,7 @@ fn f16_cache_cost_on_the_fixtures() {
     let mut tokens = ids(&sample["prompt_ids"]);
     tokens.extend(ids(&sample["generated_ids"]));
     let run = |ty| {
-        let mut cache = demo.new_cache(0, ty);
+        let mut cache = demo.new_cache(0, ty).unwrap();
         demo.forward(&tokens, &mut cache, Logits::All).unwrap()
     };
     let (l16, l32) = (run(CacheType::F16), run(CacheType::F32));
@@ -453,7 +453,7 @@ fn quantized_output_matrix_accuracy() {
     let mut tokens = ids(&sample["prompt_ids"]);
     tokens.extend(ids(&sample["generated_ids"]));
     let run = |m: &BitnetModel| {
-        let mut cache = m.new_cache(0, CacheType::F32);
+        let mut cache = m.new_cache(0, CacheType::F32).unwrap();
         m.forward(&tokens, &mut cache, Logits::All).unwrap()
     };
     let reference = run(&base);

@@ -60,7 +60,7 @@ fn sequences() -> Vec<Vec<u32>> {
 }
 
 fn logits(model: &BitnetModel, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache(0, CacheType::F32);
+    let mut cache = model.new_cache(0, CacheType::F32).unwrap();
     model.forward(tokens, &mut cache, Logits::All).unwrap()
 }
 

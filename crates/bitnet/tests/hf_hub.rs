@@ -327,7 +327,7 @@ fn options(server: &Server, cache: &TempDir, retries: usize) -> HubOptions {
 }
 
 fn logits(model: &BitnetModel) -> Vec<f32> {
-    let mut cache = model.new_cache(0, CacheType::F32);
+    let mut cache = model.new_cache(0, CacheType::F32).unwrap();
     model
         .forward(&[1021, 568, 559, 845, 275], &mut cache, Logits::All)
         .unwrap()

@@ -1,19 +1,19 @@
-//! `bitnet batch [-m FILE] -i in.jsonl -o out.jsonl`: one request per input line
-//! (`{"id": …, "prompt": "…"}` or `{"messages": [{"role": …, "content": …}]}`, with optional
-//! `max_tokens`, `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`, `seed`, `stop`),
-//! one result per output line in input order. A bad line gives an error record and the rest
-//! still run; each result is written and flushed as soon as it is done, so an interrupted run
-//! keeps what it finished.
+//! `bitnet batch [-m FILE] -i in.jsonl -o out.jsonl`: one request per input line, in the same
+//! format `bitnet serve` accepts (`bitnet::generate::Request`: `prompt` or `messages`, with
+//! optional `id`, `max_tokens`, `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`,
+//! `seed`, `stop` (a string or a list), …; unknown fields ignored), one result per output line
+//! in input order. A bad line (invalid UTF-8, invalid JSON, a bad field) gives an error record
+//! with its 1-based line number and the rest still run; blank lines are skipped. Each result is
+//! written and flushed as soon as it is done, so an interrupted run keeps what it finished.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use bitnet::generate::{GenerationConfig, Sampler, SamplerConfig, Session};
-use bitnet::tokenizer::{ChatMessage, EncodeOptions};
-use serde::Deserialize;
+use bitnet::generate::{GenerationConfig, Input, Request, Sampler, SamplerConfig, Session};
+use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
 use crate::model_args::{ModelArgs, SamplingArgs};
@@ -36,52 +36,33 @@ pub struct Args {
     n_predict: usize,
 }
 
-/// One request line.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    id: Option<Value>,
-    prompt: Option<String>,
-    messages: Option<Vec<ChatMessage>>,
-    #[serde(alias = "n_predict")]
-    max_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<Vec<String>>,
+/// The input's lines as bytes, numbered from 1, blank ones left out. Read as bytes so that a
+/// line of invalid UTF-8 is that line's error, not the whole file's.
+fn lines(data: &[u8]) -> Vec<(usize, &[u8])> {
+    data.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .collect()
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let input =
-        File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
-    let lines: Vec<String> = BufReader::new(input)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", args.input.display()))?;
+    let defaults = args.sampling.config()?;
+    let data =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let requests = lines(&data);
     let loaded = args.model.load()?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let template = tokenizer.chat_template()?;
-    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type);
-    let defaults = args.sampling.config();
+    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
 
     let out = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut out = BufWriter::new(out);
-    let requests: Vec<(usize, &String)> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .collect();
     let bar = crate::progress::bar(requests.len() as u64, "requests");
     let (mut ok, mut failed) = (0usize, 0usize);
-    for (index, line) in requests {
-        let line_no = index + 1;
-        let record = match serde_json::from_str::<Request>(line) {
+    for (line_no, line) in requests {
+        let record = match Request::from_slice(line) {
             Err(e) => Err((Value::Null, format!("line {line_no}: invalid request: {e}"))),
             Ok(req) => {
                 let id = req.id.clone().unwrap_or(Value::Null);
@@ -120,33 +101,24 @@ fn run_one(
     defaults: &SamplerConfig,
     n_predict: usize,
 ) -> Result<Value> {
+    // Every field is checked before the model runs.
+    let sampler_config = req.sampler_config(defaults)?;
     let tokenizer = session.tokenizer();
-    let ids = match (&req.prompt, &req.messages) {
-        (Some(p), None) => tokenizer.encode(
-            p,
+    let ids = match req.input()? {
+        Input::Prompt(p) => tokenizer.encode(
+            &p,
             EncodeOptions {
                 add_bos: tokenizer.add_bos_token(),
                 parse_special: false,
             },
         ),
-        (None, Some(m)) => tokenizer.encode_chat(&template.render(m, true)?),
-        _ => anyhow::bail!("a request needs exactly one of `prompt` and `messages`"),
-    };
-    let sampler_config = SamplerConfig {
-        temperature: req.temperature.unwrap_or(defaults.temperature),
-        top_k: req.top_k.unwrap_or(defaults.top_k),
-        top_p: req.top_p.unwrap_or(defaults.top_p),
-        min_p: req.min_p.unwrap_or(defaults.min_p),
-        repeat_penalty: req.repeat_penalty.unwrap_or(defaults.repeat_penalty),
-        presence_penalty: req.presence_penalty.unwrap_or(defaults.presence_penalty),
-        frequency_penalty: req.frequency_penalty.unwrap_or(defaults.frequency_penalty),
-        penalty_last_n: defaults.penalty_last_n,
-        seed: req.seed.unwrap_or(defaults.seed),
+        Input::Messages(m) => tokenizer.encode_chat(&template.render(&m, true)?),
     };
     let config = GenerationConfig {
-        max_tokens: Some(req.max_tokens.unwrap_or(n_predict)),
-        stop: req.stop.clone().unwrap_or_default(),
+        max_tokens: req.max_tokens.unwrap_or(Some(n_predict)),
+        stop: req.stop.clone(),
         ignore_eos: false,
+        context_shift: None,
     };
     let mut sampler = Sampler::new(sampler_config);
     let g = session.generate(&ids, &config, &mut sampler, |_| ControlFlow::Continue(()))?;
@@ -161,4 +133,23 @@ fn run_one(
         "time_to_first_token_s": g.time_to_first_token.as_secs_f64(),
         "total_s": g.total_time.as_secs_f64(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines;
+
+    #[test]
+    fn lines_are_numbered_from_one_and_blank_ones_skipped() {
+        let data = b"{\"a\":1}\r\n\n  \n\xff\xfe\n{\"b\":2}";
+        let got: Vec<(usize, &[u8])> = lines(data);
+        assert_eq!(
+            got,
+            vec![
+                (1, &b"{\"a\":1}"[..]),
+                (4, &b"\xff\xfe"[..]),
+                (5, &b"{\"b\":2}"[..])
+            ]
+        );
+    }
 }

@@ -1,23 +1,21 @@
-//! `bitnet bench -m FILE -p 128 -n 128 -t 1,2 -r 3 [--json]`: prompt processing (ppN: N random
+//! `bitnet bench [-m FILE] -p 128 -n 128 -t 1,2 -r 3 [--json]`: prompt processing (ppN: N random
 //! tokens as one batch) and generation (tgN: N tokens one at a time) in tokens/s, like
 //! llama-bench, plus a memory-bandwidth probe run in the same invocation so each tg figure is
 //! also shown as a fraction of the measured roofline (bytes read per token / bandwidth).
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use bitnet::formats::gguf::GgufFile;
+use anyhow::Result;
 use bitnet::kernels::Isa;
 use bitnet::model::{BitnetModel, CacheType, Logits};
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF model
+    /// The model: a GGUF file, a Hugging Face folder or hf:OWNER/REPO[:FILE] (default: the
+    /// bundled demo model)
     #[arg(short = 'm', long = "model")]
-    model: PathBuf,
+    model: Option<String>,
     /// Prompt lengths to test (pp), comma-separated; 0 skips
     #[arg(
         short = 'p',
@@ -52,9 +50,8 @@ pub struct Args {
     /// Store the output matrix as q8_0 or q6_k (re-encoded at load)
     #[arg(long)]
     output_type: Option<String>,
-    /// Read the file into (huge-page) memory instead of memory-mapping it
-    #[arg(long)]
-    no_mmap: bool,
+    #[command(flatten)]
+    residency: crate::model_args::Residency,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -86,12 +83,12 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn measure<S>(
     repetitions: usize,
     n: usize,
-    mut setup: impl FnMut(usize) -> S,
+    mut setup: impl FnMut(usize) -> Result<S, bitnet::model::ModelError>,
     mut run: impl FnMut(&mut S) -> Result<(), bitnet::model::ModelError>,
 ) -> Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(repetitions);
     for rep in 0..repetitions + 1 {
-        let mut input = setup(rep);
+        let mut input = setup(rep)?;
         let start = Instant::now();
         run(&mut input)?;
         let s = start.elapsed().as_secs_f64();
@@ -116,22 +113,33 @@ fn tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    for &t in &args.threads {
+        crate::model_args::check_threads(t)?;
+    }
+    anyhow::ensure!(
+        args.repetitions >= 1,
+        "-r 0: at least one repetition is needed"
+    );
+    let output_type = args
+        .output_type
+        .as_deref()
+        .map(crate::model_args::output_type)
+        .transpose()?;
     let load_start = Instant::now();
-    let file = if args.no_mmap {
-        GgufFile::read_into_memory(&args.model)?
-    } else {
-        GgufFile::open(&args.model)?
-    };
-    let mut model = BitnetModel::from_gguf(Arc::new(file))
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let load_s = load_start.elapsed().as_secs_f64();
+    let (name, file) = crate::model_args::open_gguf(args.model.as_deref())?;
+    let size = file.file_len();
+    let options = args.residency.load_options(size);
+    let in_memory = options.resident;
+    let mut model = BitnetModel::from_gguf_with(file, options)?;
     if let Some(isa) = args.isa {
         anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
         model.set_isa(isa);
     }
-    if let Some(name) = &args.output_type {
-        model.set_output_type(crate::model_args::output_type(name)?)?;
+    // The output re-encoding is part of what a user waits for at load, so it is timed too.
+    if let Some(ty) = output_type {
+        model.set_output_type(ty)?;
     }
+    let load_s = load_start.elapsed().as_secs_f64();
     let threads = if args.threads.is_empty() {
         vec![model.threads()]
     } else {
@@ -144,16 +152,16 @@ pub fn run(args: Args) -> Result<()> {
     let mut bandwidth = Vec::new();
     for &t in &threads {
         model.set_threads(t);
+        // More threads than CPUs are capped (with a warning): report what ran.
+        let t = model.threads();
         for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
             let samples = measure(
                 args.repetitions,
                 p,
                 |rep| {
                     let prompt = tokens(p, n_vocab, rep as u64);
-                    (
-                        prompt,
-                        model.new_cache(args.ctx_size.max(p), args.cache_type),
-                    )
+                    let cache = model.new_cache(args.ctx_size.max(p), args.cache_type)?;
+                    Ok((prompt, cache))
                 },
                 |(prompt, cache)| model.forward(prompt, cache, Logits::Last).map(drop),
             )?;
@@ -170,7 +178,8 @@ pub fn run(args: Args) -> Result<()> {
                 n,
                 |rep| {
                     let ids = tokens(n, n_vocab, 100 + rep as u64);
-                    (ids, model.new_cache(args.ctx_size.max(n), args.cache_type))
+                    let cache = model.new_cache(args.ctx_size.max(n), args.cache_type)?;
+                    Ok((ids, cache))
                 },
                 |(ids, cache)| {
                     for &id in ids.iter() {
@@ -189,11 +198,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Peak RSS of the model runs, before the probe allocates its buffer.
     let peak_rss = crate::stats::peak_rss_bytes();
-    for &t in &threads {
+    let mut probed: Vec<usize> = Vec::new();
+    let ran: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    for t in ran {
+        if probed.contains(&t) {
+            continue;
+        }
+        probed.push(t);
         let bw = if args.no_bandwidth {
             None
         } else {
-            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 3))
+            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 10))
         };
         bandwidth.push((t, bw));
         for r in rows
@@ -205,7 +220,6 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let c = model.config();
-    let size = std::fs::metadata(&args.model)?.len();
     let params = model.parameter_count();
     let (linear_type, output_type) = model.weight_formats();
     let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_type);
@@ -223,10 +237,15 @@ pub fn run(args: Args) -> Result<()> {
             })
             .collect();
         let out = json!({
-            "model": model_name, "file": args.model.display().to_string(), "file_bytes": size,
+            "model": model_name, "file": name, "file_bytes": size,
             "params": params, "linear_type": linear_type.name(), "output_type": output_type.name(),
-            "isa": model.isa().name(), "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
-            "load_s": load_s, "bytes_read_per_token": bytes_per_token,
+            "isa": model.isa().name(),
+            "kernel_plan": model.kernel_plan().iter().map(|(ty, i, o, isas)| json!({
+                "format": ty.name(), "in": i, "out": o,
+                "decode": isas.decode.name(), "prefill": isas.prefill.name(),
+            })).collect::<Vec<_>>(),
+            "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
+            "load_s": load_s, "weights_in_memory": in_memory, "bytes_read_per_token": bytes_per_token,
             "bandwidth_gb_s": bandwidth.iter().map(|(t, bw)| json!({"threads": t, "gb_s": bw})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak_rss,
             "results": results,
@@ -266,8 +285,19 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    for (ty, i, o, isas) in model.kernel_plan() {
+        eprintln!(
+            "kernels for {ty} {i}→{o}: decode {}, prefill {} (fastest at load)",
+            isas.decode, isas.prefill
+        );
+    }
     eprintln!(
-        "load {load_s:.2} s; peak RSS {:.2} GB; cache {:?}",
+        "load {load_s:.2} s; weights {}; peak RSS {:.2} GB; cache {:?}",
+        if in_memory {
+            "copied to huge-page memory"
+        } else {
+            "memory-mapped"
+        },
         peak_rss.unwrap_or(0) as f64 / 1e9,
         args.cache_type
     );

@@ -7,11 +7,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use bitnet::generate::{GenerationConfig, Sampler, Session};
+use bitnet::generate::{ContextShift, GenerationConfig, Sampler, Session};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::json;
 
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::model_args::{n_predict, unescape, ModelArgs, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,47 +54,61 @@ pub struct Args {
     /// Print one JSON object (text, ids, figures) instead of streaming
     #[arg(long)]
     json: bool,
+    /// When the context fills up, keep the first --keep tokens, drop half of the rest and go
+    /// on (llama.cpp's context shift) instead of stopping
+    #[arg(long)]
+    ctx_shift: bool,
+    /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    keep: i64,
 }
 
-/// llama.cpp's escape processing for `-p`: \n, \t, \\, \", \'.
-pub fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('\\') => out.push('\\'),
-            Some('"') => out.push('"'),
-            Some('\'') => out.push('\''),
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
-            None => out.push('\\'),
-        }
+/// llama.cpp's `--keep`: `n` prompt tokens after BOS (which is always kept), the whole prompt
+/// for -1 or more than it has.
+pub fn keep_tokens(keep: i64, prompt: &[u32], bos: Option<u32>) -> usize {
+    let with_bos = usize::from(bos.is_some() && prompt.first() == bos.as_ref());
+    match usize::try_from(keep) {
+        Ok(k) => (k + with_bos).min(prompt.len()),
+        Err(_) => prompt.len(),
     }
-    out
+}
+
+/// The one-line note about context shifts, for stderr.
+pub fn shift_note(shifts: &[ContextShift], capacity: usize) -> Option<String> {
+    let last = shifts.last()?;
+    let dropped: usize = shifts.iter().map(|s| s.discarded).sum();
+    Some(format!(
+        "[context shift: the context of {capacity} tokens filled up {} time{}; kept the first {} \
+         tokens and dropped {dropped} older ones in all]",
+        shifts.len(),
+        if shifts.len() == 1 { "" } else { "s" },
+        last.kept,
+    ))
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Everything that can be checked without the model is checked before loading it.
+    let sampler_config = args.sampling.config()?;
+    let max_tokens = n_predict(args.n_predict)?;
+    args.model.check()?;
+    let file_text = match (&args.tokens, &args.prompt, &args.file) {
+        (None, None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the prompt from {}", f.display()))?,
+        ),
+        (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --tokens IDS"),
+        _ => None,
+    };
     let loaded = args.model.load()?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
-    let (prompt_text, ids) = match (&args.tokens, &args.prompt, &args.file) {
+    let (prompt_text, ids) = match (&args.tokens, &args.prompt, file_text) {
         (Some(ids), _, _) => (tokenizer.decode(ids)?, ids.clone()),
         (None, Some(p), _) => {
             let text = unescape(p);
             let ids = encode(tokenizer, &text, !args.no_bos, args.parse_special);
             (text, ids)
         }
-        (None, None, Some(f)) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the prompt from {}", f.display()))?;
+        (None, None, Some(text)) => {
             let ids = encode(tokenizer, &text, !args.no_bos, args.parse_special);
             (text, ids)
         }
@@ -103,13 +117,24 @@ pub fn run(args: Args) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt is empty");
     }
-    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type);
+    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
+    // A prompt longer than the context is refused before anything is printed.
+    if ids.len() > session.context_size() {
+        return Err(bitnet::generate::GenerateError::PromptTooLong {
+            prompt: ids.len(),
+            capacity: session.context_size(),
+        }
+        .into());
+    }
     let config = GenerationConfig {
-        max_tokens: usize::try_from(args.n_predict).ok(),
+        max_tokens,
         stop: args.stop.iter().map(|s| unescape(s)).collect(),
         ignore_eos: args.ignore_eos,
+        context_shift: args
+            .ctx_shift
+            .then(|| keep_tokens(args.keep, &ids, tokenizer.bos_id())),
     };
-    let mut sampler = Sampler::new(args.sampling.config());
+    let mut sampler = Sampler::new(sampler_config);
 
     let mut stdout = std::io::stdout().lock();
     if !args.json && !args.no_display_prompt {
@@ -152,6 +177,7 @@ pub fn run(args: Args) -> Result<()> {
             "total_s": result.total_time.as_secs_f64(),
             "peak_rss_bytes": peak_rss,
             "kv_cache_bytes": session.cache_bytes(),
+            "context_shifts": result.shifts.len(),
             "threads": model.threads(),
             "isa": model.isa().name(),
         });
@@ -159,9 +185,12 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     writeln!(stdout)?;
+    if let Some(note) = shift_note(&result.shifts, session.context_size()) {
+        eprintln!("{note}");
+    }
     if let bitnet::generate::StopReason::ContextFull = result.stop {
         eprintln!(
-            "[context full: {} tokens; use a larger -c]",
+            "[context full: {} tokens; use a larger -c, or --ctx-shift to go on]",
             session.context_size()
         );
     }
@@ -183,16 +212,4 @@ fn encode(
             parse_special,
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unescape;
-
-    #[test]
-    fn escapes_like_llama_cpp() {
-        assert_eq!(unescape(r"ROMEO:\n"), "ROMEO:\n");
-        assert_eq!(unescape(r"a\tb\\c\q"), "a\tb\\c\\q");
-        assert_eq!(unescape("trailing\\"), "trailing\\");
-    }
 }

@@ -1,4 +1,4 @@
-//! `bitnet inspect FILE [--json]`: what a GGUF file holds, read from its header only.
+//! `bitnet inspect [FILE] [--json]`: what a GGUF file holds, read from its header only.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,10 +8,16 @@ use bitnet::formats::gguf::{GgufFile, Metadata, Value};
 use bitnet::formats::types::TensorType;
 use serde_json::json;
 
+use crate::model_args::{DEMO_MODEL, DEMO_MODEL_NAME};
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF file
-    file: PathBuf,
+    /// The GGUF file (default: the bundled demo model)
+    #[arg(conflicts_with = "model")]
+    file: Option<PathBuf>,
+    /// The GGUF file, as the other commands name it
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -125,7 +131,10 @@ impl<'a> Summary<'a> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let gguf = GgufFile::open(&args.file)?;
+    let gguf = match args.file.as_ref().or(args.model.as_ref()) {
+        Some(path) => GgufFile::open(path)?,
+        None => GgufFile::from_static(DEMO_MODEL_NAME, DEMO_MODEL)?,
+    };
     let summary = Summary::new(&gguf);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&summary))?);

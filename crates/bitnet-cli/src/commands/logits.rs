@@ -1,19 +1,18 @@
-//! `bitnet logits -m FILE --tokens 1,2,3 [--all] [--cache-type f32] [--json]`: the raw forward
+//! `bitnet logits [-m FILE] --tokens 1,2,3 [--all] [--cache-type f32] [--json]`: the raw forward
 //! pass on given token ids (no BOS added). Our own reference checks use it.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use bitnet::hf::hub::{self, HubOptions};
-use bitnet::model::{CacheType, Logits};
+use anyhow::Result;
+use bitnet::model::{BitnetModel, CacheType, Logits};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The model: a GGUF file, a Hugging Face folder (config.json + safetensors), or
-    /// hf:OWNER/REPO[:FILE] (downloaded into the Hugging Face cache)
+    /// hf:OWNER/REPO[:FILE] (downloaded into the Hugging Face cache); default: the bundled
+    /// demo model
     #[arg(short = 'm', long = "model")]
-    model: PathBuf,
+    model: Option<String>,
     /// Token ids to run, comma-separated (no BOS is added)
     #[arg(long, value_delimiter = ',', required = true)]
     tokens: Vec<u32>,
@@ -27,16 +26,20 @@ pub struct Args {
     /// Print `{"n_vocab": …, "logits": [[…], …]}`
     #[arg(long)]
     json: bool,
+    /// Store the output matrix as q8_0 or q6_k (re-encoded at load), as the other commands do
+    #[arg(long)]
+    output_type: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let start = Instant::now();
-    let spec = args.model.to_string_lossy();
-    let mut bar = crate::commands::pull::DownloadBar::default();
-    let (_, model) = hub::open_model(&spec, &HubOptions::from_env(), &mut bar)
-        .with_context(|| format!("loading {spec}"))?;
+    let (_, file) = crate::model_args::open_gguf(args.model.as_deref())?;
+    let mut model = BitnetModel::from_gguf(file)?;
+    if let Some(name) = &args.output_type {
+        model.set_output_type(crate::model_args::output_type(name)?)?;
+    }
     let loaded = start.elapsed();
-    let mut cache = model.new_cache(args.tokens.len(), args.cache_type);
+    let mut cache = model.new_cache(args.tokens.len(), args.cache_type)?;
     let which = if args.all { Logits::All } else { Logits::Last };
     let logits = model.forward(&args.tokens, &mut cache, which)?;
     eprintln!(

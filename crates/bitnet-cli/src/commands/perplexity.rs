@@ -38,6 +38,10 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.chunks == Some(0) {
+        bail!("--chunks 0: must be at least 1 (or left out for every chunk)");
+    }
+    args.model.check()?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let loaded = args.model.load()?;
@@ -80,7 +84,7 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        let mut cache = model.new_cache(n_ctx, args.model.cache_type);
+        let mut cache = model.new_cache(n_ctx, args.model.cache_type)?;
         let logits = model.forward(&chunk, &mut cache, Logits::All)?;
         for i in first_scored..n_ctx - 1 {
             let v = nll(&logits[i * n_vocab..(i + 1) * n_vocab], chunk[i + 1]);

@@ -17,9 +17,10 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bitnet::generate::{GenerationConfig, Sampler, SamplerConfig, Session, StopReason};
-use bitnet::tokenizer::{ChatMessage, ChatTemplate, EncodeOptions};
-use serde::Deserialize;
+use bitnet::generate::{
+    GenerationConfig, Input, Request, RequestError, Sampler, SamplerConfig, Session, StopReason,
+};
+use bitnet::tokenizer::{ChatTemplate, EncodeOptions};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -43,6 +44,13 @@ pub struct Args {
     /// Default `max_tokens` for requests that do not set it
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n_predict: usize,
+    /// When a generation fills the context, keep the first --keep tokens, drop half of the
+    /// rest and go on (llama.cpp's context shift) instead of stopping with "length"
+    #[arg(long)]
+    ctx_shift: bool,
+    /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    keep: i64,
 }
 
 /// What the handlers share.
@@ -53,29 +61,8 @@ struct AppState {
     template: ChatTemplate,
     defaults: SamplerConfig,
     n_predict: usize,
-}
-
-/// The request fields both endpoints accept (OpenAI's names; `top_k`, `min_p`,
-/// `repeat_penalty` as llama.cpp's server adds them).
-#[derive(Deserialize)]
-struct Request {
-    #[allow(dead_code)]
-    model: Option<String>,
-    prompt: Option<Value>,
-    messages: Option<Vec<ChatMessage>>,
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<usize>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<Value>,
-    #[serde(default)]
-    stream: bool,
+    ctx_shift: bool,
+    keep: i64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -84,9 +71,27 @@ enum Endpoint {
     Chat,
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = json!({"error": {"message": message.into(), "type": "invalid_request_error"}});
+/// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}`.
+fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Response {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let body = json!({"error": {
+        "message": message.into(), "type": kind, "param": param, "code": Value::Null,
+    }});
     (status, Json(body)).into_response()
+}
+
+fn request_error(e: &RequestError) -> Response {
+    let message = match e {
+        RequestError::Json(_) | RequestError::InvalidUtf8 { .. } => {
+            format!("invalid request: {e}")
+        }
+        _ => e.to_string(),
+    };
+    error(StatusCode::BAD_REQUEST, message, e.field())
 }
 
 fn now() -> u64 {
@@ -103,6 +108,7 @@ fn finish_reason(stop: &StopReason) -> &'static str {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let defaults = args.sampling.config()?;
     let loaded = args.model.load()?;
     // The server runs until the process ends: the model lives as long.
     let loaded: &'static crate::model_args::Loaded = Box::leak(Box::new(loaded));
@@ -112,14 +118,16 @@ pub fn run(args: Args) -> Result<()> {
         &loaded.tokenizer,
         args.model.ctx_size,
         args.model.cache_type,
-    );
+    )?;
     let state = Arc::new(AppState {
         name: loaded.name.clone(),
         tokenizer: &loaded.tokenizer,
         session: Mutex::new(session),
         template,
-        defaults: args.sampling.config(),
+        defaults,
         n_predict: args.n_predict,
+        ctx_shift: args.ctx_shift,
+        keep: args.keep,
     });
     let app = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -149,11 +157,11 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: String) -> Response {
+async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     handle(state, body, Endpoint::Completions).await
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: String) -> Response {
+async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     handle(state, body, Endpoint::Chat).await
 }
 
@@ -164,74 +172,42 @@ struct Job {
     sampler: SamplerConfig,
 }
 
-fn prepare(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Job, String> {
+fn prepare(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Job, RequestError> {
     let tokenizer = state.tokenizer;
-    let ids = match endpoint {
-        Endpoint::Completions => {
-            let prompt = match &req.prompt {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                    a[0].as_str().unwrap_or_default().to_string()
-                }
-                _ => return Err("`prompt` must be a string".into()),
-            };
-            tokenizer.encode(
-                &prompt,
-                EncodeOptions {
-                    add_bos: tokenizer.add_bos_token(),
-                    parse_special: false,
-                },
-            )
-        }
-        Endpoint::Chat => {
-            let messages = req
-                .messages
-                .as_ref()
-                .filter(|m| !m.is_empty())
-                .ok_or("`messages` must be a non-empty array")?;
+    // Every field is checked before the model runs.
+    let sampler = req.sampler_config(&state.defaults)?;
+    let missing = |field, expected| RequestError::Field { field, expected };
+    let ids = match (endpoint, req.input()) {
+        (Endpoint::Completions, Ok(Input::Prompt(prompt))) => tokenizer.encode(
+            &prompt,
+            EncodeOptions {
+                add_bos: tokenizer.add_bos_token(),
+                parse_special: false,
+            },
+        ),
+        (Endpoint::Chat, Ok(Input::Messages(messages))) => {
             let prompt = state
                 .template
-                .render(messages, true)
-                .map_err(|e| e.to_string())?;
+                .render(&messages, true)
+                .map_err(RequestError::Template)?;
             tokenizer.encode_chat(&prompt)
         }
+        (Endpoint::Completions, _) => return Err(missing("prompt", "a string")),
+        (Endpoint::Chat, _) => return Err(missing("messages", "a non-empty list")),
     };
     if ids.is_empty() {
-        return Err("the prompt is empty".into());
+        return Err(missing("prompt", "a non-empty string"));
     }
-    let stop = match &req.stop {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or("`stop` must be a string or an array of strings")?,
-        Some(_) => return Err("`stop` must be a string or an array of strings".into()),
-    };
-    let d = &state.defaults;
+    let keep = crate::commands::generate::keep_tokens(state.keep, &ids, tokenizer.bos_id());
     Ok(Job {
         ids,
         config: GenerationConfig {
-            max_tokens: Some(
-                req.max_completion_tokens
-                    .or(req.max_tokens)
-                    .unwrap_or(state.n_predict),
-            ),
-            stop,
+            max_tokens: req.max_tokens.unwrap_or(Some(state.n_predict)),
+            stop: req.stop.clone(),
             ignore_eos: false,
+            context_shift: state.ctx_shift.then_some(keep),
         },
-        sampler: SamplerConfig {
-            temperature: req.temperature.unwrap_or(d.temperature),
-            top_k: req.top_k.unwrap_or(d.top_k),
-            top_p: req.top_p.unwrap_or(d.top_p),
-            min_p: req.min_p.unwrap_or(d.min_p),
-            repeat_penalty: req.repeat_penalty.unwrap_or(d.repeat_penalty),
-            presence_penalty: req.presence_penalty.unwrap_or(d.presence_penalty),
-            frequency_penalty: req.frequency_penalty.unwrap_or(d.frequency_penalty),
-            penalty_last_n: d.penalty_last_n,
-            seed: req.seed.unwrap_or(d.seed),
-        },
+        sampler,
     })
 }
 
@@ -246,14 +222,14 @@ enum Piece {
     Failed(String),
 }
 
-async fn handle(state: Arc<AppState>, body: String, endpoint: Endpoint) -> Response {
-    let req: Request = match serde_json::from_str(&body) {
+async fn handle(state: Arc<AppState>, body: axum::body::Bytes, endpoint: Endpoint) -> Response {
+    let req = match Request::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+        Err(e) => return request_error(&e),
     };
     let job = match prepare(&state, &req, endpoint) {
         Ok(j) => j,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return request_error(&e),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let worker_state = Arc::clone(&state);
@@ -273,6 +249,13 @@ async fn handle(state: Arc<AppState>, body: String, endpoint: Endpoint) -> Respo
                 Err(_) => ControlFlow::Break(()),
             }
         });
+        if let Ok(g) = &result {
+            if let Some(note) =
+                crate::commands::generate::shift_note(&g.shifts, session.context_size())
+            {
+                eprintln!("{note}");
+            }
+        }
         let _ = tx.send(match result {
             Ok(g) => Piece::Done {
                 stop: g.stop,
@@ -312,7 +295,7 @@ async fn collect_response(
     while let Some(piece) = rx.recv().await {
         match piece {
             Piece::Text(t) => text.push_str(&t),
-            Piece::Failed(e) => return error(StatusCode::BAD_REQUEST, e),
+            Piece::Failed(e) => return error(StatusCode::BAD_REQUEST, e, None),
             Piece::Done {
                 stop,
                 prompt_tokens,
@@ -348,6 +331,7 @@ async fn collect_response(
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "generation ended unexpectedly",
+        None,
     )
 }
 

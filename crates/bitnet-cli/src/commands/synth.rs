@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::model::synth::{self, Shape};
 
+use crate::model_args::{DEMO_MODEL, DEMO_MODEL_NAME};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Model shape: 2b-4t (microsoft/bitnet-b1.58-2B-4T), 700m, tiny
@@ -18,9 +20,14 @@ pub struct Args {
     /// Output GGUF file
     #[arg(short = 'o', long)]
     output: PathBuf,
-    /// Copy the tokenizer metadata from this GGUF (e.g. testdata/tokenizer/llama3-vocab.gguf)
-    #[arg(long)]
+    /// Copy the tokenizer metadata from this GGUF (e.g. testdata/tokenizer/llama3-vocab.gguf
+    /// for 2b-4t). Default for tiny: the bundled demo model's vocabulary
+    #[arg(long, conflicts_with = "no_vocab")]
     vocab_from: Option<PathBuf>,
+    /// Write no tokenizer (the file then serves `bench` and load tests only: nothing can
+    /// generate text from it)
+    #[arg(long)]
+    no_vocab: bool,
     /// Random seed
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -35,9 +42,23 @@ pub fn run(args: Args) -> Result<()> {
             names.join(", ")
         );
     };
-    let vocab = match &args.vocab_from {
-        Some(path) => Some(GgufFile::open(path)?),
-        None => None,
+    let (shape, vocab) = match (&args.vocab_from, args.no_vocab) {
+        (Some(path), _) => (shape, Some(GgufFile::open(path)?)),
+        (None, true) => (shape, None),
+        // The tiny shape exists for tests: it takes the demo's vocabulary, whatever its size,
+        // so that what it writes can generate (random) text.
+        (None, false) if shape.name == "tiny" => {
+            let demo = GgufFile::from_static(DEMO_MODEL_NAME, DEMO_MODEL)?;
+            let n_vocab = bitnet::tokenizer::Tokenizer::from_gguf(&demo)?.vocab_size();
+            (Shape { n_vocab, ..shape }, Some(demo))
+        }
+        (None, false) => bail!(
+            "--shape {} needs a vocabulary of {} tokens: give --vocab-from GGUF (e.g. \
+             testdata/tokenizer/llama3-vocab.gguf for 2b-4t), or --no-vocab for a file that \
+             only `bench` can use",
+            shape.name,
+            shape.n_vocab
+        ),
     };
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;

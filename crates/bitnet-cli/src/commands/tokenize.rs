@@ -2,21 +2,20 @@
 //! without `-p`) and `bitnet detokenize [-m FILE] 1 2 3`.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bitnet::formats::gguf::GgufFile;
 use bitnet::tokenizer::{EncodeOptions, Tokenizer};
 use serde_json::json;
 
-use crate::model_args::{DEMO_MODEL, DEMO_MODEL_NAME};
+use crate::model_args::unescape;
 
 #[derive(clap::Args)]
 pub struct TokenizeArgs {
-    /// A GGUF file with tokenizer metadata (default: the bundled demo model)
+    /// A GGUF file, Hugging Face folder or hf:OWNER/REPO with a tokenizer (default: the
+    /// bundled demo model)
     #[arg(short = 'm', long = "model")]
     model: Option<String>,
-    /// The text (default: read stdin)
+    /// The text, escapes like \n interpreted as `generate -p` does (default: read stdin, as is)
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
     /// Do not add BOS (added when the file asks for it)
@@ -41,17 +40,14 @@ pub struct DetokenizeArgs {
 }
 
 fn load(model: &Option<String>) -> Result<Tokenizer> {
-    let file = match model {
-        Some(path) => GgufFile::open(path).with_context(|| format!("loading {path}"))?,
-        None => GgufFile::from_static(DEMO_MODEL_NAME, DEMO_MODEL)?,
-    };
-    Ok(Tokenizer::from_gguf(&Arc::new(file))?)
+    let (_, file) = crate::model_args::open_gguf(model.as_deref())?;
+    Ok(Tokenizer::from_gguf(&file)?)
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     let tokenizer = load(&args.model)?;
     let text = match args.prompt {
-        Some(p) => p,
+        Some(p) => unescape(&p),
         None => {
             let mut s = String::new();
             std::io::stdin()

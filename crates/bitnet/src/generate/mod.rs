@@ -2,6 +2,7 @@
 //! streams text and stops (end-of-generation tokens, stop strings, a token budget, a full
 //! context), and its figures. Uses `model` and `tokenizer`; knows nothing of the CLI.
 
+pub mod request;
 pub mod sampler;
 
 use std::ops::ControlFlow;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-pub use sampler::{Sampler, SamplerConfig};
+pub use request::{Input, Request, RequestError};
+pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,10 @@ pub struct GenerationConfig {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// What to do when the context is full: `None` stops ([`StopReason::ContextFull`]);
+    /// `Some(keep)` shifts the context as llama.cpp does, keeping the first `keep` tokens and
+    /// dropping half of the rest, and goes on.
+    pub context_shift: Option<usize>,
 }
 
 impl Default for GenerationConfig {
@@ -42,8 +48,16 @@ impl Default for GenerationConfig {
             max_tokens: Some(128),
             stop: Vec::new(),
             ignore_eos: false,
+            context_shift: None,
         }
     }
+}
+
+/// One context shift: `discarded` tokens dropped after the first `kept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextShift {
+    pub kept: usize,
+    pub discarded: usize,
 }
 
 /// Why generation ended.
@@ -83,6 +97,8 @@ pub struct Generation {
     pub cached_tokens: usize,
     pub generated: Vec<u32>,
     pub stop: StopReason,
+    /// Context shifts made while generating (see [`GenerationConfig::context_shift`]).
+    pub shifts: Vec<ContextShift>,
     pub prompt_time: Duration,
     /// From the start of the call to the first generated token.
     pub time_to_first_token: Duration,
@@ -121,19 +137,20 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// A session with a cache of `n_ctx` positions (0: the model's trained context).
+    /// A session with a cache of `n_ctx` positions (0: the model's default context, see
+    /// [`crate::model::Config::default_context`]); an error when the machine lacks the memory.
     pub fn new(
         model: &'m BitnetModel,
         tokenizer: &'m Tokenizer,
         n_ctx: usize,
         cache_type: CacheType,
-    ) -> Session<'m> {
-        Session {
+    ) -> Result<Session<'m>, GenerateError> {
+        Ok(Session {
             model,
             tokenizer,
-            cache: model.new_cache(n_ctx, cache_type),
+            cache: model.new_cache(n_ctx, cache_type)?,
             tokens: Vec::new(),
-        }
+        })
     }
 
     pub fn model(&self) -> &BitnetModel {
@@ -166,6 +183,27 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.cache.clear();
         self.tokens.clear();
+    }
+
+    /// Drops tokens `keep .. keep + n` from the context, keeping the cache of those after them
+    /// (their keys re-rotated to their new positions): a chat drops its oldest turns this way
+    /// without a new prefill.
+    pub fn discard(&mut self, keep: usize, n: usize) -> Result<(), GenerateError> {
+        self.model.shift_cache(&mut self.cache, keep, n)?;
+        self.tokens.drain(keep..keep + n);
+        Ok(())
+    }
+
+    /// llama.cpp's context shift: keeps the first `keep` tokens and drops half of the rest.
+    /// `None` when nothing can be dropped.
+    fn shift(&mut self, keep: usize) -> Result<Option<ContextShift>, GenerateError> {
+        let kept = keep.min(self.tokens.len());
+        let discarded = (self.tokens.len() - kept) / 2;
+        if discarded == 0 {
+            return Ok(None);
+        }
+        self.discard(kept, discarded)?;
+        Ok(Some(ContextShift { kept, discarded }))
     }
 
     /// Generates a continuation of the full token sequence `sequence` (which may begin with
@@ -215,6 +253,7 @@ impl<'m> Session<'m> {
         // Text produced but not yet given to `on_text` (it may be the start of a stop string).
         let mut held = String::new();
         let mut generated = Vec::new();
+        let mut shifts = Vec::new();
         let mut time_to_first_token = Duration::ZERO;
         let stop = loop {
             if config.max_tokens.is_some_and(|m| generated.len() >= m) {
@@ -246,7 +285,13 @@ impl<'m> Session<'m> {
                 }
             }
             if self.tokens.len() >= capacity {
-                break StopReason::ContextFull;
+                match config.context_shift {
+                    Some(keep) => match self.shift(keep)? {
+                        Some(shift) => shifts.push(shift),
+                        None => break StopReason::ContextFull,
+                    },
+                    None => break StopReason::ContextFull,
+                }
             }
             logits = self
                 .model
@@ -267,6 +312,7 @@ impl<'m> Session<'m> {
             cached_tokens: common,
             generated,
             stop,
+            shifts,
             prompt_time,
             time_to_first_token,
             generation_time: total_time.saturating_sub(time_to_first_token),

@@ -53,6 +53,117 @@ impl SamplerConfig {
             ..SamplerConfig::default()
         }
     }
+
+    /// Checks every value against its allowed range, so that a bad one is refused before any
+    /// work instead of silently producing garbage (`min_p = 5` keeps no candidate, a NaN
+    /// temperature makes every probability NaN, a zero repeat penalty divides by zero).
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let check = |param, value: f32, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SamplerError { param, value })
+            }
+        };
+        let t = self.temperature;
+        check(Param::Temperature, t, t.is_finite())?;
+        let p = self.top_p;
+        check(Param::TopP, p, (0.0..=1.0).contains(&p))?;
+        let p = self.min_p;
+        check(Param::MinP, p, (0.0..=1.0).contains(&p))?;
+        let r = self.repeat_penalty;
+        check(Param::RepeatPenalty, r, r.is_finite() && r > 0.0)?;
+        let p = self.presence_penalty;
+        check(Param::PresencePenalty, p, (-2.0..=2.0).contains(&p))?;
+        let f = self.frequency_penalty;
+        check(Param::FrequencyPenalty, f, (-2.0..=2.0).contains(&f))?;
+        Ok(())
+    }
+}
+
+/// A sampling setting, with the names the command line and the JSON requests give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    Temperature,
+    TopP,
+    MinP,
+    RepeatPenalty,
+    PresencePenalty,
+    FrequencyPenalty,
+}
+
+impl Param {
+    /// The request field (OpenAI's and llama.cpp server's name).
+    pub fn field(self) -> &'static str {
+        match self {
+            Param::Temperature => "temperature",
+            Param::TopP => "top_p",
+            Param::MinP => "min_p",
+            Param::RepeatPenalty => "repeat_penalty",
+            Param::PresencePenalty => "presence_penalty",
+            Param::FrequencyPenalty => "frequency_penalty",
+        }
+    }
+
+    /// The command-line flag (llama.cpp's name).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Param::Temperature => "--temp",
+            Param::TopP => "--top-p",
+            Param::MinP => "--min-p",
+            Param::RepeatPenalty => "--repeat-penalty",
+            Param::PresencePenalty => "--presence-penalty",
+            Param::FrequencyPenalty => "--frequency-penalty",
+        }
+    }
+
+    /// What is allowed, in words.
+    pub fn allowed(self) -> &'static str {
+        match self {
+            Param::Temperature => "a finite number (0 or below: greedy)",
+            Param::TopP => "between 0 and 1 (1: off)",
+            Param::MinP => "between 0 and 1 (0: off)",
+            Param::RepeatPenalty => "a number above 0 (1: off)",
+            Param::PresencePenalty | Param::FrequencyPenalty => "between -2 and 2 (0: off)",
+        }
+    }
+}
+
+/// A sampling value out of its range. Displays with the request field's name; the command
+/// line uses [`SamplerError::for_flag`].
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("`{}` = {value} is out of range: it must be {}", .param.field(), .param.allowed())]
+pub struct SamplerError {
+    pub param: Param,
+    pub value: f32,
+}
+
+impl SamplerError {
+    /// The message with the command-line flag's name.
+    pub fn for_flag(&self) -> String {
+        format!(
+            "{} {}: must be {}",
+            self.param.flag(),
+            self.value,
+            self.param.allowed()
+        )
+    }
+}
+
+/// A seed that differs between calls (the clock mixed with a counter), for requests that ask
+/// for a random one (`--seed -1`, llama.cpp's convention).
+pub fn random_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 of the two, so close clock readings give unrelated seeds.
+    let mut z = nanos ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A candidate token and its (adjusted) logit.
@@ -253,6 +364,49 @@ mod tests {
     /// Logits whose softmax is exactly the given probabilities.
     fn from_probs(p: &[f32]) -> Vec<Candidate> {
         cands(&p.iter().map(|p| p.ln()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_their_names() {
+        assert_eq!(SamplerConfig::default().validate(), Ok(()));
+        // Negative temperature is llama.cpp's greedy, so it is allowed.
+        let ok = SamplerConfig {
+            temperature: -1.0,
+            top_p: 0.0,
+            min_p: 1.0,
+            repeat_penalty: 0.5,
+            ..SamplerConfig::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |c: SamplerConfig| c.validate().unwrap_err();
+        let d = SamplerConfig::default;
+        let e = bad(SamplerConfig {
+            temperature: f32::NAN,
+            ..d()
+        });
+        assert_eq!(e.param, Param::Temperature);
+        assert_eq!(bad(SamplerConfig { top_p: 2.0, ..d() }).param, Param::TopP);
+        let e = bad(SamplerConfig { min_p: 5.0, ..d() });
+        assert_eq!(e.param, Param::MinP);
+        assert_eq!(e.for_flag(), "--min-p 5: must be between 0 and 1 (0: off)");
+        assert!(e.to_string().contains("`min_p` = 5"), "{e}");
+        for r in [0.0, -1.0, f32::INFINITY] {
+            let e = bad(SamplerConfig {
+                repeat_penalty: r,
+                ..d()
+            });
+            assert_eq!(e.param, Param::RepeatPenalty);
+        }
+        let e = bad(SamplerConfig {
+            frequency_penalty: 3.0,
+            ..d()
+        });
+        assert_eq!(e.param, Param::FrequencyPenalty);
+    }
+
+    #[test]
+    fn random_seeds_differ() {
+        assert_ne!(random_seed(), random_seed());
     }
 
     #[test]

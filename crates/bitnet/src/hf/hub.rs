@@ -493,9 +493,230 @@ pub fn open_model(
     resolve_model(spec, options, progress)?.load()
 }
 
+/// A model in the Hugging Face cache, as `bitnet list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedModel {
+    /// `OWNER/REPO` for a checkpoint folder, `OWNER/REPO:FILE` for a GGUF file.
+    pub name: String,
+    /// The GGUF file's name, or `config.json`'s folder.
+    pub path: PathBuf,
+    /// Bytes of the files (blobs) it is made of.
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// `models--OWNER--REPO` back to `OWNER/REPO`.
+fn repo_id(folder_name: &str) -> Option<String> {
+    let rest = folder_name.strip_prefix("models--")?;
+    let (owner, name) = rest.split_once("--")?;
+    Some(format!("{owner}/{name}"))
+}
+
+/// Size and latest modification of the files under `dir` (links followed to their blobs).
+fn files_size(dir: &Path) -> (u64, std::time::SystemTime) {
+    let mut size = 0;
+    let mut modified = std::time::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) => {
+                    size += m.len();
+                    if let Ok(t) = m.modified() {
+                        modified = modified.max(t);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (size, modified)
+}
+
+/// The models in the cache (`options.cache_dir`): each repository's current snapshot
+/// (`refs/main`), as one checkpoint folder or one entry per GGUF file. Sorted by name.
+pub fn cached_models(options: &HubOptions) -> Result<Vec<CachedModel>, HfError> {
+    let dir = &options.cache_dir;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(HfError::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(repo) = entry.file_name().to_str().and_then(repo_id) else {
+            continue;
+        };
+        let Some(snapshot) = cached_snapshot(options, &repo) else {
+            continue;
+        };
+        if is_hf_folder(&snapshot) {
+            let (size, modified) = files_size(&snapshot);
+            out.push(CachedModel {
+                name: repo,
+                path: snapshot,
+                size,
+                modified,
+            });
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&snapshot) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            let Some(file) = f.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !file.ends_with(".gguf") {
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(&path) {
+                out.push(CachedModel {
+                    name: format!("{repo}:{file}"),
+                    path,
+                    size: m.len(),
+                    modified: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Removes `OWNER/REPO` (the whole repository) or `OWNER/REPO:FILE` (that file and its blob,
+/// when no other snapshot file points at it) from the cache; returns what was removed.
+pub fn remove_cached(options: &HubOptions, spec: &HubSpec) -> Result<Vec<PathBuf>, HfError> {
+    let repo_dir = options
+        .cache_dir
+        .join(Repo::model(spec.repo.clone()).folder_name());
+    let not_cached = |what: &str| HfError::Hub {
+        repo: spec.repo.clone(),
+        message: format!("{what} is not in the cache {}", options.cache_dir.display()),
+    };
+    if !repo_dir.is_dir() {
+        return Err(not_cached("it"));
+    }
+    let Some(file) = &spec.file else {
+        std::fs::remove_dir_all(&repo_dir).map_err(|e| HfError::io(&repo_dir, e))?;
+        return Ok(vec![repo_dir]);
+    };
+    let snapshots = repo_dir.join("snapshots");
+    let mut links = Vec::new();
+    if let Ok(commits) = std::fs::read_dir(&snapshots) {
+        for c in commits.flatten() {
+            let link = c.path().join(file);
+            if link.symlink_metadata().is_ok() {
+                links.push(link);
+            }
+        }
+    }
+    if links.is_empty() {
+        return Err(not_cached(file));
+    }
+    let mut removed = Vec::new();
+    for link in links {
+        let blob = std::fs::canonicalize(&link).ok();
+        std::fs::remove_file(&link).map_err(|e| HfError::io(&link, e))?;
+        removed.push(link);
+        if let Some(blob) = blob.filter(|b| b.starts_with(&repo_dir) && b.is_file()) {
+            // Another snapshot's file may share the blob: keep it then.
+            let shared = cached_links(&snapshots)
+                .iter()
+                .any(|l| std::fs::canonicalize(l).ok().as_ref() == Some(&blob));
+            if !shared {
+                std::fs::remove_file(&blob).map_err(|e| HfError::io(&blob, e))?;
+                removed.push(blob);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Every file under `snapshots/`.
+fn cached_links(snapshots: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![snapshots.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_is_listed_and_models_removed() {
+        let root = std::env::temp_dir().join(format!("bitnet-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let options =
+            HubOptions::from_lookup(|k| (k == "HF_HUB_CACHE").then(|| root.display().to_string()));
+        assert_eq!(cached_models(&options).unwrap(), vec![]);
+        // A GGUF repository with two files, one of them sharing its blob with another commit.
+        let repo = root.join("models--ms--model-gguf");
+        for (commit, file, blob) in [
+            ("c1", "a.gguf", "b1"),
+            ("c1", "b.gguf", "b2"),
+            ("c0", "a.gguf", "b1"),
+        ] {
+            let blob_path = repo.join("blobs").join(blob);
+            std::fs::create_dir_all(blob_path.parent().unwrap()).unwrap();
+            std::fs::write(&blob_path, vec![0u8; if blob == "b1" { 10 } else { 20 }]).unwrap();
+            let link = repo.join("snapshots").join(commit).join(file);
+            link_blob(&blob_path, &link).unwrap();
+        }
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "c1").unwrap();
+        // A checkpoint folder.
+        let folder = root.join("models--ms--ckpt/snapshots/c9");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("config.json"), "{}").unwrap();
+        std::fs::write(folder.join("model.safetensors"), vec![0u8; 100]).unwrap();
+        std::fs::create_dir_all(root.join("models--ms--ckpt/refs")).unwrap();
+        std::fs::write(root.join("models--ms--ckpt/refs/main"), "c9\n").unwrap();
+
+        let listed = cached_models(&options).unwrap();
+        let names: Vec<(&str, u64)> = listed.iter().map(|m| (m.name.as_str(), m.size)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("ms/ckpt", 102),
+                ("ms/model-gguf:a.gguf", 10),
+                ("ms/model-gguf:b.gguf", 20)
+            ]
+        );
+
+        // One file: its link goes; the blob stays while another commit's file uses it.
+        let spec = HubSpec::parse("ms/model-gguf:b.gguf").unwrap();
+        let removed = remove_cached(&options, &spec).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}"); // the link and its blob
+        assert!(!repo.join("blobs/b2").exists());
+        // A file in two snapshots: both links go, then their shared blob.
+        let spec = HubSpec::parse("ms/model-gguf:a.gguf").unwrap();
+        assert_eq!(remove_cached(&options, &spec).unwrap().len(), 3);
+        assert!(!repo.join("blobs/b1").exists());
+        // A whole repository; then it is gone and removing it again is an error.
+        let spec = HubSpec::parse("ms/ckpt").unwrap();
+        remove_cached(&options, &spec).unwrap();
+        assert!(!root.join("models--ms--ckpt").exists());
+        assert!(remove_cached(&options, &spec).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn specs_parse_and_bad_ones_are_refused() {

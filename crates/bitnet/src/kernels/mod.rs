@@ -176,11 +176,15 @@ type TernaryMatmul<O> = unsafe fn(&[u8], usize, &[i8], &[i32], &mut [O]);
 pub struct KernelTable {
     /// The ISA whose table this is (shown by `bitnet bench`).
     pub isa: Isa,
+    /// The I2_S weight layout `i2s_matmul` takes: rows interleaved in groups of this many
+    /// (1: the file's layout; see [`i2s_interleave_rows`]).
+    pub i2s_rows: usize,
     pub(crate) quantize_row_i8: unsafe fn(&[f32], &mut [i8]) -> f32,
     pub(crate) i2s_matmul: TernaryMatmul<i32>,
     pub(crate) tq2_0_matmul: TernaryMatmul<f32>,
     pub(crate) f16_matmul: unsafe fn(&[f16], usize, &[f32], &mut [f32]),
-    pub(crate) q8_0_matmul: unsafe fn(&[u8], usize, &[f32], &mut [f32]),
+    /// Q8_0 rows against one row of Q8_0-quantized activations.
+    pub(crate) q8_0_rows: unsafe fn(&[u8], &scalar::Q8Blocks, &mut [f32]),
     /// Q6_K rows against one row of Q8_K-quantized activations.
     pub(crate) q6_k_rows: unsafe fn(&[u8], &scalar::Q8K, &mut [f32]),
     pub(crate) f32_dot: unsafe fn(&[f32], &[f32]) -> f32,
@@ -209,10 +213,65 @@ pub fn quantize_row_i8(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
     unsafe { (isa.kernels().quantize_row_i8)(x, q) }
 }
 
+/// Rewrites I2_S rows of `k` values (`k/4` bytes each, the file's layout) so that each group of
+/// `group` consecutive rows stores block `b` of its rows one after another (block `b` of row
+/// `g·group + i` at `(g·group·k/4) + b·group·32 + i·32`): a kernel working on `group` rows at
+/// once then reads one sequential stream and shares each activation load between the rows.
+/// Rows after the last whole group keep the file's layout. `group` 1 copies.
+pub fn i2s_interleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
+    let row_bytes = k / 4;
+    assert!(k.is_multiple_of(128) && group > 0 && out.len() == w.len());
+    let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / group * group;
+    for g in (0..grouped).step_by(group) {
+        for i in 0..group {
+            let src = &w[(g + i) * row_bytes..(g + i + 1) * row_bytes];
+            for (b, block) in src.chunks_exact(32).enumerate() {
+                let dst = g * row_bytes + (b * group + i) * 32;
+                out[dst..dst + 32].copy_from_slice(block);
+            }
+        }
+    }
+    out[grouped * row_bytes..].copy_from_slice(&w[grouped * row_bytes..]);
+}
+
+/// The inverse of [`i2s_interleave_rows`]: back to the file's layout.
+pub fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
+    let row_bytes = k / 4;
+    assert!(k.is_multiple_of(128) && group > 0 && out.len() == w.len());
+    let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / group * group;
+    for g in (0..grouped).step_by(group) {
+        for i in 0..group {
+            let dst = &mut out[(g + i) * row_bytes..(g + i + 1) * row_bytes];
+            for (b, block) in dst.chunks_exact_mut(32).enumerate() {
+                let src = g * row_bytes + (b * group + i) * 32;
+                block.copy_from_slice(&w[src..src + 32]);
+            }
+        }
+    }
+    out[grouped * row_bytes..].copy_from_slice(&w[grouped * row_bytes..]);
+}
+
+/// I2_S rows interleaved by `from` rewritten interleaved by `to` (1: the file's layout).
+pub fn i2s_relayout(w: &[u8], k: usize, from: usize, to: usize, out: &mut [u8]) {
+    match (from, to) {
+        _ if from == to => out.copy_from_slice(w),
+        (1, _) => i2s_interleave_rows(w, k, to, out),
+        (_, 1) => i2s_deinterleave_rows(w, k, from, out),
+        _ => {
+            let mut file_layout = vec![0u8; w.len()];
+            i2s_deinterleave_rows(w, k, from, &mut file_layout);
+            i2s_interleave_rows(&file_layout, k, to, out);
+        }
+    }
+}
+
 /// Exact ternary × int8 products for I2_S rows:
 /// `out[t · n_rows + r] = Σ_k t[r, k] · acts[t · k + k]` for every row `r` of `w`
 /// (`n_rows = w.len() / (k/4)`) and every token `t` (`qsums[t] = Σ_k acts[t, k]`).
-/// `k` must be a multiple of 128. Bit-identical on every ISA.
+/// `k` must be a multiple of 128; `w` is in the layout of `isa`'s kernels (rows interleaved
+/// by `isa.kernels().i2s_rows`, see [`i2s_interleave_rows`]). Bit-identical on every ISA.
 pub fn i2s_matmul(isa: Isa, w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
     assert!(k.is_multiple_of(128) && k > 0);
     let n_rows = w.len() / (k / 4);
@@ -344,19 +403,27 @@ pub fn f32_rows_axpy(
 }
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
-/// matrix).
+/// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
+/// ([`scalar::Q8Blocks`]); each block's product is an exact integer, and the SIMD paths differ
+/// from the scalar one only in the order the scaled blocks are added.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
     let row_bytes = k / 32 * 34;
     assert!(w.len().is_multiple_of(row_bytes) && x.len().is_multiple_of(k));
-    assert!(out.len() >= w.len() / row_bytes * (x.len() / k));
-    // SAFETY: as in `quantize_row_i8`; lengths checked above.
-    unsafe { (isa.kernels().q8_0_matmul)(w, k, x, out) }
+    let n_rows = w.len() / row_bytes;
+    assert!(out.len() >= n_rows * (x.len() / k));
+    let rows_fn = isa.kernels().q8_0_rows;
+    for (t, xt) in x.chunks_exact(k).enumerate() {
+        let qx = scalar::Q8Blocks::quantize(xt);
+        // SAFETY: as in `quantize_row_i8`; whole rows of `k / 32` blocks, one output each.
+        unsafe { rows_fn(w, &qx, &mut out[t * n_rows..(t + 1) * n_rows]) };
+    }
 }
 
 /// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
 /// is first quantized to int8 per 256 values ([`scalar::Q8K`]); each block's product is then an
-/// exact integer, so every ISA gives bit-identical results.
+/// exact integer, and the SIMD paths differ from the scalar one only in the order the scaled
+/// blocks are added.
 pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(256));
     let row_bytes = k / 256 * 210;

@@ -10,11 +10,12 @@ use super::{Isa, KernelTable};
 /// The scalar kernels as a table (every other ISA's table starts from a simpler one).
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Scalar,
+    i2s_rows: 1,
     quantize_row_i8,
     i2s_matmul: |w, k, acts, _qsums, out| i2s_matmul(w, k, acts, out),
     tq2_0_matmul: |w, k, acts, _block_qsums, out| tq2_0_matmul(w, k, acts, out),
     f16_matmul,
-    q8_0_matmul,
+    q8_0_rows,
     q6_k_rows,
     f32_dot,
     f16_dot,
@@ -102,18 +103,72 @@ pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
     }
 }
 
-/// `Σ_b d_b · Σ_{i∈b} q_i · x_i` for one Q8_0 row: each 32-value block's sum in index order,
-/// scaled and added in block order.
-pub fn q8_0_dot(row: &[u8], x: &[f32]) -> f32 {
+/// Activations quantized for the Q8_0 product, as llama.cpp quantizes them for Q8_0 weights:
+/// per 32-value block `q = round_half_even(x · 127 / max|x|)` (in -127..=127) and its scale
+/// `d = max|x| / 127`. Each block's product with a weight block is then an exact integer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Q8Blocks {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+}
+
+impl Q8Blocks {
+    pub fn quantize(x: &[f32]) -> Q8Blocks {
+        let mut out = Q8Blocks {
+            q: vec![0; x.len()],
+            d: Vec::with_capacity(x.len() / q8_0::BLOCK_LEN),
+        };
+        for (xb, qb) in x
+            .chunks_exact(q8_0::BLOCK_LEN)
+            .zip(out.q.chunks_exact_mut(q8_0::BLOCK_LEN))
+        {
+            out.d.push(quantize_block_i8(xb, qb));
+        }
+        out
+    }
+}
+
+/// `q = round_half_even(x · 127 / max|x|)` clamped to ±127; returns `max|x| / 127` (0 for an
+/// all-zero block, whose `q` are 0).
+fn quantize_block_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 {
+        let s = 127.0 / amax;
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v * s).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        1.0 / s
+    } else {
+        q.fill(0);
+        0.0
+    }
+}
+
+/// One Q8_0 row against [`Q8Blocks`] activations: `Σ_b (d_w · d_x) · Σ_{i∈b} w_i · q_i`, each
+/// block's sum exact, the blocks added in order.
+pub fn q8_0_dot(row: &[u8], x: &Q8Blocks) -> f32 {
     let mut sum = 0f32;
-    for (b, xb) in q8_0::blocks(row)
+    for ((b, qx), &dx) in q8_0::blocks(row)
         .iter()
-        .zip(x.chunks_exact(q8_0::BLOCK_LEN))
+        .zip(x.q.chunks_exact(q8_0::BLOCK_LEN))
+        .zip(&x.d)
     {
-        let s: f32 = b.qs.iter().zip(xb).map(|(&q, &x)| q as f32 * x).sum();
-        sum += b.scale() * s;
+        let dot: i32 =
+            b.qs.iter()
+                .zip(qx)
+                .map(|(&w, &q)| w as i32 * q as i32)
+                .sum();
+        sum += b.scale() * dx * dot as f32;
     }
     sum
+}
+
+/// Every Q8_0 row of `w` against one row of quantized activations.
+pub fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
+    let row_bytes = qx.d.len() * 34;
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = q8_0_dot(row, qx);
+    }
 }
 
 /// Activations quantized for the Q6_K product (as llama.cpp's Q8_K): per 256-value block an
@@ -137,16 +192,7 @@ impl Q8K {
             .chunks_exact(q6_k::BLOCK_LEN)
             .zip(out.q.chunks_exact_mut(q6_k::BLOCK_LEN))
         {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if amax > 0.0 {
-                let s = 127.0 / amax;
-                for (q, &v) in qb.iter_mut().zip(xb) {
-                    *q = (v * s).round_ties_even().clamp(-127.0, 127.0) as i8;
-                }
-                out.d.push(1.0 / s);
-            } else {
-                out.d.push(0.0);
-            }
+            out.d.push(quantize_block_i8(xb, qb));
             out.group_sums.extend(
                 qb.chunks_exact(16)
                     .map(|g| g.iter().map(|&v| v as i16).sum::<i16>()),
@@ -177,14 +223,15 @@ pub fn q6_k_dot(row: &[u8], x: &Q8K) -> f32 {
     sum
 }
 
-/// Every row of a Q8_0 matrix against every f32 row of `x`.
+/// Every row of a Q8_0 matrix against every f32 row of `x` (quantized once per row of `x`).
 pub fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = k / q8_0::BLOCK_LEN * 34;
-    let n_rows = w.len() / row_bytes;
+    let n_rows = w.len() / (k / q8_0::BLOCK_LEN * 34);
     for (t, xt) in x.chunks_exact(k).enumerate() {
-        for (r, row) in w.chunks_exact(row_bytes).enumerate() {
-            out[t * n_rows + r] = q8_0_dot(row, xt);
-        }
+        q8_0_rows(
+            w,
+            &Q8Blocks::quantize(xt),
+            &mut out[t * n_rows..(t + 1) * n_rows],
+        );
     }
 }
 

@@ -4,6 +4,9 @@ use crate::formats::gguf::{GgufFile, Metadata, MetadataError};
 
 use super::ModelError;
 
+/// The largest context [`Config::default_context`] picks.
+pub const DEFAULT_CONTEXT_CAP: usize = 4096;
+
 /// The architectures this engine runs, as GGUF names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
@@ -151,6 +154,13 @@ impl Config {
             rope_theta,
             rms_eps,
         })
+    }
+
+    /// The context used when none is asked for: the trained one, but at most
+    /// [`DEFAULT_CONTEXT_CAP`] (a file may claim billions of positions, whose cache no machine
+    /// holds; llama.cpp defaults to 4096 for the same reason).
+    pub fn default_context(&self) -> usize {
+        self.n_ctx_train.min(DEFAULT_CONTEXT_CAP)
     }
 
     /// Width of the K and V projections.

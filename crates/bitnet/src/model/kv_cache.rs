@@ -1,6 +1,11 @@
 //! The key/value cache: rotated keys and values of every past position, per layer.
+//!
+//! Its memory is allocated fallibly and checked against what the machine has before that, so
+//! a context too large for the machine is an error naming the sizes, not an abort.
 
 use half::f16;
+
+use super::ModelError;
 
 /// Element type of the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -37,6 +42,24 @@ pub(crate) enum KvSlice<'a> {
     F32(&'a [f32]),
 }
 
+/// `n` zeroed elements, or `None` if the allocator refuses. Not `try_reserve` + `resize`: that
+/// would write every page, while `alloc_zeroed` gets fresh zero pages from the OS that stay
+/// unresident until a position is written (a 4096-token cache costs nothing until used).
+fn try_zeroed<T: bytemuck::Zeroable>(n: usize) -> Option<Vec<T>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `n` `T`s (what `Vec`
+    // itself would request), and all-zero bytes are a valid `T` (`Zeroable`).
+    Some(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
 impl Store {
     fn view(&self) -> KvSlice<'_> {
         match self {
@@ -45,10 +68,30 @@ impl Store {
         }
     }
 
-    fn new(ty: CacheType, n: usize) -> Store {
-        match ty {
-            CacheType::F16 => Store::F16(vec![0u16; n]),
-            CacheType::F32 => Store::F32(vec![0f32; n]),
+    fn try_new(ty: CacheType, n: usize) -> Option<Store> {
+        Some(match ty {
+            CacheType::F16 => Store::F16(try_zeroed(n)?),
+            CacheType::F32 => Store::F32(try_zeroed(n)?),
+        })
+    }
+
+    fn read(&self, at: usize, out: &mut [f32]) {
+        match self {
+            Store::F16(d) => {
+                let n = out.len();
+                for (o, &v) in out.iter_mut().zip(&d[at..at + n]) {
+                    *o = f16::from_bits(v).to_f32();
+                }
+            }
+            Store::F32(d) => out.copy_from_slice(&d[at..at + out.len()]),
+        }
+    }
+
+    /// Moves `len` elements from `src` to `dst` unchanged.
+    fn copy_within(&mut self, src: usize, dst: usize, len: usize) {
+        match self {
+            Store::F16(d) => d.copy_within(src..src + len, dst),
+            Store::F32(d) => d.copy_within(src..src + len, dst),
         }
     }
 
@@ -73,22 +116,122 @@ pub struct KvCache {
     layers: Vec<(Store, Store)>,
 }
 
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("ty", &self.ty)
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheType {
+    /// Bytes per stored element.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            CacheType::F16 => 2,
+            CacheType::F32 => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheType::F16 => "f16",
+            CacheType::F32 => "f32",
+        }
+    }
+}
+
+/// Bytes of a cache of `capacity` positions: keys and values of every layer
+/// (`n_layer × 2 × kv_dim × capacity × element bytes`); `None` if that overflows.
+pub fn cache_bytes(n_layer: usize, kv_dim: usize, capacity: usize, ty: CacheType) -> Option<u64> {
+    (n_layer as u64)
+        .checked_mul(2)?
+        .checked_mul(kv_dim as u64)?
+        .checked_mul(capacity as u64)?
+        .checked_mul(ty.element_bytes() as u64)
+}
+
+/// Memory this process can still get, where the platform tells: Linux's `MemAvailable`,
+/// lowered to what a cgroup (v2) memory limit leaves. `None` elsewhere (no check is made).
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mut available = kib.saturating_mul(1024);
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // "max" (no limit) does not parse and leaves MemAvailable alone.
+    if let (Some(max), Some(current)) = (read("memory.max"), read("memory.current")) {
+        available = available.min(max.saturating_sub(current));
+    }
+    Some(available)
+}
+
+/// Bytes in the units people read (GB for large sizes).
+pub fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GB", b as f64 / 1e9)
+    } else {
+        format!("{:.1} MB", b as f64 / 1e6)
+    }
+}
+
 impl KvCache {
-    pub fn new(n_layer: usize, kv_dim: usize, capacity: usize, ty: CacheType) -> KvCache {
-        KvCache {
+    /// A cache of `capacity` positions. Refused with [`ModelError::ContextTooLarge`] when it
+    /// needs more memory than the machine has available, or with [`ModelError::OutOfMemory`]
+    /// when the allocation fails; never an abort.
+    pub fn new(
+        n_layer: usize,
+        kv_dim: usize,
+        capacity: usize,
+        ty: CacheType,
+    ) -> Result<KvCache, ModelError> {
+        let needed = cache_bytes(n_layer, kv_dim, capacity, ty).unwrap_or(u64::MAX);
+        let per_position = cache_bytes(n_layer, kv_dim, 1, ty)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        if let Some(available) = available_memory() {
+            if needed > available {
+                return Err(ModelError::ContextTooLarge {
+                    n_ctx: capacity,
+                    cache_type: ty.name(),
+                    needed,
+                    available,
+                    fits: (available / per_position) as usize,
+                });
+            }
+        }
+        let oom = || ModelError::OutOfMemory {
+            n_ctx: capacity,
+            bytes: needed,
+        };
+        let elements = capacity.checked_mul(kv_dim).ok_or_else(oom)?;
+        let mut layers = Vec::new();
+        layers.try_reserve_exact(n_layer).map_err(|_| oom())?;
+        for _ in 0..n_layer {
+            let k = Store::try_new(ty, elements).ok_or_else(oom)?;
+            let v = Store::try_new(ty, elements).ok_or_else(oom)?;
+            layers.push((k, v));
+        }
+        Ok(KvCache {
             ty,
             capacity,
             kv_dim,
             len: 0,
-            layers: (0..n_layer)
-                .map(|_| {
-                    (
-                        Store::new(ty, capacity * kv_dim),
-                        Store::new(ty, capacity * kv_dim),
-                    )
-                })
-                .collect(),
-        }
+            layers,
+        })
     }
 
     pub fn cache_type(&self) -> CacheType {
@@ -111,11 +254,7 @@ impl KvCache {
 
     /// Bytes allocated for keys and values.
     pub fn bytes(&self) -> usize {
-        let elem = match self.ty {
-            CacheType::F16 => 2,
-            CacheType::F32 => 4,
-        };
-        2 * self.layers.len() * self.capacity * self.kv_dim * elem
+        2 * self.layers.len() * self.capacity * self.kv_dim * self.ty.element_bytes()
     }
 
     /// Forgets positions from `len` on (the next token goes to position `len`).
@@ -140,10 +279,169 @@ impl KvCache {
         vs.write(at, v);
     }
 
+    /// Removes positions `keep .. keep + n` and moves the later ones down by `n` (llama.cpp's
+    /// context shift). Values move unchanged; keys are stored after RoPE, so each moved key
+    /// row goes through `rotate_key`, which must rotate it back by `n` positions
+    /// (`R(p − n) k = R(−n) R(p) k`). Cheaper than a new prefill, though not identical to
+    /// one: the kept positions' values still carry what they attended to before the shift.
+    pub(crate) fn discard(
+        &mut self,
+        keep: usize,
+        n: usize,
+        mut rotate_key: impl FnMut(&mut [f32]),
+    ) -> Result<(), ModelError> {
+        let len = self.len;
+        if keep.checked_add(n).is_none_or(|end| end > len) {
+            return Err(ModelError::BadShift { keep, n, len });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let kv = self.kv_dim;
+        let mut row = vec![0f32; kv];
+        for (keys, values) in &mut self.layers {
+            for pos in keep + n..len {
+                keys.read(pos * kv, &mut row);
+                rotate_key(&mut row);
+                keys.write((pos - n) * kv, &row);
+            }
+            values.copy_within((keep + n) * kv, keep * kv, (len - keep - n) * kv);
+        }
+        self.len = len - n;
+        Ok(())
+    }
+
     /// Keys and values of `layer` (all `capacity` positions; the first `len` are valid, plus
     /// whatever the current forward pass wrote).
     pub(crate) fn layer(&self, layer: usize) -> (KvSlice<'_>, KvSlice<'_>) {
         let (k, v) = &self.layers[layer];
         (k.view(), v.view())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BitnetModel, Logits};
+    use crate::tokenizer::{EncodeOptions, Tokenizer};
+
+    fn demo() -> (BitnetModel, Vec<u32>) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/bitnet-shakespeare-7m-i2_s.gguf"
+        );
+        let file = std::sync::Arc::new(crate::formats::gguf::GgufFile::open(path).unwrap());
+        let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+        let text = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, \
+                    and Juliet is the sun.\nArise, fair sun, and kill the envious moon,\nWho \
+                    is already sick and pale with grief.\nJULIET:\n";
+        let ids = tokenizer.encode(
+            text,
+            EncodeOptions {
+                add_bos: true,
+                parse_special: false,
+            },
+        );
+        (BitnetModel::from_gguf(file).unwrap(), ids)
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn rows(s: KvSlice<'_>, from: usize, to: usize, kv: usize) -> Vec<f32> {
+        match s {
+            KvSlice::F16(d) => d[from * kv..to * kv].iter().map(|v| v.to_f32()).collect(),
+            KvSlice::F32(d) => d[from * kv..to * kv].to_vec(),
+        }
+    }
+
+    /// After dropping positions `keep..keep+n`, the cache must hold what a fresh prefill of
+    /// the kept tokens would put there where that is context-free (layer 0's keys and values
+    /// depend on the token and its position only), and the next token's logits must be close
+    /// to a fresh prefill's (deeper layers still carry what the kept tokens once attended to).
+    #[test]
+    fn a_shifted_cache_matches_a_fresh_prefill_of_the_kept_tokens() {
+        let (model, ids) = demo();
+        let (keep, n) = (3, 16);
+        assert!(ids.len() > keep + n + 8, "{}", ids.len());
+        let kept: Vec<u32> = ids[..keep]
+            .iter()
+            .chain(&ids[keep + n..])
+            .copied()
+            .collect();
+        let next = ids[ids.len() - 1];
+        let kv = model.config().kv_dim();
+        for ty in [CacheType::F32, CacheType::F16] {
+            let mut shifted = model.new_cache(64, ty).unwrap();
+            model.forward(&ids, &mut shifted, Logits::Last).unwrap();
+            model.shift_cache(&mut shifted, keep, n).unwrap();
+            assert_eq!(shifted.len(), kept.len());
+            let mut fresh = model.new_cache(64, ty).unwrap();
+            model.forward(&kept, &mut fresh, Logits::Last).unwrap();
+
+            let (sk, sv) = shifted.layer(0);
+            let (fk, fv) = fresh.layer(0);
+            let len = kept.len();
+            // One extra rounding of the rotated key in f16 (half an ulp of values near 8).
+            let key_tol = if ty == CacheType::F32 { 1e-4 } else { 8e-3 };
+            let d = max_diff(&rows(sk, 0, len, kv), &rows(fk, 0, len, kv));
+            assert!(d < key_tol, "{ty:?}: layer-0 keys differ by {d}");
+            let d = max_diff(&rows(sv, 0, len, kv), &rows(fv, 0, len, kv));
+            assert!(d < 1e-6, "{ty:?}: layer-0 values differ by {d}");
+
+            // Without the re-rotation the keys would sit at their old positions.
+            let unrotated = rows(sk, keep, keep + 1, kv);
+            let mut plain = model.new_cache(64, ty).unwrap();
+            model.forward(&ids, &mut plain, Logits::Last).unwrap();
+            let (pk, _) = plain.layer(0);
+            let old = rows(pk, keep + n, keep + n + 1, kv);
+            assert!(max_diff(&unrotated, &old) > 100.0 * key_tol);
+
+            let a = model.forward(&[next], &mut shifted, Logits::Last).unwrap();
+            let b = model.forward(&[next], &mut fresh, Logits::Last).unwrap();
+            let argmax = |v: &[f32]| {
+                v.iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(y.1))
+                    .map(|(i, _)| i)
+            };
+            let d = max_diff(&a, &b);
+            let spread = b.iter().fold(f32::MIN, |m, &v| m.max(v))
+                - b.iter().fold(f32::MAX, |m, &v| m.min(v));
+            eprintln!("{ty:?}: logits differ by at most {d} (spread {spread})");
+            assert!(d < 0.1 * spread, "{ty:?}: logits differ by {d} of {spread}");
+            assert_eq!(argmax(&a), argmax(&b), "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn discarding_past_the_end_is_an_error() {
+        let mut c = KvCache::new(1, 4, 8, CacheType::F32).unwrap();
+        c.set_len(5);
+        assert!(matches!(
+            c.discard(3, 3, |_| {}),
+            Err(ModelError::BadShift { .. })
+        ));
+        c.discard(3, 2, |_| {}).unwrap();
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn a_cache_larger_than_memory_is_an_error_not_an_abort() {
+        let Some(available) = available_memory() else {
+            return; // no way to tell on this platform
+        };
+        // 1e9 positions of a 2B-shaped cache: 2.5 TB.
+        match KvCache::new(30, 640, 1_000_000_000, CacheType::F16) {
+            Err(ModelError::ContextTooLarge { needed, fits, .. }) => {
+                assert_eq!(needed, 30 * 2 * 640 * 1_000_000_000 * 2);
+                assert_eq!(fits as u64, available / (30 * 2 * 640 * 2));
+            }
+            other => panic!("{:?}", other.map(|c| c.capacity())),
+        }
     }
 }

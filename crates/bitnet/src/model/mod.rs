@@ -5,12 +5,13 @@
 mod bitnet;
 mod config;
 mod kv_cache;
+pub mod quantize;
 pub mod synth;
 pub mod weights;
 
-pub use bitnet::{BitnetModel, Logits};
-pub use config::{Architecture, Config};
-pub use kv_cache::{CacheType, KvCache};
+pub use bitnet::{BitnetModel, LoadOptions, Logits, ShapeIsas};
+pub use config::{Architecture, Config, DEFAULT_CONTEXT_CAP};
+pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache};
 
 use crate::formats::gguf::{GgufError, MetadataError};
 use config::ConfigError;
@@ -55,6 +56,23 @@ pub enum ModelError {
     ContextFull { needed: usize, capacity: usize },
     #[error("no tokens to run")]
     EmptyInput,
+    #[error(
+        "a context of {n_ctx} tokens needs {} of {cache_type} KV cache but {} of memory is available; use a smaller -c (at most {fits} here)",
+        human_bytes(*.needed),
+        human_bytes(*.available)
+    )]
+    ContextTooLarge {
+        n_ctx: usize,
+        cache_type: &'static str,
+        needed: u64,
+        available: u64,
+        /// The largest context that fits.
+        fits: usize,
+    },
+    #[error("allocating {} of KV cache for a context of {n_ctx} tokens failed; use a smaller -c", human_bytes(*.bytes))]
+    OutOfMemory { n_ctx: usize, bytes: u64 },
+    #[error("cannot drop cache positions {keep}..{} of {len}", .keep + .n)]
+    BadShift { keep: usize, n: usize, len: usize },
 }
 
 impl ModelError {

@@ -278,10 +278,31 @@ mod tests {
         let zeros = t.values.iter().filter(|&&v| v == 0).count() as f64 / t.values.len() as f64;
         assert!((0.29..0.33).contains(&zeros), "{zeros}");
         let model = BitnetModel::from_gguf(Arc::new(file)).unwrap();
-        let mut cache = model.new_cache(0, CacheType::F16);
+        let mut cache = model.new_cache(0, CacheType::F16).unwrap();
         let logits = model.forward(&[1, 2, 3], &mut cache, Logits::Last).unwrap();
         assert_eq!(logits.len(), 1024);
         assert!(logits.iter().all(|v| v.is_finite()));
+    }
+
+    /// A file claiming a context of 4e9 positions: the default context is capped, so loading
+    /// and running it with no context asked for works (its full cache would need 8 TB).
+    #[test]
+    fn a_huge_trained_context_is_capped_by_default() {
+        let shape = Shape {
+            n_ctx: 4_000_000_000,
+            ..Shape::by_name("tiny").unwrap()
+        };
+        let bytes = write_random_model(Vec::new(), &shape, None, 7, |_, _| {}).unwrap();
+        let file = GgufFile::from_vec("huge-context.gguf", bytes).unwrap();
+        let model = BitnetModel::from_gguf(Arc::new(file)).unwrap();
+        assert_eq!(model.config().n_ctx_train, 4_000_000_000);
+        let mut cache = model.new_cache(0, CacheType::F16).unwrap();
+        assert_eq!(cache.capacity(), crate::model::DEFAULT_CONTEXT_CAP);
+        model.forward(&[1, 2], &mut cache, Logits::Last).unwrap();
+        if crate::model::available_memory().is_some() {
+            let err = model.new_cache(4_000_000_000, CacheType::F16).unwrap_err();
+            assert!(err.to_string().contains("needs"), "{err}");
+        }
     }
 
     #[test]

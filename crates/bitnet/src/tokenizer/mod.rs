@@ -65,6 +65,8 @@ pub enum TokenizerError {
         key: String,
         found: String,
     },
+    #[error("{origin}: has no tokenizer (no `tokenizer.ggml.model` metadata); models written without a vocabulary can only be benchmarked")]
+    NoTokenizer { origin: String },
     #[error("{origin}: `tokenizer.ggml.pre` is missing and the vocabulary is not Llama 3's, so the split rules are unknown")]
     MissingPreTokenizer { origin: String },
     #[error("token id {id} is outside the vocabulary ({vocab_size} tokens)")]
@@ -226,6 +228,11 @@ impl Tokenizer {
             key,
             problem,
         };
+        if md.get("tokenizer.ggml.model").is_none() {
+            return Err(TokenizerError::NoTokenizer {
+                origin: origin.to_string(),
+            });
+        }
         let model = md.get_str("tokenizer.ggml.model").map_err(meta)?;
         if model != "gpt2" {
             return Err(TokenizerError::UnsupportedModel {

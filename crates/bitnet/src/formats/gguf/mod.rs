@@ -44,6 +44,8 @@ impl GgufError {
 pub enum GgufErrorKind {
     #[error("cannot read the file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("is a directory, not a GGUF file")]
+    IsDirectory,
     #[error("not a GGUF file: it starts with {found:02x?}, expected \"GGUF\"")]
     BadMagic { found: Vec<u8> },
     #[error("GGUF version {version} is not supported (versions 2 and 3 are)")]

@@ -117,6 +117,10 @@ impl GgufFile {
         let source = path.display().to_string();
         let io = |e: std::io::Error| GgufError::new(&source, GgufErrorKind::Io(e));
         let file = File::open(path).map_err(io)?;
+        // A directory opens fine on Unix and only fails at the map, with ENODEV.
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::new(&source, GgufErrorKind::IsDirectory));
+        }
         // SAFETY: the map is read-only. As with every mmap-based loader (llama.cpp included), a
         // file truncated or rewritten by another process while mapped is outside our control;
         // we never hold a reference into it across such a change on purpose.
@@ -135,6 +139,9 @@ impl GgufFile {
         let source = path.display().to_string();
         let io = |e: std::io::Error| GgufError::new(&source, GgufErrorKind::Io(e));
         let mut file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(GgufError::new(&source, GgufErrorKind::IsDirectory));
+        }
         let len = file.metadata().map_err(io)?.len() as usize;
         let mut mem = memmap2::MmapMut::map_anon(len.max(1)).map_err(io)?;
         #[cfg(target_os = "linux")]
@@ -144,6 +151,20 @@ impl GgufFile {
             return GgufFile::from_source(source, Bytes::Owned(Vec::new()));
         }
         GgufFile::from_source(source, Bytes::Anon(mem))
+    }
+
+    /// Whether anonymous memory advised for huge pages gets them here: Linux with transparent
+    /// huge pages enabled ("always" or "madvise").
+    pub fn huge_pages_available() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .is_ok_and(|s| !s.contains("[never]"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
     }
 
     /// Parses a file held in memory (tests, fuzzing, embedded models).

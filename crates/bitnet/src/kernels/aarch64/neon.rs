@@ -7,17 +7,19 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{f16_bytes_to_f32, i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
-use crate::kernels::{scalar::Q8K, Isa, KernelTable};
+use super::{i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
+use crate::kernels::{scalar, scalar::Q8K, Isa, KernelTable};
 
-/// The NEON kernels: a path for every operation.
+/// The NEON kernels: a path for every operation but Q8_0 (the scalar twin for now).
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Neon,
+    // The file's I2_S layout (see the module docs of `super`).
+    i2s_rows: 1,
     quantize_row_i8,
     i2s_matmul,
     tq2_0_matmul,
     f16_matmul,
-    q8_0_matmul,
+    q8_0_rows: scalar::q8_0_rows,
     q6_k_rows,
     f32_dot,
     f16_dot,
@@ -414,46 +416,6 @@ pub unsafe fn f32_rows_axpy(
     for (j, &pj) in p.iter().enumerate() {
         let start = j * stride + offset;
         f32_axpy(out, pj, &rows[start..start + n]);
-    }
-}
-
-/// See [`crate::kernels::q8_0_matmul`]: per 32-value block, the int8 weights widened to f32
-/// and multiplied with `x` in two accumulators, then scaled by the block's f16 scale into two
-/// alternating row accumulators.
-///
-/// # Safety
-/// Requires NEON; `row_bytes = k/32·34`, lengths checked by the caller.
-#[target_feature(enable = "neon")]
-pub unsafe fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = k / 32 * 34;
-    let n_rows = w.len() / row_bytes;
-    for (t, xt) in x.chunks_exact(k).enumerate() {
-        let xp = xt.as_ptr();
-        for r in 0..n_rows {
-            let row = w[r * row_bytes..].as_ptr();
-            let mut acc = [vdupq_n_f32(0.0); 2];
-            for b in 0..k / 32 {
-                let p = row.add(b * 34);
-                let xb = xp.add(b * 32);
-                let mut s = [vdupq_n_f32(0.0); 2];
-                for h in 0..2 {
-                    let q = vld1q_s8(p.add(2 + 16 * h) as *const i8);
-                    let (lo, hi) = (vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q));
-                    let wf = [
-                        vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
-                        vcvtq_f32_s32(vmovl_high_s16(lo)),
-                        vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
-                        vcvtq_f32_s32(vmovl_high_s16(hi)),
-                    ];
-                    for (j, &wj) in wf.iter().enumerate() {
-                        s[j % 2] = vfmaq_f32(s[j % 2], wj, vld1q_f32(xb.add(16 * h + 4 * j)));
-                    }
-                }
-                let d = f16_bytes_to_f32([*p, *p.add(1)]);
-                acc[b & 1] = vfmaq_n_f32(acc[b & 1], vaddq_f32(s[0], s[1]), d);
-            }
-            out[t * n_rows + r] = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
-        }
     }
 }
 

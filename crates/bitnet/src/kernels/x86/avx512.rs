@@ -9,15 +9,15 @@
 
 use std::arch::x86_64::*;
 
-use super::hsum_epi32_256;
+use super::{hsum_epi32_256, i2s_block, I2S_ROWS};
 use crate::kernels::{Isa, KernelTable};
 
-/// The AVX-512 VNNI kernels: the ternary and Q8_0 products; the rest are AVX2's (on Zen 4,
-/// which runs 512-bit operations as two halves, wider float loops measured no faster).
+/// The AVX-512 VNNI kernels: the ternary product; the rest are AVX2's (on Zen 4, which runs
+/// 512-bit operations as two halves, wider loops measured no faster).
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx512Vnni,
+    i2s_rows: I2S_ROWS,
     i2s_matmul,
-    q8_0_matmul,
     ..super::avx2::TABLE
 };
 
@@ -60,32 +60,58 @@ pub unsafe fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &m
     }
 }
 
-/// One token against all rows. Each row is read once, front to back, so the weights stream
-/// from memory as one sequential read (with a software prefetch a little ahead, which measured
-/// faster than interleaving several rows).
+/// One token against all rows: [`I2S_ROWS`] interleaved rows at a time (one sequential stream,
+/// prefetched ahead; each activation load shared by the rows), then the ragged last rows.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, t: usize, out: &mut [i32]) {
     let row_bytes = k / 4;
     let n_rows = w.len() / row_bytes;
-    let mask = _mm256_set1_epi8(3);
+    let grouped = n_rows / I2S_ROWS * I2S_ROWS;
     let q = q.as_ptr() as *const u8;
-    for r in 0..n_rows {
-        let wp = w[r * row_bytes..].as_ptr();
-        let mut acc = [_mm256_setzero_si256(); 4];
-        for blk in 0..k / 128 {
-            // Prefetching past the end of `w` is harmless: prefetches never fault.
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH_BYTES + blk * 32) as *const i8);
-            let c = unpack_i2s(load(wp.add(blk * 32)), mask);
-            for (g, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_dpbusd_epi32(*a, c[g], load(q.add(blk * 128 + g * 32)));
-            }
+    let out = &mut out[t * n_rows..(t + 1) * n_rows];
+    for g in (0..grouped).step_by(I2S_ROWS) {
+        let dots = gemv_rows::<I2S_ROWS>(w.as_ptr().add(g * row_bytes), k, q);
+        for (o, d) in out[g..g + I2S_ROWS].iter_mut().zip(dots) {
+            *o = d - qsum;
         }
-        let sum = _mm256_add_epi32(
-            _mm256_add_epi32(acc[0], acc[1]),
-            _mm256_add_epi32(acc[2], acc[3]),
-        );
-        out[t * n_rows + r] = hsum_epi32_256(sum) - qsum;
     }
+    for (r, o) in out.iter_mut().enumerate().skip(grouped) {
+        let [dot] = gemv_rows::<1>(w.as_ptr().add(r * row_bytes), k, q);
+        *o = dot - qsum;
+    }
+}
+
+/// `Σ code·q` for `R` rows whose blocks are interleaved (block `b` of row `i` at
+/// `(b·R + i)·32`): per block the four activation loads are shared by the rows; each row has
+/// two accumulators so that consecutive `vpdpbusd`s do not wait on each other.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for blk in 0..k / 128 {
+        let qb = q.add(blk * 128);
+        let qv = [
+            load(qb),
+            load(qb.add(32)),
+            load(qb.add(64)),
+            load(qb.add(96)),
+        ];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = wp.add((blk * R + r) * 32);
+            if r % 2 == 0 {
+                // One prefetch per 64-byte line. Past the end of the weights is harmless:
+                // prefetches never fault.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+            }
+            let c = unpack_i2s(load(p), mask);
+            a[0] = _mm256_dpbusd_epi32(a[0], c[0], qv[0]);
+            a[1] = _mm256_dpbusd_epi32(a[1], c[1], qv[1]);
+            a[0] = _mm256_dpbusd_epi32(a[0], c[2], qv[2]);
+            a[1] = _mm256_dpbusd_epi32(a[1], c[3], qv[3]);
+        }
+    }
+    acc.map(|[a, b]| hsum_epi32_256(_mm256_add_epi32(a, b)))
 }
 
 /// Many tokens: unpack `ROW_BLOCK` rows to codes once, then run register tiles of
@@ -96,16 +122,17 @@ unsafe fn gemm(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) 
     let n_rows = w.len() / row_bytes;
     let n_tokens = qsums.len();
     let mask = _mm256_set1_epi8(3);
+    let grouped = n_rows / I2S_ROWS * I2S_ROWS;
     let mut codes = vec![0u8; ROW_BLOCK * k];
     let a = acts.as_ptr() as *const u8;
     let mut r0 = 0;
     while r0 < n_rows {
         let rows = ROW_BLOCK.min(n_rows - r0);
         for row in 0..rows {
-            let wp = w[(r0 + row) * row_bytes..].as_ptr();
             let cp = codes[row * k..].as_mut_ptr();
             for blk in 0..k / 128 {
-                let c = unpack_i2s(load(wp.add(blk * 32)), mask);
+                let b = i2s_block(w.as_ptr(), row_bytes, grouped, r0 + row, blk);
+                let c = unpack_i2s(load(b), mask);
                 for (g, code) in c.iter().enumerate() {
                     _mm256_storeu_si256(cp.add(blk * 128 + g * 32) as *mut __m256i, *code);
                 }
@@ -184,45 +211,6 @@ fn store<const R: usize, const T: usize>(
     for (r, row) in tile.iter().enumerate() {
         for (t, &v) in row.iter().enumerate() {
             out[(t0 + t) * n_rows + r0 + r] = v - qsums[t0 + t];
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    half::f16::from_le_bytes([*p, *p.add(1)]).to_f32()
-}
-
-/// 16 signed bytes to 16 floats.
-#[inline(always)]
-unsafe fn i8x16_to_ps(v: __m128i) -> __m512 {
-    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))
-}
-
-/// See [`crate::kernels::q8_0_matmul`]: per 32-value block two 16-lane products, scaled by the
-/// block's f16 scale into two alternating accumulators.
-///
-/// # Safety
-/// Requires AVX512F/BW (and F16C/FMA); `row_bytes = k/32·34`, lengths checked by the caller.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-pub unsafe fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = k / 32 * 34;
-    let n_rows = w.len() / row_bytes;
-    for (t, xt) in x.chunks_exact(k).enumerate() {
-        let xp = xt.as_ptr();
-        for r in 0..n_rows {
-            let row = w[r * row_bytes..].as_ptr();
-            let mut acc = [_mm512_setzero_ps(); 2];
-            for b in 0..k / 32 {
-                let p = row.add(b * 34);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
-                let w0 = i8x16_to_ps(_mm_loadu_si128(p.add(2) as *const __m128i));
-                let w1 = i8x16_to_ps(_mm_loadu_si128(p.add(18) as *const __m128i));
-                let s = _mm512_mul_ps(w0, _mm512_loadu_ps(xp.add(b * 32)));
-                let s = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(b * 32 + 16)), s);
-                acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(p)), s, acc[b & 1]);
-            }
-            out[t * n_rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
     }
 }

@@ -22,3 +22,25 @@ unsafe fn hsum_ps_256(v: __m256) -> f32 {
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
 }
+
+/// Rows the x86 ternary kernels interleave (see [`crate::kernels::i2s_interleave_rows`]): a
+/// GEMV over four rows at once shares each activation load and reads one sequential stream,
+/// measured 12-25 % faster per core than one row at a time over the file's layout.
+pub(crate) const I2S_ROWS: usize = 4;
+
+/// The 32-byte block `b` of row `r` in x86's I2_S layout (groups of [`I2S_ROWS`] rows
+/// interleaved, then the rows of the ragged last group in the file's layout).
+#[inline(always)]
+unsafe fn i2s_block(
+    w: *const u8,
+    row_bytes: usize,
+    grouped: usize,
+    r: usize,
+    b: usize,
+) -> *const u8 {
+    if r < grouped {
+        w.add((r - r % I2S_ROWS) * row_bytes + (b * I2S_ROWS + r % I2S_ROWS) * 32)
+    } else {
+        w.add(r * row_bytes + b * 32)
+    }
+}

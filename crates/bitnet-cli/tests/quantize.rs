@@ -1,0 +1,190 @@
+//! `bitnet quantize`: GGUF to GGUF. The pre-encoded Q6_K output gives the logits that
+//! `--output-type q6_k` at load gives; ternary re-encodings (I2_S → TQ2_0 → I2_S, TQ1_0) keep
+//! the greedy text; all metadata is kept.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn demo_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-shakespeare-7m-i2_s.gguf")
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+fn greedy(model: &Path) -> Value {
+    json(&[
+        "generate",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "ROMEO:\\n",
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--json",
+    ])["generated_ids"]
+        .clone()
+}
+
+/// The largest difference between two `[[logit, …], …]` arrays.
+fn max_diff(a: &Value, b: &Value) -> f64 {
+    let flat = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (flat(a), flat(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn inspect(model: &Path) -> Value {
+    json(&["inspect", model.to_str().unwrap(), "--json"])
+}
+
+#[test]
+fn quantized_files_load_and_match_what_load_time_encoding_gives() {
+    let dir = std::env::temp_dir().join(format!("bitnet-quantize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = demo_path();
+    let d_in = demo.to_str().unwrap();
+    let path = |name: &str| dir.join(name);
+    let tokens = "4093,2093,25,59,77,1000,7,300";
+
+    // Q6_K output, written once: the same logits as re-encoding at load.
+    let q6 = path("q6k.gguf");
+    ok(&[
+        "quantize",
+        d_in,
+        q6.to_str().unwrap(),
+        "--output-type",
+        "q6_k",
+    ]);
+    let at_load = json(&[
+        "logits",
+        "--tokens",
+        tokens,
+        "--all",
+        "--json",
+        "--output-type",
+        "q6_k",
+    ]);
+    let pre = json(&[
+        "logits",
+        "-m",
+        q6.to_str().unwrap(),
+        "--tokens",
+        tokens,
+        "--all",
+        "--json",
+    ]);
+    assert!(
+        pre["logits"] == at_load["logits"],
+        "pre-encoded Q6_K differs from load-time Q6_K"
+    );
+    let plain = json(&["logits", "--tokens", tokens, "--all", "--json"]);
+    assert!(
+        max_diff(&pre["logits"], &plain["logits"]) > 0.0,
+        "the output really is Q6_K"
+    );
+    let info = inspect(&q6);
+    let output = info["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "output.weight")
+        .expect("output.weight added to the tied model");
+    assert_eq!(output["type"], "Q6_K");
+    // Every metadata key is kept.
+    assert!(
+        info["metadata"] == inspect(&demo)["metadata"],
+        "metadata changed"
+    );
+
+    // Ternary re-encodings keep every value; TQ2_0 and TQ1_0 store each block's scale as f16,
+    // so I2_S's f32 scale is rounded once (the logits move a little), and from there on the
+    // conversions are exact: TQ2_0 → I2_S → TQ2_0 gives the same bytes and the same logits.
+    let logits = |m: &Path| {
+        json(&[
+            "logits",
+            "-m",
+            m.to_str().unwrap(),
+            "--tokens",
+            tokens,
+            "--all",
+            "--json",
+        ])["logits"]
+            .clone()
+    };
+    let tq2 = path("tq2.gguf");
+    ok(&["quantize", d_in, tq2.to_str().unwrap(), "--type", "tq2_0"]);
+    let info = inspect(&tq2);
+    assert_eq!(info["file_type"], 37);
+    let types: Vec<&str> = info["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().contains("attn_q"))
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        !types.is_empty() && types.iter().all(|&t| t == "TQ2_0"),
+        "{types:?}"
+    );
+    let back = path("back.gguf");
+    ok(&[
+        "quantize",
+        tq2.to_str().unwrap(),
+        back.to_str().unwrap(),
+        "--type",
+        "i2_s",
+    ]);
+    assert_eq!(inspect(&back)["file_type"], 40);
+    let again = path("again.gguf");
+    ok(&[
+        "quantize",
+        back.to_str().unwrap(),
+        again.to_str().unwrap(),
+        "--type",
+        "tq2_0",
+    ]);
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&tq2).unwrap());
+    let (reference, rounded) = (logits(&demo), logits(&tq2));
+    // The same weights through another kernel: equal up to the order of float sums.
+    let d = max_diff(&logits(&back), &rounded);
+    assert!(d < 1e-3, "I2_S and TQ2_0 of the same weights differ by {d}");
+    let tq1 = path("tq1.gguf");
+    ok(&["quantize", d_in, tq1.to_str().unwrap(), "--type", "tq1_0"]);
+    let d = max_diff(&logits(&tq1), &rounded);
+    assert!(
+        d < 1e-3,
+        "TQ1_0 and TQ2_0 of the same weights differ by {d}"
+    );
+    // The f16 scales move the logits by far less than their spread.
+    let d = max_diff(&reference, &rounded);
+    assert!(d > 0.0 && d < 0.5, "{d}");
+    // The greedy text of a re-encoded file is what the same file gives with the other type.
+    assert_eq!(greedy(&tq2), greedy(&back));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
