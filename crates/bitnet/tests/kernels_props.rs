@@ -22,6 +22,52 @@ fn layout_for(isa: Isa, w: &[u8], k: usize) -> Vec<u8> {
     out
 }
 
+/// Whether `isa` adds the Q8_0 and Q6_K scaled block products in the scalar twin's order, and
+/// so must match it bit for bit (the x86 paths add them in f32 lanes: another order).
+fn adds_blocks_in_order(isa: Isa) -> bool {
+    !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+}
+
+/// Q8_0 rows against every row of `x`, on `isa` and on the scalar twin: bit-identical where
+/// [`adds_blocks_in_order`], else within the float tolerance of the sum of absolute products.
+fn check_q8_0(isa: Isa, w: &[u8], k: usize, x: &[f32]) -> Result<(), String> {
+    let rows = w.len() / (k / 32 * 34);
+    let tokens = x.len() / k;
+    let mut expected = vec![0f32; rows * tokens];
+    scalar::q8_0_matmul(w, k, x, &mut expected);
+    let mut out = vec![0f32; rows * tokens];
+    kernels::q8_0_matmul(isa, w, k, x, &mut out);
+    for t in 0..tokens {
+        let qx = scalar::Q8Blocks::quantize(&x[t * k..(t + 1) * k]);
+        for r in 0..rows {
+            let (a, b) = (out[t * rows + r], expected[t * rows + r]);
+            let row = q8_0::blocks(&w[r * k / 32 * 34..(r + 1) * k / 32 * 34]);
+            let scale: f32 = row
+                .iter()
+                .zip(qx.q.chunks(32).zip(&qx.d))
+                .map(|(blk, (q, dx))| {
+                    let dot: i32 = blk
+                        .qs
+                        .iter()
+                        .zip(q)
+                        .map(|(&w, &q)| (w as i32 * q as i32).abs())
+                        .sum();
+                    (blk.scale() * dx).abs() * dot as f32
+                })
+                .sum();
+            let ok = if adds_blocks_in_order(isa) {
+                a.to_bits() == b.to_bits()
+            } else {
+                close(a, b, scale)
+            };
+            if !ok {
+                return Err(format!("{isa} q8_0 row {r} token {t}: {a} vs {b}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Float tolerance: relative to the sum of absolute products.
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale + 1e-6
@@ -209,6 +255,32 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Q8_0 rows as a file may hold them (any int8 weights, −128 included, any f16 scale) on
+    /// random shapes: up to 19 blocks, ragged against the SIMD paths' steps of 4 and 8 blocks.
+    #[test]
+    fn q8_0_matmul_matches_the_scalar_twin(
+        (rows, blocks, tokens) in (1usize..8, 1usize..20, 1usize..3),
+        seed in any::<u64>(),
+    ) {
+        let k = blocks * 32;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let mut w = Vec::with_capacity(rows * blocks * 34);
+        for _ in 0..rows * blocks {
+            let d = ((next() % 4001) as f32 / 1000.0 - 2.0) * 0.01;
+            w.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            w.extend((0..32).map(|_| next() as u8));
+        }
+        let x: Vec<f32> = (0..tokens * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        for isa in simd_isas() {
+            prop_assert_eq!(check_q8_0(isa, &w, k, &x), Ok(()));
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// The optional 8- and 6-bit output matrices.
@@ -233,14 +305,15 @@ proptest! {
                 prop_assert!(close(*a, *b, scale), "{} q8_0: {} vs {}", isa, a, b);
             }
         }
-        // Q6_K: exact integer blocks, added in another order.
+        // Q6_K: exact integer blocks, added in order (bit-identical) or in another order.
         let q6 = q6_k::quantize(&w);
         scalar::q6_k_matmul(&q6, k, &x, &mut expected);
         for isa in simd_isas() {
             let mut out = vec![0f32; rows * tokens];
             kernels::q6_k_matmul(isa, &q6, k, &x, &mut out);
             for (a, b) in out.iter().zip(&expected) {
-                prop_assert!(close(*a, *b, scale), "{} q6_k: {} vs {}", isa, a, b);
+                let ok = if adds_blocks_in_order(isa) { a.to_bits() == b.to_bits() } else { close(*a, *b, scale) };
+                prop_assert!(ok, "{} q6_k: {} vs {}", isa, a, b);
             }
         }
         // And the Q6_K product is close to the float one of its dequantized weights.
@@ -286,6 +359,36 @@ fn extreme_products_are_exact() {
                     kernels::tq2_0_matmul(isa, &tq, k, &acts, &block_qsums, &mut out);
                     assert_eq!(out, tq_expected, "{isa} tq2_0 t={t} a={a} tokens={tokens}");
                 }
+            }
+        }
+    }
+}
+
+/// Q8_0's largest block products: every weight −128 (or 127) against activations that
+/// quantize to ±127, over the widest BitNet row, so that no path keeps a narrow accumulator
+/// too long.
+#[test]
+fn q8_0_extreme_products_are_exact() {
+    let k = 6912;
+    for w in [-128i8, 127] {
+        let mut row = Vec::new();
+        for _ in 0..k / 32 {
+            row.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            row.extend([w as u8; 32]);
+        }
+        let m = row.repeat(3);
+        for a in [-1f32, 1.0] {
+            let x = vec![a; 2 * k];
+            let mut expected = vec![0f32; 6];
+            scalar::q8_0_matmul(&m, k, &x, &mut expected);
+            // Each block's product is 32 · w · ±127, its scale 1/127.
+            let exact = w as f32 * a * k as f32;
+            assert!(
+                (expected[0] - exact).abs() <= 1e-5 * exact.abs(),
+                "{expected:?}"
+            );
+            for isa in simd_isas() {
+                check_q8_0(isa, &m, k, &x).unwrap();
             }
         }
     }

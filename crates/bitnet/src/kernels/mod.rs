@@ -404,8 +404,9 @@ pub fn f32_rows_axpy(
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
 /// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
-/// ([`scalar::Q8Blocks`]); each block's product is an exact integer, and the SIMD paths differ
-/// from the scalar one only in the order the scaled blocks are added.
+/// ([`scalar::Q8Blocks`]); each block's product is an exact integer. The x86 paths differ from
+/// the scalar one only in the order the scaled blocks are added; the AArch64 ones add them in
+/// its order and are bit-identical to it.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
     let row_bytes = k / 32 * 34;

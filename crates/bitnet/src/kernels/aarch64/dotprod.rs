@@ -1,7 +1,7 @@
 //! NEON with the dot-product extension (ARMv8.2 `sdot`: four i8 × i8 products added into each
-//! i32 lane, 16 per instruction). The ternary products and Q6_K run on it; everything else is
-//! the plain NEON table's. Every function requires the features in its `target_feature`
-//! attribute; callers check them at run time (`Isa::Dotprod`).
+//! i32 lane, 16 per instruction). The ternary products, Q8_0 and Q6_K run on it; everything
+//! else is the plain NEON table's. Every function requires the features in its
+//! `target_feature` attribute; callers check them at run time (`Isa::Dotprod`).
 //!
 //! The I2_S GEMV leaves each 2-bit field where it sits in the byte (`b & 0x30` is `16·code`,
 //! `b & 0x0C` is `4·code`; only bits 7-6 need a shift), so one instruction per 16 codes
@@ -12,13 +12,15 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::{prefetch, PREFETCH_BYTES};
-use crate::kernels::{scalar::Q8K, Isa, KernelTable};
+use crate::kernels::scalar::{Q8Blocks, Q8K};
+use crate::kernels::{Isa, KernelTable};
 
-/// The dotprod kernels: the ternary products and Q6_K; the rest are plain NEON's.
+/// The dotprod kernels: the ternary products, Q8_0 and Q6_K; the rest are plain NEON's.
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Dotprod,
     i2s_matmul,
     tq2_0_matmul,
+    q8_0_rows,
     q6_k_rows,
     ..super::neon::TABLE
 };
@@ -172,6 +174,23 @@ unsafe fn tq2_0_block_dot(qs: *const u8, q: *const i8) -> i32 {
         }
     }
     vaddvq_s32(unscale_fields(f[0], f[1], f[2], f[3]))
+}
+
+/// See [`crate::kernels::q8_0_matmul`]: per 32-value block two `sdot`s. Bit-identical to the
+/// scalar twin.
+///
+/// # Safety
+/// Requires NEON and dotprod; `w` holds whole rows of `qx.d.len()` blocks.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
+    super::q8_0_rows_with(w, qx, out, q8_0_block_dot);
+}
+
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn q8_0_block_dot(w: *const i8, x: *const i8) -> int32x4_t {
+    let lo = sdot(vdupq_n_s32(0), vld1q_s8(w), vld1q_s8(x));
+    sdot(lo, vld1q_s8(w.add(16)), vld1q_s8(x.add(16)))
 }
 
 /// See [`crate::kernels::q6_k_matmul`]: per 16 values one `sdot` of the codes (0..63) with the

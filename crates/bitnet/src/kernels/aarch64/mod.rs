@@ -20,8 +20,8 @@ pub mod neon;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use crate::formats::types::{q6_k, tq2_0};
-use crate::kernels::scalar::Q8K;
+use crate::formats::types::{q6_k, q8_0, tq2_0};
+use crate::kernels::scalar::{Q8Blocks, Q8K};
 
 /// f16 → f32 of the low four lanes of eight halves (`fcvtl`, a base ARMv8 instruction: no FP16
 /// arithmetic extension needed). Inline assembly rather than `vcvt_f32_f16`, which is stable
@@ -196,6 +196,59 @@ unsafe fn tq2_0_rows(
             }
             out[t * n_rows + r] = sum;
         }
+    }
+}
+
+/// The Q8_0 product shared by the NEON and dotprod paths, with `block_dot` = `Σ w·q` over one
+/// 32-value block, spread over the four i32 lanes. Four blocks at a time, their lane sums are
+/// reduced by pairwise adds and their scale products `d_w · d_x` formed in one vector (the
+/// f16 scales converted by `fcvtl`); the scaled block sums are then added to the row's sum one
+/// by one, in block order. Every step is the scalar twin's own f32 operation in its order
+/// (`(d_w · d_x) · dot`, then `sum += ...`), so the result is bit-identical to it.
+///
+/// # Safety
+/// `w` holds whole rows of `qx.d.len()` blocks, `out` one value per row; `block_dot`
+/// runnable on this CPU.
+#[inline(always)]
+unsafe fn q8_0_rows_with(
+    w: &[u8],
+    qx: &Q8Blocks,
+    out: &mut [f32],
+    block_dot: unsafe fn(*const i8, *const i8) -> int32x4_t,
+) {
+    let n_blocks = qx.d.len();
+    let row_bytes = n_blocks * 34;
+    let xq = qx.q.as_ptr();
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        let blocks = q8_0::blocks(row);
+        let dot = |b: usize| {
+            prefetch((blocks.as_ptr().add(b) as *const u8).wrapping_add(PREFETCH_BYTES));
+            block_dot(blocks[b].qs.as_ptr(), xq.add(32 * b))
+        };
+        let mut sum = 0f32;
+        let mut b = 0;
+        while b + 4 <= n_blocks {
+            let d = [dot(b), dot(b + 1), dot(b + 2), dot(b + 3)];
+            let dots = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+            let mut dw = [0u16; 8];
+            for (h, blk) in dw.iter_mut().zip(&blocks[b..b + 4]) {
+                *h = u16::from_le_bytes(blk.d);
+            }
+            let scales = vmulq_f32(
+                f16_lo_to_f32(vld1q_u16(dw.as_ptr())),
+                vld1q_f32(qx.d[b..].as_ptr()),
+            );
+            let mut terms = [0f32; 4];
+            vst1q_f32(terms.as_mut_ptr(), vmulq_f32(scales, vcvtq_f32_s32(dots)));
+            for t in terms {
+                sum += t;
+            }
+            b += 4;
+        }
+        for (b, (blk, &dx)) in blocks.iter().zip(&qx.d).enumerate().skip(b) {
+            sum += f16_bytes_to_f32(blk.d) * dx * vaddvq_s32(dot(b)) as f32;
+        }
+        *o = sum;
     }
 }
 

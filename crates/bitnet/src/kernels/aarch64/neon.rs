@@ -8,9 +8,10 @@ use std::arch::aarch64::*;
 use half::f16;
 
 use super::{i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
-use crate::kernels::{scalar, scalar::Q8K, Isa, KernelTable};
+use crate::kernels::scalar::{Q8Blocks, Q8K};
+use crate::kernels::{Isa, KernelTable};
 
-/// The NEON kernels: a path for every operation but Q8_0 (the scalar twin for now).
+/// The NEON kernels: a path for every operation.
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Neon,
     // The file's I2_S layout (see the module docs of `super`).
@@ -19,7 +20,7 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     i2s_matmul,
     tq2_0_matmul,
     f16_matmul,
-    q8_0_rows: scalar::q8_0_rows,
+    q8_0_rows,
     q6_k_rows,
     f32_dot,
     f16_dot,
@@ -417,6 +418,27 @@ pub unsafe fn f32_rows_axpy(
         let start = j * stride + offset;
         f32_axpy(out, pj, &rows[start..start + n]);
     }
+}
+
+/// See [`crate::kernels::q8_0_matmul`]: per 16 values, the int8 weights times the int8
+/// activations widened into i16 pairs (`smull`, `smlal2`: `|w·q + w·q| ≤ 2·128·127`), then
+/// summed pairwise into i32 lanes. Bit-identical to the scalar twin.
+///
+/// # Safety
+/// Requires NEON; `w` holds whole rows of `qx.d.len()` blocks, `out` one value per row.
+#[target_feature(enable = "neon")]
+pub unsafe fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
+    super::q8_0_rows_with(w, qx, out, q8_0_block_dot);
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn q8_0_block_dot(w: *const i8, x: *const i8) -> int32x4_t {
+    let pairs = |h: usize| {
+        let (w, x) = (vld1q_s8(w.add(16 * h)), vld1q_s8(x.add(16 * h)));
+        vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(x)), w, x)
+    };
+    vpadalq_s16(vpaddlq_s16(pairs(0)), pairs(1))
 }
 
 /// See [`crate::kernels::q6_k_matmul`]: per 16 values, the codes (0..63) times the int8
