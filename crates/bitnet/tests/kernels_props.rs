@@ -330,34 +330,25 @@ proptest! {
     }
 }
 
-/// The largest sums the products can reach: every weight +1 (or −1) against activations all
-/// −128 (or 127), over the widest BitNet row (6912), for a GEMV and for GEMMs, so that no path
-/// keeps a narrow accumulator too long.
+/// TQ2_0's largest sums: every weight +1 (or −1) against activations all −128 (or 127), over
+/// the widest BitNet row (6912), for a GEMV and for GEMMs (I2_S's are below).
 #[test]
-fn extreme_products_are_exact() {
+fn tq2_0_extreme_products_are_exact() {
     let k = 6912;
     let rows = 5;
     for t in [-1i8, 1] {
-        let w = i2_s::encode(&vec![t; rows * k], 1.0);
-        let w = &w[..rows * k / 4];
-        let tq: Vec<f32> = vec![t as f32; rows * k];
-        let tq = tq2_0::quantize(&tq);
+        let tq = tq2_0::quantize(&vec![t as f32; rows * k]);
         for a in [-128i8, 127] {
             for tokens in [1, 3, 9] {
                 let acts = vec![a; tokens * k];
-                let qsums = vec![a as i32 * k as i32; tokens];
-                let expected = vec![t as i32 * a as i32 * k as i32; tokens * rows];
                 let block_qsums = vec![a as i32 * 256; tokens * k / 256];
-                let mut tq_expected = vec![0f32; tokens * rows];
-                scalar::tq2_0_matmul(&tq, k, &acts, &mut tq_expected);
-                assert_eq!(tq_expected[0], (t as i32 * a as i32 * k as i32) as f32);
-                for isa in Isa::available() {
-                    let mut out = vec![0i32; tokens * rows];
-                    kernels::i2s_matmul(isa, w, k, &acts, &qsums, &mut out);
-                    assert_eq!(out, expected, "{isa} t={t} a={a} tokens={tokens}");
+                let mut expected = vec![0f32; tokens * rows];
+                scalar::tq2_0_matmul(&tq, k, &acts, &mut expected);
+                assert_eq!(expected[0], (t as i32 * a as i32 * k as i32) as f32);
+                for isa in simd_isas() {
                     let mut out = vec![0f32; tokens * rows];
                     kernels::tq2_0_matmul(isa, &tq, k, &acts, &block_qsums, &mut out);
-                    assert_eq!(out, tq_expected, "{isa} tq2_0 t={t} a={a} tokens={tokens}");
+                    assert_eq!(out, expected, "{isa} t={t} a={a} tokens={tokens}");
                 }
             }
         }
@@ -415,13 +406,14 @@ fn this_machine_runs_every_simd_path_it_claims() {
 
 /// The SIMD paths keep partial sums in 16-bit lanes for a while before widening them: the
 /// largest products (every weight +1 or every weight −1 against −128 or 127) over rows long
-/// enough to cross every widening boundary must still be exact.
+/// enough to cross every widening boundary must still be exact, for a GEMV (5 rows: a ragged
+/// pair and a ragged group of 4) and for GEMMs (up to 9 tokens: past an 8-token tile).
 #[test]
 fn i2s_partial_sums_do_not_overflow_at_the_extremes() {
     for k in [128usize, 2048, 2176, 4096, 4224, 6912] {
         for (weight, act) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
-            for tokens in [1usize, 2, 5] {
-                let rows = 4;
+            for tokens in [1usize, 2, 5, 9] {
+                let rows = 5;
                 let t = vec![weight; rows * k];
                 let w = i2_s::encode(&t, 1.0);
                 let w = &w[..rows * k / 4];
