@@ -1,121 +1,132 @@
 //! Each kernel against its scalar twin, same inputs, same run: `cargo bench --bench kernels`.
 //! Shapes are the 2B-4T model's: a decode GEMV (one token, 2560 → 2560 and 6912 → 2560), a
 //! prefill GEMM (128 tokens), the F16 output product, and the activation quantizer.
+//!
+//! criterion is an x86-64-only dev-dependency (it stays out of the aarch64 test build that CI
+//! runs under qemu), so elsewhere this bench is an empty program.
 
-use std::hint::black_box;
+#[cfg(target_arch = "x86_64")]
+criterion::criterion_main!(bench::benches);
 
-use bitnet::formats::types::tq2_0;
-use bitnet::kernels::{self, Isa};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use half::f16;
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {}
 
-fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    *seed >> 33
-}
+#[cfg(target_arch = "x86_64")]
+mod bench {
+    use std::hint::black_box;
 
-/// Valid I2_S bytes (codes 0..=2 only) for `rows × k` weights.
-fn i2s_weights(rows: usize, k: usize) -> Vec<u8> {
-    let mut s = 1;
-    (0..rows * k / 4)
-        .map(|_| (0..4).fold(0u8, |b, i| b | (((lcg(&mut s) % 3) as u8) << (2 * i))))
-        .collect()
-}
+    use bitnet::formats::types::tq2_0;
+    use bitnet::kernels::{self, Isa};
+    use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+    use half::f16;
 
-fn acts(n: usize) -> Vec<i8> {
-    let mut s = 7;
-    (0..n).map(|_| (lcg(&mut s) % 255) as i8).collect()
-}
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
 
-fn bench_i2s(c: &mut Criterion) {
-    let mut g = c.benchmark_group("i2s_matmul");
-    // The third GEMV streams 42 MB from memory (more than the L3 cache).
-    for &(rows, k, tokens) in &[
-        (2560usize, 2560usize, 1usize),
-        (2560, 6912, 1),
-        (65536, 2560, 1),
-        (256, 2560, 128),
-    ] {
-        let w = i2s_weights(rows, k);
-        let q = acts(tokens * k);
-        let qsums: Vec<i32> = q
-            .chunks(k)
-            .map(|r| r.iter().map(|&v| v as i32).sum())
-            .collect();
-        let mut out = vec![0i32; rows * tokens];
-        g.throughput(Throughput::Elements((rows * k * tokens) as u64));
-        for isa in Isa::available() {
-            if isa == Isa::Scalar && tokens > 1 {
-                continue; // minutes per iteration; the GEMV shows its speed
+    /// Valid I2_S bytes (codes 0..=2 only) for `rows × k` weights.
+    fn i2s_weights(rows: usize, k: usize) -> Vec<u8> {
+        let mut s = 1;
+        (0..rows * k / 4)
+            .map(|_| (0..4).fold(0u8, |b, i| b | (((lcg(&mut s) % 3) as u8) << (2 * i))))
+            .collect()
+    }
+
+    fn acts(n: usize) -> Vec<i8> {
+        let mut s = 7;
+        (0..n).map(|_| (lcg(&mut s) % 255) as i8).collect()
+    }
+
+    fn bench_i2s(c: &mut Criterion) {
+        let mut g = c.benchmark_group("i2s_matmul");
+        // The third GEMV streams 42 MB from memory (more than the L3 cache).
+        for &(rows, k, tokens) in &[
+            (2560usize, 2560usize, 1usize),
+            (2560, 6912, 1),
+            (65536, 2560, 1),
+            (256, 2560, 128),
+        ] {
+            let w = i2s_weights(rows, k);
+            let q = acts(tokens * k);
+            let qsums: Vec<i32> = q
+                .chunks(k)
+                .map(|r| r.iter().map(|&v| v as i32).sum())
+                .collect();
+            let mut out = vec![0i32; rows * tokens];
+            g.throughput(Throughput::Elements((rows * k * tokens) as u64));
+            for isa in Isa::available() {
+                if isa == Isa::Scalar && tokens > 1 {
+                    continue; // minutes per iteration; the GEMV shows its speed
+                }
+                // Each ISA's kernels take the weights in their own layout.
+                let mut w_isa = vec![0u8; w.len()];
+                kernels::i2s_interleave_rows(&w, k, isa.kernels().i2s_rows, &mut w_isa);
+                let w = &w_isa;
+                let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}x{tokens}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| kernels::i2s_matmul(isa, black_box(w), k, &q, &qsums, &mut out))
+                });
             }
-            // Each ISA's kernels take the weights in their own layout.
-            let mut w_isa = vec![0u8; w.len()];
-            kernels::i2s_interleave_rows(&w, k, isa.kernels().i2s_rows, &mut w_isa);
-            let w = &w_isa;
-            let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}x{tokens}"));
-            g.bench_function(id, |b| {
-                b.iter(|| kernels::i2s_matmul(isa, black_box(w), k, &q, &qsums, &mut out))
+        }
+        g.finish();
+    }
+
+    fn bench_tq2_0(c: &mut Criterion) {
+        let mut g = c.benchmark_group("tq2_0_matmul");
+        let (rows, k) = (2560usize, 2560usize);
+        let mut s = 3;
+        let wf: Vec<f32> = (0..rows * k)
+            .map(|_| (lcg(&mut s) % 3) as f32 - 1.0)
+            .collect();
+        let w = tq2_0::quantize(&wf);
+        let q = acts(k);
+        let block_qsums: Vec<i32> = q
+            .chunks(256)
+            .map(|b| b.iter().map(|&v| v as i32).sum())
+            .collect();
+        let mut out = vec![0f32; rows];
+        g.throughput(Throughput::Elements((rows * k) as u64));
+        for isa in Isa::available() {
+            g.bench_function(isa.name(), |b| {
+                b.iter(|| kernels::tq2_0_matmul(isa, black_box(&w), k, &q, &block_qsums, &mut out))
             });
         }
+        g.finish();
     }
-    g.finish();
-}
 
-fn bench_tq2_0(c: &mut Criterion) {
-    let mut g = c.benchmark_group("tq2_0_matmul");
-    let (rows, k) = (2560usize, 2560usize);
-    let mut s = 3;
-    let wf: Vec<f32> = (0..rows * k)
-        .map(|_| (lcg(&mut s) % 3) as f32 - 1.0)
-        .collect();
-    let w = tq2_0::quantize(&wf);
-    let q = acts(k);
-    let block_qsums: Vec<i32> = q
-        .chunks(256)
-        .map(|b| b.iter().map(|&v| v as i32).sum())
-        .collect();
-    let mut out = vec![0f32; rows];
-    g.throughput(Throughput::Elements((rows * k) as u64));
-    for isa in Isa::available() {
-        g.bench_function(isa.name(), |b| {
-            b.iter(|| kernels::tq2_0_matmul(isa, black_box(&w), k, &q, &block_qsums, &mut out))
-        });
+    fn bench_f16(c: &mut Criterion) {
+        let mut g = c.benchmark_group("f16_matmul");
+        let (rows, k) = (16384usize, 2560usize);
+        let mut s = 5;
+        let w: Vec<f16> = (0..rows * k)
+            .map(|_| f16::from_f32((lcg(&mut s) % 1000) as f32 / 500.0 - 1.0))
+            .collect();
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0f32; rows];
+        g.throughput(Throughput::Bytes((rows * k * 2) as u64));
+        for isa in Isa::available() {
+            g.bench_function(isa.name(), |b| {
+                b.iter(|| kernels::f16_matmul(isa, black_box(&w), k, &x, &mut out))
+            });
+        }
+        g.finish();
     }
-    g.finish();
-}
 
-fn bench_f16(c: &mut Criterion) {
-    let mut g = c.benchmark_group("f16_matmul");
-    let (rows, k) = (16384usize, 2560usize);
-    let mut s = 5;
-    let w: Vec<f16> = (0..rows * k)
-        .map(|_| f16::from_f32((lcg(&mut s) % 1000) as f32 / 500.0 - 1.0))
-        .collect();
-    let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
-    let mut out = vec![0f32; rows];
-    g.throughput(Throughput::Bytes((rows * k * 2) as u64));
-    for isa in Isa::available() {
-        g.bench_function(isa.name(), |b| {
-            b.iter(|| kernels::f16_matmul(isa, black_box(&w), k, &x, &mut out))
-        });
+    fn bench_quantize(c: &mut Criterion) {
+        let mut g = c.benchmark_group("quantize_row_i8");
+        let x: Vec<f32> = (0..6912).map(|i| (i as f32 * 0.11).sin() * 3.0).collect();
+        let mut q = vec![0i8; x.len()];
+        g.throughput(Throughput::Elements(x.len() as u64));
+        for isa in Isa::available() {
+            g.bench_function(isa.name(), |b| {
+                b.iter(|| kernels::quantize_row_i8(isa, black_box(&x), &mut q))
+            });
+        }
+        g.finish();
     }
-    g.finish();
-}
 
-fn bench_quantize(c: &mut Criterion) {
-    let mut g = c.benchmark_group("quantize_row_i8");
-    let x: Vec<f32> = (0..6912).map(|i| (i as f32 * 0.11).sin() * 3.0).collect();
-    let mut q = vec![0i8; x.len()];
-    g.throughput(Throughput::Elements(x.len() as u64));
-    for isa in Isa::available() {
-        g.bench_function(isa.name(), |b| {
-            b.iter(|| kernels::quantize_row_i8(isa, black_box(&x), &mut q))
-        });
-    }
-    g.finish();
+    criterion_group!(benches, bench_i2s, bench_tq2_0, bench_f16, bench_quantize);
 }
-
-criterion_group!(benches, bench_i2s, bench_tq2_0, bench_f16, bench_quantize);
-criterion_main!(benches);

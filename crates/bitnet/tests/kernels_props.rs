@@ -22,6 +22,52 @@ fn layout_for(isa: Isa, w: &[u8], k: usize) -> Vec<u8> {
     out
 }
 
+/// Whether `isa` adds the Q8_0 and Q6_K scaled block products in the scalar twin's order, and
+/// so must match it bit for bit (the x86 paths add them in f32 lanes: another order).
+fn adds_blocks_in_order(isa: Isa) -> bool {
+    !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+}
+
+/// Q8_0 rows against every row of `x`, on `isa` and on the scalar twin: bit-identical where
+/// [`adds_blocks_in_order`], else within the float tolerance of the sum of absolute products.
+fn check_q8_0(isa: Isa, w: &[u8], k: usize, x: &[f32]) -> Result<(), String> {
+    let rows = w.len() / (k / 32 * 34);
+    let tokens = x.len() / k;
+    let mut expected = vec![0f32; rows * tokens];
+    scalar::q8_0_matmul(w, k, x, &mut expected);
+    let mut out = vec![0f32; rows * tokens];
+    kernels::q8_0_matmul(isa, w, k, x, &mut out);
+    for t in 0..tokens {
+        let qx = scalar::Q8Blocks::quantize(&x[t * k..(t + 1) * k]);
+        for r in 0..rows {
+            let (a, b) = (out[t * rows + r], expected[t * rows + r]);
+            let row = q8_0::blocks(&w[r * k / 32 * 34..(r + 1) * k / 32 * 34]);
+            let scale: f32 = row
+                .iter()
+                .zip(qx.q.chunks(32).zip(&qx.d))
+                .map(|(blk, (q, dx))| {
+                    let dot: i32 = blk
+                        .qs
+                        .iter()
+                        .zip(q)
+                        .map(|(&w, &q)| (w as i32 * q as i32).abs())
+                        .sum();
+                    (blk.scale() * dx).abs() * dot as f32
+                })
+                .sum();
+            let ok = if adds_blocks_in_order(isa) {
+                a.to_bits() == b.to_bits()
+            } else {
+                close(a, b, scale)
+            };
+            if !ok {
+                return Err(format!("{isa} q8_0 row {r} token {t}: {a} vs {b}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Float tolerance: relative to the sum of absolute products.
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale + 1e-6
@@ -34,9 +80,12 @@ fn ternary_strategy(n: usize) -> impl Strategy<Value = Vec<i8>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
+    /// Up to 19 blocks: past the points (every 4 blocks, every 512 values) where the plain
+    /// NEON paths flush narrow accumulators; up to 9 tokens and 12 rows: full and ragged GEMM
+    /// tiles of every path.
     #[test]
     fn i2s_matmul_is_bit_identical(
-        (rows, blocks, tokens) in (1usize..13, 1usize..7, 1usize..10),
+        (rows, blocks, tokens) in (1usize..13, 1usize..20, 1usize..10),
         seed in any::<u64>(),
     ) {
         let k = blocks * 128;
@@ -82,6 +131,22 @@ proptest! {
             kernels::tq2_0_matmul(isa, &w, k, acts, &block_qsums, &mut out);
             let same = out.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
             prop_assert!(same, "{}: {:?} vs {:?}", isa, out, expected);
+        }
+    }
+
+    /// Exact ties (x · s lands on k + 0.5 with s = 1) and values that saturate at -128.
+    #[test]
+    fn activation_quantization_ties_are_bit_identical(
+        halves in prop::collection::vec(-254i32..=254, 1..70),
+    ) {
+        let mut x: Vec<f32> = halves.iter().map(|&h| h as f32 / 2.0).collect();
+        x.push(127.0); // max |x| = 127, so s = 1 and every half-integer is a tie
+        let mut expected = vec![0i8; x.len()];
+        scalar::quantize_row_i8(&x, &mut expected);
+        for isa in simd_isas() {
+            let mut q = vec![0i8; x.len()];
+            kernels::quantize_row_i8(isa, &x, &mut q);
+            prop_assert_eq!(&q, &expected, "{}", isa);
         }
     }
 
@@ -214,6 +279,32 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Q8_0 rows as a file may hold them (any int8 weights, −128 included, any f16 scale) on
+    /// random shapes: up to 19 blocks, ragged against the SIMD paths' steps of 4 and 8 blocks.
+    #[test]
+    fn q8_0_matmul_matches_the_scalar_twin(
+        (rows, blocks, tokens) in (1usize..8, 1usize..20, 1usize..3),
+        seed in any::<u64>(),
+    ) {
+        let k = blocks * 32;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let mut w = Vec::with_capacity(rows * blocks * 34);
+        for _ in 0..rows * blocks {
+            let d = ((next() % 4001) as f32 / 1000.0 - 2.0) * 0.01;
+            w.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            w.extend((0..32).map(|_| next() as u8));
+        }
+        let x: Vec<f32> = (0..tokens * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        for isa in simd_isas() {
+            prop_assert_eq!(check_q8_0(isa, &w, k, &x), Ok(()));
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// The optional 8- and 6-bit output matrices.
@@ -238,14 +329,15 @@ proptest! {
                 prop_assert!(close(*a, *b, scale), "{} q8_0: {} vs {}", isa, a, b);
             }
         }
-        // Q6_K: exact integer blocks, added in another order.
+        // Q6_K: exact integer blocks, added in order (bit-identical) or in another order.
         let q6 = q6_k::quantize(&w);
         scalar::q6_k_matmul(&q6, k, &x, &mut expected);
         for isa in simd_isas() {
             let mut out = vec![0f32; rows * tokens];
             kernels::q6_k_matmul(isa, &q6, k, &x, &mut out);
             for (a, b) in out.iter().zip(&expected) {
-                prop_assert!(close(*a, *b, scale), "{} q6_k: {} vs {}", isa, a, b);
+                let ok = if adds_blocks_in_order(isa) { a.to_bits() == b.to_bits() } else { close(*a, *b, scale) };
+                prop_assert!(ok, "{} q6_k: {} vs {}", isa, a, b);
             }
         }
         // And the Q6_K product is close to the float one of its dequantized weights.
@@ -262,12 +354,73 @@ proptest! {
     }
 }
 
+/// TQ2_0's largest sums: every weight +1 (or −1) against activations all −128 (or 127), over
+/// the widest BitNet row (6912), for a GEMV and for GEMMs (I2_S's are below).
+#[test]
+fn tq2_0_extreme_products_are_exact() {
+    let k = 6912;
+    let rows = 5;
+    for t in [-1i8, 1] {
+        let tq = tq2_0::quantize(&vec![t as f32; rows * k]);
+        for a in [-128i8, 127] {
+            for tokens in [1, 3, 9] {
+                let acts = vec![a; tokens * k];
+                let block_qsums = vec![a as i32 * 256; tokens * k / 256];
+                let mut expected = vec![0f32; tokens * rows];
+                scalar::tq2_0_matmul(&tq, k, &acts, &mut expected);
+                assert_eq!(expected[0], (t as i32 * a as i32 * k as i32) as f32);
+                for isa in simd_isas() {
+                    let mut out = vec![0f32; tokens * rows];
+                    kernels::tq2_0_matmul(isa, &tq, k, &acts, &block_qsums, &mut out);
+                    assert_eq!(out, expected, "{isa} t={t} a={a} tokens={tokens}");
+                }
+            }
+        }
+    }
+}
+
+/// Q8_0's largest block products: every weight −128 (or 127) against activations that
+/// quantize to ±127, over the widest BitNet row, so that no path keeps a narrow accumulator
+/// too long.
+#[test]
+fn q8_0_extreme_products_are_exact() {
+    let k = 6912;
+    for w in [-128i8, 127] {
+        let mut row = Vec::new();
+        for _ in 0..k / 32 {
+            row.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            row.extend([w as u8; 32]);
+        }
+        let m = row.repeat(3);
+        for a in [-1f32, 1.0] {
+            let x = vec![a; 2 * k];
+            let mut expected = vec![0f32; 6];
+            scalar::q8_0_matmul(&m, k, &x, &mut expected);
+            // Each block's product is 32 · w · ±127, its scale 1/127.
+            let exact = w as f32 * a * k as f32;
+            assert!(
+                (expected[0] - exact).abs() <= 1e-5 * exact.abs(),
+                "{expected:?}"
+            );
+            for isa in simd_isas() {
+                check_q8_0(isa, &m, k, &x).unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn this_machine_runs_every_simd_path_it_claims() {
-    // On the CI machine (x86-64 with AVX-512 VNNI) all three paths are exercised above.
     let isas = Isa::available();
     assert!(isas.contains(&Isa::Scalar));
     eprintln!("kernel paths tested: {isas:?}");
+    // CI names the paths each machine (or emulated CPU) must have, so that a detection bug
+    // cannot silently skip one: e.g. BITNET_EXPECT_ISAS=scalar,neon,dotprod under qemu's
+    // neoverse-n1.
+    if let Ok(expected) = std::env::var("BITNET_EXPECT_ISAS") {
+        let expected: Vec<Isa> = expected.split(',').map(|s| s.parse().unwrap()).collect();
+        assert_eq!(isas, expected);
+    }
     // Keep the encoders honest: f16 encoding used by the tests round-trips.
     let bytes = float::encode_f16(&[1.5, -2.0]);
     let mut out = [0f32; 2];
@@ -277,13 +430,14 @@ fn this_machine_runs_every_simd_path_it_claims() {
 
 /// The SIMD paths keep partial sums in 16-bit lanes for a while before widening them: the
 /// largest products (every weight +1 or every weight −1 against −128 or 127) over rows long
-/// enough to cross every widening boundary must still be exact.
+/// enough to cross every widening boundary must still be exact, for a GEMV (5 rows: a ragged
+/// pair and a ragged group of 4) and for GEMMs (up to 9 tokens: past an 8-token tile).
 #[test]
 fn i2s_partial_sums_do_not_overflow_at_the_extremes() {
     for k in [128usize, 2048, 2176, 4096, 4224, 6912] {
         for (weight, act) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
-            for tokens in [1usize, 2, 5] {
-                let rows = 4;
+            for tokens in [1usize, 2, 5, 9] {
+                let rows = 5;
                 let t = vec![weight; rows * k];
                 let w = i2_s::encode(&t, 1.0);
                 let w = &w[..rows * k / 4];

@@ -11,6 +11,8 @@
 //! Integer results (the ternary products, activation quantization) are bit-identical across
 //! ISAs; float reductions (f16/f32 dot products) differ only by summation order.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod membw;
 pub mod scalar;
 pub mod threads;
@@ -87,6 +89,15 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Dotprod => {
+                Isa::Neon.detect() && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            // The i8mm table keeps dotprod's GEMV (every i8mm CPU has dotprod: ARMv8.6).
+            #[cfg(target_arch = "aarch64")]
+            Isa::I8mm => Isa::Dotprod.detect() && std::arch::is_aarch64_feature_detected!("i8mm"),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -127,6 +138,12 @@ impl Isa {
             Isa::Avx2 => &x86::avx2::TABLE,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => &x86::avx512::TABLE,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => &aarch64::neon::TABLE,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Dotprod => &aarch64::dotprod::TABLE,
+            #[cfg(target_arch = "aarch64")]
+            Isa::I8mm => &aarch64::i8mm::TABLE,
             _ => &scalar::TABLE,
         }
     }
@@ -387,8 +404,9 @@ pub fn f32_rows_axpy(
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
 /// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
-/// ([`scalar::Q8Blocks`]); each block's product is an exact integer, and the SIMD paths differ
-/// from the scalar one only in the order the scaled blocks are added.
+/// ([`scalar::Q8Blocks`]); each block's product is an exact integer. The x86 paths differ from
+/// the scalar one only in the order the scaled blocks are added; the AArch64 ones add them in
+/// its order and are bit-identical to it.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
     let row_bytes = k / 32 * 34;
