@@ -25,6 +25,7 @@ use crate::formats::gguf::{GgufError, GgufFile, Metadata, MetadataError};
 
 pub use bpe::{byte_to_char, char_to_byte};
 pub use chat::{ChatMessage, ChatTemplate};
+pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
 pub use pretokenize::{Llama3Split, LLAMA3_PATTERN};
 
