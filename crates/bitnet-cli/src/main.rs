@@ -70,7 +70,15 @@ fn main() {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    // llama.cpp spells the number of parallel sequences `-np`; a short option is one letter
+    // in clap, so that one spelling becomes `--np` before parsing.
+    let cli = Cli::parse_from(std::env::args_os().map(|a| {
+        if a == "-np" {
+            std::ffi::OsString::from("--np")
+        } else {
+            a
+        }
+    }));
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::chat::run(args),

@@ -1,5 +1,8 @@
 //! `bitnet serve` end to end over real HTTP on 127.0.0.1: health, models, completions (same
-//! text as `generate`), chat completions streamed with SSE and not, and a bad request.
+//! text as `generate`), chat completions streamed with SSE and not, errors as OpenAI JSON
+//! (400/404/405/413), unique ids and fresh seeds, a full queue (503 + Retry-After), the API
+//! key and CORS, the request log, and SIGTERM ending streams with a final event.
+//! The OpenAI Python client's view is tested in `tests/openai/` (run by `.ci/run`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,6 +13,8 @@ use serde_json::Value;
 struct Server {
     child: Child,
     addr: String,
+    /// Everything the server wrote to stderr.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -20,31 +25,69 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&["--temp", "0", "-n", "16"])
+}
+
+/// Starts `bitnet serve` on a free port with extra arguments; waits for its address.
+fn start_with(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(["serve", "--port", "0", "--temp", "0", "-n", "16"])
+        .args(["serve", "--port", "0"])
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    Server { child, addr }
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut seen = String::new();
+    while addr.is_none() {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("the server ended before listening: {seen}");
+        }
+        seen.push_str(&line);
+        addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+    }
+    // Keep reading stderr (the request log) so the server never blocks on a full pipe.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            sink.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    Server {
+        child,
+        addr: addr.unwrap(),
+        log,
+    }
 }
 
 /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, &[], body);
+    (status, body)
+}
+
+/// Sends a request with extra header lines; returns the status, the head and the body.
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -72,7 +115,49 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     } else {
         rest.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
+}
+
+/// Starts a streaming request and returns a reader positioned after the response head.
+fn open_stream(addr: &str, path: &str, body: &str) -> (u16, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    (status, r)
+}
+
+/// The next `data:` payload of an event stream (`None` at its end).
+fn next_event(r: &mut BufReader<TcpStream>) -> Option<String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(d) = line.strip_prefix("data: ") {
+            return Some(d.trim_end().to_string());
+        }
+    }
 }
 
 #[test]
@@ -81,7 +166,11 @@ fn openai_compatible_endpoints() {
     let a = server.addr.as_str();
 
     let (status, body) = http(a, "GET", "/health", "");
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["slots"].as_array().unwrap().len(), 4);
+    assert_eq!(v["slots"][0]["state"], "idle");
     let (_, body) = http(a, "GET", "/v1/models", "");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["object"], "list");
@@ -200,4 +289,269 @@ fn openai_compatible_endpoints() {
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn every_error_is_openai_json() {
+    let server = start();
+    let a = server.addr.as_str();
+    let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(9 << 20));
+    let image = r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}"#;
+    let tools = r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}"#;
+    for (method, path, body, status, needle) in [
+        ("GET", "/nope", "", 404, "no such endpoint"),
+        ("GET", "/v1/models/other-model", "", 404, "does not exist"),
+        ("GET", "/v1/chat/completions", "", 405, "not allowed"),
+        ("DELETE", "/v1/models", "", 405, "not allowed"),
+        ("POST", "/v1/completions", big.as_str(), 413, "too large"),
+        ("POST", "/v1/chat/completions", image, 400, "text only"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            tools,
+            400,
+            "cannot express tools",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            r#"{"prompt": [1, 99999999]}"#,
+            400,
+            "outside the vocabulary",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            r#"{"prompt": "a", "n": 0}"#,
+            400,
+            "`n`",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            r#"{"prompt": "a", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}"#,
+            400,
+            "schema",
+        ),
+    ] {
+        let (got, body) = http(a, method, path, body);
+        assert_eq!(got, status, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{method} {path}: {message}");
+        assert!(v["error"].get("type").is_some());
+    }
+    // The model is known by its file name.
+    let (status, body) = http(a, "GET", "/v1/models/bitnet-shakespeare-7m-i2_s.gguf", "");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn ids_are_unique_and_requests_without_a_seed_differ() {
+    let server = start_with(&["-n", "12"]);
+    let a = server.addr.as_str();
+    let mut ids = std::collections::HashSet::new();
+    let mut texts = std::collections::HashSet::new();
+    let mut seeds = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = http(a, "POST", "/v1/completions", r#"{"prompt": "ROMEO:\n"}"#);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()));
+        texts.insert(v["choices"][0]["text"].as_str().unwrap().to_string());
+        seeds.push(v["seed"].as_u64().unwrap());
+    }
+    // Four random seeds; sampled text differs (the same text four times would be a fixed seed).
+    assert!(texts.len() > 1, "{texts:?}");
+    // The seed a response reports gives its text again.
+    let body = format!(r#"{{"prompt": "ROMEO:\n", "seed": {}}}"#, seeds[0]);
+    let (_, first) = http(a, "POST", "/v1/completions", &body);
+    let (_, again) = http(a, "POST", "/v1/completions", &body);
+    let text = |b: &str| serde_json::from_str::<Value>(b).unwrap()["choices"][0]["text"].clone();
+    assert_eq!(text(&first), text(&again));
+}
+
+#[test]
+fn a_full_queue_is_503_with_retry_after() {
+    let server = start_with(&["--parallel", "1", "--queue", "0", "--temp", "0"]);
+    let a = server.addr.as_str();
+    let long = r#"{"prompt": "ROMEO:\n", "max_tokens": 100000, "stream": true}"#;
+    let (status, mut stream) = open_stream(a, "/v1/completions", long);
+    assert_eq!(status, 200);
+    // The slot is taken once tokens flow.
+    assert!(next_event(&mut stream).is_some());
+    let (status, head, body) = http_with(a, "POST", "/v1/completions", &[], r#"{"prompt": "x"}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("busy"));
+    // Closing the stream frees the slot.
+    drop(stream);
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _) = http(
+            a,
+            "POST",
+            "/v1/completions",
+            r#"{"prompt": "x", "max_tokens": 2}"#,
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "the cancelled stream kept its slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let health: Value = serde_json::from_str(&http(a, "GET", "/health", "").1).unwrap();
+    assert_eq!(health["slots_busy"], 0);
+    let metrics = http(a, "GET", "/metrics", "").1;
+    assert!(
+        metrics.contains("bitnet_generations_cancelled_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bitnet_requests_total{path=\"/v1/completions\",status=\"503\"}"));
+}
+
+#[test]
+fn api_key_and_cors() {
+    let server = start_with(&[
+        "--api-key",
+        "s3cret",
+        "--cors-origin",
+        "http://example.test",
+    ]);
+    let a = server.addr.as_str();
+    let (status, body) = http(a, "GET", "/v1/models", "");
+    assert_eq!(status, 401);
+    assert!(body.contains("API key"));
+    let (status, _, _) = http_with(a, "GET", "/v1/models", &["Authorization: Bearer wrong"], "");
+    assert_eq!(status, 401);
+    let (status, _, _) = http_with(
+        a,
+        "GET",
+        "/v1/models",
+        &["Authorization: Bearer s3cret"],
+        "",
+    );
+    assert_eq!(status, 200);
+    // The page and /health stay open; /metrics needs the key.
+    assert_eq!(http(a, "GET", "/health", "").0, 200);
+    assert_eq!(http(a, "GET", "/", "").0, 200);
+    assert_eq!(http(a, "GET", "/metrics", "").0, 401);
+    // A preflight from the allowed origin is answered without the key; others get nothing.
+    let (status, head, _) = http_with(
+        a,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            "Origin: http://example.test",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: authorization, content-type",
+        ],
+        "",
+    );
+    assert_eq!(status, 204);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: http://example.test"),
+        "{head}"
+    );
+    assert!(head.contains("access-control-allow-methods"), "{head}");
+    let (_, head, _) = http_with(
+        a,
+        "GET",
+        "/v1/models",
+        &["Origin: http://other.test", "Authorization: Bearer s3cret"],
+        "",
+    );
+    assert!(!head
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin"));
+    let (_, head, _) = http_with(
+        a,
+        "GET",
+        "/v1/models",
+        &[
+            "Origin: http://example.test",
+            "Authorization: Bearer s3cret",
+        ],
+        "",
+    );
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin: http://example.test"));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_ends_streams_with_a_final_event_and_exits_zero() {
+    let mut server = start_with(&["--temp", "0", "--shutdown-timeout", "0.5"]);
+    let a = server.addr.clone();
+    let long = r#"{"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 100000, "stream": true, "stream_options": {"include_usage": true}}"#;
+    let (status, mut stream) = open_stream(&a, "/v1/chat/completions", long);
+    assert_eq!(status, 200);
+    for _ in 0..3 {
+        assert!(next_event(&mut stream).is_some());
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let mut events = Vec::new();
+    while let Some(e) = next_event(&mut stream) {
+        events.push(e);
+    }
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let finish: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|v| v["choices"][0]["finish_reason"].is_string())
+        .collect();
+    assert_eq!(finish.len(), 1, "{events:?}");
+    assert_eq!(finish[0]["choices"][0]["stop_reason"], "shutdown");
+    let usage: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|v| v["usage"].is_object())
+        .collect();
+    assert_eq!(usage.len(), 1);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("POST /v1/chat/completions 200"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn each_request_gets_one_log_line_with_its_figures() {
+    let server = start();
+    let a = server.addr.as_str();
+    http(
+        a,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "ROMEO:\n", "max_tokens": 5}"#,
+    );
+    http(a, "GET", "/nope", "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = server.log.lock().unwrap().clone();
+        let gen: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("POST /v1/completions 200"))
+            .collect();
+        if gen.len() == 1 && log.contains("GET /nope 404") {
+            assert!(gen[0].contains("prompt 3 tokens"), "{}", gen[0]);
+            assert!(gen[0].contains("generated 5"), "{}", gen[0]);
+            assert!(gen[0].contains("first token"), "{}", gen[0]);
+            assert!(gen[0].contains("t/s"), "{}", gen[0]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -687,13 +687,25 @@ fn folder_without_config_is_a_clear_error() {
 
 #[test]
 fn unsupported_model_type_is_named() {
-    let dir = TempDir::copy_of("llama", "testdata/visible/hf-online");
-    dir.edit_config(|c| c["model_type"] = json!("llama"));
+    let dir = TempDir::copy_of("mistral", "testdata/visible/hf-online");
+    dir.edit_config(|c| c["model_type"] = json!("mistral"));
     let e = hf::load_model(dir.path()).unwrap_err();
     assert!(matches!(e, HfError::UnsupportedModelType { .. }));
     assert!(
-        e.to_string()
-            .ends_with("config.json: model_type `llama` is not supported (supported: bitnet)"),
+        e.to_string().ends_with(
+            "config.json: model_type `mistral` is not supported (supported: bitnet, llama)"
+        ),
+        "{e}"
+    );
+    // A Llama checkpoint without BitNet quantization is a full-precision model: refused by
+    // name, not run as if it were ternary.
+    let dir = TempDir::copy_of("plain-llama", "testdata/family/falcon3/hf-packed");
+    dir.edit_config(|c| {
+        c.as_object_mut().unwrap().remove("quantization_config");
+    });
+    let e = hf::load_model(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.ends_with("key `quantization_config`: is missing: a LlamaForCausalLM checkpoint is a ternary (BitNet) model only with quant_method `bitnet`"),
         "{e}"
     );
 }

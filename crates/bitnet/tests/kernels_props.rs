@@ -125,6 +125,30 @@ proptest! {
         }
     }
 
+    /// Batch invariance at the kernel: a token's products are bit-identical whether it is
+    /// multiplied alone or among others (what `serve`'s batch invariance rests on).
+    #[test]
+    fn f16_matmul_of_a_token_does_not_depend_on_the_others(
+        (rows, k, tokens) in (1usize..7, 1usize..300, 2usize..8),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = seed;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
+        let x: Vec<f32> = (0..tokens * k).map(|_| next() * 3.0).collect();
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let mut together = vec![0f32; rows * tokens];
+            kernels::f16_matmul(isa, &w, k, &x, &mut together);
+            for t in 0..tokens {
+                let mut alone = vec![0f32; rows];
+                kernels::f16_matmul(isa, &w, k, &x[t * k..(t + 1) * k], &mut alone);
+                for r in 0..rows {
+                    prop_assert_eq!(together[t * rows + r].to_bits(), alone[r].to_bits(), "{} token {} row {}", isa, t, r);
+                }
+            }
+        }
+    }
+
     #[test]
     fn dots_and_axpys_match_within_tolerance(
         a in prop::collection::vec(-4f32..4.0, 0..200),

@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use bitnet::generate::{GenerationConfig, Input, Request, Sampler, SamplerConfig, Session};
+use bitnet::generate::{GenerationConfig, Input, Prompt, Request, Sampler, SamplerConfig, Session};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
@@ -105,13 +105,19 @@ fn run_one(
     let sampler_config = req.sampler_config(defaults)?;
     let tokenizer = session.tokenizer();
     let ids = match req.input()? {
-        Input::Prompt(p) => tokenizer.encode(
-            &p,
-            EncodeOptions {
-                add_bos: tokenizer.add_bos_token(),
-                parse_special: false,
-            },
-        ),
+        Input::Prompts(prompts) => match &prompts[..] {
+            [Prompt::Text(p)] => tokenizer.encode(
+                p,
+                EncodeOptions {
+                    add_bos: tokenizer.add_bos_token(),
+                    parse_special: false,
+                },
+            ),
+            [Prompt::Tokens(ids)] => ids.clone(),
+            _ => {
+                anyhow::bail!("`prompt`: a batch line answers one prompt; put each on its own line")
+            }
+        },
         Input::Messages(m) => tokenizer.encode_chat(&template.render(&m, true)?),
     };
     let config = GenerationConfig {

@@ -2,12 +2,17 @@
 //! tokens as one batch) and generation (tgN: N tokens one at a time) in tokens/s, like
 //! llama-bench, plus a memory-bandwidth probe run in the same invocation so each tg figure is
 //! also shown as a fraction of the measured roofline (bytes read per token / bandwidth).
+//!
+//! `-np 1,4,8` adds llama-batched-bench's parallel mode: N sequences, each with its own KV
+//! cache, run together through the batched forward pass that `bitnet serve` uses (their
+//! prompts in one pass, then one token each per step), reporting the aggregate generation
+//! t/s and the time to first token of a request that joins N−1 sequences already generating.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use bitnet::kernels::Isa;
-use bitnet::model::{BitnetModel, CacheType, Logits};
+use bitnet::model::{BatchEntry, BitnetModel, CacheType, KvCache, Logits, ModelError};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -38,6 +43,10 @@ pub struct Args {
     /// Repetitions of each test
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     repetitions: usize,
+    /// Parallel sequences to test together (llama-batched-bench's mode; `-np 1,4,8` works
+    /// too), each with a prompt of the first -p length and the first -n generated tokens
+    #[arg(long = "np", alias = "parallel", value_delimiter = ',')]
+    np: Vec<usize>,
     /// KV cache type
     #[arg(long, default_value = "f16")]
     cache_type: CacheType,
@@ -196,6 +205,32 @@ pub fn run(args: Args) -> Result<()> {
             });
         }
     }
+    let mut parallel = Vec::new();
+    if !args.np.is_empty() {
+        let p = args
+            .n_prompt
+            .iter()
+            .copied()
+            .find(|&p| p > 0)
+            .unwrap_or(128);
+        let n = args.n_gen.iter().copied().find(|&n| n > 0).unwrap_or(128);
+        for &t in &threads {
+            model.set_threads(t);
+            let t = model.threads();
+            for &np in &args.np {
+                anyhow::ensure!(np >= 1, "-np 0: at least one sequence is needed");
+                let ctx = args.ctx_size.max(p + n + 1);
+                let mut runs = Vec::with_capacity(args.repetitions);
+                for rep in 0..args.repetitions + 1 {
+                    let run = parallel_run(&model, np, p, n, ctx, args.cache_type, rep as u64)?;
+                    if rep > 0 {
+                        runs.push(run);
+                    }
+                }
+                parallel.push((t, np, p, n, runs));
+            }
+        }
+    }
     // Peak RSS of the model runs, before the probe allocates its buffer.
     let peak_rss = crate::stats::peak_rss_bytes();
     let mut probed: Vec<usize> = Vec::new();
@@ -249,6 +284,22 @@ pub fn run(args: Args) -> Result<()> {
             "bandwidth_gb_s": bandwidth.iter().map(|(t, bw)| json!({"threads": t, "gb_s": bw})).collect::<Vec<_>>(),
             "peak_rss_bytes": peak_rss,
             "results": results,
+            "parallel": parallel.iter().map(|(t, np, p, n, runs)| {
+                let pp: Vec<f64> = runs.iter().map(|r| r.pp_tokens_per_s).collect();
+                let tg: Vec<f64> = runs.iter().map(|r| r.tg_tokens_per_s).collect();
+                let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_s).collect();
+                json!({
+                    "threads": t, "np": np, "prompt": p, "generated": n,
+                    "pp_tokens_per_s": mean_sd(&pp).0, "tg_tokens_per_s": mean_sd(&tg).0,
+                    "tg_tokens_per_s_sd": mean_sd(&tg).1,
+                    "tg_tokens_per_s_per_sequence": mean_sd(&tg).0 / *np as f64,
+                    "ttft_joining_s": mean_sd(&ttft).0,
+                    "samples": runs.iter().map(|r| json!({
+                        "pp_tokens_per_s": r.pp_tokens_per_s, "tg_tokens_per_s": r.tg_tokens_per_s,
+                        "ttft_joining_s": r.ttft_s,
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -272,6 +323,24 @@ pub fn run(args: Args) -> Result<()> {
             r.threads,
             r.test,
         );
+    }
+    if !parallel.is_empty() {
+        println!(
+            "\n| threads | np | pp | tg | pp t/s (all prompts) | tg t/s (all sequences) | tg t/s per sequence | first token, joining np-1 (s) |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for (t, np, p, n, runs) in &parallel {
+            let pp: Vec<f64> = runs.iter().map(|r| r.pp_tokens_per_s).collect();
+            let tg: Vec<f64> = runs.iter().map(|r| r.tg_tokens_per_s).collect();
+            let ttft: Vec<f64> = runs.iter().map(|r| r.ttft_s).collect();
+            let (tg_mean, tg_sd) = mean_sd(&tg);
+            println!(
+                "| {t} | {np} | {p} | {n} | {:.2} | {tg_mean:.2} ± {tg_sd:.2} | {:.2} | {:.3} |",
+                mean_sd(&pp).0,
+                tg_mean / *np as f64,
+                mean_sd(&ttft).0,
+            );
+        }
     }
     for (t, bw) in &bandwidth {
         if let Some(bw) = bw {
@@ -302,4 +371,73 @@ pub fn run(args: Args) -> Result<()> {
         args.cache_type
     );
     Ok(())
+}
+
+/// One run of the parallel mode.
+struct ParallelRun {
+    /// Prompt tokens per second with all `np` prompts in one batch.
+    pp_tokens_per_s: f64,
+    /// Generated tokens per second, all sequences together.
+    tg_tokens_per_s: f64,
+    /// Seconds until a new request's first token when it joins `np − 1` generating
+    /// sequences (its whole prompt in the same step as their next tokens).
+    ttft_s: f64,
+}
+
+/// `np` sequences with `p`-token prompts (one batched pass), then `n` steps of one token each
+/// for all of them, then one more sequence joining `np − 1` of them.
+fn parallel_run(
+    model: &BitnetModel,
+    np: usize,
+    p: usize,
+    n: usize,
+    ctx: usize,
+    ty: CacheType,
+    rep: u64,
+) -> Result<ParallelRun, ModelError> {
+    let n_vocab = model.config().n_vocab;
+    let mut caches: Vec<KvCache> = (0..np)
+        .map(|_| model.new_cache(ctx, ty))
+        .collect::<Result<_, _>>()?;
+    let prompts: Vec<Vec<u32>> = (0..np)
+        .map(|i| tokens(p, n_vocab, 1000 * rep + i as u64))
+        .collect();
+    let step = |caches: &mut [KvCache], inputs: &[Vec<u32>]| -> Result<(), ModelError> {
+        let mut batch: Vec<BatchEntry> = caches
+            .iter_mut()
+            .zip(inputs)
+            .map(|(cache, tokens)| BatchEntry {
+                tokens,
+                cache,
+                logits: Logits::Last,
+            })
+            .collect();
+        model.forward_batch(&mut batch).map(drop)
+    };
+    let start = Instant::now();
+    step(&mut caches, &prompts)?;
+    let pp = start.elapsed().as_secs_f64();
+    let decode: Vec<Vec<u32>> = (0..n)
+        .map(|i| tokens(np, n_vocab, 7_000_000 + 1000 * rep + i as u64))
+        .collect();
+    let start = Instant::now();
+    for ids in &decode {
+        let inputs: Vec<Vec<u32>> = ids.iter().map(|&t| vec![t]).collect();
+        step(&mut caches, &inputs)?;
+    }
+    let tg = start.elapsed().as_secs_f64();
+    // A request joins: sequence 0 starts over with a fresh prompt while the others decode.
+    caches[0].clear();
+    let mut inputs: Vec<Vec<u32>> = (0..np)
+        .map(|i| vec![(i as u32 + 1) % n_vocab as u32])
+        .collect();
+    inputs[0] = tokens(p, n_vocab, 9_000_000 + rep);
+    let start = Instant::now();
+    step(&mut caches, &inputs)?;
+    let ttft = start.elapsed().as_secs_f64();
+    Ok(ParallelRun {
+        pp_tokens_per_s: (np * p) as f64 / pp,
+        tg_tokens_per_s: (np * n) as f64 / tg,
+        ttft_s: ttft,
+    })
 }

@@ -91,6 +91,9 @@ pub fn run(args: Args) -> Result<()> {
             args.ty.tensor_type()
         );
     }
+    for note in &summary.notes {
+        eprintln!("warning: {note}");
+    }
     if !summary.skipped.is_empty() {
         eprintln!("note: not converted: {}", summary.skipped.join(", "));
     }

@@ -14,7 +14,8 @@ use bitnet::load::{DEMO_MODEL, DEMO_MODEL_NAME};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model shape: 2b-4t (microsoft/bitnet-b1.58-2B-4T), 700m, tiny
+    /// Model shape: 2b-4t (microsoft/bitnet-b1.58-2B-4T), falcon3-1b, falcon3-3b, falcon3-7b,
+    /// falcon3-10b, llama3-8b, bitnet-large, bitnet-3b, 700m, tiny
     #[arg(long, default_value = "2b-4t")]
     shape: String,
     /// Output GGUF file
@@ -34,6 +35,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some((_, why)) = synth::REFUSED_SHAPES
+        .iter()
+        .find(|(name, _)| *name == args.shape)
+    {
+        bail!("--shape {}: {why}", args.shape);
+    }
     let Some(shape) = Shape::by_name(&args.shape) else {
         let names: Vec<&str> = synth::SHAPES.iter().map(|s| s.name).collect();
         bail!(

@@ -3,8 +3,10 @@
 //! context), and its figures. Uses `model` and `tokenizer`; knows nothing of the CLI.
 
 pub mod chat;
+pub mod constraint;
 pub mod request;
 pub mod sampler;
+pub mod scheduler;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -14,8 +16,9 @@ use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
 use crate::tokenizer::{PendingUtf8, Tokenizer, TokenizerError};
 
 pub use chat::{Chat, Turn};
-pub use request::{Input, Request, RequestError};
+pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
+pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,10 @@ pub enum StopReason {
     ContextFull,
     /// The caller's callback asked to stop (an interrupt).
     Interrupted,
+    /// The output completed its grammar ([`constraint::Constraint`]).
+    Constraint,
+    /// The scheduler was shut down while the request ran or waited.
+    Shutdown,
 }
 
 impl StopReason {
@@ -86,6 +93,8 @@ impl StopReason {
             StopReason::MaxTokens => "length",
             StopReason::ContextFull => "context_full",
             StopReason::Interrupted => "interrupted",
+            StopReason::Constraint => "grammar",
+            StopReason::Shutdown => "shutdown",
         }
     }
 }

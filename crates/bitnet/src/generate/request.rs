@@ -7,6 +7,12 @@
 //!
 //! Fields are read one by one from the JSON object rather than through a derived
 //! `Deserialize`, so that every error names the field and says what it must be.
+//!
+//! The OpenAI fields clients send beyond those: `prompt` as a list of strings, a list of token
+//! ids or a list of such lists; `messages[].content` as a list of text parts; assistant
+//! messages with `content: null` and `tool_calls`; `n`, `logprobs` (a boolean for chat, a count
+//! for completions), `top_logprobs`, `echo`, `logit_bias`, `stream_options`,
+//! `response_format` and `tools`.
 
 use serde_json::{Map, Value};
 
@@ -31,6 +37,12 @@ pub enum RequestError {
     Sampler(#[from] SamplerError),
     #[error("a request needs exactly one of `prompt` and `messages`")]
     PromptOrMessages,
+    /// A well-formed value this engine cannot serve (an image part, say).
+    #[error("`{field}`: {message}")]
+    Unsupported {
+        field: &'static str,
+        message: String,
+    },
     /// The chat template refused the conversation (a template may raise an exception).
     #[error("`messages`: {0}")]
     Template(crate::tokenizer::TokenizerError),
@@ -40,7 +52,9 @@ impl RequestError {
     /// The request field the error is about, if one (OpenAI's `param`).
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            RequestError::Field { field, .. } => Some(field),
+            RequestError::Field { field, .. } | RequestError::Unsupported { field, .. } => {
+                Some(field)
+            }
             RequestError::Sampler(e) => Some(e.param.field()),
             RequestError::Template(_) => Some("messages"),
             _ => None,
@@ -48,14 +62,45 @@ impl RequestError {
     }
 }
 
+/// One prompt of a completion request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text (BOS added when the model asks for it).
+    Text(String),
+    /// Token ids, run as given.
+    Tokens(Vec<u32>),
+}
+
 /// What the request asks the model to continue.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
-    /// Plain text (BOS added when the model asks for it).
-    Prompt(String),
+    /// One or more prompts (OpenAI's completions answer each with its own choices).
+    Prompts(Vec<Prompt>),
     /// A conversation, rendered through the model's chat template.
     Messages(Vec<ChatMessage>),
 }
+
+/// `logprobs`: chat completions ask with `true` (and `top_logprobs: k`), completions with
+/// the number of alternatives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogprobsRequest {
+    Flag(bool),
+    Count(usize),
+}
+
+/// `response_format`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema.
+    JsonSchema(Value),
+}
+
+/// Most choices (`n`) or alternatives (`top_logprobs`) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A parsed request. Sampling fields left out take the caller's defaults (see
 /// [`Request::sampler_config`]).
@@ -63,7 +108,7 @@ pub enum Input {
 pub struct Request {
     /// Echoed back by `batch` (any JSON value).
     pub id: Option<Value>,
-    pub prompt: Option<String>,
+    pub prompt: Option<Vec<Prompt>>,
     pub messages: Option<Vec<ChatMessage>>,
     /// `max_completion_tokens`, `max_tokens` or `n_predict` (first found); -1 in `n_predict`
     /// means no limit, as in llama.cpp, and is kept as `Some(None)`.
@@ -80,6 +125,19 @@ pub struct Request {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub stream: bool,
+    /// Choices per prompt.
+    pub n: usize,
+    pub logprobs: Option<LogprobsRequest>,
+    pub top_logprobs: Option<usize>,
+    /// Completions: the prompt is part of the returned text (and of its logprobs).
+    pub echo: bool,
+    /// `(token id, bias)`: added to the token's logit before sampling, -100..=100.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `stream_options.include_usage`: a last chunk with the token counts.
+    pub include_usage: bool,
+    pub response_format: Option<ResponseFormat>,
+    /// OpenAI's `tools` (function definitions), when given and not empty.
+    pub tools: Option<Value>,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -107,6 +165,128 @@ fn count(v: &Value) -> Option<usize> {
     v.as_u64().and_then(|x| usize::try_from(x).ok())
 }
 
+/// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
+fn prompts(v: &Value) -> Option<Vec<Prompt>> {
+    let tokens = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+            .collect()
+    };
+    match v {
+        Value::String(s) => Some(vec![Prompt::Text(s.clone())]),
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => {
+            tokens(a).map(|t| vec![Prompt::Tokens(t)])
+        }
+        Value::Array(a) => a
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => Some(Prompt::Text(s.clone())),
+                Value::Array(t) => tokens(t).map(Prompt::Tokens),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// `messages`: objects with a `role` and a `content` that is a string, a list of text parts
+/// (joined with newlines), or null for an assistant message that only calls tools.
+fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
+    const EXPECTED: &str = "a list of {\"role\": …, \"content\": …} objects";
+    let list = v.as_array().ok_or(field_error("messages", EXPECTED))?;
+    let mut out = Vec::with_capacity(list.len());
+    for m in list {
+        let m = m.as_object().ok_or(field_error("messages", EXPECTED))?;
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or(field_error("messages", EXPECTED))?;
+        let tool_calls = m.get("tool_calls").filter(|v| !v.is_null()).cloned();
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) if role == "assistant" || tool_calls.is_some() => {
+                String::new()
+            }
+            Some(Value::Array(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let kind = part.get("type").and_then(Value::as_str);
+                    match (kind, part.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => texts.push(t),
+                        (
+                            Some(kind @ ("image_url" | "input_image" | "input_audio" | "file")),
+                            _,
+                        ) => {
+                            return Err(RequestError::Unsupported {
+                                field: "messages",
+                                message: format!(
+                                    "content parts of type `{kind}` are not supported: this \
+                                     model reads text only"
+                                ),
+                            })
+                        }
+                        _ => {
+                            return Err(field_error(
+                                "messages",
+                                "content parts like {\"type\": \"text\", \"text\": …}",
+                            ))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+            _ => return Err(field_error("messages", EXPECTED)),
+        };
+        out.push(ChatMessage {
+            role: role.to_string(),
+            content,
+            tool_calls,
+            tool_call_id: m
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
+    v.as_object()?
+        .iter()
+        .map(|(k, b)| {
+            let id: u32 = k.parse().ok()?;
+            let b = b.as_f64().filter(|b| (-100.0..=100.0).contains(b))?;
+            Some((id, b as f32))
+        })
+        .collect()
+}
+
+fn response_format(v: &Value) -> Result<ResponseFormat, RequestError> {
+    const EXPECTED: &str = "{\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"schema\": …}}";
+    let kind = v
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(field_error("response_format", EXPECTED))?;
+    match kind {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let spec = v
+                .get("json_schema")
+                .ok_or(field_error("response_format", EXPECTED))?;
+            // OpenAI nests the schema under `json_schema.schema`; llama.cpp also takes it
+            // directly under `json_schema`.
+            let schema = match spec.get("schema") {
+                Some(s) => s.clone(),
+                None if spec.get("type").is_some() => spec.clone(),
+                None => serde_json::json!({}),
+            };
+            Ok(ResponseFormat::JsonSchema(schema))
+        }
+        _ => Err(field_error("response_format", EXPECTED)),
+    }
+}
+
 impl Request {
     /// Parses one request from raw bytes (a batch line or an HTTP body).
     pub fn from_slice(bytes: &[u8]) -> Result<Request, RequestError> {
@@ -120,18 +300,16 @@ impl Request {
     /// Reads the fields of a JSON object.
     pub fn from_value(value: &Value) -> Result<Request, RequestError> {
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
-        let prompt = opt(obj, "prompt", "a string", |v| match v {
-            Value::String(s) => Some(s.clone()),
-            // OpenAI allows a list of prompts; one is what a single completion can answer.
-            Value::Array(a) if a.len() == 1 => a[0].as_str().map(str::to_string),
-            _ => None,
-        })?;
-        let messages = opt(
+        let prompt = opt(
             obj,
-            "messages",
-            "a list of {\"role\": …, \"content\": …} objects",
-            |v| serde_json::from_value::<Vec<ChatMessage>>(v.clone()).ok(),
+            "prompt",
+            "a string, a list of strings, a list of token ids or a list of such lists",
+            prompts,
         )?;
+        let messages = match obj.get("messages") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(messages(v)?),
+        };
         let mut max_tokens = None;
         for field in ["max_completion_tokens", "max_tokens"] {
             if max_tokens.is_none() {
@@ -179,13 +357,63 @@ impl Request {
             seed,
             stop,
             stream: opt(obj, "stream", "true or false", Value::as_bool)?.unwrap_or(false),
+            n: opt(obj, "n", "an integer from 1 to 16", |v| {
+                count(v).filter(|n| (1..=MAX_CHOICES).contains(n))
+            })?
+            .unwrap_or(1),
+            logprobs: opt(
+                obj,
+                "logprobs",
+                "true or false (chat), or a number of alternatives from 0 to 20 (completions)",
+                |v| match v {
+                    Value::Bool(b) => Some(LogprobsRequest::Flag(*b)),
+                    v => count(v)
+                        .filter(|&k| k <= MAX_TOP_LOGPROBS)
+                        .map(LogprobsRequest::Count),
+                },
+            )?,
+            top_logprobs: opt(obj, "top_logprobs", "an integer from 0 to 20", |v| {
+                count(v).filter(|&k| k <= MAX_TOP_LOGPROBS)
+            })?,
+            echo: opt(obj, "echo", "true or false", Value::as_bool)?.unwrap_or(false),
+            logit_bias: opt(
+                obj,
+                "logit_bias",
+                "an object mapping token ids to numbers from -100 to 100",
+                logit_bias,
+            )?
+            .unwrap_or_default(),
+            include_usage: opt(
+                obj,
+                "stream_options",
+                "an object such as {\"include_usage\": true}",
+                |v| {
+                    let o = v.as_object()?;
+                    match o.get("include_usage") {
+                        None | Some(Value::Null) => Some(false),
+                        Some(b) => b.as_bool(),
+                    }
+                },
+            )?
+            .unwrap_or(false),
+            response_format: match obj.get("response_format") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(response_format(v)?),
+            },
+            tools: match obj.get("tools") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(a)) if a.is_empty() => None,
+                Some(v @ Value::Array(_)) => Some(v.clone()),
+                Some(_) => return Err(field_error("tools", "a list of tool definitions")),
+            },
         })
     }
 
     /// The prompt or the messages (exactly one must be given).
     pub fn input(&self) -> Result<Input, RequestError> {
         match (&self.prompt, &self.messages) {
-            (Some(p), None) => Ok(Input::Prompt(p.clone())),
+            (Some(p), None) if p.is_empty() => Err(field_error("prompt", "a non-empty list")),
+            (Some(p), None) => Ok(Input::Prompts(p.clone())),
             (None, Some(m)) if m.is_empty() => Err(field_error("messages", "a non-empty list")),
             (None, Some(m)) => Ok(Input::Messages(m.clone())),
             _ => Err(RequestError::PromptOrMessages),
@@ -224,7 +452,10 @@ mod tests {
     fn stop_is_a_string_or_a_list_and_unknown_fields_are_ignored() {
         let r = parse(r#"{"prompt": "a", "stop": "\n", "model": "x", "user": 3}"#).unwrap();
         assert_eq!(r.stop, vec!["\n".to_string()]);
-        assert_eq!(r.input().unwrap(), Input::Prompt("a".into()));
+        assert_eq!(
+            r.input().unwrap(),
+            Input::Prompts(vec![Prompt::Text("a".into())])
+        );
         let r = parse(r#"{"prompt": ["a"], "stop": ["x", "y"]}"#).unwrap();
         assert_eq!(r.stop, vec!["x".to_string(), "y".to_string()]);
         let e = parse(r#"{"prompt": "a", "stop": 3}"#).unwrap_err();
@@ -272,5 +503,104 @@ mod tests {
         assert!(r.seed.is_some());
         let r = parse(r#"{"prompt": "a", "max_tokens": 4, "n_predict": 9}"#).unwrap();
         assert_eq!(r.max_tokens, Some(Some(4)));
+    }
+
+    #[test]
+    fn prompts_come_as_strings_lists_and_token_ids() {
+        let p = |s: &str| parse(s).unwrap().input().unwrap();
+        assert_eq!(
+            p(r#"{"prompt": ["a", "b"]}"#),
+            Input::Prompts(vec![Prompt::Text("a".into()), Prompt::Text("b".into())])
+        );
+        assert_eq!(
+            p(r#"{"prompt": [1, 2, 3]}"#),
+            Input::Prompts(vec![Prompt::Tokens(vec![1, 2, 3])])
+        );
+        assert_eq!(
+            p(r#"{"prompt": [[1, 2], [3]]}"#),
+            Input::Prompts(vec![Prompt::Tokens(vec![1, 2]), Prompt::Tokens(vec![3])])
+        );
+        for bad in [
+            r#"{"prompt": [1, -2]}"#,
+            r#"{"prompt": {"a": 1}}"#,
+            r#"{"prompt": [[1], 2]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().field(), Some("prompt"), "{bad}");
+        }
+        assert!(parse(r#"{"prompt": []}"#).unwrap().input().is_err());
+    }
+
+    #[test]
+    fn messages_take_text_parts_and_tool_calls_and_refuse_images() {
+        let r = parse(
+            r#"{"messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}
+            ]}"#,
+        )
+        .unwrap();
+        let m = r.messages.unwrap();
+        assert_eq!(m[0].content, "Be brief.");
+        assert_eq!(m[1].content, "a\nb");
+        assert_eq!(m[2].content, "");
+        assert!(m[2].tool_calls.is_some());
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("c1"));
+        let e = parse(
+            r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("image_url"), "{e}");
+        assert_eq!(e.field(), Some("messages"));
+        let e = parse(r#"{"messages": [{"role": "user", "content": null}]}"#).unwrap_err();
+        assert_eq!(e.field(), Some("messages"));
+    }
+
+    #[test]
+    fn openai_fields_are_read_and_checked() {
+        let r = parse(
+            r#"{"prompt": "a", "n": 3, "logprobs": 2, "echo": true, "logit_bias": {"15": -100, "7": 5.5},
+                "stream_options": {"include_usage": true}, "response_format": {"type": "json_object"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.n, 3);
+        assert_eq!(r.logprobs, Some(LogprobsRequest::Count(2)));
+        assert!(r.echo && r.include_usage);
+        let mut bias = r.logit_bias.clone();
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, vec![(7, 5.5), (15, -100.0)]);
+        assert_eq!(r.response_format, Some(ResponseFormat::JsonObject));
+        let r = parse(
+            r#"{"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 4,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}},
+                "tools": [{"type": "function", "function": {"name": "f"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.logprobs, Some(LogprobsRequest::Flag(true)));
+        assert_eq!(r.top_logprobs, Some(4));
+        assert_eq!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema(
+                serde_json::json!({"type": "object"})
+            ))
+        );
+        assert!(r.tools.is_some());
+        for (bad, field) in [
+            (r#"{"prompt": "a", "n": 0}"#, "n"),
+            (r#"{"prompt": "a", "n": 99}"#, "n"),
+            (r#"{"prompt": "a", "logprobs": 50}"#, "logprobs"),
+            (r#"{"prompt": "a", "top_logprobs": 21}"#, "top_logprobs"),
+            (r#"{"prompt": "a", "logit_bias": {"x": 1}}"#, "logit_bias"),
+            (r#"{"prompt": "a", "logit_bias": {"1": 500}}"#, "logit_bias"),
+            (
+                r#"{"prompt": "a", "response_format": {"type": "xml"}}"#,
+                "response_format",
+            ),
+            (r#"{"prompt": "a", "stream_options": 3}"#, "stream_options"),
+            (r#"{"prompt": "a", "tools": "f"}"#, "tools"),
+        ] {
+            assert_eq!(parse(bad).unwrap_err().field(), Some(field), "{bad}");
+        }
     }
 }

@@ -298,6 +298,23 @@ impl Checkpoint {
         Ok(t)
     }
 
+    /// Checks the gain of a BitLinear's pre-quantization RMSNorm (transformers'
+    /// `use_rms_norm`) where the checkpoint stores one: only the weightless norm (all gains 1,
+    /// as transformers initializes it) is supported, since the q, k and v projections (and gate
+    /// and up) share one quantization of their input.
+    pub fn check_unit_norm(&self, name: &str, len: usize) -> Result<(), HfError> {
+        if !self.contains(name) {
+            return Ok(());
+        }
+        let t = self.float_tensor(name, &[len])?;
+        if let Some(g) = t.to_f32()?.into_iter().find(|&g| g != 1.0) {
+            return Err(t.error(format!(
+                "a pre-quantization RMSNorm gain of {g} is not supported (only the weightless norm, all gains 1)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a BitLinear weight's storage and shape against `[out, in]` without reading its
     /// data; for a packed weight, returns its `weight_scale` tensor.
     pub fn check_linear(
@@ -460,8 +477,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let short = match module {
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
-        "self_attn.attn_sub_norm" => "attn_sub_norm",
-        "mlp.ffn_sub_norm" => "ffn_sub_norm",
+        "self_attn.attn_sub_norm" | "self_attn.inner_attn_ln" => "attn_sub_norm",
+        "mlp.ffn_sub_norm" | "mlp.ffn_layernorm" => "ffn_sub_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",

@@ -1,10 +1,16 @@
-//! `config.json` of a Hugging Face `BitNetForCausalLM` checkpoint, typed and checked up front.
+//! `config.json` of a Hugging Face BitNet-family checkpoint, typed and checked up front:
+//! - `BitNetForCausalLM` (`model_type: bitnet`, microsoft/bitnet-b1.58-2B-4T);
+//! - `LlamaForCausalLM` with `quantization_config.quant_method: bitnet` (Falcon3-*-1.58bit,
+//!   Falcon-E, HF1BitLLM/Llama3-8B-1.58);
+//! - 1bitLLM's `BitnetForCausalLM` (`model_type: llama`, its own modeling code: sub-norms,
+//!   SiLU, master weights ternarized at every forward).
 //!
-//! Keys and defaults follow transformers' `BitNetConfig` and `BitNetQuantConfig`: the shape
-//! keys are required (a config without them is not a model we can check), `num_key_value_heads`
-//! defaults to `num_attention_heads`, `rope_theta` to 500000, `rms_norm_eps` to 1e-5,
+//! Keys and defaults follow transformers' `BitNetConfig` / `LlamaConfig` and
+//! `BitNetQuantConfig`: the shape keys are required (a config without them is not a model we
+//! can check), `num_key_value_heads` defaults to `num_attention_heads`, `rope_theta` to 500000
+//! (BitNet) or 10000 (Llama), `rms_norm_eps` to 1e-5 (BitNet) or 1e-6 (Llama),
 //! `tie_word_embeddings` to false, `linear_class` to `bitlinear`, `quantization_mode` to
-//! `offline`.
+//! `offline`, `use_rms_norm` to false with `rms_norm_eps` 1e-6.
 
 use std::path::Path;
 
@@ -31,10 +37,99 @@ pub enum QuantMode {
     Offline,
 }
 
-/// The hyperparameters of a BitNet b1.58 checkpoint.
+/// Which kind of checkpoint a folder holds (and so which GGUF architecture it becomes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfFamily {
+    /// transformers' `BitNetForCausalLM`: GGUF `bitnet-b1.58`.
+    BitNet,
+    /// `LlamaForCausalLM` quantized with `quant_method: bitnet`: GGUF `llama`.
+    Llama,
+    /// 1bitLLM's `BitnetForCausalLM`: GGUF `bitnet`.
+    OneBitLlm,
+}
+
+impl HfFamily {
+    /// The GGUF architecture the checkpoint converts to.
+    pub fn architecture(self) -> crate::model::Architecture {
+        use crate::model::Architecture;
+        match self {
+            HfFamily::BitNet => Architecture::BitnetB158,
+            HfFamily::Llama => Architecture::Llama,
+            HfFamily::OneBitLlm => Architecture::Bitnet,
+        }
+    }
+
+    /// The Hugging Face module names of the two sub-norms, where the family has them.
+    pub fn sub_norm_modules(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            HfFamily::BitNet => Some(("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")),
+            HfFamily::OneBitLlm => Some(("self_attn.inner_attn_ln", "mlp.ffn_layernorm")),
+            HfFamily::Llama => None,
+        }
+    }
+}
+
+/// `rope_scaling` of a Llama config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (`rope_type: linear`).
+    Linear { factor: f32 },
+    /// Llama 3.1's frequency-dependent scaling (`rope_type: llama3`).
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl RopeScaling {
+    /// The divisor of each of the `head_dim / 2` RoPE frequencies (llama.cpp's `rope_freqs`
+    /// tensor), for Llama 3 scaling: 1 for short wavelengths, `factor` for long ones, a smooth
+    /// blend in between, as transformers' `_compute_llama3_parameters` computes.
+    pub fn llama3_factors(&self, rope_theta: f32, head_dim: usize) -> Option<Vec<f32>> {
+        let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } = *self
+        else {
+            return None;
+        };
+        let old = original_max_position_embeddings as f64;
+        let (factor, low, high) = (
+            factor as f64,
+            low_freq_factor as f64,
+            high_freq_factor as f64,
+        );
+        let low_wavelen = old / low;
+        let high_wavelen = old / high;
+        Some(
+            (0..head_dim / 2)
+                .map(|k| {
+                    let inv = 1.0 / (rope_theta as f64).powf(2.0 * k as f64 / head_dim as f64);
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    let scaled = if wavelen < high_wavelen {
+                        inv
+                    } else if wavelen > low_wavelen {
+                        inv / factor
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * inv / factor + smooth * inv
+                    };
+                    (inv / scaled) as f32
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The hyperparameters of a BitNet-family checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HfConfig {
     pub model_type: String,
+    pub family: HfFamily,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -54,10 +149,14 @@ pub struct HfConfig {
     /// uint8 is packed, floats are master weights).
     pub linear_class: LinearClass,
     pub quant_mode: Option<QuantMode>,
+    /// `quantization_config.use_rms_norm`: the epsilon of the weightless RMSNorm in front of
+    /// every BitLinear's activation quantization, when the model has it.
+    pub act_norm_eps: Option<f32>,
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 /// The `model_type`s this loader converts.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
 
 impl HfConfig {
     /// Reads and checks `config.json`.
@@ -189,20 +288,41 @@ impl Keys<'_> {
                 model_type,
             });
         }
+        let architecture = match self.get("architectures").and_then(Value::as_array) {
+            Some(list) => list.first().and_then(Value::as_str),
+            None => None,
+        };
+        let family = match (model_type.as_str(), architecture) {
+            ("bitnet", _) => HfFamily::BitNet,
+            ("llama", Some("BitnetForCausalLM")) => HfFamily::OneBitLlm,
+            ("llama", _) => HfFamily::Llama,
+            _ => unreachable!("model_type checked above"),
+        };
+        let expected_act = match family {
+            HfFamily::BitNet => "relu2",
+            HfFamily::Llama | HfFamily::OneBitLlm => "silu",
+        };
         if let Some(act) = self.opt_str("hidden_act")? {
-            if act != "relu2" {
+            if act != expected_act {
                 return Err(self.err(
                     "hidden_act",
-                    format!("`{act}` is not supported (BitNet b1.58 uses relu2)"),
+                    format!("`{act}` is not supported (this family uses {expected_act})"),
                 ));
             }
         }
-        if let Some(scaling) = self.get("rope_scaling") {
-            return Err(self.err(
-                "rope_scaling",
-                format!("RoPE scaling is not supported, found {scaling}"),
-            ));
+        if family == HfFamily::OneBitLlm {
+            for (key, bits) in [("weight_bits", 1), ("input_bits", 8)] {
+                if let Some(b) = self.opt_usize(key)? {
+                    if b != bits {
+                        return Err(self.err(key, format!("{b} is not supported (only {bits})")));
+                    }
+                }
+            }
         }
+        let rope_scaling = match self.get("rope_scaling") {
+            None => None,
+            Some(v) => self.rope_scaling(v)?,
+        };
 
         let hidden_size = self.usize("hidden_size")?;
         let num_attention_heads = self.usize("num_attention_heads")?;
@@ -241,7 +361,12 @@ impl Keys<'_> {
             ));
         }
 
-        let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(1e-5) as f32;
+        let default_eps = if family == HfFamily::BitNet {
+            1e-5
+        } else {
+            1e-6
+        };
+        let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(default_eps) as f32;
         if !(rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
             return Err(self.err("rms_norm_eps", format!("{rms_norm_eps} is not in (0, 1)")));
         }
@@ -252,14 +377,24 @@ impl Keys<'_> {
                 .get("rope_parameters")
                 .and_then(|p| p.get("rope_theta"))
                 .and_then(Value::as_f64)
-                .unwrap_or(500000.0),
+                .unwrap_or(if family == HfFamily::BitNet {
+                    500000.0
+                } else {
+                    10000.0
+                }),
         } as f32;
         if !(rope_theta > 0.0 && rope_theta.is_finite()) {
             return Err(self.err("rope_theta", format!("{rope_theta} is not positive")));
         }
 
-        let (linear_class, quant_mode) = match self.get("quantization_config") {
-            None => (LinearClass::BitLinear, None),
+        let (linear_class, quant_mode, act_norm_eps) = match self.get("quantization_config") {
+            None if family == HfFamily::Llama => {
+                return Err(self.err(
+                    "quantization_config",
+                    "is missing: a LlamaForCausalLM checkpoint is a ternary (BitNet) model only with quant_method `bitnet`",
+                ))
+            }
+            None => (LinearClass::BitLinear, None, None),
             Some(q) => self.quantization(q)?,
         };
 
@@ -284,10 +419,75 @@ impl Keys<'_> {
             },
             linear_class,
             quant_mode,
+            act_norm_eps,
+            rope_scaling,
+            family,
         })
     }
 
-    fn quantization(&self, q: &Value) -> Result<(LinearClass, Option<QuantMode>), HfError> {
+    fn rope_scaling(&self, v: &Value) -> Result<Option<RopeScaling>, HfError> {
+        let key = |k: &str| format!("rope_scaling.{k}");
+        let obj = v
+            .as_object()
+            .ok_or_else(|| self.err("rope_scaling", format!("expected an object, found {v}")))?;
+        let kind = obj
+            .get("rope_type")
+            .or_else(|| obj.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |k: &str, default: Option<f64>| -> Result<f32, HfError> {
+            match obj.get(k).filter(|v| !v.is_null()) {
+                None => default
+                    .map(|d| d as f32)
+                    .ok_or_else(|| self.err(&key(k), "is missing")),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| *x > 0.0 && x.is_finite())
+                    .map(|x| x as f32)
+                    .ok_or_else(|| {
+                        self.err(&key(k), format!("expected a positive number, found {v}"))
+                    }),
+            }
+        };
+        match kind {
+            "default" => Ok(None),
+            "linear" => Ok(Some(RopeScaling::Linear {
+                factor: num("factor", None)?,
+            })),
+            "llama3" => {
+                let scaling = RopeScaling::Llama3 {
+                    factor: num("factor", None)?,
+                    low_freq_factor: num("low_freq_factor", None)?,
+                    high_freq_factor: num("high_freq_factor", None)?,
+                    original_max_position_embeddings: num("original_max_position_embeddings", None)?
+                        as usize,
+                };
+                if let RopeScaling::Llama3 {
+                    low_freq_factor,
+                    high_freq_factor,
+                    ..
+                } = scaling
+                {
+                    if low_freq_factor == high_freq_factor {
+                        return Err(
+                            self.err(&key("high_freq_factor"), "must differ from low_freq_factor")
+                        );
+                    }
+                }
+                Ok(Some(scaling))
+            }
+            other => Err(self.err(
+                "rope_scaling",
+                format!("RoPE scaling `{other}` is not supported (linear or llama3)"),
+            )),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn quantization(
+        &self,
+        q: &Value,
+    ) -> Result<(LinearClass, Option<QuantMode>, Option<f32>), HfError> {
         let key = |k: &str| format!("quantization_config.{k}");
         let q = q
             .as_object()
@@ -301,14 +501,60 @@ impl Keys<'_> {
                     .ok_or_else(|| self.err(&key(k), format!("expected a string, found {v}"))),
             }
         };
-        if let Some(method) = field("quant_method")? {
-            if method != "bitnet" {
+        match field("quant_method")? {
+            Some("bitnet") => {}
+            // A Llama config names its quantization, or it is not a BitNet model.
+            None if self.opt_str("model_type")? != Some("llama") => {}
+            other => {
                 return Err(self.err(
                     &key("quant_method"),
-                    format!("`{method}` is not supported (only `bitnet`)"),
+                    format!(
+                        "`{}` is not supported (only `bitnet`)",
+                        other.unwrap_or("(missing)")
+                    ),
+                ))
+            }
+        }
+        // Every linear layer but the output head is BitLinear; a checkpoint that keeps others
+        // in full precision is a model this engine cannot run.
+        if let Some(list) = q.get("modules_to_not_convert").filter(|v| !v.is_null()) {
+            let names = list.as_array().ok_or_else(|| {
+                self.err(
+                    &key("modules_to_not_convert"),
+                    format!("expected a list, found {list}"),
+                )
+            })?;
+            if let Some(other) = names.iter().find(|n| n.as_str() != Some("lm_head")) {
+                return Err(self.err(
+                    &key("modules_to_not_convert"),
+                    format!("{other} is not supported (only lm_head may stay unquantized)"),
                 ));
             }
         }
+        let act_norm_eps = match q.get("use_rms_norm").filter(|v| !v.is_null()) {
+            None | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => {
+                let eps = match q.get("rms_norm_eps").filter(|v| !v.is_null()) {
+                    None => 1e-6,
+                    Some(v) => v.as_f64().ok_or_else(|| {
+                        self.err(
+                            &key("rms_norm_eps"),
+                            format!("expected a number, found {v}"),
+                        )
+                    })?,
+                } as f32;
+                if !(eps > 0.0 && eps < 1.0) {
+                    return Err(self.err(&key("rms_norm_eps"), format!("{eps} is not in (0, 1)")));
+                }
+                Some(eps)
+            }
+            Some(v) => {
+                return Err(self.err(
+                    &key("use_rms_norm"),
+                    format!("expected true or false, found {v}"),
+                ))
+            }
+        };
         let class = match field("linear_class")? {
             None | Some("bitlinear") => LinearClass::BitLinear,
             Some("autobitlinear") => LinearClass::AutoBitLinear,
@@ -329,7 +575,7 @@ impl Keys<'_> {
                 ))
             }
         };
-        Ok((class, Some(mode)))
+        Ok((class, Some(mode), act_norm_eps))
     }
 }
 
@@ -372,6 +618,60 @@ mod tests {
             e.to_string().contains("quantization_config.linear_class"),
             "{e}"
         );
+    }
+
+    /// Falcon3-1B-Instruct-1.58bit's config.json (the keys that matter here).
+    const FALCON3: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "head_dim": 256, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 8192,
+        "max_position_embeddings": 8192, "num_attention_heads": 8, "num_hidden_layers": 18,
+        "num_key_value_heads": 4, "quantization_config": {"modules_to_not_convert": ["lm_head"],
+        "quant_method": "bitnet"}, "rms_norm_eps": 1e-06, "rope_scaling": null,
+        "rope_theta": 1000042, "tie_word_embeddings": false, "vocab_size": 131072}"#;
+
+    #[test]
+    fn llama_family_configs() {
+        let c = HfConfig::from_json("c.json", FALCON3.as_bytes()).unwrap();
+        assert_eq!(c.family, HfFamily::Llama);
+        assert_eq!((c.head_dim, c.linear_class), (256, LinearClass::BitLinear));
+        assert_eq!((c.act_norm_eps, c.rope_scaling), (None, None));
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["quantization_config"]["modules_to_not_convert"] = serde_json::json!(["lm_head", "mlp"]);
+        let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().contains("only lm_head may stay unquantized"),
+            "{e}"
+        );
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["quantization_config"]["use_rms_norm"] = serde_json::json!(true);
+        v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let e = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("RoPE scaling `yarn` is not supported"),
+            "{e}"
+        );
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192});
+        let c = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.act_norm_eps, Some(1e-6));
+        // Llama 3.1 8B's published rope_freqs: 1 for the first (short) wavelengths, 8 for the
+        // long ones, a blend between.
+        let f = c
+            .rope_scaling
+            .unwrap()
+            .llama3_factors(500000.0, 128)
+            .unwrap();
+        assert_eq!(f.len(), 64);
+        assert_eq!((f[0], f[63]), (1.0, 8.0));
+        assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+        let mut v: Value = serde_json::from_str(FALCON3).unwrap();
+        v["architectures"] = serde_json::json!(["BitnetForCausalLM"]);
+        v["tie_word_embeddings"] = serde_json::json!(true);
+        v.as_object_mut().unwrap().remove("quantization_config");
+        let c = HfConfig::from_json("c.json", v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.family, HfFamily::OneBitLlm);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Hugging Face checkpoint → GGUF, the way bitnet.cpp's converter and quantizer lay it out
-//! (architecture `bitnet-b1.58`, its metadata keys, its tensor names), streamed: the header is
-//! written first, then each tensor is read, converted and written before the next is touched.
+//! (architecture `bitnet-b1.58`, `bitnet` or `llama` by family, its metadata keys, its tensor
+//! names; for `llama`, Q and K rows permuted per head into llama.cpp's RoPE pair order),
+//! streamed: the header is written first, then each tensor is read, converted and written
+//! before the next is touched.
 //!
 //! Linear weights become ternary (unpacked, or absmean-ternarized from master weights) and are
 //! stored as I2_S (one f32 scale, bitnet.cpp), TQ2_0 / TQ1_0 (llama.cpp, an f16 scale per 256
@@ -21,8 +23,10 @@ use super::checkpoint::Checkpoint;
 use super::vocab::GgufVocab;
 use super::HfError;
 
-/// The GGUF architecture written (bitnet.cpp's name for BitNet b1.58 2B-4T).
-pub const ARCH: &str = "bitnet-b1.58";
+use crate::model::config::ACT_NORM_EPS_KEY;
+use crate::model::Architecture;
+
+use super::config::RopeScaling;
 
 /// The storage of the ternary linear weights (`bitnet convert --type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,22 +156,46 @@ pub struct ConvertSummary {
     pub tokenizer: bool,
     /// Checkpoint tensors that were not converted (a tied `lm_head.weight`, unknown names).
     pub skipped: Vec<String>,
+    /// What a reader of the file should know (e.g. parts bitnet.cpp does not compute).
+    pub notes: Vec<String>,
 }
 
 /// How one GGUF tensor is made.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Kind {
     /// Row-chunked float conversion (`token_embd`, `output`).
     Embedding { rows: usize, cols: usize },
-    /// F32 vector (norms, biases).
-    Vector,
-    /// Ternary weight `[out, in]`.
-    Linear { out: usize, inp: usize },
+    /// F32 vector (norms, biases); a Q or K bias of a `llama` file is permuted like its rows.
+    Vector { permute: Option<usize> },
+    /// Ternary weight `[out, in]`, its rows permuted per head of `permute` dimensions for the
+    /// Q and K of a `llama` file.
+    Linear {
+        out: usize,
+        inp: usize,
+        permute: Option<usize>,
+    },
+    /// Values computed from config.json (Llama 3's `rope_freqs`).
+    Computed(Vec<f32>),
 }
 
 /// One tensor of a layer: HF module, GGUF module, `Some((out, in))` for a linear, the length
 /// of a vector.
 type LayerTensor = (&'static str, &'static str, Option<(usize, usize)>, usize);
+
+/// llama.cpp's `permute` of Q / K rows for its "normal" RoPE: within each head of `hd` rows,
+/// row `2j + i` of the result is row `i·hd/2 + j` of the input, so the rotate-half pairs
+/// `(j, j + hd/2)` become adjacent pairs `(2j, 2j + 1)`. `row_len` values per row.
+pub fn permute_rows<T: Copy>(values: &[T], row_len: usize, hd: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(values.len());
+    for head in values.chunks(hd * row_len) {
+        let rows = head.len() / row_len;
+        for r in 0..rows {
+            let src = (r % 2) * (rows / 2) + r / 2;
+            out.extend_from_slice(&head[src * row_len..(src + 1) * row_len]);
+        }
+    }
+    out
+}
 
 #[derive(Clone, Debug)]
 struct Item {
@@ -187,6 +215,10 @@ struct Plan {
 fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
     let c = ckpt.config();
     let (v, h, ff, kv) = (c.vocab_size, c.hidden_size, c.intermediate_size, c.kv_dim());
+    let arch = c.family.architecture();
+    // llama.cpp's `llama` graph rotates adjacent pairs; its converter permutes Q and K so that
+    // the model's rotate-half pairs land there.
+    let permute = (arch == Architecture::Llama).then_some(c.head_dim);
     let mut items = Vec::new();
     let mut fallbacks = Vec::new();
     let embed = |hf: &str, gguf: &str| -> Result<Item, HfError> {
@@ -201,45 +233,66 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
             kind: Kind::Embedding { rows: v, cols: h },
         })
     };
-    let vector = |hf: String, gguf: String, len: usize| -> Result<Item, HfError> {
+    let vector = |hf: String, gguf: String, len: usize, permute: Option<usize>| {
         ckpt.float_tensor(&hf, &[len])?;
-        Ok(Item {
+        Ok::<Item, HfError>(Item {
             hf,
             spec: TensorSpec {
                 name: gguf,
                 ty: TensorType::F32,
                 dims: vec![len as u64],
             },
-            kind: Kind::Vector,
+            kind: Kind::Vector { permute },
         })
     };
 
     items.push(embed("model.embed_tokens.weight", "token_embd.weight")?);
+    if let Some(factors) = c
+        .rope_scaling
+        .and_then(|s| s.llama3_factors(c.rope_theta, c.head_dim))
+    {
+        items.push(Item {
+            hf: String::new(),
+            spec: TensorSpec {
+                name: "rope_freqs.weight".into(),
+                ty: TensorType::F32,
+                dims: vec![factors.len() as u64],
+            },
+            kind: Kind::Computed(factors),
+        });
+    }
     for i in 0..c.num_hidden_layers {
         let hf = |m: &str| format!("model.layers.{i}.{m}");
         let gg = |m: &str| format!("blk.{i}.{m}");
-        // bitnet.cpp's converter writes each layer's tensors sorted by their HF names.
-        let layer: [LayerTensor; 11] = [
+        let mut layer: Vec<LayerTensor> = vec![
             ("input_layernorm", "attn_norm", None, h),
             ("mlp.down_proj", "ffn_down", Some((h, ff)), 0),
-            ("mlp.ffn_sub_norm", "ffn_sub_norm", None, ff),
             ("mlp.gate_proj", "ffn_gate", Some((ff, h)), 0),
             ("mlp.up_proj", "ffn_up", Some((ff, h)), 0),
             ("post_attention_layernorm", "ffn_norm", None, h),
-            ("self_attn.attn_sub_norm", "attn_sub_norm", None, h),
             ("self_attn.k_proj", "attn_k", Some((kv, h)), 0),
             ("self_attn.o_proj", "attn_output", Some((h, h)), 0),
             ("self_attn.q_proj", "attn_q", Some((h, h)), 0),
             ("self_attn.v_proj", "attn_v", Some((kv, h)), 0),
         ];
+        if let Some((attn_sub, ffn_sub)) = c.family.sub_norm_modules() {
+            layer.push((attn_sub, "attn_sub_norm", None, h));
+            layer.push((ffn_sub, "ffn_sub_norm", None, ff));
+        }
+        // bitnet.cpp's converter writes each layer's tensors sorted by their HF names.
+        layer.sort_by_key(|t| t.0);
         for (hf_module, gguf_module, linear, len) in layer {
             let weight = hf(&format!("{hf_module}.weight"));
             let gguf = gg(&format!("{gguf_module}.weight"));
             let Some((out, inp)) = linear else {
-                items.push(vector(weight, gguf, len)?);
+                items.push(vector(weight, gguf, len, None)?);
                 continue;
             };
+            let permute = permute.filter(|_| matches!(gguf_module, "attn_q" | "attn_k"));
             ckpt.check_linear(&weight, out, inp)?;
+            if c.act_norm_eps.is_some() {
+                ckpt.check_unit_norm(&hf(&format!("{hf_module}.rms_norm.weight")), inp)?;
+            }
             let wanted = options.linear_type.tensor_type();
             let ty = if (inp as u64).is_multiple_of(wanted.block_len()) {
                 wanted
@@ -254,11 +307,16 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
                     ty,
                     dims: vec![inp as u64, out as u64],
                 },
-                kind: Kind::Linear { out, inp },
+                kind: Kind::Linear { out, inp, permute },
             });
             let bias = hf(&format!("{hf_module}.bias"));
             if ckpt.contains(&bias) {
-                items.push(vector(bias, gg(&format!("{gguf_module}.bias")), out)?);
+                items.push(vector(
+                    bias,
+                    gg(&format!("{gguf_module}.bias")),
+                    out,
+                    permute,
+                )?);
             }
         }
     }
@@ -266,10 +324,19 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
         "model.norm.weight".into(),
         "output_norm.weight".into(),
         h,
+        None,
     )?);
 
     let mut skipped = Vec::new();
     if !c.tie_word_embeddings {
+        if arch == Architecture::Bitnet {
+            // llama.cpp's `bitnet` graph has no output tensor: it multiplies by the embedding.
+            return Err(HfError::Config {
+                file: ckpt.folder().join("config.json").display().to_string(),
+                key: "tie_word_embeddings".into(),
+                message: "must be true for a 1bitLLM BitnetForCausalLM (its GGUF architecture `bitnet` has no separate output matrix)".into(),
+            });
+        }
         if !ckpt.contains("lm_head.weight") {
             return Err(HfError::MissingTensor {
                 folder: format!(
@@ -283,7 +350,9 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
     }
     for name in ckpt.names() {
         let used = items.iter().any(|it| it.hf == name);
-        let scale = name.ends_with(".weight_scale") || name.ends_with("rotary_emb.inv_freq");
+        let scale = name.ends_with(".weight_scale")
+            || name.ends_with("rotary_emb.inv_freq")
+            || (c.act_norm_eps.is_some() && name.ends_with(".rms_norm.weight"));
         if !used && !scale {
             skipped.push(name.to_string());
         }
@@ -313,9 +382,10 @@ fn metadata(
     vocab: Option<&GgufVocab>,
 ) -> Result<Metadata, HfError> {
     let c = ckpt.config();
-    let k = |key: &str| format!("{ARCH}.{key}");
+    let arch = c.family.architecture().gguf_name();
+    let k = |key: &str| format!("{arch}.{key}");
     let mut md = Metadata::new();
-    md.set("general.architecture", Value::String(ARCH.into()));
+    md.set("general.architecture", Value::String(arch.into()));
     for (key, hf_key, value) in [
         ("vocab_size", "vocab_size", c.vocab_size),
         (
@@ -352,6 +422,13 @@ fn metadata(
         Value::F32(c.rms_norm_eps),
     );
     md.set(k("rope.freq_base"), Value::F32(c.rope_theta));
+    if let Some(RopeScaling::Linear { factor }) = c.rope_scaling {
+        md.set(k("rope.scaling.type"), Value::String("linear".into()));
+        md.set(k("rope.scaling.factor"), Value::F32(factor));
+    }
+    if let Some(eps) = c.act_norm_eps {
+        md.set(k(ACT_NORM_EPS_KEY), Value::F32(eps));
+    }
     md.set(
         "general.file_type",
         Value::U32(options.linear_type.file_type()),
@@ -402,7 +479,7 @@ fn metadata(
             .unwrap_or_else(|_| ckpt.folder().to_path_buf())
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| ARCH.to_string())
+            .unwrap_or_else(|| arch.to_string())
     });
     md.set("general.name", Value::String(name));
     Ok(md)
@@ -479,20 +556,32 @@ pub fn convert<W: Write>(
     let mut data_bytes = 0u64;
     for it in &plan.items {
         let name = &it.spec.name;
-        let t = ckpt.tensor(&it.hf)?;
         let written = match it.kind {
-            Kind::Vector => {
-                let bytes = float::encode_f32(&t.to_f32()?);
+            Kind::Computed(ref values) => {
+                let bytes = float::encode_f32(values);
                 w.write_tensor(name, &bytes)?;
                 bytes.len() as u64
             }
-            Kind::Linear { out, inp } => {
-                let (values, scale) = ckpt.ternary_weight(&it.hf, out, inp)?;
+            Kind::Vector { permute } => {
+                let mut values = ckpt.tensor(&it.hf)?.to_f32()?;
+                if let Some(hd) = permute {
+                    values = permute_rows(&values, 1, hd);
+                }
+                let bytes = float::encode_f32(&values);
+                w.write_tensor(name, &bytes)?;
+                bytes.len() as u64
+            }
+            Kind::Linear { out, inp, permute } => {
+                let (mut values, scale) = ckpt.ternary_weight(&it.hf, out, inp)?;
+                if let Some(hd) = permute {
+                    values = permute_rows(&values, inp, hd);
+                }
                 let bytes = encode_ternary(it.spec.ty, &values, scale);
                 w.write_tensor(name, &bytes)?;
                 bytes.len() as u64
             }
             Kind::Embedding { rows, cols } => {
+                let t = ckpt.tensor(&it.hf)?;
                 let rows_per_chunk = (CHUNK_ELEMENTS / cols).max(1);
                 let mut failure = None;
                 let mut total = 0u64;
@@ -530,8 +619,21 @@ pub fn convert<W: Write>(
             fallbacks: plan.fallbacks,
             tokenizer: vocab.is_some(),
             skipped: plan.skipped,
+            notes: notes(ckpt),
         },
     ))
+}
+
+/// Caveats about the written file.
+fn notes(ckpt: &Checkpoint) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(eps) = ckpt.config().act_norm_eps {
+        notes.push(format!(
+            "quantization_config.use_rms_norm: the RMSNorm (eps {eps}) before every BitLinear's activation quantization is recorded as `{}.{ACT_NORM_EPS_KEY}`; bitnet.cpp and llama.cpp do not apply it and compute a different model from this file",
+            ckpt.config().family.architecture().gguf_name()
+        ));
+    }
+    notes
 }
 
 /// A writer that only counts bytes.
@@ -565,4 +667,20 @@ pub fn convert_to_vec(
     let capacity = header + output_size(ckpt, options)?;
     let buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     convert(ckpt, options, buf, |_, _| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permute_rows;
+
+    /// llama.cpp's `permute`: `reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`.
+    #[test]
+    fn permute_interleaves_the_two_halves_of_each_head() {
+        // Two heads of 4 rows, one value per row.
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(permute_rows(&rows, 1, 4), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        // Rows of 2 values move whole.
+        let rows: Vec<u32> = (0..8).collect();
+        assert_eq!(permute_rows(&rows, 2, 4), vec![0, 1, 4, 5, 2, 3, 6, 7]);
+    }
 }

@@ -28,7 +28,7 @@ use crate::formats::gguf::{GgufError, GgufFile, WriteError};
 use crate::model::{BitnetModel, ModelError};
 
 pub use checkpoint::Checkpoint;
-pub use config::{HfConfig, LinearClass, QuantMode};
+pub use config::{HfConfig, HfFamily, LinearClass, QuantMode, RopeScaling};
 pub use convert::{ConvertOptions, ConvertSummary, OutType};
 
 /// Why a Hugging Face checkpoint could not be read, converted or fetched. Every variant names

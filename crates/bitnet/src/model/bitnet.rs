@@ -1,20 +1,23 @@
-//! The BitNet b1.58 model: weights read from GGUF, and the forward pass.
+//! The BitNet b1.58 model family: weights read from GGUF, and the one forward pass every
+//! architecture runs (`bitnet-b1.58`, the 1bitLLM `bitnet`, ternary `llama`).
 //!
 //! ```text
 //! x = E[ids]
 //! for each layer:
 //!     h = RMSNorm(x; attn_norm)
 //!     q, k, v = Lin(h; Wq), Lin(h; Wk), Lin(h; Wv)     one activation quantization of h
-//!     q, k = RoPE(q, k)  (rotate-half); cache k, v
+//!     q, k = RoPE(q, k)  (rotate-half, or adjacent pairs for llama); cache k, v
 //!     o = softmax(q·kᵀ / sqrt(hd) + causal mask) · v   query head i uses KV head i / (nh/nkv)
-//!     x = x + Lin(RMSNorm(o; attn_sub_norm); Wo)
+//!     x = x + Lin([RMSNorm(o; attn_sub_norm)]; Wo)     [..]: BitNet's sub-norms, if present
 //!     h = RMSNorm(x; ffn_norm)
-//!     a = relu(Lin(h; Wgate))² ⊙ Lin(h; Wup)          one activation quantization of h
-//!     x = x + Lin(RMSNorm(a; ffn_sub_norm); Wdown)
-//! logits = RMSNorm(x; output_norm) · Eᵀ               (tied; not quantized)
+//!     a = act(Lin(h; Wgate)) ⊙ Lin(h; Wup)            act: relu² (2B-4T) or SiLU
+//!     x = x + Lin([RMSNorm(a; ffn_sub_norm)]; Wdown)
+//! logits = RMSNorm(x; output_norm) · Wout               Wout: `output`, or E when tied
 //! ```
-//! `Lin` is BitLinear: per-token absmax int8 activations, ternary weights, an exact integer
-//! dot product, then one float rescale. See `shared/spec/bitnet-forward.md`.
+//! `Lin` is BitLinear: per-token absmax int8 activations (after a weightless RMSNorm when the
+//! model has transformers' `use_rms_norm`), ternary weights, an exact integer dot product,
+//! then one float rescale (times a per-tensor `.scale` where the file has one), plus a bias
+//! where the file has one. See `shared/spec/bitnet-forward.md`.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +26,7 @@ use crate::formats::types::TensorType;
 use crate::kernels::threads::{self, SharedOut, ThreadPool};
 use crate::kernels::{self, Isa};
 
-use super::config::Config;
+use super::config::{Activation, Config, RopeStyle};
 use super::kv_cache::{CacheType, KvCache, KvSlice};
 use super::weights::{
     ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, QuantizedBuffers,
@@ -31,9 +34,11 @@ use super::weights::{
 };
 use super::ModelError;
 
-/// A BitLinear layer with its optional bias.
+/// A BitLinear layer with its optional output scale (the `bitnet` architecture's per-tensor
+/// `.scale`, multiplied after the product) and bias (added after that, as llama.cpp does).
 struct Linear {
     weight: Box<dyn TernaryLinear>,
+    scale: Option<f32>,
     bias: Option<Vec<f32>>,
 }
 
@@ -76,6 +81,9 @@ fn linear_group<const N: usize>(
         });
     }
     for (lin, out) in linears.iter().zip(outs.iter_mut()) {
+        if let Some(scale) = lin.scale {
+            out.iter_mut().for_each(|o| *o *= scale);
+        }
         if let Some(bias) = &lin.bias {
             for row in out.chunks_exact_mut(bias.len()) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
@@ -138,18 +146,18 @@ impl Layer {
     }
 }
 
-/// One transformer block's weights.
+/// One transformer block's weights (the sub-norms only in the BitNet architectures).
 struct Layer {
     attn_norm: Vec<f32>,
     wq: Linear,
     wk: Linear,
     wv: Linear,
-    attn_sub_norm: Vec<f32>,
+    attn_sub_norm: Option<Vec<f32>>,
     wo: Linear,
     ffn_norm: Vec<f32>,
     w_gate: Linear,
     w_up: Linear,
-    ffn_sub_norm: Vec<f32>,
+    ffn_sub_norm: Option<Vec<f32>>,
     w_down: Linear,
 }
 
@@ -161,6 +169,26 @@ pub enum Logits {
     /// Every position's, `[n_tokens × n_vocab]`.
     All,
 }
+
+/// One sequence's part of a batched forward pass ([`BitnetModel::forward_batch`]).
+pub struct BatchEntry<'a> {
+    /// The new tokens, run at the positions after those already in `cache`.
+    pub tokens: &'a [u32],
+    /// The sequence's own cache.
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
+
+/// Where a sequence's tokens sit in the batch's activation rows, and its first position.
+struct Span {
+    start: usize,
+    len: usize,
+    pos0: usize,
+}
+
+/// Rows of the output matrix multiplied at a time when several sequences need logits
+/// (128 rows of 2560 F16 weights are 640 KiB: they stay in a 1 MiB L2 cache).
+const OUTPUT_BLOCK: usize = 128;
 
 /// Output rows per scheduling unit (keeps the kernels' 4-row tiles whole).
 const ROW_GRANULE: usize = 16;
@@ -250,8 +278,10 @@ pub struct BitnetModel {
     /// Whether the output matrix is the token embedding.
     tied_output: bool,
     layers: Vec<Layer>,
-    /// RoPE inverse frequencies, `head_dim / 2` of them.
+    /// RoPE inverse frequencies, `head_dim / 2` of them (with any scaling applied).
     inv_freq: Vec<f32>,
+    /// Unit gains for the weightless pre-quantization RMSNorm (`Config::act_norm_eps`).
+    ones: Vec<f32>,
     /// Reused buffers; a forward pass holds the lock (one at a time per model).
     workspace: Mutex<Workspace>,
     /// Whether the streamed weights were copied into owned memory at load.
@@ -310,7 +340,27 @@ impl TensorLoader<'_> {
             Some(_) => Some(self.vector(&bias_name, out_f)?),
             None => None,
         };
-        Ok(Linear { weight, bias })
+        // llama.cpp's `bitnet` graph multiplies by an optional one-element `{prefix}.scale`.
+        let scale_name = format!("{prefix}.scale");
+        let scale = match self.file.tensor_info(&scale_name) {
+            Some(_) => {
+                let s = self.vector(&scale_name, 1)?[0];
+                if !s.is_finite() {
+                    return Err(ModelError::Tensor {
+                        file: self.file.source().to_string(),
+                        tensor: scale_name,
+                        message: format!("scale {s} is not finite"),
+                    });
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Linear {
+            weight,
+            scale,
+            bias,
+        })
     }
 
     fn dense(&self, name: &str, cols: usize, rows: usize) -> Result<DenseTensor, ModelError> {
@@ -351,14 +401,26 @@ impl BitnetModel {
 
         let token_embd = load.dense("token_embd.weight", h, c.n_vocab)?;
         // A separate output matrix when the file has one (untied models); otherwise the
-        // embedding (tied, as in bitnet-b1.58-2B-4T).
-        let tied_output = file.tensor_info("output.weight").is_none();
-        let output = match file.tensor_info("output.weight") {
-            Some(_) => load.dense("output.weight", h, c.n_vocab)?,
-            None => load.dense("token_embd.weight", h, c.n_vocab)?,
+        // embedding (tied, as in bitnet-b1.58-2B-4T). llama.cpp's `bitnet` graph has no output
+        // tensor and always multiplies by the embedding, so neither do we for that
+        // architecture.
+        let has_output =
+            file.tensor_info("output.weight").is_some() && c.arch.reads_output_tensor();
+        let tied_output = !has_output;
+        let output = if has_output {
+            load.dense("output.weight", h, c.n_vocab)?
+        } else {
+            load.dense("token_embd.weight", h, c.n_vocab)?
         };
         let output_norm = load.vector("output_norm.weight", h)?;
 
+        let sub_norm = |name: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
+            if c.sub_norms {
+                load.vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}");
@@ -367,20 +429,41 @@ impl BitnetModel {
                 wq: load.linear(&p("attn_q"), h, h)?,
                 wk: load.linear(&p("attn_k"), h, kv)?,
                 wv: load.linear(&p("attn_v"), h, kv)?,
-                attn_sub_norm: load.vector(&p("attn_sub_norm.weight"), h)?,
+                attn_sub_norm: sub_norm(&p("attn_sub_norm.weight"), h)?,
                 wo: load.linear(&p("attn_output"), h, h)?,
                 ffn_norm: load.vector(&p("ffn_norm.weight"), h)?,
                 w_gate: load.linear(&p("ffn_gate"), h, ff)?,
                 w_up: load.linear(&p("ffn_up"), h, ff)?,
-                ffn_sub_norm: load.vector(&p("ffn_sub_norm.weight"), ff)?,
+                ffn_sub_norm: sub_norm(&p("ffn_sub_norm.weight"), ff)?,
                 w_down: load.linear(&p("ffn_down"), ff, h)?,
             });
         }
 
-        // inv_freq_k = 1 / θ^(2k/hd), computed in f64 and rounded once to f32.
+        // inv_freq_k = 1 / θ^(2k/hd), computed in f64 and rounded once to f32; Llama 3's
+        // scaling comes as per-frequency divisors in `rope_freqs.weight` (as llama.cpp's
+        // converter writes it), linear scaling as one factor on every frequency.
+        let freq_factors = match file.tensor_info("rope_freqs.weight") {
+            Some(_) => Some(load.vector("rope_freqs.weight", c.head_dim / 2)?),
+            None => None,
+        };
+        if let Some(f) = freq_factors
+            .as_ref()
+            .and_then(|f| f.iter().find(|v| !(v.is_finite() && **v > 0.0)))
+        {
+            return Err(ModelError::Tensor {
+                file: file.source().to_string(),
+                tensor: "rope_freqs.weight".into(),
+                message: format!("frequency factor {f} is not positive"),
+            });
+        }
         let inv_freq = (0..c.head_dim / 2)
-            .map(|k| (1.0 / (c.rope_theta as f64).powf(2.0 * k as f64 / c.head_dim as f64)) as f32)
+            .map(|k| {
+                let base = 1.0 / (c.rope_theta as f64).powf(2.0 * k as f64 / c.head_dim as f64);
+                let factor = freq_factors.as_ref().map_or(1.0, |f| f[k] as f64);
+                (base / factor * c.rope_freq_scale as f64) as f32
+            })
             .collect();
+        let ones = vec![1.0; h.max(ff)];
 
         let mut model = BitnetModel {
             exec: Exec {
@@ -395,6 +478,7 @@ impl BitnetModel {
             tied_output,
             layers,
             inv_freq,
+            ones,
             workspace: Mutex::new(Workspace::default()),
             resident: options.resident,
         };
@@ -490,11 +574,12 @@ impl BitnetModel {
     /// Parameters: weights of every layer, the embedding, and a separate output matrix if any.
     pub fn parameter_count(&self) -> usize {
         let c = &self.config;
+        let sub_norms = if c.sub_norms { c.n_embd + c.n_ff } else { 0 };
         let per_layer = 2 * c.n_embd * c.n_embd
             + 2 * c.n_embd * c.kv_dim()
             + 3 * c.n_embd * c.n_ff
-            + 3 * c.n_embd
-            + c.n_ff;
+            + 2 * c.n_embd
+            + sub_norms;
         let output = if self.tied_output {
             0
         } else {
@@ -529,13 +614,14 @@ impl BitnetModel {
         keep: usize,
         n: usize,
     ) -> Result<(), ModelError> {
-        let (cos, sin) = self.rope_tables(n, 1);
+        let (cos, sin) = self.rope_tables(&[n]);
         // R(−θ): the same cosines, negated sines.
         let sin: Vec<f32> = sin.iter().map(|s| -s).collect();
         let hd = self.config.head_dim;
+        let style = self.config.rope_style;
         cache.discard(keep, n, |row| {
             for head in row.chunks_exact_mut(hd) {
-                kernels::rope_neox(head, &cos, &sin);
+                rope(style, head, &cos, &sin);
             }
         })
     }
@@ -548,86 +634,170 @@ impl BitnetModel {
         cache: &mut KvCache,
         which: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut batch = [BatchEntry {
+            tokens,
+            cache,
+            logits: which,
+        }];
+        let mut out = self.forward_batch(&mut batch)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): every entry's
+    /// new tokens are concatenated into one activation matrix, so each weight is read once
+    /// for the whole batch; each token is rotated by its own position and attends only over
+    /// its own sequence's cache, to which its keys and values are appended. Returns each
+    /// entry's logits (as [`BitnetModel::forward`] does for it).
+    ///
+    /// A sequence's results do not depend on what else is in the batch, bit for bit: the
+    /// activation quantization and the output product work row by row, the ternary products
+    /// are exact integers, and attention is computed per (token, head) over its own cache.
+    pub fn forward_batch(&self, batch: &mut [BatchEntry<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        if tokens.is_empty() {
+        if batch.is_empty() {
             return Err(ModelError::EmptyInput);
         }
-        if let Some((i, &t)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= c.n_vocab)
-        {
-            return Err(ModelError::TokenOutOfRange {
-                token: t,
-                index: i,
-                n_vocab: c.n_vocab,
-            });
-        }
-        let pos0 = cache.len();
-        let n = tokens.len();
-        if pos0 + n > cache.capacity() {
-            return Err(ModelError::ContextFull {
-                needed: pos0 + n,
-                capacity: cache.capacity(),
-            });
+        for entry in batch.iter() {
+            if entry.tokens.is_empty() {
+                return Err(ModelError::EmptyInput);
+            }
+            if let Some((i, &t)) = entry
+                .tokens
+                .iter()
+                .enumerate()
+                .find(|(_, &t)| t as usize >= c.n_vocab)
+            {
+                return Err(ModelError::TokenOutOfRange {
+                    token: t,
+                    index: i,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            let needed = entry.cache.len() + entry.tokens.len();
+            if needed > entry.cache.capacity() {
+                return Err(ModelError::ContextFull {
+                    needed,
+                    capacity: entry.cache.capacity(),
+                });
+            }
         }
         let h = c.n_embd;
-
-        let mut x = vec![0f32; n * h];
-        for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
-            self.token_embd.row_to_f32(t as usize, row);
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut positions = Vec::new();
+        let mut x = Vec::new();
+        for entry in batch.iter() {
+            let (start, pos0) = (positions.len(), entry.cache.len());
+            spans.push(Span {
+                start,
+                len: entry.tokens.len(),
+                pos0,
+            });
+            positions.extend(pos0..pos0 + entry.tokens.len());
+            for &t in entry.tokens {
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                self.token_embd.row_to_f32(t as usize, &mut x[at..]);
+            }
         }
+        let n = positions.len();
 
-        let (cos, sin) = self.rope_tables(pos0, n);
+        let (cos, sin) = self.rope_tables(&positions);
+        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|e| &mut *e.cache).collect();
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         ws.fit(n, c);
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(l, layer, &mut x, &mut ws, cache, pos0, &cos, &sin);
+            self.layer_forward(l, layer, &mut x, &mut ws, &mut caches, &spans, &cos, &sin);
         }
         drop(ws);
-        cache.set_len(pos0 + n);
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.set_len(span.pos0 + span.len);
+        }
 
-        let rows: &[f32] = match which {
-            Logits::All => &x,
-            Logits::Last => &x[(n - 1) * h..],
-        };
-        let mut normed = vec![0f32; rows.len()];
-        for (o, r) in normed.chunks_exact_mut(h).zip(rows.chunks_exact(h)) {
-            kernels::rms_norm(r, &self.output_norm, c.rms_eps, o);
+        // The rows whose logits are wanted, normalized, each entry's rounded as its cache
+        // type asks.
+        let mut normed = Vec::new();
+        let mut n_rows = Vec::with_capacity(batch.len());
+        for (entry, span) in batch.iter().zip(&spans) {
+            let rows = match entry.logits {
+                Logits::All => span.start..span.start + span.len,
+                Logits::Last => span.start + span.len - 1..span.start + span.len,
+            };
+            n_rows.push(rows.len());
+            for r in rows {
+                let at = normed.len();
+                normed.resize(at + h, 0.0);
+                let o = &mut normed[at..];
+                kernels::rms_norm(&x[r * h..(r + 1) * h], &self.output_norm, c.rms_eps, o);
+                if entry.cache.cache_type() == CacheType::F16 {
+                    // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16
+                    // weights rounds its f32 input to f16 first. The f32 mode keeps
+                    // transformers' float32.
+                    o.iter_mut()
+                        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                }
+            }
         }
-        if cache.cache_type() == CacheType::F16 {
-            // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16 weights
-            // rounds its f32 input to f16 first. The f32 mode keeps transformers' float32.
-            normed
-                .iter_mut()
-                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        let logits = self.output_product(&normed);
+        let mut out = Vec::with_capacity(batch.len());
+        let mut rest = &logits[..];
+        for rows in n_rows {
+            let (mine, tail) = rest.split_at(rows * c.n_vocab);
+            out.push(mine.to_vec());
+            rest = tail;
         }
+        Ok(out)
+    }
+
+    /// `normed · outputᵀ` for every row of `normed`, `[rows × n_vocab]`, the vocabulary split
+    /// between the threads.
+    fn output_product(&self, normed: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let h = c.n_embd;
         let n_out = normed.len() / h;
         let mut logits = vec![0f32; n_out * c.n_vocab];
         let shared = SharedOut::new(&mut logits);
+        // With several rows, each thread's range is taken in blocks small enough to stay in
+        // the L2 cache while every row of `normed` runs over them: the matrix is then read
+        // from memory once per step, not once per sequence. Each logit is the same dot product
+        // whatever the blocking, so results do not change. Not for the 8-bit formats, whose
+        // products quantize every row of `normed` again at each call (measured slower).
+        let float = matches!(
+            self.output.format(),
+            TensorType::F16 | TensorType::BF16 | TensorType::F32
+        );
+        let block = if n_out == 1 || !float {
+            usize::MAX
+        } else {
+            OUTPUT_BLOCK
+        };
         self.exec
             .pool
             .for_chunks(c.n_vocab, 64, h * n_out, &|rows| {
-                let n = rows.len();
-                let mut local = vec![0f32; n_out * n];
-                self.output
-                    .matmul(self.exec.isa, &normed, rows.clone(), &mut local);
-                for (t, chunk) in local.chunks_exact(n).enumerate() {
-                    let start = t * c.n_vocab + rows.start;
-                    // SAFETY: each thread owns a distinct range of vocabulary rows.
-                    unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                let mut start_row = rows.start;
+                while start_row < rows.end {
+                    let sub = start_row..rows.end.min(start_row.saturating_add(block));
+                    let n = sub.len();
+                    let mut local = vec![0f32; n_out * n];
+                    self.output
+                        .matmul(self.exec.isa, normed, sub.clone(), &mut local);
+                    for (t, chunk) in local.chunks_exact(n).enumerate() {
+                        let start = t * c.n_vocab + sub.start;
+                        // SAFETY: each thread owns a distinct range of vocabulary rows.
+                        unsafe { shared.slice_mut(start..start + n) }.copy_from_slice(chunk);
+                    }
+                    start_row = sub.end;
                 }
             });
-        Ok(logits)
+        logits
     }
 
     /// cos and sin of `angle = p · inv_freq_k` (the product in f32, as transformers computes
-    /// it) for positions `pos0 .. pos0 + n`, `[n × head_dim/2]` each.
-    fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    /// it) for each position `p`, `[positions × head_dim/2]` each.
+    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in pos0..pos0 + n {
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
             for &f in &self.inv_freq {
                 let angle = (p as f32 * f) as f64;
                 cos.push(angle.cos() as f32);
@@ -644,8 +814,8 @@ impl BitnetModel {
         layer: &Layer,
         x: &mut [f32],
         ws: &mut Workspace,
-        cache: &mut KvCache,
-        pos0: usize,
+        caches: &mut [&mut KvCache],
+        spans: &[Span],
         cos: &[f32],
         sin: &[f32],
     ) {
@@ -665,63 +835,113 @@ impl BitnetModel {
             up,
         } = ws;
 
+        let act_norm = c.act_norm_eps.map(|e| (self.ones.as_slice(), e));
+
         // Attention.
-        norm_quantize(ex, x, &layer.attn_norm, eps, acts);
+        norm_quantize(
+            ex,
+            x,
+            h,
+            layer.wq.weight.in_features(),
+            Some(&layer.attn_norm),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(
             ex,
             &acts.view(),
             [(&layer.wq, q), (&layer.wk, k), (&layer.wv, v)],
         );
         let half = hd / 2;
-        for t in 0..n {
-            let (cos, sin) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
-            for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
-                kernels::rope_neox(head, cos, sin);
+        for (cache, span) in caches.iter_mut().zip(spans) {
+            for t in span.start..span.start + span.len {
+                let (cos, sin) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                    rope(c.rope_style, head, cos, sin);
+                }
+                for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
+                    rope(c.rope_style, head, cos, sin);
+                }
+                cache.write(
+                    l,
+                    span.pos0 + t - span.start,
+                    &k[t * kv..(t + 1) * kv],
+                    &v[t * kv..(t + 1) * kv],
+                );
             }
-            for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
-                kernels::rope_neox(head, cos, sin);
-            }
-            cache.write(
-                l,
-                pos0 + t,
-                &k[t * kv..(t + 1) * kv],
-                &v[t * kv..(t + 1) * kv],
-            );
         }
-        self.attention(l, q, cache, pos0, n, attn);
-        norm_quantize(ex, attn, &layer.attn_sub_norm, eps, acts);
+        self.attention(l, q, caches, spans, n, attn);
+        norm_quantize(
+            ex,
+            attn,
+            h,
+            layer.wo.weight.in_features(),
+            layer.attn_sub_norm.as_deref(),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(ex, &acts.view(), [(&layer.wo, &mut proj[..])]);
         x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
 
-        // Feed-forward: relu² gate.
-        norm_quantize(ex, x, &layer.ffn_norm, eps, acts);
+        // Feed-forward: gated activation.
+        norm_quantize(
+            ex,
+            x,
+            h,
+            layer.w_gate.weight.in_features(),
+            Some(&layer.ffn_norm),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(
             ex,
             &acts.view(),
             [(&layer.w_gate, &mut gate[..]), (&layer.w_up, &mut up[..])],
         );
-        for (u, g) in up.iter_mut().zip(gate.iter()) {
-            let r = g.max(0.0);
-            *u *= r * r;
+        match c.activation {
+            Activation::Relu2 => {
+                for (u, g) in up.iter_mut().zip(gate.iter()) {
+                    let r = g.max(0.0);
+                    *u *= r * r;
+                }
+            }
+            Activation::Silu => {
+                // x / (1 + e^-x), the form PyTorch's SiLU computes.
+                for (u, &g) in up.iter_mut().zip(gate.iter()) {
+                    *u *= g / (1.0 + (-g).exp());
+                }
+            }
         }
-        norm_quantize(ex, up, &layer.ffn_sub_norm, eps, acts);
+        norm_quantize(
+            ex,
+            up,
+            c.n_ff,
+            layer.w_down.weight.in_features(),
+            layer.ffn_sub_norm.as_deref(),
+            eps,
+            act_norm,
+            acts,
+        );
         linear_group(ex, &acts.view(), [(&layer.w_down, &mut proj[..])]);
         x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
     }
 
-    /// Causal attention of `n` queries at positions `pos0..` over the cache (which already
-    /// holds their own keys and values). Each (query, head) pair is computed alone by one
-    /// thread, in the same order, so a prefill and one-token-at-a-time decoding give identical
-    /// results on any number of threads.
+    /// Causal attention of the `n` queries of every span, each over its own sequence's cache
+    /// (which already holds their own keys and values). Each (query, head) pair is computed
+    /// alone by one thread, in the same order, so a prefill, one-token-at-a-time decoding and
+    /// a batch of other sequences give identical results on any number of threads.
     fn attention(
         &self,
         l: usize,
         q: &[f32],
-        cache: &KvCache,
-        pos0: usize,
+        caches: &[&mut KvCache],
+        spans: &[Span],
         n: usize,
         out: &mut [f32],
     ) {
@@ -729,19 +949,27 @@ impl BitnetModel {
         let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let isa = self.exec.isa;
-        let (keys, values) = cache.layer(l);
+        let layers: Vec<_> = caches.iter().map(|cache| cache.layer(l)).collect();
+        // The span and position of every token.
+        let mut owner = Vec::with_capacity(n);
+        for (s, span) in spans.iter().enumerate() {
+            owner.extend((0..span.len).map(|i| (s, span.pos0 + i)));
+        }
         let scale = 1.0 / (hd as f32).sqrt();
         out.fill(0.0);
         let shared = SharedOut::new(out);
         // One chunk per (token, head); later tokens see more keys, and the threads take
         // chunks as they come, which balances that.
-        let item_work = 2 * hd * (pos0 + n.div_ceil(2));
+        let mean_visible = owner.iter().map(|&(_, p)| p + 1).sum::<usize>() / n.max(1);
+        let item_work = 2 * hd * mean_visible.max(1);
         self.exec
             .pool
             .for_chunks(n * c.n_head, 1, item_work, &|items| {
                 for item in items {
                     let (t, head) = (item / c.n_head, item % c.n_head);
-                    let visible = pos0 + t + 1;
+                    let (s, pos) = owner[t];
+                    let (keys, values) = layers[s];
+                    let visible = pos + 1;
                     let kv_off = (head / group) * hd;
                     threads::with_scratch_f32(visible + hd, |buf| {
                         let (scores, qh) = buf.split_at_mut(visible);
@@ -773,23 +1001,47 @@ impl BitnetModel {
     }
 }
 
-/// RMSNorm then BitNet's int8 quantization of every row (token) of `x` into `acts`, rows split
-/// between the threads when there are several.
-fn norm_quantize(exec: &Exec, x: &[f32], g: &[f32], eps: f32, acts: &mut QuantizedBuffers) {
-    let n = g.len();
+/// BitNet's int8 quantization of every row (token, `n` values) of `x` into `acts`, after an
+/// RMSNorm with gain `g` when given (the block's norm or sub-norm), then after the weightless
+/// pre-quantization RMSNorm `act_norm` (unit gains and epsilon) when the model has one. Rows
+/// are split between the threads when there are several.
+/// Rows are stored `width` long (the consuming layer's input width, at least `n`: a padded
+/// weight's extra columns meet zeros).
+#[allow(clippy::too_many_arguments)]
+fn norm_quantize(
+    exec: &Exec,
+    x: &[f32],
+    n: usize,
+    width: usize,
+    g: Option<&[f32]>,
+    eps: f32,
+    act_norm: Option<(&[f32], f32)>,
+    acts: &mut QuantizedBuffers,
+) {
     let n_tokens = x.len() / n;
-    acts.fit(n_tokens, n);
+    acts.fit(n_tokens, width);
     let (q_out, s_out, sum_out) = (
         SharedOut::new(&mut acts.q),
         SharedOut::new(&mut acts.scales),
         SharedOut::new(&mut acts.qsums),
     );
     let work = |tokens: std::ops::Range<usize>| {
-        threads::with_scratch_f32(n, |normed| {
+        threads::with_scratch_f32(2 * n, |buf| {
+            let (normed, tmp) = buf.split_at_mut(n);
             for t in tokens {
-                kernels::rms_norm(&x[t * n..(t + 1) * n], g, eps, normed);
+                let row = &x[t * n..(t + 1) * n];
+                match g {
+                    Some(g) => kernels::rms_norm(row, g, eps, normed),
+                    None => normed.copy_from_slice(row),
+                }
+                if let Some((ones, act_eps)) = act_norm {
+                    tmp.copy_from_slice(normed);
+                    kernels::rms_norm(tmp, &ones[..n], act_eps, normed);
+                }
                 // SAFETY: each token's row and scalars belong to one thread.
-                let qt = unsafe { q_out.slice_mut(t * n..(t + 1) * n) };
+                let row_q = unsafe { q_out.slice_mut(t * width..(t + 1) * width) };
+                let (qt, pad) = row_q.split_at_mut(n);
+                pad.fill(0);
                 let s = kernels::quantize_row_i8(exec.isa, normed, qt);
                 let sum: i32 = qt.iter().map(|&v| v as i32).sum();
                 unsafe { s_out.slice_mut(t..t + 1)[0] = s };
@@ -801,5 +1053,19 @@ fn norm_quantize(exec: &Exec, x: &[f32], g: &[f32], eps: f32, acts: &mut Quantiz
         work(0..1);
     } else {
         exec.pool.for_chunks(n_tokens, 1, 4 * n, &work);
+    }
+}
+
+/// Rotates one head in place by the angles whose cosines and sines are given.
+fn rope(style: RopeStyle, head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    match style {
+        RopeStyle::Neox => kernels::rope_neox(head, cos, sin),
+        RopeStyle::Interleaved => {
+            for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (u, v) = (pair[0], pair[1]);
+                pair[0] = u * c - v * s;
+                pair[1] = v * c + u * s;
+            }
+        }
     }
 }

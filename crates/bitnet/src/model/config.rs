@@ -7,21 +7,98 @@ use super::ModelError;
 /// The largest context [`Config::default_context`] picks.
 pub const DEFAULT_CONTEXT_CAP: usize = 4096;
 
-/// The architectures this engine runs, as GGUF names them.
+/// The architectures this engine runs, as GGUF names them. Each is one configuration of the
+/// same forward pass (see [`Architecture::activation`] and friends), not a model of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
-    /// `bitnet-b1.58` (microsoft/bitnet-b1.58-2B-4T) and its older name `bitnet-25`.
+    /// `bitnet-b1.58` (microsoft/bitnet-b1.58-2B-4T) and its older name `bitnet-25`: sub-norms,
+    /// relu² gate, rotate-half RoPE.
     BitnetB158,
+    /// `bitnet` (1bitLLM/bitnet_b1_58-large and -3B, as llama.cpp and bitnet.cpp name them):
+    /// sub-norms, SiLU gate, rotate-half RoPE, the embedding as output matrix, optional
+    /// per-tensor `.scale` tensors.
+    Bitnet,
+    /// `llama` with ternary linear weights (Falcon3-*-1.58bit, Falcon-E, Llama3-8B-1.58): no
+    /// sub-norms, SiLU gate, and llama.cpp's "normal" RoPE on adjacent pairs, because its
+    /// converter permutes the rows of Q and K into that order.
+    Llama,
+}
+
+/// The gate activation of the feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `relu(x)²` (BitNet b1.58 2B-4T).
+    Relu2,
+    /// `x · sigmoid(x)` (Llama, 1bitLLM).
+    Silu,
+}
+
+/// Which dimensions RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(k, k + hd/2)`: transformers' rotate-half, ggml's NEOX mode.
+    Neox,
+    /// Pairs `(2k, 2k + 1)`: ggml's normal mode, used for `llama` files whose Q and K rows
+    /// the converter permuted.
+    Interleaved,
 }
 
 impl Architecture {
+    /// The GGUF names each architecture is read from; the first is the one written.
+    pub const NAMES: [(&'static str, Architecture); 4] = [
+        ("bitnet-b1.58", Architecture::BitnetB158),
+        ("bitnet-25", Architecture::BitnetB158),
+        ("bitnet", Architecture::Bitnet),
+        ("llama", Architecture::Llama),
+    ];
+
     pub fn from_gguf_name(name: &str) -> Option<Architecture> {
-        match name {
-            "bitnet-b1.58" | "bitnet-25" => Some(Architecture::BitnetB158),
-            _ => None,
+        Architecture::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, a)| a)
+    }
+
+    /// The name written to `general.architecture`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::BitnetB158 => "bitnet-b1.58",
+            Architecture::Bitnet => "bitnet",
+            Architecture::Llama => "llama",
         }
     }
+
+    pub fn activation(self) -> Activation {
+        match self {
+            Architecture::BitnetB158 => Activation::Relu2,
+            Architecture::Bitnet | Architecture::Llama => Activation::Silu,
+        }
+    }
+
+    /// Whether each block normalizes the attention output before `attn_output` and the gated
+    /// FFN activation before `ffn_down` (BitNet's sub-norms).
+    pub fn has_sub_norms(self) -> bool {
+        !matches!(self, Architecture::Llama)
+    }
+
+    pub fn rope_style(self) -> RopeStyle {
+        match self {
+            Architecture::Llama => RopeStyle::Interleaved,
+            Architecture::BitnetB158 | Architecture::Bitnet => RopeStyle::Neox,
+        }
+    }
+
+    /// Whether an `output.weight` tensor is used when present (llama.cpp's `bitnet` graph
+    /// always multiplies by the embedding).
+    pub fn reads_output_tensor(self) -> bool {
+        !matches!(self, Architecture::Bitnet)
+    }
 }
+
+/// The GGUF key (after `{arch}.`) of the epsilon of the RMSNorm that transformers'
+/// `quantization_config.use_rms_norm` puts in front of every BitLinear's activation
+/// quantization. Our own key: llama.cpp and bitnet.cpp know no such norm.
+pub const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
 
 /// Hyperparameters of a BitNet b1.58 model.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,7 +118,15 @@ pub struct Config {
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
     pub rope_theta: f32,
+    /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor`).
+    pub rope_freq_scale: f32,
     pub rms_eps: f32,
+    pub activation: Activation,
+    pub sub_norms: bool,
+    pub rope_style: RopeStyle,
+    /// Epsilon of a weightless RMSNorm applied to every BitLinear input before its int8
+    /// quantization (transformers' `use_rms_norm`), if the model has one.
+    pub act_norm_eps: Option<f32>,
 }
 
 impl Config {
@@ -55,8 +140,10 @@ impl Config {
     fn from_metadata(md: &Metadata, n_vocab_tensor: Option<usize>) -> Result<Config, ConfigError> {
         let arch_name = md.get_str("general.architecture")?.to_string();
         let arch = Architecture::from_gguf_name(&arch_name).ok_or_else(|| {
+            let names: Vec<&str> = Architecture::NAMES.iter().map(|(n, _)| *n).collect();
             ConfigError::Unsupported(format!(
-                "architecture `{arch_name}` is not supported (supported: bitnet-b1.58, bitnet-25)"
+                "architecture `{arch_name}` is not supported (supported: {})",
+                names.join(", ")
             ))
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -74,6 +161,39 @@ impl Config {
         let rope_theta = md
             .opt(&key("rope.freq_base"), Metadata::get_f32)?
             .unwrap_or(10000.0);
+        let scaling_type = md.opt(&key("rope.scaling.type"), |m, k| {
+            m.get_str(k).map(str::to_string)
+        })?;
+        let rope_freq_scale = match scaling_type.as_deref() {
+            None | Some("none") => 1.0,
+            Some("linear") => {
+                let factor = md
+                    .opt(&key("rope.scaling.factor"), Metadata::get_f32)?
+                    .unwrap_or(1.0);
+                if !(factor > 0.0 && factor.is_finite()) {
+                    return Err(ConfigError::Invalid {
+                        key: key("rope.scaling.factor"),
+                        message: format!("{factor} is not positive"),
+                    });
+                }
+                1.0 / factor
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: key("rope.scaling.type"),
+                    message: format!("`{other}` is not supported (none or linear; Llama 3 scaling comes as a rope_freqs tensor)"),
+                })
+            }
+        };
+        let act_norm_eps = md.opt(&key(ACT_NORM_EPS_KEY), Metadata::get_f32)?;
+        if let Some(e) = act_norm_eps {
+            if !(e > 0.0 && e < 1.0) {
+                return Err(ConfigError::Invalid {
+                    key: key(ACT_NORM_EPS_KEY),
+                    message: format!("{e} is not in (0, 1)"),
+                });
+            }
+        }
         let n_vocab = match md.opt(&key("vocab_size"), Metadata::get_usize)? {
             Some(v) => v,
             None => match md.get_array("tokenizer.ggml.tokens") {
@@ -152,7 +272,12 @@ impl Config {
             head_dim,
             n_ctx_train,
             rope_theta,
+            rope_freq_scale,
             rms_eps,
+            activation: arch.activation(),
+            sub_norms: arch.has_sub_norms(),
+            rope_style: arch.rope_style(),
+            act_norm_eps,
         })
     }
 

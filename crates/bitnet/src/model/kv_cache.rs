@@ -439,7 +439,14 @@ mod tests {
         match KvCache::new(30, 640, 1_000_000_000, CacheType::F16) {
             Err(ModelError::ContextTooLarge { needed, fits, .. }) => {
                 assert_eq!(needed, 30 * 2 * 640 * 1_000_000_000 * 2);
-                assert_eq!(fits as u64, available / (30 * 2 * 640 * 2));
+                // Free memory moves between the two readings when other programs run:
+                // the figure must be the same order, not the same byte.
+                let expected = available / (30 * 2 * 640 * 2);
+                let fits = fits as u64;
+                assert!(
+                    fits.abs_diff(expected) <= expected / 4 + 1,
+                    "fits {fits} positions, expected about {expected}"
+                );
             }
             other => panic!("{:?}", other.map(|c| c.capacity())),
         }

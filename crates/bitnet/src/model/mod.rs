@@ -3,14 +3,14 @@
 //! tokenizers, generation or the CLI.
 
 mod bitnet;
-mod config;
+pub mod config;
 mod kv_cache;
 pub mod quantize;
 pub mod synth;
 pub mod weights;
 
-pub use bitnet::{BitnetModel, LoadOptions, Logits, ShapeIsas};
-pub use config::{Architecture, Config, DEFAULT_CONTEXT_CAP};
+pub use bitnet::{BatchEntry, BitnetModel, LoadOptions, Logits, ShapeIsas};
+pub use config::{Activation, Architecture, Config, RopeStyle, DEFAULT_CONTEXT_CAP};
 pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache};
 
 use crate::formats::gguf::{GgufError, MetadataError};

@@ -1,6 +1,8 @@
-//! Random-weight BitNet b1.58 models of real shapes, written as GGUF: I2_S linears with
-//! realistic ternary statistics (~31 % zeros), an F16 embedding, F32 norms. Benchmarks and load
-//! tests use them where the real weights cannot be downloaded.
+//! Random-weight BitNet-family models of real shapes, written as GGUF in their architecture's
+//! layout: I2_S linears with realistic ternary statistics (~31 % zeros), an F16 embedding (and
+//! an F16 output matrix for untied models), F32 norms. Benchmarks and load tests use them where
+//! the real weights cannot be downloaded. The hyperparameters are those of each model's
+//! config.json.
 
 use std::io::Write;
 
@@ -10,6 +12,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::formats::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value, WriteError};
 use crate::formats::types::{i2_s, TensorType};
+
+use super::config::Architecture;
 
 /// A model shape.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,10 +27,68 @@ pub struct Shape {
     pub n_head_kv: usize,
     pub n_ctx: usize,
     pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub arch: Architecture,
+    /// Whether the output matrix is the embedding (no `output.weight`).
+    pub tied: bool,
+}
+
+/// A `llama`-architecture ternary shape (Falcon3, Llama 3 1.58): untied, SiLU, no sub-norms.
+#[allow(clippy::too_many_arguments)]
+const fn llama(
+    name: &'static str,
+    n_vocab: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_ff: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    n_ctx: usize,
+    rope_theta: f32,
+    rms_eps: f32,
+) -> Shape {
+    Shape {
+        name,
+        n_vocab,
+        n_embd,
+        n_layer,
+        n_ff,
+        n_head,
+        n_head_kv,
+        n_ctx,
+        rope_theta,
+        rms_eps,
+        arch: Architecture::Llama,
+        tied: false,
+    }
+}
+
+/// A 1bitLLM `bitnet` shape: tied, SiLU, sub-norms, no GQA, Llama 2's vocabulary + 2.
+const fn one_bit_llm(
+    name: &'static str,
+    n_embd: usize,
+    n_layer: usize,
+    n_ff: usize,
+    n_head: usize,
+) -> Shape {
+    Shape {
+        name,
+        n_vocab: 32002,
+        n_embd,
+        n_layer,
+        n_ff,
+        n_head,
+        n_head_kv: n_head,
+        n_ctx: 2048,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        arch: Architecture::Bitnet,
+        tied: true,
+    }
 }
 
 /// The shapes `bitnet synth --shape` knows.
-pub const SHAPES: [Shape; 3] = [
+pub const SHAPES: [Shape; 10] = [
     // microsoft/bitnet-b1.58-2B-4T exactly.
     Shape {
         name: "2b-4t",
@@ -38,6 +100,9 @@ pub const SHAPES: [Shape; 3] = [
         n_head_kv: 5,
         n_ctx: 4096,
         rope_theta: 500000.0,
+        rms_eps: 1e-5,
+        arch: Architecture::BitnetB158,
+        tied: true,
     },
     // The size class of 1bitLLM/bitnet_b1_58-large, with the b1.58 architecture.
     Shape {
@@ -50,6 +115,9 @@ pub const SHAPES: [Shape; 3] = [
         n_head_kv: 16,
         n_ctx: 2048,
         rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        arch: Architecture::BitnetB158,
+        tied: true,
     },
     // Small enough for tests.
     Shape {
@@ -62,7 +130,88 @@ pub const SHAPES: [Shape; 3] = [
         n_head_kv: 2,
         n_ctx: 512,
         rope_theta: 500000.0,
+        rms_eps: 1e-5,
+        arch: Architecture::BitnetB158,
+        tied: true,
     },
+    // tiiuae/Falcon3-{1B,3B,7B,10B}-*-1.58bit (config.json of the 1.58bit uploads: head dim
+    // 256, rope θ 1000042, eps 1e-6, 131072-token vocabulary, untied).
+    llama(
+        "falcon3-1b",
+        131072,
+        2048,
+        18,
+        8192,
+        8,
+        4,
+        8192,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-3b",
+        131072,
+        3072,
+        22,
+        9216,
+        12,
+        4,
+        4096,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-7b",
+        131072,
+        3072,
+        28,
+        23040,
+        12,
+        4,
+        8192,
+        1000042.0,
+        1e-6,
+    ),
+    llama(
+        "falcon3-10b",
+        131072,
+        3072,
+        40,
+        23040,
+        12,
+        4,
+        32768,
+        1000042.0,
+        1e-6,
+    ),
+    // HF1BitLLM/Llama3-8B-1.58-100B-tokens: Llama 3 8B's shape.
+    llama(
+        "llama3-8b",
+        128256,
+        4096,
+        32,
+        14336,
+        32,
+        8,
+        8192,
+        500000.0,
+        1e-5,
+    ),
+    // 1bitLLM/bitnet_b1_58-large (0.7B) and -3B.
+    one_bit_llm("bitnet-large", 1536, 24, 4096, 16),
+    one_bit_llm("bitnet-3b", 3200, 26, 8640, 32),
+];
+
+/// Shapes asked for that this build cannot write, with the reason (shown by `bitnet synth`).
+pub const REFUSED_SHAPES: [(&str, &str); 2] = [
+    (
+        "falcon-e-1b",
+        "tiiuae/Falcon-E-1B config.json was not reachable when these shapes were written, so its hyperparameters are unknown here; convert or load the real checkpoint instead",
+    ),
+    (
+        "falcon-e-3b",
+        "tiiuae/Falcon-E-3B config.json was not reachable when these shapes were written, so its hyperparameters are unknown here; convert or load the real checkpoint instead",
+    ),
 ];
 
 impl Shape {
@@ -78,6 +227,17 @@ impl Shape {
             (self.n_embd / self.n_head * self.n_head_kv) as u64,
         );
         let spec = |name: String, ty, dims: Vec<u64>| TensorSpec { name, ty, dims };
+        // A linear whose rows are not whole I2_S blocks (1bitLLM 3B's ffn_down, 8640 inputs)
+        // stays F16, as converters leave it; loading ternarizes it.
+        let linear = |name: String, dims: Vec<u64>| {
+            let ty = if dims[0].is_multiple_of(i2_s::BLOCK_LEN as u64) {
+                TensorType::I2S
+            } else {
+                TensorType::F16
+            };
+            TensorSpec { name, ty, dims }
+        };
+        let sub_norms = self.arch.has_sub_norms();
         let mut out = vec![spec(
             "token_embd.weight".into(),
             TensorType::F16,
@@ -86,29 +246,40 @@ impl Shape {
         for i in 0..self.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             out.push(spec(p("attn_norm"), TensorType::F32, vec![h]));
-            out.push(spec(p("attn_q"), TensorType::I2S, vec![h, h]));
-            out.push(spec(p("attn_k"), TensorType::I2S, vec![h, kv]));
-            out.push(spec(p("attn_v"), TensorType::I2S, vec![h, kv]));
-            out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![h]));
-            out.push(spec(p("attn_output"), TensorType::I2S, vec![h, h]));
+            out.push(linear(p("attn_q"), vec![h, h]));
+            out.push(linear(p("attn_k"), vec![h, kv]));
+            out.push(linear(p("attn_v"), vec![h, kv]));
+            if sub_norms {
+                out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![h]));
+            }
+            out.push(linear(p("attn_output"), vec![h, h]));
             out.push(spec(p("ffn_norm"), TensorType::F32, vec![h]));
-            out.push(spec(p("ffn_gate"), TensorType::I2S, vec![h, ff]));
-            out.push(spec(p("ffn_up"), TensorType::I2S, vec![h, ff]));
-            out.push(spec(p("ffn_sub_norm"), TensorType::F32, vec![ff]));
-            out.push(spec(p("ffn_down"), TensorType::I2S, vec![ff, h]));
+            out.push(linear(p("ffn_gate"), vec![h, ff]));
+            out.push(linear(p("ffn_up"), vec![h, ff]));
+            if sub_norms {
+                out.push(spec(p("ffn_sub_norm"), TensorType::F32, vec![ff]));
+            }
+            out.push(linear(p("ffn_down"), vec![ff, h]));
         }
         out.push(spec("output_norm.weight".into(), TensorType::F32, vec![h]));
+        if !self.tied {
+            out.push(spec(
+                "output.weight".into(),
+                TensorType::F16,
+                vec![h, self.n_vocab as u64],
+            ));
+        }
         out
     }
 
     /// The metadata bitnet.cpp's converter writes, with tokenizer keys copied from `vocab`.
     pub fn metadata(&self, vocab: Option<&GgufFile>) -> Metadata {
-        let arch = "bitnet-b1.58";
+        let arch = self.arch.gguf_name();
         let mut md = Metadata::new();
         md.set("general.architecture", Value::String(arch.into()));
         md.set(
             "general.name",
-            Value::String(format!("bitnet-b1.58 {} (random weights)", self.name)),
+            Value::String(format!("{arch} {} (random weights)", self.name)),
         );
         md.set("general.file_type", Value::U32(40));
         md.set("general.quantization_version", Value::U32(2));
@@ -127,7 +298,10 @@ impl Shape {
             k("attention.head_count_kv"),
             Value::U32(self.n_head_kv as u32),
         );
-        md.set(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        md.set(
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(self.rms_eps),
+        );
         md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
         if let Some(vocab) = vocab {
             for (key, value) in vocab.metadata().iter() {
@@ -303,6 +477,43 @@ mod tests {
             let err = model.new_cache(4_000_000_000, CacheType::F16).unwrap_err();
             assert!(err.to_string().contains("needs"), "{err}");
         }
+    }
+
+    /// Every family shape's parameter count is its real model's (config.json arithmetic).
+    #[test]
+    fn family_shapes_have_their_models_parameter_counts() {
+        for (name, params) in [
+            // 1bitLLM/bitnet_b1_58-large: "700M" (0.73 B with its 32002-token embedding).
+            ("bitnet-large", 728_842_752u64),
+            ("bitnet-3b", 3_324_387_840),
+            ("falcon3-1b", 1_669_408_768),
+            ("falcon3-10b", 10_305_653_760),
+            ("llama3-8b", 8_030_261_248),
+        ] {
+            let shape = Shape::by_name(name).unwrap();
+            let n: u64 = shape
+                .tensors()
+                .iter()
+                .map(|s| s.dims.iter().product::<u64>())
+                .sum();
+            assert_eq!(n, params, "{name}");
+        }
+        let tiny_llama = Shape {
+            n_vocab: 1024,
+            n_embd: 256,
+            n_layer: 2,
+            n_ff: 512,
+            n_head: 2,
+            n_head_kv: 1,
+            ..Shape::by_name("falcon3-1b").unwrap()
+        };
+        let bytes = write_random_model(Vec::new(), &tiny_llama, None, 3, |_, _| {}).unwrap();
+        let model =
+            BitnetModel::from_gguf(Arc::new(GgufFile::from_vec("l.gguf", bytes).unwrap())).unwrap();
+        assert_eq!(model.config().arch, Architecture::Llama);
+        let mut cache = model.new_cache(0, CacheType::F16).unwrap();
+        let logits = model.forward(&[1, 2, 3], &mut cache, Logits::Last).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
     }
 
     #[test]

@@ -291,6 +291,12 @@ impl I2sLinear {
         in_features: usize,
         out_features: usize,
     ) -> Result<I2sLinear, String> {
+        if !in_features.is_multiple_of(i2_s::BLOCK_LEN) {
+            return Err(format!(
+                "I2_S rows of {in_features} values are not whole {}-value blocks",
+                i2_s::BLOCK_LEN
+            ));
+        }
         let data = bytes.as_slice();
         let packed = in_features * out_features / 4;
         if let Some(offset) = i2_s::find_invalid_code(&data[..packed]) {
@@ -455,7 +461,22 @@ pub fn ternarize(w: &[f32]) -> (Vec<i8>, f32) {
     (t, m)
 }
 
-/// Builds the linear layer for a GGUF tensor of shape `[in, out]`, whatever its format.
+/// Rows of `len` values widened to `padded` with zeros.
+fn pad_rows(values: &[i8], len: usize, padded: usize) -> Vec<i8> {
+    if len == padded {
+        return values.to_vec();
+    }
+    let mut out = Vec::with_capacity(values.len() / len * padded);
+    for row in values.chunks_exact(len) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + padded - len, 0);
+    }
+    out
+}
+
+/// Builds the linear layer for a GGUF tensor of shape `[in, out]`, whatever its format. Its
+/// `in_features` may exceed the tensor's (rows padded to whole blocks): the caller quantizes
+/// activations to that width with zeros after the real values.
 pub fn ternary_linear_from_gguf(
     file: &Arc<GgufFile>,
     info: &TensorInfo,
@@ -489,21 +510,21 @@ pub fn ternary_linear_from_gguf(
             out_features,
         })),
         TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
-            if in_features % i2_s::BLOCK_LEN != 0 {
-                return Err(err(format!(
-                    "float linear weights need input features divisible by {}, found {in_features}",
-                    i2_s::BLOCK_LEN
-                )));
-            }
             let w = file
                 .tensor(&info.name)?
                 .to_f32()
                 .map_err(|e| err(e.to_string()))?;
             let (t, scale) = ternarize(&w);
+            // Rows whose length is not a multiple of I2_S's 128-value block (1bitLLM 3B's
+            // ffn_down has 8640 inputs; converters keep such weights in float) get zero
+            // weights appended: the forward pass gives them zero activations, so every
+            // product is unchanged.
+            let padded = in_features.next_multiple_of(i2_s::BLOCK_LEN);
+            let t = pad_rows(&t, in_features, padded);
             Ok(Box::new(I2sLinear::from_ternary(
                 &t,
                 scale,
-                in_features,
+                padded,
                 out_features,
             )))
         }

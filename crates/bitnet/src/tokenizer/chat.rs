@@ -19,9 +19,16 @@ use super::TokenizerError;
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant` (templates may know other roles).
+    /// `system`, `user` or `assistant` (templates may know other roles, such as `tool`).
     pub role: String,
     pub content: String,
+    /// An assistant message's tool calls, as OpenAI writes them (templates that know tools
+    /// render them; others see only the content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's answer to a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -29,6 +36,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 
@@ -124,6 +133,30 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template can show the model a list of tools (function definitions): a
+    /// Jinja template that reads the `tools` variable, as Hugging Face's tool-aware
+    /// templates do. The built-in BitNet format has no place for them.
+    pub fn supports_tools(&self) -> bool {
+        match &self.kind {
+            Kind::Bitnet => false,
+            Kind::Jinja(env) => env
+                .get_template(TEMPLATE_NAME)
+                .map(|t| t.undeclared_variables(false).contains("tools"))
+                .unwrap_or(false),
+        }
+    }
+
+    /// [`ChatTemplate::render`] with the request's tool definitions (OpenAI's `tools`), for
+    /// templates that [support them](ChatTemplate::supports_tools).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         match &self.kind {
             Kind::Bitnet => Ok(self.render_bitnet(messages, add_generation_prompt)),
             Kind::Jinja(env) => {
@@ -131,6 +164,7 @@ impl ChatTemplate {
                 template
                     .render(context! {
                         messages => messages,
+                        tools => tools,
                         add_generation_prompt => add_generation_prompt,
                         bos_token => &self.bos_token,
                         eos_token => &self.eos_token,

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{hsum_epi32_256, i2s_block, I2S_ROWS};
+use super::{hsum_epi32_256, i2s_block, prefetch_rows, GEMM_PREFETCH_BLOCKS, I2S_ROWS};
 use crate::formats::types::{tq2_0, TernaryBlock};
 use crate::kernels::scalar::{Q8Blocks, Q8K};
 use crate::kernels::{Isa, KernelTable};
@@ -162,6 +162,8 @@ unsafe fn i2s_gemm(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i3
     let mut r0 = 0;
     while r0 < n_rows {
         let rows = ROW_TILE.min(n_rows - r0);
+        let ahead = r0 + GEMM_PREFETCH_BLOCKS * ROW_TILE;
+        prefetch_rows(w, row_bytes, ahead..ahead + rows);
         for row in 0..rows {
             let cp = codes.as_mut_ptr().add(row * k);
             for blk in 0..k / 128 {

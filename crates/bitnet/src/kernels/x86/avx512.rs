@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{hsum_epi32_256, i2s_block, I2S_ROWS};
+use super::{hsum_epi32_256, i2s_block, prefetch_rows, GEMM_PREFETCH_BLOCKS, I2S_ROWS};
 use crate::kernels::{Isa, KernelTable};
 
 /// The AVX-512 VNNI kernels: the ternary product; the rest are AVX2's (on Zen 4, which runs
@@ -128,6 +128,8 @@ unsafe fn gemm(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) 
     let mut r0 = 0;
     while r0 < n_rows {
         let rows = ROW_BLOCK.min(n_rows - r0);
+        let ahead = r0 + GEMM_PREFETCH_BLOCKS * ROW_BLOCK;
+        prefetch_rows(w, row_bytes, ahead..ahead + rows);
         for row in 0..rows {
             let cp = codes[row * k..].as_mut_ptr();
             for blk in 0..k / 128 {

@@ -1,0 +1,249 @@
+//! `bitnet serve`: an OpenAI-compatible HTTP server with continuous batching, and a web chat
+//! page at `/`.
+//!
+//! The server only translates: HTTP requests into the library's [`Job`]s, and the scheduler's
+//! token events into JSON or server-sent events. Slots, batching, prefix reuse, queueing and
+//! sampling are the library's [`Scheduler`]; see its documentation.
+//!
+//! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+//! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`.
+//! - `chat.html`: the web page, compiled into the binary.
+//!
+//! [`Job`]: bitnet::generate::Job
+
+mod openai;
+mod ops;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use bitnet::generate::constraint::ConstraintCompiler;
+use bitnet::generate::{SamplerConfig, Scheduler, SchedulerConfig};
+use bitnet::model::human_bytes;
+use bitnet::tokenizer::{ChatTemplate, Tokenizer};
+
+use crate::model_args::{ModelArgs, SamplingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Defaults for requests that do not set their own sampling fields (a request without a
+    /// `seed` gets a fresh random one unless --seed is given here)
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the chosen one is printed)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests generating at once (slots), each with its own KV cache of -c tokens
+    #[arg(long = "parallel", visible_alias = "np", default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free slot; beyond that the answer is 503 with Retry-After
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Prompt tokens run per step over all new requests: smaller keeps running streams
+    /// smoother while a long prompt is read, larger reads prompts faster
+    #[arg(long, default_value_t = 128)]
+    prefill_chunk: usize,
+    /// Model id shown by /v1/models and in responses (default: the model's file name)
+    #[arg(long)]
+    alias: Option<String>,
+    /// Require `Authorization: Bearer KEY` on the API and /metrics (not on / and /health);
+    /// also read from the BITNET_API_KEY environment variable, which `ps` does not show
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Allow browser pages from this origin to call the API (repeatable; `*` for any)
+    #[arg(long = "cors-origin")]
+    cors_origin: Vec<String>,
+    /// Default `max_tokens` for requests that do not set it
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// On SIGTERM or Ctrl-C: seconds running requests may go on before they are ended
+    #[arg(long, default_value_t = 5.0)]
+    shutdown_timeout: f64,
+    /// When a generation fills its slot's context, keep the first --keep tokens, drop half of
+    /// the rest and go on (llama.cpp's context shift) instead of stopping with "length"
+    #[arg(long)]
+    ctx_shift: bool,
+    /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt)
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    keep: i64,
+}
+
+/// What the handlers share.
+pub(crate) struct AppState {
+    /// The model id.
+    pub name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+    pub scheduler: Scheduler,
+    pub constraints: ConstraintCompiler,
+    pub defaults: SamplerConfig,
+    /// Whether the sampling defaults carry a seed given on the command line (otherwise each
+    /// request without one gets a fresh random seed).
+    pub fixed_seed: bool,
+    pub n_predict: usize,
+    pub ctx_shift: bool,
+    pub keep: i64,
+    pub api_key: Option<String>,
+    pub cors_origins: Vec<String>,
+    pub metrics: ops::Metrics,
+    pub started: std::time::SystemTime,
+}
+
+/// The model id: `--alias`, else the file name of what `-m` names (the demo model's file name
+/// without `-m`; `hf:` specs as given).
+fn model_id(args: &Args) -> String {
+    if let Some(a) = &args.alias {
+        return a.clone();
+    }
+    match &args.model.model {
+        None => "bitnet-shakespeare-7m-i2_s.gguf".to_string(),
+        Some(m) if !m.starts_with("hf:") => Path::new(m)
+            .file_name()
+            .map_or_else(|| m.clone(), |f| f.to_string_lossy().into_owned()),
+        Some(m) => m.clone(),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        (1..=256).contains(&args.parallel),
+        "--parallel {}: must be between 1 and 256",
+        args.parallel
+    );
+    anyhow::ensure!(
+        args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0,
+        "--shutdown-timeout {}: must be a number of seconds ≥ 0",
+        args.shutdown_timeout
+    );
+    let defaults = args.sampling.config()?;
+    let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
+    let crate::model_args::Loaded {
+        model, tokenizer, ..
+    } = args.model.load()?;
+    let name = model_id(&args);
+    let tokenizer = Arc::new(tokenizer);
+    let template = tokenizer.chat_template()?;
+    let constraints = ConstraintCompiler::new(Arc::clone(&tokenizer))?;
+    let threads = model.threads();
+    let scheduler = Scheduler::start(
+        Arc::new(model),
+        Arc::clone(&tokenizer),
+        SchedulerConfig {
+            slots: args.parallel,
+            n_ctx: args.model.ctx_size,
+            cache_type: args.model.cache_type,
+            max_queue: args.queue,
+            prefill_chunk: args.prefill_chunk,
+        },
+    )?;
+    let status = scheduler.status();
+    eprintln!(
+        "{} slots × {} tokens of context, KV cache {} ({}) in all; queue of {}; {} threads",
+        args.parallel,
+        scheduler.context_size(),
+        human_bytes(status.kv_cache_bytes as u64),
+        args.model.cache_type.name(),
+        args.queue,
+        threads,
+    );
+    let state = Arc::new(AppState {
+        name,
+        tokenizer,
+        template,
+        scheduler,
+        constraints,
+        defaults,
+        fixed_seed,
+        n_predict: args.n_predict,
+        ctx_shift: args.ctx_shift,
+        keep: args.keep,
+        api_key: args
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("BITNET_API_KEY").ok())
+            .filter(|k| !k.is_empty()),
+        cors_origins: args.cors_origin.clone(),
+        metrics: ops::Metrics::default(),
+        started: std::time::SystemTime::now(),
+    });
+    let app = Router::new()
+        .route("/", get(ops::page))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*id}", get(openai::model))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .fallback(ops::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            ops::gate,
+        ))
+        .with_state(Arc::clone(&state));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let grace = Duration::from_secs_f64(args.shutdown_timeout);
+    let serving = Arc::clone(&state);
+    runtime.block_on(async move {
+        let state = serving;
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "listening on http://{addr} (model {}; web chat at http://{addr}/)",
+            state.name
+        );
+        let signal_state = Arc::clone(&state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                eprintln!(
+                    "shutting down: no new requests; running ones end within {:.1} s",
+                    grace.as_secs_f64()
+                );
+                signal_state.scheduler.shutdown(grace);
+            })
+            .await
+            .context("serving")
+    })?;
+    state.scheduler.join();
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

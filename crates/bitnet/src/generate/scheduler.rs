@@ -1,0 +1,1063 @@
+//! Continuous batching: many requests generating at once over one model, llama.cpp-server
+//! style. A fixed number of slots each own a KV cache; a request takes a free slot (the one
+//! whose cached tokens share the longest prefix with its prompt, whose cache it reuses) or
+//! waits in a bounded queue. At every step one forward pass runs over all active sequences:
+//! each decoding sequence contributes its one new token and each new request a bounded chunk
+//! of its prompt, so every weight is read once per step for all of them and running streams
+//! keep flowing while a long prompt is taken in. A request joins at the next step and leaves
+//! when it stops (end of generation, a stop string, its token budget, a full context, a
+//! finished grammar, or cancellation).
+//!
+//! A sequence's results do not depend on its neighbours ([`BitnetModel::forward_batch`] is
+//! batch-invariant) and each request samples with its own seeded RNG, so a request with a
+//! fixed seed gives the same tokens alone or among others.
+//!
+//! The scheduler runs on its own thread; callers talk to it through [`Scheduler::submit`],
+//! which hands each request's [`Event`]s to a callback on that thread, and a [`Ticket`] whose
+//! drop cancels the request (an HTTP client that goes away drops its response).
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::constraint::Constraint;
+use super::sampler::{Sampler, SamplerConfig};
+use super::{find_stop, safe_prefix_len, StopReason};
+use crate::model::{BatchEntry, BitnetModel, CacheType, KvCache, Logits, ModelError};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// How the scheduler is set up.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Sequences generating at once, each with its own KV cache.
+    pub slots: usize,
+    /// Positions each slot's cache holds (0: the model's default context).
+    pub n_ctx: usize,
+    pub cache_type: CacheType,
+    /// Requests that may wait for a free slot; beyond that [`Scheduler::submit`] answers
+    /// [`SubmitError::Busy`].
+    pub max_queue: usize,
+    /// Prompt tokens run per step, over all sequences taking in their prompts (at least one
+    /// sequence advances each step): bounds how long a step, and so every running stream,
+    /// waits for a new request's prompt.
+    pub prefill_chunk: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            slots: 4,
+            n_ctx: 0,
+            cache_type: CacheType::F16,
+            max_queue: 256,
+            prefill_chunk: 128,
+        }
+    }
+}
+
+/// One generation to run.
+pub struct Job {
+    /// The full prompt, token ids (BOS included where wanted).
+    pub prompt: Vec<u32>,
+    /// Sampling settings, with the seed this request uses.
+    pub sampler: SamplerConfig,
+    /// Most tokens to generate (`None`: until a stop or the context is full).
+    pub max_tokens: Option<usize>,
+    /// Stop before any of these strings (not part of the output).
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log-probability and this many most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Report every prompt token's log-probability (the prompt is then run whole, not taken
+    /// from a cached prefix).
+    pub prompt_logprobs: bool,
+    /// Output must follow this grammar.
+    pub constraint: Option<Constraint>,
+    /// When the context fills up: `Some(keep)` drops half of the tokens after the first
+    /// `keep` and goes on (llama.cpp's context shift); `None` stops.
+    pub context_shift: Option<usize>,
+}
+
+impl Job {
+    /// A job with the default settings for `prompt` and `sampler`.
+    pub fn new(prompt: Vec<u32>, sampler: SamplerConfig) -> Job {
+        Job {
+            prompt,
+            sampler,
+            max_tokens: Some(128),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logit_bias: Vec::new(),
+            logprobs: None,
+            prompt_logprobs: false,
+            constraint: None,
+            context_shift: None,
+        }
+    }
+}
+
+/// A token's log-probability (natural log, from the model's logits with the request's logit
+/// bias applied, before penalties, temperature and truncation) and the most likely
+/// alternatives at its position, most likely first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a request's callback receives, in this order: `Prompt` once, then `Token`s, then
+/// one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt has run.
+    Prompt {
+        /// Prompt tokens whose cache was reused from an earlier request.
+        cached_tokens: usize,
+        /// With [`Job::prompt_logprobs`]: one per prompt token (`None` for the first).
+        logprobs: Option<Vec<Option<TokenLogprob>>>,
+    },
+    /// A generated token, with the text it completes (possibly empty: a partial UTF-8
+    /// character, or text that may be the start of a stop string, is held back).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The request ended normally.
+    Done(Finished),
+    /// The request could not run (the model failed).
+    Failed(String),
+}
+
+/// How a request ended, with its figures.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub stop: StopReason,
+    /// Text held back until the end (the rest of a partial character or stop-string prefix).
+    pub tail: String,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    /// Time spent waiting for a slot.
+    pub queued: Duration,
+    /// From submission to the first generated token.
+    pub time_to_first_token: Duration,
+    /// From submission to the end.
+    pub total: Duration,
+    /// The seed the request's sampler used.
+    pub seed: u64,
+}
+
+impl Finished {
+    /// Generated tokens per second after the first (the first comes with the prompt).
+    pub fn generation_tokens_per_s(&self) -> f64 {
+        let t = self.total.saturating_sub(self.time_to_first_token);
+        if self.generated_tokens < 2 || t.is_zero() {
+            0.0
+        } else {
+            (self.generated_tokens - 1) as f64 / t.as_secs_f64()
+        }
+    }
+}
+
+/// Why a request was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is busy: {queued} requests are already waiting for a free slot")]
+    Busy { queued: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens but a slot's context holds {capacity}")]
+    PromptTooLong { prompt: usize, capacity: usize },
+    #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
+    TokenOutOfRange { token: u32, n_vocab: usize },
+}
+
+/// Receives a request's events on the scheduler's thread; `Break` cancels the request.
+pub type Sink = Box<dyn FnMut(Event) -> ControlFlow<()> + Send>;
+
+/// A submitted request. Dropping it cancels the request (it leaves at the next step);
+/// [`Ticket::detach`] lets it run to its end instead.
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    cancel: Arc<AtomicBool>,
+    detached: bool,
+}
+
+impl Ticket {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Keeps the request running after the ticket is dropped.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a slot is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    Idle,
+    /// Taking in a prompt.
+    Prompt,
+    Generating,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Idle => "idle",
+            SlotState::Prompt => "prompt",
+            SlotState::Generating => "generating",
+        }
+    }
+}
+
+/// One slot as [`Scheduler::status`] shows it.
+#[derive(Clone, Debug)]
+pub struct SlotStatus {
+    pub state: SlotState,
+    /// Tokens in its cache (kept after a request, for prefix reuse).
+    pub cached_tokens: usize,
+    pub n_ctx: usize,
+    /// The request it runs.
+    pub request: Option<u64>,
+}
+
+/// A snapshot of the scheduler, and its counters since start.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub slots: Vec<SlotStatus>,
+    pub queued: usize,
+    /// Bytes of KV cache allocated for all slots (the bound on its memory).
+    pub kv_cache_bytes: usize,
+    pub requests_finished: u64,
+    pub requests_cancelled: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from a slot's cached prefix.
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub steps: u64,
+    /// Seconds spent in forward passes.
+    pub busy_seconds: f64,
+    /// Generated tokens per second over recent steps, all sequences together.
+    pub generation_tokens_per_s: f64,
+    pub shutting_down: bool,
+}
+
+impl Status {
+    pub fn slots_busy(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Idle)
+            .count()
+    }
+}
+
+enum Msg {
+    Submit(Box<Pending>),
+    Shutdown { grace: Duration },
+}
+
+/// A submitted request, before and while it runs.
+struct Pending {
+    id: u64,
+    job: Job,
+    sink: Sink,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+struct Shared {
+    status: Mutex<Status>,
+    /// Requests submitted and not yet in a slot.
+    waiting: AtomicUsize,
+    idle_slots: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+/// The scheduler's handle: submit requests, read its status, shut it down.
+pub struct Scheduler {
+    tx: Mutex<mpsc::Sender<Msg>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    next_id: AtomicU64,
+    max_queue: usize,
+    n_ctx: usize,
+    n_vocab: usize,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("n_ctx", &self.n_ctx)
+            .field("max_queue", &self.max_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Allocates every slot's cache (so the KV memory is bounded and known from the start;
+    /// an error, not an abort, when it does not fit) and starts the scheduler's thread.
+    pub fn start(
+        model: Arc<BitnetModel>,
+        tokenizer: Arc<Tokenizer>,
+        config: SchedulerConfig,
+    ) -> Result<Scheduler, ModelError> {
+        let n_slots = config.slots.max(1);
+        let mut slots = Vec::with_capacity(n_slots);
+        for _ in 0..n_slots {
+            slots.push(Slot {
+                cache: model.new_cache(config.n_ctx, config.cache_type)?,
+                tokens: Vec::new(),
+                last_used: 0,
+            });
+        }
+        let n_ctx = slots[0].cache.capacity();
+        let kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum();
+        let status = Status {
+            slots: slots
+                .iter()
+                .map(|s| SlotStatus {
+                    state: SlotState::Idle,
+                    cached_tokens: 0,
+                    n_ctx: s.cache.capacity(),
+                    request: None,
+                })
+                .collect(),
+            kv_cache_bytes,
+            ..Status::default()
+        };
+        let shared = Arc::new(Shared {
+            status: Mutex::new(status),
+            waiting: AtomicUsize::new(0),
+            idle_slots: AtomicUsize::new(n_slots),
+            shutting_down: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let n_vocab = model.config().n_vocab;
+        let thread_shared = Arc::clone(&shared);
+        let prefill_chunk = config.prefill_chunk.max(1);
+        let thread = std::thread::Builder::new()
+            .name("bitnet-scheduler".into())
+            .spawn(move || {
+                let mut engine = Engine {
+                    model: &model,
+                    tokenizer: &tokenizer,
+                    slots,
+                    queue: VecDeque::new(),
+                    active: Vec::new(),
+                    shared: &thread_shared,
+                    prefill_chunk,
+                    clock: 0,
+                    deadline: None,
+                    rate: 0.0,
+                };
+                engine.run(rx);
+            })
+            .map_err(|e| ModelError::Unsupported {
+                file: "scheduler".into(),
+                message: format!("cannot start the scheduler thread: {e}"),
+            })?;
+        Ok(Scheduler {
+            tx: Mutex::new(tx),
+            shared,
+            thread: Mutex::new(Some(thread)),
+            next_id: AtomicU64::new(1),
+            max_queue: config.max_queue,
+            n_ctx,
+            n_vocab,
+        })
+    }
+
+    /// Positions each slot's context holds.
+    pub fn context_size(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Queues a request. Its events go to `sink` on the scheduler's thread; the returned
+    /// ticket cancels it when dropped. Refused at once when the prompt cannot run, when the
+    /// queue is full, or while shutting down.
+    pub fn submit(&self, job: Job, sink: Sink) -> Result<Ticket, SubmitError> {
+        if job.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if let Some(&token) = job.prompt.iter().find(|&&t| t as usize >= self.n_vocab) {
+            return Err(SubmitError::TokenOutOfRange {
+                token,
+                n_vocab: self.n_vocab,
+            });
+        }
+        if job.prompt.len() > self.n_ctx {
+            return Err(SubmitError::PromptTooLong {
+                prompt: job.prompt.len(),
+                capacity: self.n_ctx,
+            });
+        }
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        // Requests may wait beyond the idle slots up to the queue's bound.
+        let limit = self.max_queue + self.shared.idle_slots.load(Ordering::SeqCst);
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= limit {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Busy { queued: waiting });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pending = Pending {
+            id,
+            job,
+            sink,
+            cancel: Arc::clone(&cancel),
+            submitted: Instant::now(),
+        };
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .send(Msg::Submit(Box::new(pending)));
+        if sent.is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(Ticket {
+            id,
+            cancel,
+            detached: false,
+        })
+    }
+
+    /// The slots, the queue and the counters.
+    pub fn status(&self) -> Status {
+        let mut s = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.queued = self.shared.waiting.load(Ordering::SeqCst);
+        s.shutting_down = self.shared.shutting_down.load(Ordering::SeqCst);
+        s
+    }
+
+    /// Stops taking requests; those running may finish for `grace`, then every request still
+    /// running or waiting ends with [`StopReason::Shutdown`] (its callback gets a `Done`).
+    /// Returns at once; [`Scheduler::join`] waits for the end.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(Msg::Shutdown { grace });
+        }
+    }
+
+    /// Waits for the scheduler's thread to end (after [`Scheduler::shutdown`]).
+    pub fn join(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+        self.join();
+    }
+}
+
+/// A cache and the tokens it holds.
+struct Slot {
+    cache: KvCache,
+    tokens: Vec<u32>,
+    /// When it last took a request (the scheduler's step count), to keep the most recently
+    /// used caches for prefix reuse.
+    last_used: u64,
+}
+
+/// A request in a slot.
+struct Active<'t> {
+    p: Pending,
+    slot: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    /// Text produced but not yet sent (it may be the start of a stop string).
+    held: String,
+    /// Prompt tokens in the cache.
+    fed: usize,
+    cached: usize,
+    /// The last sampled token, to run at the next step.
+    next: Option<u32>,
+    generated: usize,
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    started: Instant,
+    first_token: Option<Duration>,
+}
+
+struct Engine<'a> {
+    model: &'a BitnetModel,
+    tokenizer: &'a Tokenizer,
+    slots: Vec<Slot>,
+    queue: VecDeque<Pending>,
+    active: Vec<Active<'a>>,
+    shared: &'a Shared,
+    prefill_chunk: usize,
+    /// Steps run.
+    clock: u64,
+    /// Once shutting down: when running requests are ended.
+    deadline: Option<Instant>,
+    /// Smoothed generated tokens per second.
+    rate: f64,
+}
+
+/// What became of a request after a step.
+enum Outcome {
+    Continue,
+    Stop(StopReason),
+    Cancelled,
+    Failed(String),
+}
+
+impl<'a> Engine<'a> {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            if self.active.is_empty() && self.queue.is_empty() {
+                if self.deadline.is_some() {
+                    break;
+                }
+                self.publish();
+                match rx.recv() {
+                    Ok(msg) => self.receive(msg),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.receive(msg);
+            }
+            self.drop_cancelled();
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.end_all(StopReason::Shutdown);
+                continue;
+            }
+            self.admit();
+            if !self.active.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+        self.publish();
+    }
+
+    fn receive(&mut self, msg: Msg) {
+        match msg {
+            // One that raced with a shutdown never starts.
+            Msg::Submit(p) if self.deadline.is_some() => {
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                finish_unstarted(*p, StopReason::Shutdown);
+            }
+            Msg::Submit(p) => self.queue.push_back(*p),
+            Msg::Shutdown { grace } => {
+                let now = Instant::now();
+                self.deadline = Some(self.deadline.map_or(now + grace, |d| d.min(now + grace)));
+                // Requests that have not started are ended now: nothing of theirs has run.
+                while let Some(p) = self.queue.pop_front() {
+                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    finish_unstarted(p, StopReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|p| !p.cancel.load(Ordering::Relaxed));
+        let gone = before - self.queue.len();
+        if gone > 0 {
+            self.shared.waiting.fetch_sub(gone, Ordering::SeqCst);
+            self.count(|s| s.requests_cancelled += gone as u64);
+        }
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].p.cancel.load(Ordering::Relaxed) {
+                self.leave(i, Outcome::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn end_all(&mut self, reason: StopReason) {
+        while let Some(p) = self.queue.pop_front() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            finish_unstarted(p, reason.clone());
+        }
+        while !self.active.is_empty() {
+            self.leave(0, Outcome::Stop(reason.clone()));
+        }
+    }
+
+    /// Moves waiting requests into free slots. A request goes to the free slot sharing its
+    /// longest prefix, among those where that prefix is at least half of what the slot holds
+    /// (an empty slot always qualifies): a shared BOS or system prompt alone does not make
+    /// it evict another conversation's cache. Without such a slot it takes the least
+    /// recently used one, so recent caches stay for their owners to come back to.
+    fn admit(&mut self) {
+        while !self.queue.is_empty() {
+            let busy: Vec<usize> = self.active.iter().map(|a| a.slot).collect();
+            let free = (0..self.slots.len()).filter(|i| !busy.contains(i));
+            let Some(p) = self.queue.front() else { break };
+            let prompt = &p.job.prompt;
+            let candidates: Vec<(usize, usize)> = free
+                .map(|i| {
+                    let common = if p.job.prompt_logprobs {
+                        0
+                    } else {
+                        common_prefix(&self.slots[i].tokens, prompt)
+                    };
+                    (i, common)
+                })
+                .collect();
+            let lru = |a: &(usize, usize), b: &(usize, usize)| {
+                self.slots[b.0].last_used.cmp(&self.slots[a.0].last_used)
+            };
+            let best = candidates
+                .iter()
+                .filter(|(i, common)| 2 * common >= self.slots[*i].tokens.len())
+                .max_by(|a, b| a.1.cmp(&b.1).then(lru(a, b)))
+                .or_else(|| candidates.iter().max_by(|a, b| lru(a, b)))
+                .copied();
+            let Some((slot, common)) = best else { break };
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            // At least the last prompt token runs, for fresh logits.
+            let common = common.min(p.job.prompt.len() - 1);
+            let s = &mut self.slots[slot];
+            s.cache.truncate(common);
+            s.tokens.truncate(common);
+            s.last_used = self.clock;
+            let mut sampler = Sampler::new(p.job.sampler.clone());
+            for &t in &p.job.prompt {
+                sampler.accept(t);
+            }
+            self.count(|st| {
+                st.prompt_tokens += p.job.prompt.len() as u64;
+                st.cached_prompt_tokens += common as u64;
+            });
+            self.active.push(Active {
+                slot,
+                sampler,
+                decoder: self.tokenizer.stream_decoder(),
+                held: String::new(),
+                fed: common,
+                cached: common,
+                next: None,
+                generated: 0,
+                prompt_logprobs: if p.job.prompt_logprobs {
+                    vec![None]
+                } else {
+                    Vec::new()
+                },
+                started: Instant::now(),
+                first_token: None,
+                p,
+            });
+        }
+        self.shared
+            .idle_slots
+            .store(self.slots.len() - self.active.len(), Ordering::SeqCst);
+    }
+
+    /// One forward pass over every active sequence, then a sampled token for each that has
+    /// finished its prompt.
+    fn step(&mut self) {
+        // Context shifts (or stops) for sequences whose next token does not fit.
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &self.active[i];
+            let slot = &self.slots[a.slot];
+            if a.next.is_some() && slot.tokens.len() >= slot.cache.capacity() {
+                let shift = a.p.job.context_shift;
+                match shift {
+                    Some(keep) if self.shift(i, keep) => {}
+                    _ => {
+                        self.leave(i, Outcome::Stop(StopReason::ContextFull));
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if self.active.is_empty() {
+            return;
+        }
+        // Each decoding sequence brings one token; prompts share the chunk budget in the
+        // order they arrived (the first always gets at least one token).
+        let mut budget = self.prefill_chunk;
+        let mut inputs: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        for (i, a) in self.active.iter().enumerate() {
+            match a.next {
+                Some(t) => inputs.push((i, vec![t], Logits::Last)),
+                None => {
+                    let rest = a.p.job.prompt.len() - a.fed;
+                    let take = rest.min(budget);
+                    if take == 0 {
+                        continue;
+                    }
+                    budget -= take;
+                    let tokens = a.p.job.prompt[a.fed..a.fed + take].to_vec();
+                    let which = if a.p.job.prompt_logprobs {
+                        Logits::All
+                    } else {
+                        Logits::Last
+                    };
+                    inputs.push((i, tokens, which));
+                }
+            }
+        }
+        let start = Instant::now();
+        let result = {
+            let mut caches: Vec<Option<&mut KvCache>> =
+                self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut batch = Vec::with_capacity(inputs.len());
+            for (i, tokens, which) in &inputs {
+                let slot = self.active[*i].slot;
+                if let Some(cache) = caches[slot].take() {
+                    batch.push(BatchEntry {
+                        tokens,
+                        cache,
+                        logits: *which,
+                    });
+                }
+            }
+            self.model.forward_batch(&mut batch)
+        };
+        let elapsed = start.elapsed();
+        self.clock += 1;
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // Not expected (every input was checked); end the step's requests rather
+                // than retry the same failure forever.
+                let message = e.to_string();
+                let mut idx: Vec<usize> = inputs.iter().map(|(i, _, _)| *i).collect();
+                idx.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
+                for i in idx {
+                    self.leave(i, Outcome::Failed(message.clone()));
+                }
+                return;
+            }
+        };
+        let mut generated = 0usize;
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for ((i, tokens, _), logits) in inputs.iter().zip(logits) {
+            let a = &mut self.active[*i];
+            self.slots[a.slot].tokens.extend_from_slice(tokens);
+            let n_vocab = self.model.config().n_vocab;
+            let outcome = if a.next.is_some() {
+                generated += 1;
+                sample(a, &logits, self.tokenizer)
+            } else {
+                if a.p.job.prompt_logprobs {
+                    // Row j predicts prompt token fed + j + 1.
+                    for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
+                        let at = a.fed + j + 1;
+                        if let Some(&t) = a.p.job.prompt.get(at) {
+                            let k = a.p.job.logprobs.unwrap_or(0);
+                            let lp = logprob_of(row, t, &a.p.job.logit_bias, k);
+                            a.prompt_logprobs.push(Some(lp));
+                        }
+                    }
+                }
+                a.fed += tokens.len();
+                if a.fed < a.p.job.prompt.len() {
+                    Outcome::Continue
+                } else {
+                    let last = &logits[logits.len() - n_vocab..];
+                    let event = Event::Prompt {
+                        cached_tokens: a.cached,
+                        logprobs: a
+                            .p
+                            .job
+                            .prompt_logprobs
+                            .then(|| std::mem::take(&mut a.prompt_logprobs)),
+                    };
+                    if (a.p.sink)(event).is_break() {
+                        Outcome::Cancelled
+                    } else if a.p.job.max_tokens == Some(0) {
+                        Outcome::Stop(StopReason::MaxTokens)
+                    } else {
+                        generated += 1;
+                        sample(a, last, self.tokenizer)
+                    }
+                }
+            };
+            outcomes.push((*i, outcome));
+        }
+        let secs = elapsed.as_secs_f64();
+        if secs > 0.0 && generated > 0 {
+            let r = generated as f64 / secs;
+            self.rate = if self.rate == 0.0 {
+                r
+            } else {
+                0.8 * self.rate + 0.2 * r
+            };
+        }
+        let rate = self.rate;
+        self.count(|s| {
+            s.steps += 1;
+            s.busy_seconds += secs;
+            s.generated_tokens += generated as u64;
+            s.generation_tokens_per_s = rate;
+        });
+        // Leave from the back so the indices stay valid.
+        outcomes.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
+        for (i, outcome) in outcomes {
+            if !matches!(outcome, Outcome::Continue) {
+                self.leave(i, outcome);
+            }
+        }
+    }
+
+    /// Shifts sequence `i`'s context as llama.cpp does; false when nothing can be dropped.
+    fn shift(&mut self, i: usize, keep: usize) -> bool {
+        let slot = &mut self.slots[self.active[i].slot];
+        let kept = keep.min(slot.tokens.len());
+        let discarded = (slot.tokens.len() - kept) / 2;
+        if discarded == 0 {
+            return false;
+        }
+        if self
+            .model
+            .shift_cache(&mut slot.cache, kept, discarded)
+            .is_err()
+        {
+            return false;
+        }
+        slot.tokens.drain(kept..kept + discarded);
+        true
+    }
+
+    /// Ends active request `i` and frees its slot (whose cache keeps its tokens for reuse).
+    fn leave(&mut self, i: usize, outcome: Outcome) {
+        let mut a = self.active.swap_remove(i);
+        self.shared
+            .idle_slots
+            .store(self.slots.len() - self.active.len(), Ordering::SeqCst);
+        // The status shows the slot free before the caller hears of the end.
+        self.publish();
+        match outcome {
+            Outcome::Continue => {}
+            Outcome::Cancelled => self.count(|s| s.requests_cancelled += 1),
+            Outcome::Failed(message) => {
+                self.count(|s| s.requests_finished += 1);
+                let _ = (a.p.sink)(Event::Failed(message));
+            }
+            Outcome::Stop(stop) => {
+                let mut tail = std::mem::take(&mut a.held);
+                if !matches!(stop, StopReason::StopString(_)) {
+                    tail.push_str(&a.decoder.finish());
+                } else {
+                    tail.clear();
+                }
+                let now = a.p.submitted.elapsed();
+                let finished = Finished {
+                    stop,
+                    tail,
+                    prompt_tokens: a.p.job.prompt.len(),
+                    cached_tokens: a.cached,
+                    generated_tokens: a.generated,
+                    queued: a.started.duration_since(a.p.submitted),
+                    time_to_first_token: a.first_token.unwrap_or(now),
+                    total: now,
+                    seed: a.p.job.sampler.seed,
+                };
+                // Counted before the caller hears of the end, so a status read after it
+                // includes this request.
+                self.count(|s| s.requests_finished += 1);
+                let _ = (a.p.sink)(Event::Done(finished));
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.shared.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Updates the slots' part of the shared status.
+    fn publish(&self) {
+        let mut st = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, (slot, s)) in self.slots.iter().zip(st.slots.iter_mut()).enumerate() {
+            let a = self.active.iter().find(|a| a.slot == i);
+            s.state = match a {
+                None => SlotState::Idle,
+                Some(a) if a.next.is_none() => SlotState::Prompt,
+                Some(_) => SlotState::Generating,
+            };
+            s.cached_tokens = slot.tokens.len();
+            s.request = a.map(|a| a.p.id);
+        }
+        if self.active.is_empty() && self.queue.is_empty() {
+            st.generation_tokens_per_s = 0.0;
+        }
+    }
+}
+
+/// Ends a request that never reached a slot.
+fn finish_unstarted(mut p: Pending, stop: StopReason) {
+    let total = p.submitted.elapsed();
+    let _ = (p.sink)(Event::Done(Finished {
+        stop,
+        tail: String::new(),
+        prompt_tokens: p.job.prompt.len(),
+        cached_tokens: 0,
+        generated_tokens: 0,
+        queued: total,
+        time_to_first_token: total,
+        total,
+        seed: p.job.sampler.seed,
+    }));
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The log-probability of `token` under `logits` and the `k` most likely tokens.
+fn logprob_of(logits: &[f32], token: u32, bias: &[(u32, f32)], k: usize) -> TokenLogprob {
+    let biased;
+    let logits = if bias.is_empty() {
+        logits
+    } else {
+        biased = with_bias(logits, bias);
+        &biased[..]
+    };
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let log_z = max as f64 + sum.ln();
+    let lp = |t: u32| {
+        (logits.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64 - log_z) as f32
+    };
+    let mut top = Vec::new();
+    if k > 0 {
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(ids.len());
+        ids.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        ids.truncate(k);
+        ids.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        top = ids.into_iter().map(|t| (t, lp(t))).collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: lp(token),
+        top,
+    }
+}
+
+fn with_bias(logits: &[f32], bias: &[(u32, f32)]) -> Vec<f32> {
+    let mut l = logits.to_vec();
+    for &(t, b) in bias {
+        if let Some(v) = l.get_mut(t as usize) {
+            *v += b;
+        }
+    }
+    l
+}
+
+/// Samples the next token of `a` from its logits, sends it, and says whether `a` goes on.
+fn sample(a: &mut Active<'_>, logits: &[f32], tokenizer: &Tokenizer) -> Outcome {
+    let job = &mut a.p.job;
+    if job.max_tokens.is_some_and(|m| a.generated >= m) {
+        return Outcome::Stop(StopReason::MaxTokens);
+    }
+    let mut l = with_bias(logits, &job.logit_bias);
+    if let Some(c) = job.constraint.as_mut() {
+        if let Err(e) = c.mask(&mut l) {
+            return Outcome::Failed(e.to_string());
+        }
+    }
+    let token = a.sampler.sample(&l);
+    if a.first_token.is_none() {
+        a.first_token = Some(a.p.submitted.elapsed());
+    }
+    if !job.ignore_eos && tokenizer.is_end_of_generation(token) {
+        return Outcome::Stop(StopReason::EndOfGeneration(token));
+    }
+    let logprob = job
+        .logprobs
+        .map(|k| logprob_of(logits, token, &job.logit_bias, k));
+    a.generated += 1;
+    a.sampler.accept(token);
+    if let Some(c) = job.constraint.as_mut() {
+        if let Err(e) = c.accept(token) {
+            return Outcome::Failed(e.to_string());
+        }
+    }
+    let piece = match a.decoder.push(token) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    a.held.push_str(&piece);
+    let mut stop = None;
+    let text = if let Some((at, s)) = find_stop(&a.held, &job.stop) {
+        a.held.truncate(at);
+        stop = Some(StopReason::StopString(s));
+        std::mem::take(&mut a.held)
+    } else {
+        let safe = safe_prefix_len(&a.held, &job.stop);
+        a.held.drain(..safe).collect()
+    };
+    let event = Event::Token {
+        id: token,
+        text,
+        logprob,
+    };
+    if (a.p.sink)(event).is_break() {
+        return Outcome::Cancelled;
+    }
+    if let Some(stop) = stop {
+        return Outcome::Stop(stop);
+    }
+    if job.constraint.as_ref().is_some_and(Constraint::is_finished) {
+        return Outcome::Stop(StopReason::Constraint);
+    }
+    if job.max_tokens.is_some_and(|m| a.generated >= m) {
+        return Outcome::Stop(StopReason::MaxTokens);
+    }
+    a.next = Some(token);
+    Outcome::Continue
+}

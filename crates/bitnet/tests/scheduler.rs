@@ -1,0 +1,420 @@
+//! The continuous-batching scheduler, driven directly (no HTTP): batch invariance, requests
+//! joining and leaving, cancellation, prefix reuse across slots, the queue bound, shutdown,
+//! constrained JSON output and log-probabilities.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitnet::formats::gguf::GgufFile;
+use bitnet::generate::constraint::ConstraintCompiler;
+use bitnet::generate::scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError};
+use bitnet::generate::{GenerationConfig, Sampler, SamplerConfig, Session, StopReason};
+use bitnet::model::{BitnetModel, CacheType};
+use bitnet::tokenizer::{EncodeOptions, Tokenizer};
+
+fn demo() -> (Arc<BitnetModel>, Arc<Tokenizer>) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/bitnet-shakespeare-7m-i2_s.gguf");
+    let file = Arc::new(GgufFile::open(path).unwrap());
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let mut model = BitnetModel::from_gguf(file).unwrap();
+    model.set_threads(2);
+    (Arc::new(model), Arc::new(tokenizer))
+}
+
+fn encode(t: &Tokenizer, text: &str) -> Vec<u32> {
+    t.encode(
+        text,
+        EncodeOptions {
+            add_bos: true,
+            parse_special: false,
+        },
+    )
+}
+
+/// A request's events, collected on a channel.
+struct Run {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Run {
+    /// Every event until the request ends (panics after 60 s).
+    fn collect(&self) -> (Vec<u32>, String, Finished, Vec<Event>) {
+        let (mut ids, mut text, mut events) = (Vec::new(), String::new(), Vec::new());
+        loop {
+            match self.rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+                Event::Token { id, text: t, .. } => {
+                    ids.push(id);
+                    text.push_str(&t);
+                }
+                Event::Done(f) => {
+                    text.push_str(&f.tail);
+                    return (ids, text, f, events);
+                }
+                Event::Failed(e) => panic!("failed: {e}"),
+                e => events.push(e),
+            }
+        }
+    }
+}
+
+fn collector() -> (bitnet::generate::scheduler::Sink, Run) {
+    let (tx, rx) = mpsc::channel();
+    let sink = Box::new(move |e: Event| match tx.send(e) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    });
+    (sink, Run { rx })
+}
+
+fn config(slots: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        slots,
+        n_ctx: 256,
+        cache_type: CacheType::F16,
+        max_queue: 64,
+        prefill_chunk: 7,
+    }
+}
+
+const PROMPTS: [&str; 8] = [
+    "ROMEO:\n",
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n",
+    "HAMLET:\nTo be, or not to be, that is the question:\n",
+    "KING LEAR:\n",
+    "MACBETH:\nIs this a dagger which I see before me,\n",
+    "OTHELLO:\nIt is the cause, it is the cause, my soul.\n",
+    "PORTIA:\nThe quality of mercy is not strained;\n",
+    "PUCK:\nIf we shadows have offended,\n",
+];
+
+fn sampler(i: usize) -> SamplerConfig {
+    // Half greedy, half sampled with a fixed seed.
+    if i.is_multiple_of(2) {
+        SamplerConfig::greedy()
+    } else {
+        SamplerConfig {
+            seed: 1000 + i as u64,
+            ..SamplerConfig::default()
+        }
+    }
+}
+
+#[test]
+fn eight_requests_together_give_what_each_gives_alone() {
+    let (model, tokenizer) = demo();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| encode(&tokenizer, p)).collect();
+    let job = |i: usize| {
+        let mut j = Job::new(prompts[i].clone(), sampler(i));
+        j.max_tokens = Some(24);
+        j.ignore_eos = true;
+        j
+    };
+    // Alone: one slot, one request at a time; and the single-sequence session.
+    let mut alone = Vec::new();
+    {
+        let s = Scheduler::start(Arc::clone(&model), Arc::clone(&tokenizer), config(1)).unwrap();
+        for i in 0..8 {
+            let (sink, run) = collector();
+            let _t = s.submit(job(i), sink).unwrap();
+            alone.push(run.collect().0);
+        }
+    }
+    for (i, ids) in alone.iter().enumerate() {
+        let mut session = Session::new(&model, &tokenizer, 256, CacheType::F16).unwrap();
+        let g = session
+            .generate(
+                &prompts[i],
+                &GenerationConfig {
+                    max_tokens: Some(24),
+                    ignore_eos: true,
+                    ..GenerationConfig::default()
+                },
+                &mut Sampler::new(sampler(i)),
+                |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+        assert_eq!(&g.generated, ids, "request {i}: scheduler vs session");
+    }
+    // Together: eight slots, submitted at once (prompts are taken in 7 tokens per step, so
+    // later requests prefill while earlier ones decode).
+    let s = Scheduler::start(Arc::clone(&model), Arc::clone(&tokenizer), config(8)).unwrap();
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let (sink, run) = collector();
+            (s.submit(job(i), sink).unwrap(), run)
+        })
+        .collect();
+    for (i, (_ticket, run)) in runs.iter().enumerate() {
+        let (ids, _, f, _) = run.collect();
+        assert_eq!(ids, alone[i], "request {i}: together vs alone");
+        assert_eq!(f.stop, StopReason::MaxTokens);
+        assert_eq!(f.generated_tokens, 24);
+    }
+    let st = s.status();
+    assert_eq!(st.generated_tokens, 8 * 24);
+    // Batching happened: far fewer steps than tokens.
+    assert!(st.steps < 8 * 24, "{} steps", st.steps);
+}
+
+#[test]
+fn requests_join_and_leave_and_wait_for_a_slot() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    let runs: Vec<_> = (0..5)
+        .map(|i| {
+            let mut j = Job::new(encode(&tokenizer, PROMPTS[i]), SamplerConfig::greedy());
+            j.max_tokens = Some(3 + 4 * i);
+            j.ignore_eos = true;
+            let (sink, run) = collector();
+            (s.submit(j, sink).unwrap(), run, 3 + 4 * i)
+        })
+        .collect();
+    let mut finished = Vec::new();
+    for (_t, run, n) in &runs {
+        let (ids, _, f, _) = run.collect();
+        assert_eq!(ids.len(), *n);
+        assert_eq!(f.generated_tokens, *n);
+        finished.push(f);
+    }
+    // The last one waited for two others to leave, the first of them at least.
+    let slack = Duration::from_millis(20);
+    assert!(finished[4].queued + slack >= finished[0].total);
+    let st = s.status();
+    assert_eq!(st.requests_finished, 5);
+    assert_eq!(st.slots_busy(), 0);
+    assert_eq!(st.queued, 0);
+}
+
+#[test]
+fn a_dropped_ticket_cancels_and_frees_the_slot() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();
+    let mut j = Job::new(encode(&tokenizer, "ROMEO:\n"), SamplerConfig::greedy());
+    j.max_tokens = None;
+    j.ignore_eos = true;
+    let (sink, run) = collector();
+    let ticket = s.submit(j, sink).unwrap();
+    // Wait for a few tokens, then go away.
+    let mut seen = 0;
+    while seen < 3 {
+        if let Event::Token { .. } = run.rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            seen += 1;
+        }
+    }
+    drop(ticket);
+    // The next request gets the only slot and runs normally.
+    let mut j = Job::new(encode(&tokenizer, "JULIET:\n"), SamplerConfig::greedy());
+    j.max_tokens = Some(5);
+    let (sink2, run2) = collector();
+    let _t2 = s.submit(j, sink2).unwrap();
+    let (_, _, f, _) = run2.collect();
+    assert!(f.generated_tokens <= 5);
+    // The cancelled one got no Done.
+    let rest: Vec<Event> = run.rx.try_iter().collect();
+    assert!(!rest.iter().any(|e| matches!(e, Event::Done(_))));
+    assert_eq!(s.status().requests_cancelled, 1);
+}
+
+#[test]
+fn a_request_goes_to_the_slot_holding_its_prefix() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    let run = |prompt: Vec<u32>| {
+        let mut j = Job::new(prompt, SamplerConfig::greedy());
+        j.max_tokens = Some(6);
+        j.ignore_eos = true;
+        let (sink, run) = collector();
+        let _t = s.submit(j, sink).unwrap();
+        let (ids, _, f, events) = run.collect();
+        let cached = events.iter().find_map(|e| match e {
+            Event::Prompt { cached_tokens, .. } => Some(*cached_tokens),
+            _ => None,
+        });
+        (ids, f, cached)
+    };
+    let a = encode(&tokenizer, PROMPTS[1]);
+    let (ids_a, _, cached) = run(a.clone());
+    assert_eq!(cached, Some(0));
+    // Another conversation in between takes the other slot...
+    let b = encode(&tokenizer, PROMPTS[2]);
+    let (_, _, cached) = run(b);
+    assert_eq!(cached, Some(0));
+    // ...and the continuation of the first finds its tokens: the prompt and all generated
+    // tokens but the last (which was sampled, never run).
+    let mut cont = a.clone();
+    cont.extend_from_slice(&ids_a);
+    cont.extend(encode(&tokenizer, "ROMEO:\n").into_iter().skip(1));
+    let (_, f, cached) = run(cont);
+    assert_eq!(cached, Some(a.len() + ids_a.len() - 1));
+    assert_eq!(f.cached_tokens, a.len() + ids_a.len() - 1);
+    assert!(s.status().cached_prompt_tokens >= (a.len() + ids_a.len() - 1) as u64);
+}
+
+#[test]
+fn the_queue_is_bounded() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(
+        model,
+        Arc::clone(&tokenizer),
+        SchedulerConfig {
+            max_queue: 1,
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let long = || {
+        let mut j = Job::new(encode(&tokenizer, "ROMEO:\n"), SamplerConfig::greedy());
+        j.max_tokens = None;
+        j.ignore_eos = true;
+        j
+    };
+    let (sa, _ra) = collector();
+    let (sb, _rb) = collector();
+    let (sc, _rc) = collector();
+    let _a = s.submit(long(), sa).unwrap();
+    let _b = s.submit(long(), sb).unwrap();
+    match s.submit(long(), sc) {
+        Err(SubmitError::Busy { .. }) => {}
+        other => panic!("expected Busy, got {:?}", other.map(|t| t.id())),
+    }
+    assert!(matches!(
+        s.submit(Job::new(Vec::new(), SamplerConfig::greedy()), collector().0),
+        Err(SubmitError::EmptyPrompt)
+    ));
+    assert!(matches!(
+        s.submit(
+            Job::new(vec![1; 300], SamplerConfig::greedy()),
+            collector().0
+        ),
+        Err(SubmitError::PromptTooLong { .. })
+    ));
+    assert!(matches!(
+        s.submit(
+            Job::new(vec![1, 99_999], SamplerConfig::greedy()),
+            collector().0
+        ),
+        Err(SubmitError::TokenOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn shutdown_ends_running_and_waiting_requests_with_a_final_event() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();
+    let long = || {
+        let mut j = Job::new(encode(&tokenizer, "ROMEO:\n"), SamplerConfig::greedy());
+        j.max_tokens = None;
+        j.ignore_eos = true;
+        j
+    };
+    let (sa, ra) = collector();
+    let (sb, rb) = collector();
+    let _a = s.submit(long(), sa).unwrap();
+    let _b = s.submit(long(), sb).unwrap();
+    // Let the first one generate a little.
+    while !matches!(
+        ra.rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        Event::Token { .. }
+    ) {}
+    let t = Instant::now();
+    s.shutdown(Duration::from_millis(50));
+    assert_eq!(ra.collect().2.stop, StopReason::Shutdown);
+    assert_eq!(rb.collect().2.stop, StopReason::Shutdown);
+    s.join();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(matches!(
+        s.submit(long(), collector().0),
+        Err(SubmitError::ShuttingDown)
+    ));
+}
+
+#[test]
+fn constrained_output_follows_the_json_schema() {
+    let (model, tokenizer) = demo();
+    let compiler = ConstraintCompiler::new(Arc::clone(&tokenizer)).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "enum": ["Romeo", "Juliet", "Mercutio"]},
+            "age": {"type": "integer", "minimum": 0, "maximum": 99},
+            "alive": {"type": "boolean"}
+        },
+        "required": ["name", "age", "alive"],
+        "additionalProperties": false
+    });
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    for seed in 0..3 {
+        let mut j = Job::new(
+            encode(&tokenizer, "ROMEO:\n"),
+            SamplerConfig {
+                seed,
+                ..SamplerConfig::default()
+            },
+        );
+        j.max_tokens = Some(64);
+        j.constraint = Some(compiler.json_schema(&schema).unwrap());
+        let (sink, run) = collector();
+        let _t = s.submit(j, sink).unwrap();
+        let (_, text, f, _) = run.collect();
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(["Romeo", "Juliet", "Mercutio"].contains(&v["name"].as_str().unwrap()));
+        assert!(v["age"].as_u64().unwrap() <= 99);
+        assert!(v["alive"].is_boolean());
+        assert!(
+            matches!(
+                f.stop,
+                StopReason::Constraint | StopReason::EndOfGeneration(_)
+            ),
+            "{:?}",
+            f.stop
+        );
+    }
+    assert!(compiler.json_schema(&serde_json::json!(3)).is_err());
+}
+
+#[test]
+fn logprobs_of_generated_and_prompt_tokens() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();
+    let prompt = encode(&tokenizer, PROMPTS[1]);
+    let mut j = Job::new(prompt.clone(), SamplerConfig::greedy());
+    j.max_tokens = Some(5);
+    j.ignore_eos = true;
+    j.logprobs = Some(3);
+    j.prompt_logprobs = true;
+    // A strong bias makes a token the greedy choice.
+    j.logit_bias = vec![(42, 100.0)];
+    let (sink, run) = collector();
+    let _t = s.submit(j, sink).unwrap();
+    let mut prompt_lp = None;
+    let mut tokens = Vec::new();
+    loop {
+        match run.rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            Event::Prompt { logprobs, .. } => prompt_lp = logprobs,
+            Event::Token { id, logprob, .. } => tokens.push((id, logprob.unwrap())),
+            Event::Done(_) => break,
+            Event::Failed(e) => panic!("{e}"),
+        }
+    }
+    let prompt_lp = prompt_lp.unwrap();
+    assert_eq!(prompt_lp.len(), prompt.len());
+    assert!(prompt_lp[0].is_none());
+    for (i, lp) in prompt_lp.iter().enumerate().skip(1) {
+        let lp = lp.as_ref().unwrap();
+        assert_eq!(lp.token, prompt[i]);
+        assert!(lp.logprob <= 0.0 && lp.logprob.is_finite());
+    }
+    for (id, lp) in &tokens {
+        assert_eq!(*id, 42);
+        assert_eq!(lp.token, 42);
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!(lp.top[0].0, 42);
+        assert!(lp.top[0].1 >= lp.top[1].1 && lp.top[1].1 >= lp.top[2].1);
+        assert!(lp.logprob > -0.01, "{}", lp.logprob);
+    }
+}
