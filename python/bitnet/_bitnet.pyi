@@ -126,6 +126,24 @@ class Model:
         stop: Union[str, Sequence[str], None] = None,
         ignore_eos: bool = False,
     ) -> Stream: ...
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        slots: int = 4,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> list[str]: ...
     def chat(
         self,
         messages: _Messages,

@@ -293,6 +293,35 @@ impl Model {
         })
     }
 
+    /// Completes every prompt, `slots` at a time with continuous batching (one forward pass
+    /// per step for all running prompts), and returns the texts in the order of `prompts`.
+    /// Each text is the one `generate` gives alone (with a fixed or no seed: a random seed
+    /// is drawn per prompt).
+    #[pyo3(signature = (prompts, *, slots=4, **sampling))]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<String>,
+        slots: usize,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Vec<String>> {
+        let params = params(sampling)?;
+        let results = py
+            .detach(|| self.inner.generate_batch(&prompts, &params, slots))
+            .map_err(to_py)?;
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Ok(c) => Ok(c.text),
+                Err(e) => Err(BitnetError::new_err(format!(
+                    "prompt {i}: {}",
+                    error_message(&e)
+                ))),
+            })
+            .collect()
+    }
+
     /// The assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) through
     /// the model's chat template.
     #[pyo3(signature = (messages, **sampling))]

@@ -24,6 +24,16 @@ def test_greedy_text_and_ids_equal_bitnet_generate(cli, model, prompt):
     assert done.prompt_tokens == ref["prompt_tokens"]
 
 
+def test_batched_texts_equal_bitnet_generate_one_by_one(cli, model):
+    prompts = PROMPTS + ["HAMLET:\n", "KING RICHARD III:\nNow is the winter"]
+    texts = model.generate_batch(prompts, slots=3, temperature=0, max_tokens=40)
+    for prompt, text in zip(prompts, texts):
+        ref = cli.json("generate", "-p", prompt, "--temp", "0", "-n", "40", "--json")
+        assert text == ref["text"], prompt
+    with pytest.raises(bitnet.BitnetError, match="prompt 1: .*context"):
+        model.generate_batch(["ROMEO:", "ROMEO: " * 2000], max_tokens=4)
+
+
 def test_sampled_text_equals_bitnet_generate_with_the_same_seed(cli, model):
     args = ["--temp", "0.9", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.02"]
     args += ["--repeat-penalty", "1.1", "--seed", "1234", "-n", "48"]

@@ -5,10 +5,11 @@
 //! `bitnet` command line and the Python package use it too.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use crate::generate::{
-    random_seed, Chat, Generation, GenerationConfig, Run, Sampler, SamplerConfig, Session,
+    random_seed, Chat, Event, Finished, Generation, GenerationConfig, Job, Run, Sampler,
+    SamplerConfig, Scheduler, SchedulerConfig, Session,
 };
 use crate::load::{self, Loaded, ModelOptions, Source};
 use crate::model::{BitnetModel, CacheType, Config, Logits};
@@ -315,6 +316,139 @@ impl Model {
     ) -> Result<TextStream, Error> {
         self.stream_tokens(&self.chat_prompt(messages)?, params)
     }
+}
+
+/// Continuous batching: several generations at once over one model.
+impl Model {
+    /// Starts a scheduler over this model ([`Scheduler`]: `config.slots` sequences generating
+    /// at once, each with its own KV cache, one batched forward pass per step so that every
+    /// weight is read once for all of them). `config.n_ctx` 0 takes this model's context
+    /// size. Submit [`Model::job`]s to it; its thread stops when it is dropped.
+    pub fn scheduler(&self, config: SchedulerConfig) -> Result<Scheduler, Error> {
+        let config = SchedulerConfig {
+            n_ctx: if config.n_ctx == 0 {
+                self.context
+            } else {
+                config.n_ctx
+            },
+            ..config
+        };
+        Ok(Scheduler::start(
+            self.shared_inner(),
+            self.shared_tokenizer(),
+            config,
+        )?)
+    }
+
+    /// A scheduler job completing `prompt` (BOS added when the model asks for it) as
+    /// `params` say (`None` seeds are drawn here, one per job).
+    pub fn job(&self, prompt: &str, params: &GenerateParams) -> Result<Job, Error> {
+        let (sampler, config) = params.configs()?;
+        Ok(Job {
+            max_tokens: config.max_tokens,
+            stop: config.stop,
+            ignore_eos: config.ignore_eos,
+            context_shift: config.context_shift,
+            ..Job::new(self.tokenize(prompt), sampler)
+        })
+    }
+
+    /// Completes every prompt, `slots` at a time through a [`Scheduler`] (continuous
+    /// batching; a prompt's result does not depend on its neighbours), and returns the
+    /// results in the order of `prompts`: one per prompt, an error for a prompt that could not
+    /// run (too long for the context, ...). An error for the whole call only when `params`
+    /// are invalid or the slots' caches do not fit in memory.
+    ///
+    /// ```
+    /// use bitnet::{GenerateParams, Model};
+    ///
+    /// let model = Model::demo()?;
+    /// let params = GenerateParams::greedy().max_tokens(8);
+    /// let results = model.generate_batch(&["ROMEO:", "JULIET:", "HAMLET:"], &params, 2)?;
+    /// let alone = model.generate("JULIET:", &params)?;
+    /// assert_eq!(results[1].as_ref().unwrap().text, alone.text);
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn generate_batch<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        params: &GenerateParams,
+        slots: usize,
+    ) -> Result<Vec<Result<Completion, Error>>, Error> {
+        params.configs()?;
+        let scheduler = self.scheduler(SchedulerConfig {
+            slots: slots.max(1),
+            cache_type: self.cache_type,
+            max_queue: prompts.len(),
+            ..SchedulerConfig::default()
+        })?;
+        let (tx, rx) = mpsc::channel::<(usize, Event)>();
+        let mut results: Vec<Option<Result<Completion, Error>>> = Vec::new();
+        // Each request's text and token ids so far.
+        let mut partial: Vec<(String, Vec<u32>)> = Vec::new();
+        // Tickets cancel their request when dropped: keep them until the end.
+        let mut tickets = Vec::new();
+        let mut running = 0;
+        for (i, prompt) in prompts.iter().enumerate() {
+            partial.push(Default::default());
+            let tx = tx.clone();
+            let sink = Box::new(move |event: Event| match tx.send((i, event)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            });
+            let submitted = self
+                .job(prompt.as_ref(), params)
+                .and_then(|job| Ok(scheduler.submit(job, sink)?));
+            match submitted {
+                Ok(ticket) => {
+                    tickets.push(ticket);
+                    running += 1;
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        drop(tx);
+        while running > 0 {
+            let Ok((i, event)) = rx.recv() else { break };
+            match event {
+                Event::Prompt { .. } => {}
+                Event::Token { id, text, .. } => {
+                    partial[i].0.push_str(&text);
+                    partial[i].1.push(id);
+                }
+                Event::Done(finished) => {
+                    let (mut text, generated) = std::mem::take(&mut partial[i]);
+                    text.push_str(&finished.tail);
+                    results[i] = Some(Ok(Completion {
+                        text,
+                        generated,
+                        finished,
+                    }));
+                    running -= 1;
+                }
+                Event::Failed(message) => {
+                    results[i] = Some(Err(Error::Failed(message)));
+                    running -= 1;
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Failed("the scheduler stopped".into()))))
+            .collect())
+    }
+}
+
+/// A generation run by a [`Scheduler`] (see [`Model::generate_batch`]).
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The generated text.
+    pub text: String,
+    /// The generated token ids.
+    pub generated: Vec<u32>,
+    /// Why it stopped, and its figures.
+    pub finished: Finished,
 }
 
 /// What to generate and how to sample, with the command line's defaults (llama.cpp's):

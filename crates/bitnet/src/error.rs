@@ -2,7 +2,7 @@
 //! own message (which names the file, key, tensor or value involved).
 
 use crate::formats::gguf::GgufError;
-use crate::generate::{GenerateError, SamplerError};
+use crate::generate::{GenerateError, SamplerError, SubmitError};
 use crate::hf::HfError;
 use crate::kernels::Isa;
 use crate::model::ModelError;
@@ -26,6 +26,12 @@ pub enum Error {
     /// A sampling value is out of its range.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    /// A [`crate::generate::Scheduler`] did not take a request.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// A request failed while a scheduler ran it (the model's error, as text).
+    #[error("{0}")]
+    Failed(String),
     /// A Hugging Face checkpoint could not be read or converted, or a Hub download failed.
     #[error(transparent)]
     Hf(#[from] HfError),
