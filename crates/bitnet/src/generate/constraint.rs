@@ -166,7 +166,7 @@ impl std::fmt::Debug for Constraint {
 impl Constraint {
     /// Sets the logits of tokens the grammar does not allow next to −∞. End-of-generation
     /// tokens are allowed exactly where the grammar may end.
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+    pub(crate) fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
         let mask = self
             .matcher
             .compute_mask()
@@ -197,7 +197,7 @@ impl Constraint {
     }
 
     /// Whether the grammar is complete and allows nothing more.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()
     }
 

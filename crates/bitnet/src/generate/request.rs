@@ -99,8 +99,8 @@ pub enum ResponseFormat {
 }
 
 /// Most choices (`n`) or alternatives (`top_logprobs`) one request may ask for.
-pub const MAX_CHOICES: usize = 16;
-pub const MAX_TOP_LOGPROBS: usize = 20;
+pub(crate) const MAX_CHOICES: usize = 16;
+pub(crate) const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A parsed request. Sampling fields left out take the caller's defaults (see
 /// [`Request::sampler_config`]).
@@ -298,7 +298,7 @@ impl Request {
     }
 
     /// Reads the fields of a JSON object.
-    pub fn from_value(value: &Value) -> Result<Request, RequestError> {
+    pub(crate) fn from_value(value: &Value) -> Result<Request, RequestError> {
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
         let prompt = opt(
             obj,

@@ -60,7 +60,7 @@ impl HfFamily {
     }
 
     /// The Hugging Face module names of the two sub-norms, where the family has them.
-    pub fn sub_norm_modules(self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn sub_norm_modules(self) -> Option<(&'static str, &'static str)> {
         match self {
             HfFamily::BitNet => Some(("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")),
             HfFamily::OneBitLlm => Some(("self_attn.inner_attn_ln", "mlp.ffn_layernorm")),
@@ -87,7 +87,7 @@ impl RopeScaling {
     /// The divisor of each of the `head_dim / 2` RoPE frequencies (llama.cpp's `rope_freqs`
     /// tensor), for Llama 3 scaling: 1 for short wavelengths, `factor` for long ones, a smooth
     /// blend in between, as transformers' `_compute_llama3_parameters` computes.
-    pub fn llama3_factors(&self, rope_theta: f32, head_dim: usize) -> Option<Vec<f32>> {
+    pub(crate) fn llama3_factors(&self, rope_theta: f32, head_dim: usize) -> Option<Vec<f32>> {
         let RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -156,7 +156,7 @@ pub struct HfConfig {
 }
 
 /// The `model_type`s this loader converts.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
+pub(crate) const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
 
 impl HfConfig {
     /// Reads and checks `config.json`.

@@ -39,7 +39,7 @@ pub enum OutType {
 }
 
 impl OutType {
-    pub const ALL: [OutType; 5] = [
+    pub(crate) const ALL: [OutType; 5] = [
         OutType::I2S,
         OutType::TQ2_0,
         OutType::TQ1_0,
@@ -185,7 +185,7 @@ type LayerTensor = (&'static str, &'static str, Option<(usize, usize)>, usize);
 /// llama.cpp's `permute` of Q / K rows for its "normal" RoPE: within each head of `hd` rows,
 /// row `2j + i` of the result is row `i·hd/2 + j` of the input, so the rotate-half pairs
 /// `(j, j + hd/2)` become adjacent pairs `(2j, 2j + 1)`. `row_len` values per row.
-pub fn permute_rows<T: Copy>(values: &[T], row_len: usize, hd: usize) -> Vec<T> {
+pub(crate) fn permute_rows<T: Copy>(values: &[T], row_len: usize, hd: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(values.len());
     for head in values.chunks(hd * row_len) {
         let rows = head.len() / row_len;

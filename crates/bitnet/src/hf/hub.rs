@@ -24,7 +24,7 @@ use crate::formats::gguf::GgufFile;
 use crate::model::BitnetModel;
 
 /// The Hub used when `HF_ENDPOINT` is not set.
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Files of a repository that a model folder needs (besides `*.safetensors`).
 const FOLDER_FILES: &[&str] = &[

@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub use scalar::{rms_norm, rope_neox, softmax};
+pub use scalar::softmax;
+pub(crate) use scalar::{rms_norm, rope_neox};
 
 /// An instruction set the kernels have a path for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,7 +43,7 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA on every architecture, in order of preference within one architecture.
-    pub const ALL: [Isa; 6] = [
+    pub(crate) const ALL: [Isa; 6] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512Vnni,
@@ -219,7 +220,7 @@ pub fn i2s_interleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
 }
 
 /// The inverse of [`i2s_interleave_rows`]: back to the file's layout.
-pub fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
+pub(crate) fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
     let row_bytes = k / 4;
     assert!(k.is_multiple_of(128) && group > 0 && out.len() == w.len());
     let n_rows = w.len() / row_bytes;
@@ -237,7 +238,7 @@ pub fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
 }
 
 /// I2_S rows interleaved by `from` rewritten interleaved by `to` (1: the file's layout).
-pub fn i2s_relayout(w: &[u8], k: usize, from: usize, to: usize, out: &mut [u8]) {
+pub(crate) fn i2s_relayout(w: &[u8], k: usize, from: usize, to: usize, out: &mut [u8]) {
     match (from, to) {
         _ if from == to => out.copy_from_slice(w),
         (1, _) => i2s_interleave_rows(w, k, to, out),

@@ -45,14 +45,14 @@ pub enum RopeStyle {
 
 impl Architecture {
     /// The GGUF names each architecture is read from; the first is the one written.
-    pub const NAMES: [(&'static str, Architecture); 4] = [
+    pub(crate) const NAMES: [(&'static str, Architecture); 4] = [
         ("bitnet-b1.58", Architecture::BitnetB158),
         ("bitnet-25", Architecture::BitnetB158),
         ("bitnet", Architecture::Bitnet),
         ("llama", Architecture::Llama),
     ];
 
-    pub fn from_gguf_name(name: &str) -> Option<Architecture> {
+    pub(crate) fn from_gguf_name(name: &str) -> Option<Architecture> {
         Architecture::NAMES
             .iter()
             .find(|(n, _)| *n == name)
@@ -77,11 +77,11 @@ impl Architecture {
 
     /// Whether each block normalizes the attention output before `attn_output` and the gated
     /// FFN activation before `ffn_down` (BitNet's sub-norms).
-    pub fn has_sub_norms(self) -> bool {
+    pub(crate) fn has_sub_norms(self) -> bool {
         !matches!(self, Architecture::Llama)
     }
 
-    pub fn rope_style(self) -> RopeStyle {
+    pub(crate) fn rope_style(self) -> RopeStyle {
         match self {
             Architecture::Llama => RopeStyle::Interleaved,
             Architecture::BitnetB158 | Architecture::Bitnet => RopeStyle::Neox,
@@ -90,7 +90,7 @@ impl Architecture {
 
     /// Whether an `output.weight` tensor is used when present (llama.cpp's `bitnet` graph
     /// always multiplies by the embedding).
-    pub fn reads_output_tensor(self) -> bool {
+    pub(crate) fn reads_output_tensor(self) -> bool {
         !matches!(self, Architecture::Bitnet)
     }
 }
@@ -98,7 +98,7 @@ impl Architecture {
 /// The GGUF key (after `{arch}.`) of the epsilon of the RMSNorm that transformers'
 /// `quantization_config.use_rms_norm` puts in front of every BitLinear's activation
 /// quantization. Our own key: llama.cpp and bitnet.cpp know no such norm.
-pub const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
+pub(crate) const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
 
 /// Hyperparameters of a BitNet b1.58 model.
 #[derive(Clone, Debug, PartialEq)]

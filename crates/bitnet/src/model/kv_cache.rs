@@ -128,7 +128,7 @@ impl std::fmt::Debug for KvCache {
 
 impl CacheType {
     /// Bytes per stored element.
-    pub fn element_bytes(self) -> usize {
+    pub(crate) fn element_bytes(self) -> usize {
         match self {
             CacheType::F16 => 2,
             CacheType::F32 => 4,

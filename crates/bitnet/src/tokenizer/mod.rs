@@ -23,11 +23,13 @@ use serde_json::Value as Json;
 
 use crate::formats::gguf::{GgufError, GgufFile, Metadata, MetadataError};
 
-pub use bpe::{byte_to_char, char_to_byte};
+pub(crate) use bpe::byte_to_char;
+pub use bpe::char_to_byte;
 pub use chat::{ChatMessage, ChatTemplate};
 pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
-pub use pretokenize::{Llama3Split, LLAMA3_PATTERN};
+pub use pretokenize::Llama3Split;
+pub(crate) use pretokenize::LLAMA3_PATTERN;
 
 /// What went wrong loading or using a tokenizer; each names the file and key involved.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ pub enum ValueType {
 }
 
 impl ValueType {
-    pub fn from_id(id: u32) -> Option<ValueType> {
+    pub(crate) fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match id {
             0 => U8,
@@ -63,7 +63,7 @@ impl ValueType {
 
     /// The fewest bytes one value of this type can take in a file; used to reject counts that
     /// cannot fit in the bytes left before allocating anything for them.
-    pub fn min_encoded_len(self) -> u64 {
+    pub(crate) fn min_encoded_len(self) -> u64 {
         use ValueType::*;
         match self {
             U8 | I8 | Bool => 1,

@@ -14,11 +14,11 @@ pub use writer::{GgufWriter, TensorSpec, WriteError};
 
 use crate::formats::types::ShapeError;
 
-pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+pub(crate) const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 /// Alignment of the data section and of each tensor when `general.alignment` is absent.
-pub const DEFAULT_ALIGNMENT: u64 = 32;
+pub(crate) const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's `GGML_MAX_DIMS`.
-pub const MAX_DIMS: usize = 4;
+pub(crate) const MAX_DIMS: usize = 4;
 /// Nested arrays deeper than this are refused (bounds the parser's recursion).
 pub const MAX_ARRAY_DEPTH: usize = 8;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::metadata::{Metadata, MetadataError, Value, ValueType};
+use super::metadata::{Metadata, Value, ValueType};
 use super::{GgufError, GgufErrorKind, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::formats::types::{DecodeError, TensorType, Ternary};
 
@@ -286,11 +286,6 @@ impl GgufFile {
     /// Wraps an error with this file's name.
     pub fn error(&self, kind: GgufErrorKind) -> GgufError {
         GgufError::new(&self.source, kind)
-    }
-
-    /// Wraps a metadata lookup error with this file's name.
-    pub fn metadata_error(&self, e: MetadataError) -> GgufError {
-        self.error(GgufErrorKind::Metadata(e))
     }
 }
 

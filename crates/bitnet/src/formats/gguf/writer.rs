@@ -45,7 +45,7 @@ pub enum WriteError {
 }
 
 /// The largest `general.alignment` the writer accepts (1 MiB).
-pub const MAX_WRITE_ALIGNMENT: u64 = 1 << 20;
+pub(crate) const MAX_WRITE_ALIGNMENT: u64 = 1 << 20;
 
 /// Streams a GGUF file: `new` writes the header, `write_tensor` each tensor's data in order,
 /// `finish` checks that all were written.
@@ -158,7 +158,7 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's data from chunks (for tensors too big to hold at once); the
     /// chunks must add up to the tensor's size.
-    pub fn write_tensor_chunks<I>(&mut self, name: &str, chunks: I) -> Result<(), WriteError>
+    pub(crate) fn write_tensor_chunks<I>(&mut self, name: &str, chunks: I) -> Result<(), WriteError>
     where
         I: IntoIterator,
         I::Item: AsRef<[u8]>,

@@ -2,7 +2,7 @@
 
 use half::{bf16, f16};
 
-pub fn f32_to_f32(data: &[u8], out: &mut [f32]) {
+pub(crate) fn f32_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
@@ -17,7 +17,7 @@ pub fn f16_to_f32(data: &[u8], out: &mut [f32]) {
 /// bf16 is the top half of an f32, so widening is a shift: exact for every bit pattern, NaN
 /// payloads included, as ggml's `ggml_compute_bf16_to_fp32` does it (`half` would quiet a
 /// signalling NaN).
-pub fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
+pub(crate) fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
         *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
     }

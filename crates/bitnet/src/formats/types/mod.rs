@@ -80,7 +80,7 @@ pub enum ShapeError {
 }
 
 impl TensorType {
-    pub const ALL: [TensorType; 23] = [
+    pub(crate) const ALL: [TensorType; 23] = [
         TensorType::F32,
         TensorType::F16,
         TensorType::Q4_0,
@@ -135,7 +135,7 @@ impl TensorType {
     }
 
     /// The type for a ggml id, or `None` for an id this reader does not know.
-    pub fn from_id(id: u32) -> Option<TensorType> {
+    pub(crate) fn from_id(id: u32) -> Option<TensorType> {
         TensorType::ALL.into_iter().find(|t| t.id() == id)
     }
 
@@ -195,7 +195,7 @@ impl TensorType {
     }
 
     /// Bytes of one row of `ne0` elements (I2_S: without the per-tensor trailer).
-    pub fn row_bytes(self, ne0: u64) -> Result<u64, ShapeError> {
+    pub(crate) fn row_bytes(self, ne0: u64) -> Result<u64, ShapeError> {
         let block_len = self.block_len();
         if !ne0.is_multiple_of(block_len) {
             return Err(ShapeError::RaggedRow {
@@ -306,7 +306,7 @@ impl Ternary {
 
 /// A 256-value ternary block with one scale (TQ1_0, TQ2_0): what the decoders and the scalar
 /// dot product need from either layout.
-pub trait TernaryBlock {
+pub(crate) trait TernaryBlock {
     /// The 256 values in {-1, 0, +1}, in element order.
     fn values(&self) -> [i8; 256];
     /// The block's scale.
@@ -314,7 +314,7 @@ pub trait TernaryBlock {
 }
 
 /// Values and per-block scales of a run of ternary blocks.
-pub fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
+pub(crate) fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
     let mut values = Vec::with_capacity(blocks.len() * 256);
     let mut scales = Vec::with_capacity(blocks.len());
     for b in blocks {
@@ -329,7 +329,7 @@ pub fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
 }
 
 /// `value · scale` of every element of a run of ternary blocks.
-pub fn dequantize_blocks<B: TernaryBlock>(blocks: &[B], out: &mut [f32]) {
+pub(crate) fn dequantize_blocks<B: TernaryBlock>(blocks: &[B], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(256)) {
         let d = b.scale();
         for (o, t) in o.iter_mut().zip(b.values()) {

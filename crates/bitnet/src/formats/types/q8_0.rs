@@ -3,11 +3,11 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-pub const BLOCK_LEN: usize = 32;
+pub(crate) const BLOCK_LEN: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockQ8_0 {
+pub(crate) struct BlockQ8_0 {
     /// f16 scale, little-endian bytes (kept as bytes so the block has alignment 1).
     pub d: [u8; 2],
     pub qs: [i8; BLOCK_LEN],
@@ -22,7 +22,7 @@ impl BlockQ8_0 {
 
 /// Views bytes as blocks; the length must be a multiple of 34 (checked by the caller's size
 /// check; a ragged tail is ignored).
-pub fn blocks(data: &[u8]) -> &[BlockQ8_0] {
+pub(crate) fn blocks(data: &[u8]) -> &[BlockQ8_0] {
     let n = data.len() / std::mem::size_of::<BlockQ8_0>();
     bytemuck::cast_slice(&data[..n * std::mem::size_of::<BlockQ8_0>()])
 }
