@@ -122,6 +122,7 @@ impl Model {
         Arc::clone(&self.model)
     }
 
+    /// The tokenizer (and through it the chat template).
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -324,6 +325,38 @@ impl Model {
     /// at once, each with its own KV cache, one batched forward pass per step so that every
     /// weight is read once for all of them). `config.n_ctx` 0 takes this model's context
     /// size. Submit [`Model::job`]s to it; its thread stops when it is dropped.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use std::sync::mpsc;
+    /// use bitnet::generate::{Event, SchedulerConfig};
+    /// use bitnet::{GenerateParams, Model};
+    ///
+    /// let model = Model::demo()?;
+    /// let scheduler = model.scheduler(SchedulerConfig { slots: 2, ..SchedulerConfig::default() })?;
+    /// let job = model.job("ROMEO:", &GenerateParams::greedy().max_tokens(8))?;
+    /// // Events arrive on the scheduler's thread; a channel brings them here.
+    /// let (tx, rx) = mpsc::channel();
+    /// let ticket = scheduler.submit(job, Box::new(move |event| {
+    ///     let _ = tx.send(event);
+    ///     ControlFlow::Continue(())
+    /// }))?;
+    /// let mut text = String::new();
+    /// for event in rx {
+    ///     match event {
+    ///         Event::Token { text: piece, .. } => text.push_str(&piece),
+    ///         Event::Done(finished) => {
+    ///             text.push_str(&finished.tail);
+    ///             break;
+    ///         }
+    ///         Event::Failed(message) => panic!("{message}"),
+    ///         Event::Prompt { .. } => {}
+    ///     }
+    /// }
+    /// drop(ticket); // dropping a ticket before the end cancels its request
+    /// assert_eq!(text, model.generate("ROMEO:", &GenerateParams::greedy().max_tokens(8))?.text);
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
     pub fn scheduler(&self, config: SchedulerConfig) -> Result<Scheduler, Error> {
         let config = SchedulerConfig {
             n_ctx: if config.n_ctx == 0 {

@@ -59,7 +59,8 @@ impl Source {
     }
 
     /// Opens the GGUF: the file (memory-mapped), a folder converted in memory, a Hub model
-    /// fetched first (see [`Source::open_with_progress`] to watch the download), or the demo.
+    /// fetched first (`Source::open_with_progress`, feature `hub`, reports the download's
+    /// progress), or the demo.
     pub fn open(&self) -> Result<Arc<GgufFile>, Error> {
         match self {
             Source::Demo => demo_gguf(),
@@ -189,6 +190,7 @@ pub struct ModelOptions {
     /// Re-encode the output matrix at load (Q8_0 or Q6_K: fewer bytes read per generated
     /// token, slightly different logits; F16 or F32).
     pub output_type: Option<TensorType>,
+    /// Where the weights live while the model runs.
     pub residency: Residency,
     /// Positions each generation's KV cache holds (0: the model's trained context, at most
     /// [`crate::model::DEFAULT_CONTEXT_CAP`]).
@@ -233,7 +235,9 @@ impl ModelOptions {
 pub struct Loaded {
     /// What the caller named (see [`Source::name`]).
     pub name: String,
+    /// The network.
     pub model: BitnetModel,
+    /// Its tokenizer (from the GGUF's metadata, or a folder's `tokenizer.json`).
     pub tokenizer: Tokenizer,
 }
 

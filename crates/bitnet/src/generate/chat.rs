@@ -72,6 +72,7 @@ impl<'m> Chat<'m> {
         self.shift = on;
     }
 
+    /// The system prompt.
     pub fn system(&self) -> Option<&str> {
         self.system.as_deref()
     }
@@ -86,6 +87,7 @@ impl<'m> Chat<'m> {
         &self.tokens
     }
 
+    /// The session holding the conversation's cache.
     pub fn session(&self) -> &Session<'m> {
         &self.session
     }

@@ -23,12 +23,21 @@ pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitErro
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
+    /// The forward pass failed (a token out of range, the cache's memory, ...).
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Decoding a token or rendering the chat template failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The prompt does not fit the context.
     #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger -c or a shorter prompt")]
-    PromptTooLong { prompt: usize, capacity: usize },
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt: usize,
+        /// Positions the context holds.
+        capacity: usize,
+    },
+    /// No prompt tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
 }
@@ -62,7 +71,9 @@ impl Default for GenerationConfig {
 /// One context shift: `discarded` tokens dropped after the first `kept`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContextShift {
+    /// Tokens kept at the start.
     pub kept: usize,
+    /// Tokens dropped after them.
     pub discarded: usize,
 }
 
@@ -86,6 +97,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// A short name (`eos`, `stop`, `length`, ...), as the CLI's JSON and `finish_reason` use.
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::EndOfGeneration(_) => "eos",
@@ -102,23 +114,30 @@ impl StopReason {
 /// The result of one generation, with its timings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
+    /// The generated text (without the prompt, a stop string or an end token).
     pub text: String,
     /// Tokens prefilled for this call (after any prefix already in the cache).
     pub prompt_tokens: usize,
     /// Prompt tokens that were already in the cache and not run again.
     pub cached_tokens: usize,
+    /// The generated token ids (an end-of-generation token is not among them).
     pub generated: Vec<u32>,
+    /// Why it ended.
     pub stop: StopReason,
     /// Context shifts made while generating (see [`GenerationConfig::context_shift`]).
     pub shifts: Vec<ContextShift>,
+    /// Prefilling the prompt.
     pub prompt_time: Duration,
     /// From the start of the call to the first generated token.
     pub time_to_first_token: Duration,
+    /// From the first generated token to the end.
     pub generation_time: Duration,
+    /// The whole call.
     pub total_time: Duration,
 }
 
 impl Generation {
+    /// Prompt tokens prefilled per second.
     pub fn prompt_tokens_per_s(&self) -> f64 {
         rate(self.prompt_tokens, self.prompt_time)
     }
@@ -182,14 +201,17 @@ impl<'m> Session<'m> {
         })
     }
 
+    /// The model.
     pub fn model(&self) -> &BitnetModel {
         &self.model
     }
 
+    /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
+    /// Positions the cache holds.
     pub fn context_size(&self) -> usize {
         self.cache.capacity()
     }
@@ -199,6 +221,7 @@ impl<'m> Session<'m> {
         self.tokens.len()
     }
 
+    /// Bytes of the KV cache.
     pub fn cache_bytes(&self) -> usize {
         self.cache.bytes()
     }

@@ -26,6 +26,7 @@ pub struct SamplerConfig {
     pub frequency_penalty: f32,
     /// How many recent tokens the penalties look at.
     pub penalty_last_n: usize,
+    /// Seeds the RNG: the same seed and settings give the same tokens.
     pub seed: u64,
 }
 
@@ -84,11 +85,17 @@ impl SamplerConfig {
 /// A sampling setting, with the names the command line and the JSON requests give it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Param {
+    /// `temperature` / `--temp`.
     Temperature,
+    /// `top_p` / `--top-p`.
     TopP,
+    /// `min_p` / `--min-p`.
     MinP,
+    /// `repeat_penalty` / `--repeat-penalty`.
     RepeatPenalty,
+    /// `presence_penalty` / `--presence-penalty`.
     PresencePenalty,
+    /// `frequency_penalty` / `--frequency-penalty`.
     FrequencyPenalty,
 }
 
@@ -134,7 +141,9 @@ impl Param {
 #[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
 #[error("`{}` = {value} is out of range: it must be {}", .param.field(), .param.allowed())]
 pub struct SamplerError {
+    /// The setting.
     pub param: Param,
+    /// Its value.
     pub value: f32,
 }
 
@@ -181,6 +190,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with `config`, its RNG seeded with `config.seed`.
     pub fn new(config: SamplerConfig) -> Sampler {
         Sampler {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
@@ -189,6 +199,7 @@ impl Sampler {
         }
     }
 
+    /// Its settings.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }

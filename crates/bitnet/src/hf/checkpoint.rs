@@ -100,8 +100,11 @@ impl std::fmt::Debug for Checkpoint {
 /// A tensor of the checkpoint: its dtype and shape (row-major, PyTorch order).
 #[derive(Clone, Copy)]
 pub struct TensorRef<'a> {
+    /// The tensor's name in the checkpoint.
     pub name: &'a str,
+    /// Its stored dtype.
     pub dtype: Dtype,
+    /// Its shape (row-major, PyTorch order).
     pub shape: &'a [usize],
     shard: &'a Shard,
     start: u64,
@@ -114,6 +117,7 @@ impl<'a> TensorRef<'a> {
         &self.shard.label
     }
 
+    /// The number of elements.
     pub fn element_count(&self) -> usize {
         self.shape.iter().product()
     }
@@ -246,10 +250,12 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint's folder.
     pub fn folder(&self) -> &Path {
         &self.folder
     }
 
+    /// Its `config.json`.
     pub fn config(&self) -> &HfConfig {
         &self.config
     }
@@ -358,7 +364,7 @@ impl Checkpoint {
     /// its storage:
     /// - uint8 `[out/4, in]` packed + `weight_scale`: unpacked, the scale multiplied
     ///   (`autobitlinear`) or divided (`bitlinear`) as `quantization_config.linear_class` says;
-    /// - F32 / F16 / BF16 master weights: absmean-ternarized ([`absmean_ternarize`]).
+    /// - F32 / F16 / BF16 master weights: absmean-ternarized (`absmean_ternarize`).
     pub fn ternary_weight(
         &self,
         name: &str,

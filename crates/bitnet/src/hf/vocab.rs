@@ -28,15 +28,22 @@ pub struct GgufVocab {
     /// `tokenizer.ggml.pre`: `llama-bpe` for Llama 3's split rules, `gpt-2` for GPT-2's,
     /// `default` otherwise.
     pub pre: String,
+    /// `tokenizer.ggml.tokens`: every token's string, by id.
     pub tokens: Vec<String>,
     /// `tokenizer.ggml.scores`: 0 for BPE tokens, -1000 for added tokens (as bitnet.cpp's
     /// converter writes them).
     pub scores: Vec<f32>,
+    /// `tokenizer.ggml.token_type`: 1 normal, 3 control, 4 user-defined, 5 unused.
     pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges`: the BPE merges, `a b` by rank.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
     pub bos_token_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
     pub eos_token_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
     pub add_bos_token: Option<bool>,
+    /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
 

@@ -27,6 +27,7 @@ pub(crate) use scalar::{rms_norm, rope_neox};
 /// An instruction set the kernels have a path for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
+    /// Plain Rust, every CPU: the reference every SIMD path is checked against.
     Scalar,
     /// x86-64 AVX2 with FMA and F16C (maddubs-based ternary products).
     Avx2,
@@ -52,6 +53,7 @@ impl Isa {
         Isa::I8mm,
     ];
 
+    /// The name `--isa` takes.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -388,7 +390,7 @@ pub fn f32_rows_axpy(
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
 /// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
-/// ([`scalar::Q8Blocks`]); each block's product is an exact integer, and the SIMD paths differ
+/// (`scalar::Q8Blocks`); each block's product is an exact integer, and the SIMD paths differ
 /// from the scalar one only in the order the scaled blocks are added.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
     assert!(k > 0 && k.is_multiple_of(32));
@@ -405,7 +407,7 @@ pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
 }
 
 /// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
-/// is first quantized to int8 per 256 values ([`scalar::Q8K`]); each block's product is then an
+/// is first quantized to int8 per 256 values (`scalar::Q8K`); each block's product is then an
 /// exact integer, and the SIMD paths differ from the scalar one only in the order the scaled
 /// blocks are added.
 pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {

@@ -92,7 +92,7 @@ pub fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [i32]) {
     }
 }
 
-/// All TQ2_0 rows of `w` against every activation row (see [`tq2_0_dot`]).
+/// All TQ2_0 rows of `w` against every activation row (see `tq2_0_dot`).
 pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
     let row_bytes = k / tq2_0::BLOCK_LEN * 66;
     let n_rows = w.len() / row_bytes;

@@ -174,7 +174,7 @@ impl std::fmt::Debug for ThreadPool {
 impl ThreadPool {
     /// A pool running jobs on `n_threads` threads (at least 1). More threads than this
     /// process may run at once only make threads wait for each other: the count is capped at
-    /// [`ThreadPool::max_threads`], with a warning.
+    /// `ThreadPool::max_threads`, with a warning.
     pub fn new(n_threads: usize) -> ThreadPool {
         let max = ThreadPool::max_threads();
         if n_threads > max {

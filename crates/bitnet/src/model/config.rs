@@ -68,6 +68,7 @@ impl Architecture {
         }
     }
 
+    /// The FFN's gate activation.
     pub fn activation(self) -> Activation {
         match self {
             Architecture::BitnetB158 => Activation::Relu2,
@@ -105,24 +106,35 @@ pub(crate) const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
 pub struct Config {
     /// `general.architecture` as written in the file (its keys are prefixed with it).
     pub arch_name: String,
+    /// The architecture it names.
     pub arch: Architecture,
+    /// Vocabulary size (rows of the embedding and the output matrix).
     pub n_vocab: usize,
     /// Hidden size H.
     pub n_embd: usize,
+    /// Transformer layers.
     pub n_layer: usize,
     /// FFN inner size I.
     pub n_ff: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
     pub n_head_kv: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
+    /// RoPE base frequency θ.
     pub rope_theta: f32,
     /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor`).
     pub rope_freq_scale: f32,
+    /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// The FFN's gate activation.
     pub activation: Activation,
+    /// Whether each block has BitNet's sub-norms (before `attn_output` and `ffn_down`).
     pub sub_norms: bool,
+    /// Which pairs of a head RoPE rotates together.
     pub rope_style: RopeStyle,
     /// Epsilon of a weightless RMSNorm applied to every BitLinear input before its int8
     /// quantization (transformers' `use_rms_norm`), if the model has one.

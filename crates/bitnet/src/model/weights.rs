@@ -1,7 +1,7 @@
 //! Weights behind two traits, so the model never names a storage format:
-//! - [`TernaryLinear`]: a BitLinear layer's ternary weights with their scales, multiplied by
+//! - `TernaryLinear`: a BitLinear layer's ternary weights with their scales, multiplied by
 //!   int8-quantized activations (I2_S, TQ2_0, TQ1_0, or float weights ternarized at load);
-//! - [`DenseMatrix`]: the unquantized embedding / output matrix (F16, BF16, F32, Q8_0).
+//! - `DenseMatrix`: the unquantized embedding / output matrix (F16, BF16, F32, Q8_0).
 //!
 //! Weight bytes stay in the memory-mapped file when they can (zero-copy).
 

@@ -16,7 +16,7 @@ pub(crate) fn byte_to_char(b: u8) -> char {
     BYTE_CHARS[b as usize]
 }
 
-/// The inverse of [`byte_to_char`], if `c` stands for a byte.
+/// The inverse of `byte_to_char`, if `c` stands for a byte.
 pub fn char_to_byte(c: char) -> Option<u8> {
     let c = c as u32;
     match c {

@@ -122,6 +122,7 @@ pub struct Llama3Split<'a> {
 }
 
 impl<'a> Llama3Split<'a> {
+    /// The words of `text`, in order.
     pub fn new(text: &'a str) -> Llama3Split<'a> {
         Llama3Split {
             text,

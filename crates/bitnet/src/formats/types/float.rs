@@ -8,6 +8,7 @@ pub(crate) fn f32_to_f32(data: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Decodes little-endian f16 values into `out`.
 pub fn f16_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
         *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
@@ -23,6 +24,7 @@ pub(crate) fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Encodes values as little-endian f32.
 pub fn encode_f32(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -35,6 +37,7 @@ pub fn encode_f16(values: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// Encodes values as little-endian bf16 (rounded to nearest, ties to even).
 pub fn encode_bf16(values: &[f32]) -> Vec<u8> {
     values
         .iter()

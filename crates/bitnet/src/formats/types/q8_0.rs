@@ -27,6 +27,7 @@ pub(crate) fn blocks(data: &[u8]) -> &[BlockQ8_0] {
     bytemuck::cast_slice(&data[..n * std::mem::size_of::<BlockQ8_0>()])
 }
 
+/// Decodes Q8_0 blocks into `out` (`value * scale` per block of 32).
 pub fn dequantize(data: &[u8], out: &mut [f32]) {
     for (block, o) in blocks(data).iter().zip(out.chunks_exact_mut(BLOCK_LEN)) {
         let d = block.scale();
