@@ -8,15 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::formats::types::TensorType;
-use bitnet::hf::hub::{self, HubOptions};
 use bitnet::kernels::Isa;
-use bitnet::model::{BitnetModel, CacheType, LoadOptions};
+use bitnet::load::{ModelOptions, Source};
+use bitnet::model::{BitnetModel, CacheType};
 use bitnet::tokenizer::Tokenizer;
-
-/// The demo model shipped inside the binary (7M parameters, trained on Shakespeare), so that
-/// `bitnet generate -p "ROMEO:\n"` works on a fresh machine without a download.
-pub static DEMO_MODEL: &[u8] = include_bytes!("../../../models/bitnet-shakespeare-7m-i2_s.gguf");
-pub const DEMO_MODEL_NAME: &str = "bitnet-shakespeare-7m-i2_s.gguf (bundled)";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -61,30 +56,31 @@ pub struct Residency {
 }
 
 impl Residency {
-    /// How to load a model from a file of `len` bytes.
-    pub fn load_options(self, len: u64) -> LoadOptions {
-        let resident = if self.no_mmap || self.mmap {
-            self.no_mmap
+    /// The library's setting for these flags.
+    pub fn residency(self) -> bitnet::Residency {
+        if self.no_mmap {
+            bitnet::Residency::Resident
+        } else if self.mmap {
+            bitnet::Residency::Mapped
         } else {
-            GgufFile::huge_pages_available()
-                && bitnet::model::available_memory().is_some_and(|avail| len <= avail / 2)
-        };
-        LoadOptions { resident }
+            bitnet::Residency::Auto
+        }
     }
 }
 
-/// Opens what `-m` names (a GGUF file, a Hugging Face folder converted in memory, or
-/// `hf:OWNER/REPO[:FILE]`), or the bundled demo model without `-m`; returns its name for
-/// messages and the file.
+/// What `-m` names (a GGUF file, a Hugging Face folder, or `hf:OWNER/REPO[:FILE]`); the
+/// bundled demo model without `-m`.
+pub fn source(spec: Option<&str>) -> Source {
+    Source::from(spec)
+}
+
+/// Opens what `-m` names (a Hugging Face folder is converted in memory, a Hub model
+/// downloaded with a progress bar); returns its name for messages and the file.
 pub fn open_gguf(spec: Option<&str>) -> Result<(String, Arc<GgufFile>)> {
-    let Some(spec) = spec else {
-        let file = GgufFile::from_static(DEMO_MODEL_NAME, DEMO_MODEL)?;
-        return Ok((DEMO_MODEL_NAME.to_string(), Arc::new(file)));
-    };
-    let mut bar = crate::commands::pull::DownloadBar::default();
+    let source = source(spec);
     // The library's errors name the file (or repository) already: no context is added.
-    let source = hub::resolve_model(spec, &HubOptions::from_env(), &mut bar)?;
-    Ok((spec.to_string(), source.open_gguf()?))
+    let file = source.open_with_progress(&mut crate::commands::pull::DownloadBar::default())?;
+    Ok((source.name(), file))
 }
 
 /// Parses `--output-type`.
@@ -153,41 +149,27 @@ impl ModelArgs {
         Ok(loaded)
     }
 
+    /// The library's load options for these flags.
+    pub fn options(&self) -> Result<ModelOptions> {
+        Ok(ModelOptions {
+            threads: self.threads,
+            isa: self.isa,
+            output_type: self.output_type.as_deref().map(output_type).transpose()?,
+            residency: self.residency.residency(),
+            context: self.ctx_size,
+            cache_type: self.cache_type,
+        })
+    }
+
     fn load_quietly(&self) -> Result<Loaded> {
-        let (name, file) = open_gguf(self.model.as_deref())?;
-        let tokenizer = match Tokenizer::from_gguf(&file) {
-            Ok(t) => t,
-            // A Hugging Face folder's tokenizer comes from its tokenizer.json: name that file.
-            Err(bitnet::tokenizer::TokenizerError::NoTokenizer { .. })
-                if self.model.as_deref().is_some_and(|m| {
-                    let dir = std::path::Path::new(m);
-                    bitnet::hf::is_hf_folder(dir) && !dir.join("tokenizer.json").is_file()
-                }) =>
-            {
-                bail!(
-                    "{}: no tokenizer.json in the folder, so there is no tokenizer to encode \
-                     text with",
-                    name
-                )
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let options = self.residency.load_options(file.file_len());
-        let mut model = BitnetModel::from_gguf_with(Arc::clone(&file), options)?;
-        if let Some(t) = self.threads {
-            model.set_threads(t);
-        }
-        if let Some(isa) = self.isa {
-            anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
-            model.set_isa(isa);
-        }
-        if let Some(name) = &self.output_type {
-            model.set_output_type(output_type(name)?)?;
-        }
+        let source = source(self.model.as_deref());
+        let options = self.options()?;
+        let file = source.open_with_progress(&mut crate::commands::pull::DownloadBar::default())?;
+        let loaded = bitnet::load::load_gguf(&source, file, &options)?;
         Ok(Loaded {
-            name,
-            model,
-            tokenizer,
+            name: loaded.name,
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
         })
     }
 }

@@ -137,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
     let load_start = Instant::now();
     let (name, file) = crate::model_args::open_gguf(args.model.as_deref())?;
     let size = file.file_len();
-    let options = args.residency.load_options(size);
+    let options = args.residency.residency().load_options(size);
     let in_memory = options.resident;
     let mut model = BitnetModel::from_gguf_with(file, options)?;
     if let Some(isa) = args.isa {

@@ -8,7 +8,7 @@ use bitnet::formats::gguf::{GgufFile, Metadata, Value};
 use bitnet::formats::types::TensorType;
 use serde_json::json;
 
-use crate::model_args::{DEMO_MODEL, DEMO_MODEL_NAME};
+use bitnet::load::{DEMO_MODEL, DEMO_MODEL_NAME};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::model::synth::{self, Shape};
 
-use crate::model_args::{DEMO_MODEL, DEMO_MODEL_NAME};
+use bitnet::load::{DEMO_MODEL, DEMO_MODEL_NAME};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -20,12 +20,16 @@ use crate::tokenizer::{EncodeOptions, TokenKind, Tokenizer};
 /// Why a constraint could not be built or followed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConstraintError {
+    /// Constrained output must end with an end-of-generation token, and there is none.
     #[error("the vocabulary has no end-of-generation token to end constrained output with")]
     NoEndToken,
+    /// llguidance could not be given the vocabulary (its message).
     #[error("the grammar engine could not be set up: {0}")]
     Setup(String),
+    /// The JSON schema could not be compiled (llguidance's message).
     #[error("invalid JSON schema: {0}")]
     Schema(String),
+    /// The grammar matcher failed while generating (llguidance's message).
     #[error("constrained decoding failed: {0}")]
     Matcher(String),
 }
@@ -68,6 +72,7 @@ impl std::fmt::Debug for ConstraintCompiler {
 }
 
 impl ConstraintCompiler {
+    /// A compiler over `tokenizer`'s vocabulary (built once, shared by every constraint).
     pub fn new(tokenizer: Arc<Tokenizer>) -> Result<ConstraintCompiler, ConstraintError> {
         let end_tokens: Vec<u32> = tokenizer.end_of_generation().to_vec();
         let eos = end_tokens
@@ -166,7 +171,7 @@ impl std::fmt::Debug for Constraint {
 impl Constraint {
     /// Sets the logits of tokens the grammar does not allow next to −∞. End-of-generation
     /// tokens are allowed exactly where the grammar may end.
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+    pub(crate) fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
         let mask = self
             .matcher
             .compute_mask()
@@ -197,7 +202,7 @@ impl Constraint {
     }
 
     /// Whether the grammar is complete and allows nothing more.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()
     }
 

@@ -2,17 +2,20 @@
 //! streams text and stops (end-of-generation tokens, stop strings, a token budget, a full
 //! context), and its figures. Uses `model` and `tokenizer`; knows nothing of the CLI.
 
+pub mod chat;
 pub mod constraint;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::{PendingUtf8, Tokenizer, TokenizerError};
 
+pub use chat::{Chat, Turn};
 pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
@@ -20,12 +23,21 @@ pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitErro
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
+    /// The forward pass failed (a token out of range, the cache's memory, ...).
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Decoding a token or rendering the chat template failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The prompt does not fit the context.
     #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger -c or a shorter prompt")]
-    PromptTooLong { prompt: usize, capacity: usize },
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt: usize,
+        /// Positions the context holds.
+        capacity: usize,
+    },
+    /// No prompt tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
 }
@@ -59,7 +71,9 @@ impl Default for GenerationConfig {
 /// One context shift: `discarded` tokens dropped after the first `kept`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContextShift {
+    /// Tokens kept at the start.
     pub kept: usize,
+    /// Tokens dropped after them.
     pub discarded: usize,
 }
 
@@ -83,6 +97,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// A short name (`eos`, `stop`, `length`, ...), as the CLI's JSON and `finish_reason` use.
     pub fn as_str(&self) -> &'static str {
         match self {
             StopReason::EndOfGeneration(_) => "eos",
@@ -99,23 +114,30 @@ impl StopReason {
 /// The result of one generation, with its timings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
+    /// The generated text (without the prompt, a stop string or an end token).
     pub text: String,
     /// Tokens prefilled for this call (after any prefix already in the cache).
     pub prompt_tokens: usize,
     /// Prompt tokens that were already in the cache and not run again.
     pub cached_tokens: usize,
+    /// The generated token ids (an end-of-generation token is not among them).
     pub generated: Vec<u32>,
+    /// Why it ended.
     pub stop: StopReason,
     /// Context shifts made while generating (see [`GenerationConfig::context_shift`]).
     pub shifts: Vec<ContextShift>,
+    /// Prefilling the prompt.
     pub prompt_time: Duration,
     /// From the start of the call to the first generated token.
     pub time_to_first_token: Duration,
+    /// From the first generated token to the end.
     pub generation_time: Duration,
+    /// The whole call.
     pub total_time: Duration,
 }
 
 impl Generation {
+    /// Prompt tokens prefilled per second.
     pub fn prompt_tokens_per_s(&self) -> f64 {
         rate(self.prompt_tokens, self.prompt_time)
     }
@@ -138,11 +160,28 @@ fn rate(n: usize, t: Duration) -> f64 {
 /// the cached prefix they share with the new sequence, so a chat turn prefills only what is
 /// new.
 pub struct Session<'m> {
-    model: &'m BitnetModel,
-    tokenizer: &'m Tokenizer,
+    model: Handle<'m, BitnetModel>,
+    tokenizer: Handle<'m, Tokenizer>,
     cache: KvCache,
     /// The tokens whose keys and values are in the cache, in order.
     tokens: Vec<u32>,
+}
+
+/// How a session holds its model and tokenizer: borrowed, or shared (a session that owns
+/// what it uses can outlive the caller's frame, as a streaming iterator must).
+enum Handle<'m, T> {
+    Borrowed(&'m T),
+    Shared(Arc<T>),
+}
+
+impl<T> std::ops::Deref for Handle<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Handle::Borrowed(t) => t,
+            Handle::Shared(t) => t,
+        }
+    }
 }
 
 impl<'m> Session<'m> {
@@ -155,21 +194,24 @@ impl<'m> Session<'m> {
         cache_type: CacheType,
     ) -> Result<Session<'m>, GenerateError> {
         Ok(Session {
-            model,
-            tokenizer,
             cache: model.new_cache(n_ctx, cache_type)?,
+            model: Handle::Borrowed(model),
+            tokenizer: Handle::Borrowed(tokenizer),
             tokens: Vec::new(),
         })
     }
 
+    /// The model.
     pub fn model(&self) -> &BitnetModel {
-        self.model
+        &self.model
     }
 
+    /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        self.tokenizer
+        &self.tokenizer
     }
 
+    /// Positions the cache holds.
     pub fn context_size(&self) -> usize {
         self.cache.capacity()
     }
@@ -179,6 +221,7 @@ impl<'m> Session<'m> {
         self.tokens.len()
     }
 
+    /// Bytes of the KV cache.
     pub fn cache_bytes(&self) -> usize {
         self.cache.bytes()
     }
@@ -226,11 +269,77 @@ impl<'m> Session<'m> {
         sampler: &mut Sampler,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation, GenerateError> {
+        let mut run = Run::start(self, sequence, config.clone(), sampler)?;
+        while let Some(piece) = run.next_text(self, sampler)? {
+            if !piece.is_empty() && on_text(&piece).is_break() {
+                let rest = run.interrupt();
+                if !rest.is_empty() {
+                    let _ = on_text(&rest);
+                }
+            }
+        }
+        Ok(run.finish())
+    }
+}
+
+impl Session<'static> {
+    /// A session that shares the model and tokenizer instead of borrowing them (see
+    /// [`Session::new`]): it can be kept, moved to another thread, or owned by an iterator.
+    pub fn shared(
+        model: Arc<BitnetModel>,
+        tokenizer: Arc<Tokenizer>,
+        n_ctx: usize,
+        cache_type: CacheType,
+    ) -> Result<Session<'static>, GenerateError> {
+        Ok(Session {
+            cache: model.new_cache(n_ctx, cache_type)?,
+            model: Handle::Shared(model),
+            tokenizer: Handle::Shared(tokenizer),
+            tokens: Vec::new(),
+        })
+    }
+}
+
+/// One generation in progress, advanced a token at a time by [`Run::next_text`] against the
+/// session it started on. It borrows nothing, so a caller may own it beside its session
+/// (a streaming iterator does).
+pub(crate) struct Run {
+    start: Instant,
+    config: GenerationConfig,
+    capacity: usize,
+    /// Prompt tokens already in the cache, and those prefilled.
+    cached: usize,
+    prefilled: usize,
+    prompt_time: Duration,
+    logits: Vec<f32>,
+    /// A sampled token whose forward pass is still to run (it runs before the next sample).
+    pending: Option<u32>,
+    decoder: PendingUtf8,
+    text: String,
+    /// Text produced but not yet given out (it may be the start of a stop string).
+    held: String,
+    generated: Vec<u32>,
+    shifts: Vec<ContextShift>,
+    time_to_first_token: Duration,
+    /// Why it ended, once it has; the final text has been given out when `done`.
+    stop: Option<StopReason>,
+    done: bool,
+    total_time: Duration,
+}
+
+impl Run {
+    /// Prefills what of `sequence` the cache does not hold yet.
+    pub(crate) fn start(
+        session: &mut Session,
+        sequence: &[u32],
+        config: GenerationConfig,
+        sampler: &mut Sampler,
+    ) -> Result<Run, GenerateError> {
         let start = Instant::now();
         if sequence.is_empty() {
             return Err(GenerateError::EmptyPrompt);
         }
-        let capacity = self.cache.capacity();
+        let capacity = session.cache.capacity();
         if sequence.len() > capacity {
             return Err(GenerateError::PromptTooLong {
                 prompt: sequence.len(),
@@ -238,95 +347,153 @@ impl<'m> Session<'m> {
             });
         }
         // Reuse the common prefix; at least the last token is run to get fresh logits.
-        let mut common = self
+        let mut common = session
             .tokens
             .iter()
             .zip(sequence)
             .take_while(|(a, b)| a == b)
             .count();
         common = common.min(sequence.len() - 1);
-        self.cache.truncate(common);
-        self.tokens.truncate(common);
+        session.cache.truncate(common);
+        session.tokens.truncate(common);
         sampler.reset();
         for &t in sequence {
             sampler.accept(t);
         }
 
         let new = &sequence[common..];
-        let mut logits = self.model.forward(new, &mut self.cache, Logits::Last)?;
-        self.tokens.extend_from_slice(new);
-        let prompt_time = start.elapsed();
-
-        let mut decoder = self.tokenizer.stream_decoder();
-        let mut text = String::new();
-        // Text produced but not yet given to `on_text` (it may be the start of a stop string).
-        let mut held = String::new();
-        let mut generated = Vec::new();
-        let mut shifts = Vec::new();
-        let mut time_to_first_token = Duration::ZERO;
-        let stop = loop {
-            if config.max_tokens.is_some_and(|m| generated.len() >= m) {
-                break StopReason::MaxTokens;
-            }
-            let token = sampler.sample(&logits);
-            if generated.is_empty() {
-                time_to_first_token = start.elapsed();
-            }
-            if !config.ignore_eos && self.tokenizer.is_end_of_generation(token) {
-                break StopReason::EndOfGeneration(token);
-            }
-            generated.push(token);
-            sampler.accept(token);
-            held.push_str(&decoder.push(token)?);
-            if let Some((at, s)) = find_stop(&held, &config.stop) {
-                held.truncate(at);
-                text.push_str(&held);
-                let _ = on_text(&held);
-                held.clear();
-                break StopReason::StopString(s);
-            }
-            let safe = safe_prefix_len(&held, &config.stop);
-            if safe > 0 {
-                let ready: String = held.drain(..safe).collect();
-                text.push_str(&ready);
-                if on_text(&ready).is_break() {
-                    break StopReason::Interrupted;
-                }
-            }
-            if self.tokens.len() >= capacity {
-                match config.context_shift {
-                    Some(keep) => match self.shift(keep)? {
-                        Some(shift) => shifts.push(shift),
-                        None => break StopReason::ContextFull,
-                    },
-                    None => break StopReason::ContextFull,
-                }
-            }
-            logits = self
-                .model
-                .forward(&[token], &mut self.cache, Logits::Last)?;
-            self.tokens.push(token);
-        };
-        if !matches!(stop, StopReason::StopString(_)) {
-            held.push_str(&decoder.finish());
-            if !held.is_empty() {
-                text.push_str(&held);
-                let _ = on_text(&held);
-            }
-        }
-        let total_time = start.elapsed();
-        Ok(Generation {
-            text,
-            prompt_tokens: new.len(),
-            cached_tokens: common,
-            generated,
-            stop,
-            shifts,
-            prompt_time,
-            time_to_first_token,
-            generation_time: total_time.saturating_sub(time_to_first_token),
-            total_time,
+        let logits = session
+            .model
+            .forward(new, &mut session.cache, Logits::Last)?;
+        session.tokens.extend_from_slice(new);
+        Ok(Run {
+            start,
+            config,
+            capacity,
+            cached: common,
+            prefilled: new.len(),
+            prompt_time: start.elapsed(),
+            logits,
+            pending: None,
+            decoder: PendingUtf8::default(),
+            text: String::new(),
+            held: String::new(),
+            generated: Vec::new(),
+            shifts: Vec::new(),
+            time_to_first_token: Duration::ZERO,
+            stop: None,
+            done: false,
+            total_time: Duration::ZERO,
         })
+    }
+
+    /// Generates the next token and returns the text ready to show, possibly empty (a
+    /// partial character, or what may be the start of a stop string, is held back); at the
+    /// end, the text held back (unless a stop string cut it), then `None`.
+    pub(crate) fn next_text(
+        &mut self,
+        session: &mut Session,
+        sampler: &mut Sampler,
+    ) -> Result<Option<String>, GenerateError> {
+        if self.done {
+            return Ok(None);
+        }
+        if let Some(token) = self.pending.take() {
+            if session.tokens.len() >= self.capacity {
+                let shifted = match self.config.context_shift {
+                    Some(keep) => session.shift(keep)?,
+                    None => None,
+                };
+                match shifted {
+                    Some(shift) => self.shifts.push(shift),
+                    None => return Ok(Some(self.end(StopReason::ContextFull))),
+                }
+            }
+            self.logits = session
+                .model
+                .forward(&[token], &mut session.cache, Logits::Last)?;
+            session.tokens.push(token);
+        }
+        if self
+            .config
+            .max_tokens
+            .is_some_and(|m| self.generated.len() >= m)
+        {
+            return Ok(Some(self.end(StopReason::MaxTokens)));
+        }
+        let token = sampler.sample(&self.logits);
+        if self.generated.is_empty() {
+            self.time_to_first_token = self.start.elapsed();
+        }
+        if !self.config.ignore_eos && session.tokenizer.is_end_of_generation(token) {
+            return Ok(Some(self.end(StopReason::EndOfGeneration(token))));
+        }
+        self.generated.push(token);
+        sampler.accept(token);
+        self.held
+            .push_str(&self.decoder.push(&session.tokenizer, token)?);
+        if let Some((at, s)) = find_stop(&self.held, &self.config.stop) {
+            self.held.truncate(at);
+            let last = std::mem::take(&mut self.held);
+            self.text.push_str(&last);
+            self.finish_with(StopReason::StopString(s));
+            return Ok(Some(last));
+        }
+        let safe = safe_prefix_len(&self.held, &self.config.stop);
+        let ready: String = self.held.drain(..safe).collect();
+        self.text.push_str(&ready);
+        self.pending = Some(token);
+        Ok(Some(ready))
+    }
+
+    /// Stops at the caller's request ([`StopReason::Interrupted`]); returns the text held
+    /// back, which is part of the result.
+    pub(crate) fn interrupt(&mut self) -> String {
+        if self.done {
+            return String::new();
+        }
+        self.pending = None;
+        self.end(StopReason::Interrupted)
+    }
+
+    /// Ends for `stop`, flushing what was held back; returns that text.
+    fn end(&mut self, stop: StopReason) -> String {
+        self.held.push_str(&self.decoder.finish());
+        let rest = std::mem::take(&mut self.held);
+        self.text.push_str(&rest);
+        self.finish_with(stop);
+        rest
+    }
+
+    fn finish_with(&mut self, stop: StopReason) {
+        self.stop = Some(stop);
+        self.done = true;
+        self.total_time = self.start.elapsed();
+    }
+
+    /// Whether the generation has ended (its last text given out).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The result; a run not yet ended counts as interrupted here.
+    pub(crate) fn finish(mut self) -> Generation {
+        if !self.done {
+            self.interrupt();
+        }
+        let total_time = self.total_time;
+        Generation {
+            text: self.text,
+            prompt_tokens: self.prefilled,
+            cached_tokens: self.cached,
+            generated: self.generated,
+            stop: self.stop.unwrap_or(StopReason::Interrupted),
+            shifts: self.shifts,
+            prompt_time: self.prompt_time,
+            time_to_first_token: self.time_to_first_token,
+            generation_time: total_time.saturating_sub(self.time_to_first_token),
+            total_time,
+        }
     }
 }
 

@@ -22,25 +22,38 @@ use crate::tokenizer::ChatMessage;
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The bytes are not UTF-8.
     #[error("not valid UTF-8 (byte {at})")]
-    InvalidUtf8 { at: usize },
+    InvalidUtf8 {
+        /// The offset of the first bad byte.
+        at: usize,
+    },
+    /// The text is not JSON.
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The JSON is not an object.
     #[error("a request must be a JSON object")]
     NotAnObject,
+    /// A field of the wrong type or out of range.
     #[error("`{field}` must be {expected}")]
     Field {
+        /// The field.
         field: &'static str,
+        /// What it must be, in words.
         expected: &'static str,
     },
+    /// A sampling value out of range.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    /// Neither or both of `prompt` and `messages`.
     #[error("a request needs exactly one of `prompt` and `messages`")]
     PromptOrMessages,
     /// A well-formed value this engine cannot serve (an image part, say).
     #[error("`{field}`: {message}")]
     Unsupported {
+        /// The field.
         field: &'static str,
+        /// What cannot be served, and why.
         message: String,
     },
     /// The chat template refused the conversation (a template may raise an exception).
@@ -84,13 +97,16 @@ pub enum Input {
 /// the number of alternatives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogprobsRequest {
+    /// Chat completions' `logprobs: true/false`.
     Flag(bool),
+    /// Completions' `logprobs: k` (k alternatives per token).
     Count(usize),
 }
 
 /// `response_format`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResponseFormat {
+    /// Free text (the default).
     Text,
     /// Any JSON object.
     JsonObject,
@@ -99,8 +115,8 @@ pub enum ResponseFormat {
 }
 
 /// Most choices (`n`) or alternatives (`top_logprobs`) one request may ask for.
-pub const MAX_CHOICES: usize = 16;
-pub const MAX_TOP_LOGPROBS: usize = 20;
+pub(crate) const MAX_CHOICES: usize = 16;
+pub(crate) const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A parsed request. Sampling fields left out take the caller's defaults (see
 /// [`Request::sampler_config`]).
@@ -108,26 +124,40 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 pub struct Request {
     /// Echoed back by `batch` (any JSON value).
     pub id: Option<Value>,
+    /// `prompt`: text, a list of texts, token ids, or a list of token-id lists.
     pub prompt: Option<Vec<Prompt>>,
+    /// `messages`: a conversation for the chat template.
     pub messages: Option<Vec<ChatMessage>>,
     /// `max_completion_tokens`, `max_tokens` or `n_predict` (first found); -1 in `n_predict`
     /// means no limit, as in llama.cpp, and is kept as `Some(None)`.
     pub max_tokens: Option<Option<usize>>,
+    /// `temperature` (≤ 0: greedy).
     pub temperature: Option<f32>,
+    /// `top_k` (0: off).
     pub top_k: Option<usize>,
+    /// `top_p` (1: off).
     pub top_p: Option<f32>,
+    /// `min_p` (0: off).
     pub min_p: Option<f32>,
+    /// `repeat_penalty` (1: off).
     pub repeat_penalty: Option<f32>,
+    /// `repeat_last_n`: tokens the penalties look back over.
     pub repeat_last_n: Option<usize>,
+    /// `presence_penalty` (0: off).
     pub presence_penalty: Option<f32>,
+    /// `frequency_penalty` (0: off).
     pub frequency_penalty: Option<f32>,
     /// `-1` asks for a random seed (llama.cpp's convention) and is resolved when parsed.
     pub seed: Option<u64>,
+    /// `stop`: strings that end the output (a string or a list).
     pub stop: Vec<String>,
+    /// `stream`: answer with server-sent events.
     pub stream: bool,
     /// Choices per prompt.
     pub n: usize,
+    /// `logprobs`.
     pub logprobs: Option<LogprobsRequest>,
+    /// `top_logprobs`: alternatives per token (chat completions).
     pub top_logprobs: Option<usize>,
     /// Completions: the prompt is part of the returned text (and of its logprobs).
     pub echo: bool,
@@ -135,6 +165,7 @@ pub struct Request {
     pub logit_bias: Vec<(u32, f32)>,
     /// `stream_options.include_usage`: a last chunk with the token counts.
     pub include_usage: bool,
+    /// `response_format`.
     pub response_format: Option<ResponseFormat>,
     /// OpenAI's `tools` (function definitions), when given and not empty.
     pub tools: Option<Value>,
@@ -298,7 +329,7 @@ impl Request {
     }
 
     /// Reads the fields of a JSON object.
-    pub fn from_value(value: &Value) -> Result<Request, RequestError> {
+    pub(crate) fn from_value(value: &Value) -> Result<Request, RequestError> {
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
         let prompt = opt(
             obj,

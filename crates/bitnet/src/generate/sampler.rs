@@ -26,6 +26,7 @@ pub struct SamplerConfig {
     pub frequency_penalty: f32,
     /// How many recent tokens the penalties look at.
     pub penalty_last_n: usize,
+    /// Seeds the RNG: the same seed and settings give the same tokens.
     pub seed: u64,
 }
 
@@ -84,11 +85,17 @@ impl SamplerConfig {
 /// A sampling setting, with the names the command line and the JSON requests give it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Param {
+    /// `temperature` / `--temp`.
     Temperature,
+    /// `top_p` / `--top-p`.
     TopP,
+    /// `min_p` / `--min-p`.
     MinP,
+    /// `repeat_penalty` / `--repeat-penalty`.
     RepeatPenalty,
+    /// `presence_penalty` / `--presence-penalty`.
     PresencePenalty,
+    /// `frequency_penalty` / `--frequency-penalty`.
     FrequencyPenalty,
 }
 
@@ -134,7 +141,9 @@ impl Param {
 #[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
 #[error("`{}` = {value} is out of range: it must be {}", .param.field(), .param.allowed())]
 pub struct SamplerError {
+    /// The setting.
     pub param: Param,
+    /// Its value.
     pub value: f32,
 }
 
@@ -168,7 +177,7 @@ pub fn random_seed() -> u64 {
 
 /// A candidate token and its (adjusted) logit.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub id: u32,
     pub logit: f32,
 }
@@ -181,6 +190,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with `config`, its RNG seeded with `config.seed`.
     pub fn new(config: SamplerConfig) -> Sampler {
         Sampler {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
@@ -189,6 +199,7 @@ impl Sampler {
         }
     }
 
+    /// Its settings.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }
@@ -250,7 +261,7 @@ impl Sampler {
 }
 
 /// The highest logit; ties go to the lowest id (what both reference engines do).
-pub fn argmax(cands: &[Candidate]) -> u32 {
+pub(crate) fn argmax(cands: &[Candidate]) -> u32 {
     let mut best: Option<Candidate> = None;
     for &c in cands {
         match best {
@@ -265,7 +276,7 @@ pub fn argmax(cands: &[Candidate]) -> u32 {
 /// llama.cpp's penalties: for each token seen `n` times in the window, a positive logit is
 /// divided by `repeat` (a negative one multiplied), then `n · frequency + presence` is
 /// subtracted.
-pub fn apply_penalties(
+pub(crate) fn apply_penalties(
     cands: &mut [Candidate],
     recent: &VecDeque<u32>,
     repeat: f32,
@@ -296,7 +307,7 @@ fn sort_descending(cands: &mut [Candidate]) {
 }
 
 /// Keeps the `k` highest logits (sorted, highest first). `k = 0` keeps all (sorted).
-pub fn top_k(cands: &mut Vec<Candidate>, k: usize) {
+pub(crate) fn top_k(cands: &mut Vec<Candidate>, k: usize) {
     sort_descending(cands);
     if k > 0 && k < cands.len() {
         cands.truncate(k);
@@ -304,7 +315,7 @@ pub fn top_k(cands: &mut Vec<Candidate>, k: usize) {
 }
 
 /// Probabilities of the candidates (softmax of their logits).
-pub fn softmax(cands: &[Candidate]) -> Vec<f32> {
+pub(crate) fn softmax(cands: &[Candidate]) -> Vec<f32> {
     let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.logit));
     let exps: Vec<f32> = cands.iter().map(|c| (c.logit - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
@@ -313,7 +324,7 @@ pub fn softmax(cands: &[Candidate]) -> Vec<f32> {
 
 /// Keeps the smallest set of most likely candidates whose probabilities add up to at least
 /// `p` (at least one). Expects candidates sorted highest first.
-pub fn top_p(cands: &mut Vec<Candidate>, p: f32) {
+pub(crate) fn top_p(cands: &mut Vec<Candidate>, p: f32) {
     if p >= 1.0 || cands.is_empty() {
         return;
     }
@@ -332,7 +343,7 @@ pub fn top_p(cands: &mut Vec<Candidate>, p: f32) {
 }
 
 /// Keeps candidates whose probability is at least `p` times the most likely one's.
-pub fn min_p(cands: &mut Vec<Candidate>, p: f32) {
+pub(crate) fn min_p(cands: &mut Vec<Candidate>, p: f32) {
     if p <= 0.0 || cands.is_empty() {
         return;
     }

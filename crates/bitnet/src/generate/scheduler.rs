@@ -37,6 +37,7 @@ pub struct SchedulerConfig {
     pub slots: usize,
     /// Positions each slot's cache holds (0: the model's default context).
     pub n_ctx: usize,
+    /// The caches' element type.
     pub cache_type: CacheType,
     /// Requests that may wait for a free slot; beyond that [`Scheduler::submit`] answers
     /// [`SubmitError::Busy`].
@@ -69,6 +70,7 @@ pub struct Job {
     pub max_tokens: Option<usize>,
     /// Stop before any of these strings (not part of the output).
     pub stop: Vec<String>,
+    /// Go on past end-of-generation tokens.
     pub ignore_eos: bool,
     /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`).
     pub logit_bias: Vec<(u32, f32)>,
@@ -107,8 +109,11 @@ impl Job {
 /// alternatives at its position, most likely first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenLogprob {
+    /// The token.
     pub token: u32,
+    /// Its log-probability.
     pub logprob: f32,
+    /// The most likely tokens and their log-probabilities.
     pub top: Vec<(u32, f32)>,
 }
 
@@ -126,8 +131,11 @@ pub enum Event {
     /// A generated token, with the text it completes (possibly empty: a partial UTF-8
     /// character, or text that may be the start of a stop string, is held back).
     Token {
+        /// The token id.
         id: u32,
+        /// The text it completes.
         text: String,
+        /// With [`Job::logprobs`]: its log-probability and the alternatives.
         logprob: Option<TokenLogprob>,
     },
     /// The request ended normally.
@@ -139,11 +147,15 @@ pub enum Event {
 /// How a request ended, with its figures.
 #[derive(Clone, Debug)]
 pub struct Finished {
+    /// Why it ended.
     pub stop: StopReason,
     /// Text held back until the end (the rest of a partial character or stop-string prefix).
     pub tail: String,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens whose cache was reused.
     pub cached_tokens: usize,
+    /// Tokens generated.
     pub generated_tokens: usize,
     /// Time spent waiting for a slot.
     pub queued: Duration,
@@ -170,16 +182,34 @@ impl Finished {
 /// Why a request was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// The queue is full.
     #[error("the server is busy: {queued} requests are already waiting for a free slot")]
-    Busy { queued: usize },
+    Busy {
+        /// Requests waiting.
+        queued: usize,
+    },
+    /// [`Scheduler::shutdown`] was called.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// No prompt tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The prompt does not fit a slot's context.
     #[error("the prompt has {prompt} tokens but a slot's context holds {capacity}")]
-    PromptTooLong { prompt: usize, capacity: usize },
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt: usize,
+        /// Positions a slot holds.
+        capacity: usize,
+    },
+    /// A prompt token outside the vocabulary.
     #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
-    TokenOutOfRange { token: u32, n_vocab: usize },
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// The vocabulary's size.
+        n_vocab: usize,
+    },
 }
 
 /// Receives a request's events on the scheduler's thread; `Break` cancels the request.
@@ -195,10 +225,12 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The request's id (unique within the scheduler, as [`SlotStatus::request`] shows it).
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// Cancels the request: it leaves at the next step, and its sink hears nothing more.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
     }
@@ -220,13 +252,16 @@ impl Drop for Ticket {
 /// What a slot is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
+    /// No request.
     Idle,
     /// Taking in a prompt.
     Prompt,
+    /// Generating tokens.
     Generating,
 }
 
 impl SlotState {
+    /// `idle`, `prompt` or `generating`.
     pub fn as_str(self) -> &'static str {
         match self {
             SlotState::Idle => "idle",
@@ -239,9 +274,11 @@ impl SlotState {
 /// One slot as [`Scheduler::status`] shows it.
 #[derive(Clone, Debug)]
 pub struct SlotStatus {
+    /// What it is doing.
     pub state: SlotState,
     /// Tokens in its cache (kept after a request, for prefix reuse).
     pub cached_tokens: usize,
+    /// Positions its cache holds.
     pub n_ctx: usize,
     /// The request it runs.
     pub request: Option<u64>,
@@ -250,25 +287,34 @@ pub struct SlotStatus {
 /// A snapshot of the scheduler, and its counters since start.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
+    /// Every slot.
     pub slots: Vec<SlotStatus>,
+    /// Requests waiting for a slot.
     pub queued: usize,
     /// Bytes of KV cache allocated for all slots (the bound on its memory).
     pub kv_cache_bytes: usize,
+    /// Requests that ended or failed (cancelled ones are counted apart).
     pub requests_finished: u64,
+    /// Requests cancelled.
     pub requests_cancelled: u64,
+    /// Prompt tokens of all requests.
     pub prompt_tokens: u64,
     /// Prompt tokens served from a slot's cached prefix.
     pub cached_prompt_tokens: u64,
+    /// Tokens generated.
     pub generated_tokens: u64,
+    /// Forward passes run.
     pub steps: u64,
     /// Seconds spent in forward passes.
     pub busy_seconds: f64,
     /// Generated tokens per second over recent steps, all sequences together.
     pub generation_tokens_per_s: f64,
+    /// Whether [`Scheduler::shutdown`] was called.
     pub shutting_down: bool,
 }
 
 impl Status {
+    /// Slots running a request.
     pub fn slots_busy(&self) -> usize {
         self.slots
             .iter()

@@ -100,8 +100,11 @@ impl std::fmt::Debug for Checkpoint {
 /// A tensor of the checkpoint: its dtype and shape (row-major, PyTorch order).
 #[derive(Clone, Copy)]
 pub struct TensorRef<'a> {
+    /// The tensor's name in the checkpoint.
     pub name: &'a str,
+    /// Its stored dtype.
     pub dtype: Dtype,
+    /// Its shape (row-major, PyTorch order).
     pub shape: &'a [usize],
     shard: &'a Shard,
     start: u64,
@@ -114,12 +117,9 @@ impl<'a> TensorRef<'a> {
         &self.shard.label
     }
 
+    /// The number of elements.
     pub fn element_count(&self) -> usize {
         self.shape.iter().product()
-    }
-
-    pub fn byte_len(&self) -> u64 {
-        self.len
     }
 
     pub(crate) fn error(&self, message: impl Into<String>) -> HfError {
@@ -136,7 +136,7 @@ impl<'a> TensorRef<'a> {
     }
 
     /// `len` raw bytes starting `offset` bytes into the tensor.
-    pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, HfError> {
+    pub(crate) fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, HfError> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(self.error(format!(
                 "bytes {offset}..+{len} are outside its {} bytes",
@@ -149,7 +149,7 @@ impl<'a> TensorRef<'a> {
     }
 
     /// Bytes per element of a float dtype, or an error naming the tensor.
-    pub fn float_width(&self) -> Result<usize, HfError> {
+    pub(crate) fn float_width(&self) -> Result<usize, HfError> {
         match self.dtype {
             Dtype::F32 => Ok(4),
             Dtype::F16 | Dtype::BF16 => Ok(2),
@@ -160,7 +160,7 @@ impl<'a> TensorRef<'a> {
     }
 
     /// Elements `first .. first + count` decoded to f32 (F32, F16 or BF16 storage).
-    pub fn read_f32_range(&self, first: usize, count: usize) -> Result<Vec<f32>, HfError> {
+    pub(crate) fn read_f32_range(&self, first: usize, count: usize) -> Result<Vec<f32>, HfError> {
         let w = self.float_width()?;
         let bytes = self.read_range((first * w) as u64, (count * w) as u64)?;
         Ok(decode_floats(self.dtype, &bytes))
@@ -185,7 +185,7 @@ impl<'a> TensorRef<'a> {
 }
 
 /// Decodes little-endian F32 / F16 / BF16 bytes (other dtypes give an empty vector).
-pub fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -250,10 +250,12 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint's folder.
     pub fn folder(&self) -> &Path {
         &self.folder
     }
 
+    /// Its `config.json`.
     pub fn config(&self) -> &HfConfig {
         &self.config
     }
@@ -291,7 +293,11 @@ impl Checkpoint {
     }
 
     /// A float tensor of exactly this shape (norms, embeddings, master weights).
-    pub fn float_tensor(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>, HfError> {
+    pub(crate) fn float_tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<TensorRef<'_>, HfError> {
         let t = self.tensor(name)?;
         t.float_width()?;
         t.check_shape(shape)?;
@@ -302,7 +308,7 @@ impl Checkpoint {
     /// `use_rms_norm`) where the checkpoint stores one: only the weightless norm (all gains 1,
     /// as transformers initializes it) is supported, since the q, k and v projections (and gate
     /// and up) share one quantization of their input.
-    pub fn check_unit_norm(&self, name: &str, len: usize) -> Result<(), HfError> {
+    pub(crate) fn check_unit_norm(&self, name: &str, len: usize) -> Result<(), HfError> {
         if !self.contains(name) {
             return Ok(());
         }
@@ -317,7 +323,7 @@ impl Checkpoint {
 
     /// Checks a BitLinear weight's storage and shape against `[out, in]` without reading its
     /// data; for a packed weight, returns its `weight_scale` tensor.
-    pub fn check_linear(
+    pub(crate) fn check_linear(
         &self,
         name: &str,
         out_features: usize,
@@ -358,7 +364,7 @@ impl Checkpoint {
     /// its storage:
     /// - uint8 `[out/4, in]` packed + `weight_scale`: unpacked, the scale multiplied
     ///   (`autobitlinear`) or divided (`bitlinear`) as `quantization_config.linear_class` says;
-    /// - F32 / F16 / BF16 master weights: absmean-ternarized ([`absmean_ternarize`]).
+    /// - F32 / F16 / BF16 master weights: absmean-ternarized (`absmean_ternarize`).
     pub fn ternary_weight(
         &self,
         name: &str,
@@ -494,7 +500,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// Unpacks transformers' packed layout: uint8 `[rows, cols]` holding `[4·rows, cols]` ternary
 /// values, `t[k·rows + r, c] = ((P[r, c] >> 2k) & 3) − 1`. Fails with the byte offset of a
 /// 2-bit code 3.
-pub fn unpack_ternary(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, usize> {
+pub(crate) fn unpack_ternary(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, usize> {
     if let Some(i) = packed.iter().position(|&b| b & (b >> 1) & 0x55 != 0) {
         return Err(i);
     }
@@ -512,7 +518,7 @@ pub fn unpack_ternary(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>
 /// `(t, m)`. The mean is PyTorch's: a float32 sum in the order of its CPU reduction kernel,
 /// then one division by the count, so m (the I2_S scale) is bit-identical to the
 /// `weight_scale` transformers packs and to what bitnet.cpp writes.
-pub fn absmean_ternarize(w: &[f32]) -> (Vec<i8>, f32) {
+pub(crate) fn absmean_ternarize(w: &[f32]) -> (Vec<i8>, f32) {
     let abs: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     let mean = torch_sum(&abs) / w.len().max(1) as f32;
     let m = mean.max(1e-5);

@@ -60,7 +60,7 @@ impl HfFamily {
     }
 
     /// The Hugging Face module names of the two sub-norms, where the family has them.
-    pub fn sub_norm_modules(self) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn sub_norm_modules(self) -> Option<(&'static str, &'static str)> {
         match self {
             HfFamily::BitNet => Some(("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")),
             HfFamily::OneBitLlm => Some(("self_attn.inner_attn_ln", "mlp.ffn_layernorm")),
@@ -73,12 +73,20 @@ impl HfFamily {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RopeScaling {
     /// Every frequency divided by `factor` (`rope_type: linear`).
-    Linear { factor: f32 },
+    Linear {
+        /// The divisor.
+        factor: f32,
+    },
     /// Llama 3.1's frequency-dependent scaling (`rope_type: llama3`).
     Llama3 {
+        /// The divisor of the long wavelengths.
         factor: f32,
+        /// Wavelengths beyond `original_max_position_embeddings / low_freq_factor` are
+        /// divided by `factor`.
         low_freq_factor: f32,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f32,
+        /// The context the model was first trained with.
         original_max_position_embeddings: usize,
     },
 }
@@ -87,7 +95,7 @@ impl RopeScaling {
     /// The divisor of each of the `head_dim / 2` RoPE frequencies (llama.cpp's `rope_freqs`
     /// tensor), for Llama 3 scaling: 1 for short wavelengths, `factor` for long ones, a smooth
     /// blend in between, as transformers' `_compute_llama3_parameters` computes.
-    pub fn llama3_factors(&self, rope_theta: f32, head_dim: usize) -> Option<Vec<f32>> {
+    pub(crate) fn llama3_factors(&self, rope_theta: f32, head_dim: usize) -> Option<Vec<f32>> {
         let RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -128,35 +136,52 @@ impl RopeScaling {
 /// The hyperparameters of a BitNet-family checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HfConfig {
+    /// `model_type` (`bitnet`, `llama`).
     pub model_type: String,
+    /// Which member of the family the config describes.
     pub family: HfFamily,
+    /// Tokens in the vocabulary (rows of the embedding).
     pub vocab_size: usize,
+    /// The model width.
     pub hidden_size: usize,
+    /// The feed-forward width.
     pub intermediate_size: usize,
+    /// Transformer layers.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
     pub num_key_value_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// The trained context length.
     pub max_position_embeddings: usize,
+    /// Epsilon of the RMSNorms.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency.
     pub rope_theta: f32,
+    /// Whether the output matrix is the embedding.
     pub tie_word_embeddings: bool,
+    /// `bos_token_id`, if given.
     pub bos_token_id: Option<u32>,
+    /// `eos_token_id` (the first one when a list), if given.
     pub eos_token_id: Option<u32>,
     /// `torch_dtype` (or transformers 5's `dtype`), for display.
     pub torch_dtype: Option<String>,
     /// Absent when the config has no `quantization_config` (then the weights' storage decides:
     /// uint8 is packed, floats are master weights).
     pub linear_class: LinearClass,
+    /// `quantization_config.quantization_mode`, when given.
     pub quant_mode: Option<QuantMode>,
     /// `quantization_config.use_rms_norm`: the epsilon of the weightless RMSNorm in front of
     /// every BitLinear's activation quantization, when the model has it.
     pub act_norm_eps: Option<f32>,
+    /// `rope_scaling`, when the config has one.
     pub rope_scaling: Option<RopeScaling>,
 }
 
 /// The `model_type`s this loader converts.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
+pub(crate) const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
 
 impl HfConfig {
     /// Reads and checks `config.json`.

@@ -31,15 +31,20 @@ use super::config::RopeScaling;
 /// The storage of the ternary linear weights (`bitnet convert --type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutType {
+    /// bitnet.cpp's I2_S (the default; what bitnet.cpp loads).
     I2S,
+    /// llama.cpp's TQ2_0.
     TQ2_0,
+    /// llama.cpp's TQ1_0.
     TQ1_0,
+    /// Unquantized f16 (the ternary values times their scale).
     F16,
+    /// Unquantized f32.
     F32,
 }
 
 impl OutType {
-    pub const ALL: [OutType; 5] = [
+    pub(crate) const ALL: [OutType; 5] = [
         OutType::I2S,
         OutType::TQ2_0,
         OutType::TQ1_0,
@@ -47,6 +52,7 @@ impl OutType {
         OutType::F32,
     ];
 
+    /// The name `--type` takes.
     pub fn name(self) -> &'static str {
         match self {
             OutType::I2S => "i2_s",
@@ -57,6 +63,7 @@ impl OutType {
         }
     }
 
+    /// The GGUF tensor type it writes.
     pub fn tensor_type(self) -> TensorType {
         match self {
             OutType::I2S => TensorType::I2S,
@@ -101,6 +108,7 @@ impl std::fmt::Display for OutType {
 /// What to write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvertOptions {
+    /// Storage of the ternary linear weights.
     pub linear_type: OutType,
     /// Type of `token_embd` (and of `output` for untied models): F32, F16 or BF16.
     pub embed_type: TensorType,
@@ -147,6 +155,7 @@ impl ConvertOptions {
 /// What a conversion did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConvertSummary {
+    /// Tensors written.
     pub tensors: usize,
     /// Bytes of tensor data written (without the header).
     pub data_bytes: u64,
@@ -185,7 +194,7 @@ type LayerTensor = (&'static str, &'static str, Option<(usize, usize)>, usize);
 /// llama.cpp's `permute` of Q / K rows for its "normal" RoPE: within each head of `hd` rows,
 /// row `2j + i` of the result is row `i·hd/2 + j` of the input, so the rotate-half pairs
 /// `(j, j + hd/2)` become adjacent pairs `(2j, 2j + 1)`. `row_len` values per row.
-pub fn permute_rows<T: Copy>(values: &[T], row_len: usize, hd: usize) -> Vec<T> {
+pub(crate) fn permute_rows<T: Copy>(values: &[T], row_len: usize, hd: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(values.len());
     for head in values.chunks(hd * row_len) {
         let rows = head.len() / row_len;

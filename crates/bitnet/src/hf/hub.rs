@@ -24,7 +24,7 @@ use crate::formats::gguf::GgufFile;
 use crate::model::BitnetModel;
 
 /// The Hub used when `HF_ENDPOINT` is not set.
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Files of a repository that a model folder needs (besides `*.safetensors`).
 const FOLDER_FILES: &[&str] = &[
@@ -40,9 +40,11 @@ const FOLDER_FILES: &[&str] = &[
 /// Where and how to reach the Hub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubOptions {
+    /// The Hub's address (`HF_ENDPOINT`, default `https://huggingface.co`).
     pub endpoint: String,
     /// The hub cache folder (holding `models--OWNER--REPO`).
     pub cache_dir: PathBuf,
+    /// The access token for gated or private repositories (`HF_TOKEN`, or the `token` file).
     pub token: Option<String>,
     /// Use only the cache; never touch the network.
     pub offline: bool,
@@ -116,7 +118,9 @@ impl HubOptions {
 /// `OWNER/REPO[:FILE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubSpec {
+    /// `OWNER/REPO`.
     pub repo: String,
+    /// One file of it, if named.
     pub file: Option<String>,
 }
 
@@ -161,7 +165,9 @@ pub trait DownloadProgress {
     /// A file of `size` bytes starts (again, after a resume: the position restarts at 0 and
     /// the bytes already there are reported through `advance`).
     fn start(&mut self, file: &str, size: u64);
+    /// `bytes` more bytes of the current file arrived.
     fn advance(&mut self, bytes: u64);
+    /// The current file is complete.
     fn finish(&mut self);
 }
 
@@ -502,6 +508,7 @@ pub struct CachedModel {
     pub path: PathBuf,
     /// Bytes of the files (blobs) it is made of.
     pub size: u64,
+    /// When its files last changed (the newest).
     pub modified: std::time::SystemTime,
 }
 

@@ -35,69 +35,143 @@ pub use convert::{ConvertOptions, ConvertSummary, OutType};
 /// the file, and the tensor or key where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum HfError {
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// A folder without `config.json`.
     #[error("{folder}: no config.json, so this is not a Hugging Face model folder")]
-    NoConfig { folder: String },
+    NoConfig {
+        /// The folder.
+        folder: String,
+    },
+    /// A JSON file that does not parse.
     #[error("{file}: invalid JSON: {source}")]
     Json {
+        /// The file.
         file: String,
+        /// The parser's error.
         source: serde_json::Error,
     },
+    /// A `config.json` key missing or out of range.
     #[error("{file}: key `{key}`: {message}")]
     Config {
+        /// The file.
         file: String,
+        /// The key.
         key: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// A `model_type` this loader does not convert.
     #[error("{file}: model_type `{model_type}` is not supported (supported: {})", config::SUPPORTED_MODEL_TYPES.join(", "))]
-    UnsupportedModelType { file: String, model_type: String },
+    UnsupportedModelType {
+        /// The file.
+        file: String,
+        /// The `model_type` found.
+        model_type: String,
+    },
+    /// A folder without safetensors weights.
     #[error("{folder}: no weights found (model.safetensors, model.safetensors.index.json or *.safetensors)")]
-    NoWeights { folder: String },
+    NoWeights {
+        /// The folder.
+        folder: String,
+    },
+    /// A shard the index names is not in the folder.
     #[error("{index}: shard `{shard}` (holding `{tensor}`) is missing")]
     MissingShard {
+        /// The index file.
         index: String,
+        /// The missing shard.
         shard: String,
+        /// A tensor the index puts in it.
         tensor: String,
     },
+    /// A file that is not valid safetensors.
     #[error("{file}: not a valid safetensors file: {message}")]
-    Safetensors { file: String, message: String },
-    #[error("{folder}: tensor `{tensor}` is missing")]
-    MissingTensor { folder: String, tensor: String },
-    #[error("{file}: tensor `{tensor}` has shape {found}, config.json implies {expected}")]
-    TensorShape {
+    Safetensors {
+        /// The file.
         file: String,
-        tensor: String,
-        expected: String,
-        found: String,
-    },
-    #[error("{file}: tensor `{tensor}` is packed (uint8 [out/4, in]) but its out-features {out_features} are not divisible by 4")]
-    PackedRows {
-        file: String,
-        tensor: String,
-        out_features: usize,
-    },
-    #[error("{file}: tensor `{tensor}`: {message}")]
-    Tensor {
-        file: String,
-        tensor: String,
+        /// What is wrong.
         message: String,
     },
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("{folder}: tensor `{tensor}` is missing")]
+    MissingTensor {
+        /// The folder.
+        folder: String,
+        /// The tensor's Hugging Face name.
+        tensor: String,
+    },
+    /// A tensor whose shape does not match `config.json`.
+    #[error("{file}: tensor `{tensor}` has shape {found}, config.json implies {expected}")]
+    TensorShape {
+        /// The shard holding it.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// The shape `config.json` implies.
+        expected: String,
+        /// The shape found.
+        found: String,
+    },
+    /// A packed (uint8) weight whose rows cannot be unpacked.
+    #[error("{file}: tensor `{tensor}` is packed (uint8 [out/4, in]) but its out-features {out_features} are not divisible by 4")]
+    PackedRows {
+        /// The shard holding it.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Its output features.
+        out_features: usize,
+    },
+    /// Another problem with a tensor (dtype, values).
+    #[error("{file}: tensor `{tensor}`: {message}")]
+    Tensor {
+        /// The shard holding it.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `tokenizer.json` or `tokenizer_config.json` could not be turned into GGUF metadata.
     #[error("{file}: {message}")]
-    Tokenizer { file: String, message: String },
+    Tokenizer {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The converted GGUF could not be read back.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The converted model could not be loaded.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The GGUF could not be written.
     #[error("writing the GGUF: {0}")]
     Write(#[from] WriteError),
+    /// A malformed `hf:OWNER/REPO[:FILE]`.
     #[error("model `{spec}`: {message}")]
-    Spec { spec: String, message: String },
+    Spec {
+        /// The name as given.
+        spec: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Hub download or cache lookup failed.
     #[error("{repo}: {message}")]
-    Hub { repo: String, message: String },
+    Hub {
+        /// The repository.
+        repo: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl HfError {
@@ -156,6 +230,7 @@ impl ModelSource {
         }
     }
 
+    /// The file or folder.
     pub fn path(&self) -> &Path {
         match self {
             ModelSource::Gguf(p) | ModelSource::Folder(p) => p,

@@ -12,13 +12,13 @@ use super::config::HfConfig;
 use super::HfError;
 
 /// llama.cpp token types (`llama_token_type`).
-pub const TOKEN_NORMAL: i32 = 1;
-pub const TOKEN_CONTROL: i32 = 3;
-pub const TOKEN_USER_DEFINED: i32 = 4;
-pub const TOKEN_UNUSED: i32 = 5;
+pub(crate) const TOKEN_NORMAL: i32 = 1;
+pub(crate) const TOKEN_CONTROL: i32 = 3;
+pub(crate) const TOKEN_USER_DEFINED: i32 = 4;
+pub(crate) const TOKEN_UNUSED: i32 = 5;
 
 /// The split regex of Llama 3's tokenizer.json (llama.cpp's `llama-bpe` pre-tokenizer).
-pub const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A vocabulary as GGUF stores it.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,15 +28,22 @@ pub struct GgufVocab {
     /// `tokenizer.ggml.pre`: `llama-bpe` for Llama 3's split rules, `gpt-2` for GPT-2's,
     /// `default` otherwise.
     pub pre: String,
+    /// `tokenizer.ggml.tokens`: every token's string, by id.
     pub tokens: Vec<String>,
     /// `tokenizer.ggml.scores`: 0 for BPE tokens, -1000 for added tokens (as bitnet.cpp's
     /// converter writes them).
     pub scores: Vec<f32>,
+    /// `tokenizer.ggml.token_type`: 1 normal, 3 control, 4 user-defined, 5 unused.
     pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges`: the BPE merges, `a b` by rank.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
     pub bos_token_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
     pub eos_token_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
     pub add_bos_token: Option<bool>,
+    /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
 
@@ -51,7 +58,10 @@ fn read_json(path: &Path) -> Result<Value, HfError> {
 impl GgufVocab {
     /// Reads `tokenizer.json` (and `tokenizer_config.json`, `chat_template.jinja` when present)
     /// from a folder; `None` when the folder has no `tokenizer.json`.
-    pub fn from_folder(folder: &Path, config: &HfConfig) -> Result<Option<GgufVocab>, HfError> {
+    pub(crate) fn from_folder(
+        folder: &Path,
+        config: &HfConfig,
+    ) -> Result<Option<GgufVocab>, HfError> {
         let tok_path = folder.join("tokenizer.json");
         if !tok_path.is_file() {
             return Ok(None);
@@ -268,7 +278,7 @@ fn pre_tokenizers(tokenizer: &Value) -> Vec<&Value> {
 
 /// llama.cpp's name for the split rules: `llama-bpe` for Llama 3's regex, `gpt-2` for plain
 /// byte-level splitting with GPT-2's built-in regex, `default` for anything else.
-pub fn pre_tokenizer_name(tokenizer: &Value) -> &'static str {
+pub(crate) fn pre_tokenizer_name(tokenizer: &Value) -> &'static str {
     let pres = pre_tokenizers(tokenizer);
     let regexes: Vec<&str> = pres
         .iter()

@@ -23,11 +23,13 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub use scalar::{rms_norm, rope_neox, softmax};
+pub use scalar::softmax;
+pub(crate) use scalar::{rms_norm, rope_neox};
 
 /// An instruction set the kernels have a path for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
+    /// Plain Rust, every CPU: the reference every SIMD path is checked against.
     Scalar,
     /// x86-64 AVX2 with FMA and F16C (maddubs-based ternary products).
     Avx2,
@@ -44,7 +46,7 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA on every architecture, in order of preference within one architecture.
-    pub const ALL: [Isa; 6] = [
+    pub(crate) const ALL: [Isa; 6] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512Vnni,
@@ -53,6 +55,7 @@ impl Isa {
         Isa::I8mm,
     ];
 
+    /// The name `--isa` takes.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -236,7 +239,7 @@ pub fn i2s_interleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
 }
 
 /// The inverse of [`i2s_interleave_rows`]: back to the file's layout.
-pub fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
+pub(crate) fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
     let row_bytes = k / 4;
     assert!(k.is_multiple_of(128) && group > 0 && out.len() == w.len());
     let n_rows = w.len() / row_bytes;
@@ -254,7 +257,7 @@ pub fn i2s_deinterleave_rows(w: &[u8], k: usize, group: usize, out: &mut [u8]) {
 }
 
 /// I2_S rows interleaved by `from` rewritten interleaved by `to` (1: the file's layout).
-pub fn i2s_relayout(w: &[u8], k: usize, from: usize, to: usize, out: &mut [u8]) {
+pub(crate) fn i2s_relayout(w: &[u8], k: usize, from: usize, to: usize, out: &mut [u8]) {
     match (from, to) {
         _ if from == to => out.copy_from_slice(w),
         (1, _) => i2s_interleave_rows(w, k, to, out),
@@ -404,7 +407,7 @@ pub fn f32_rows_axpy(
 
 /// `out[t · n_rows + r] = Σ_k w[r, k] · x[t · k + k]` for Q8_0 rows (the optional 8-bit output
 /// matrix). As in llama.cpp, each row of `x` is first quantized to int8 per 32 values
-/// ([`scalar::Q8Blocks`]); each block's product is an exact integer. The x86 paths differ from
+/// (`scalar::Q8Blocks`); each block's product is an exact integer. The x86 paths differ from
 /// the scalar one only in the order the scaled blocks are added; the AArch64 ones add them in
 /// its order and are bit-identical to it.
 pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
@@ -422,7 +425,7 @@ pub fn q8_0_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
 }
 
 /// The same for Q6_K rows (the optional 6-bit output matrix). As in llama.cpp, each row of `x`
-/// is first quantized to int8 per 256 values ([`scalar::Q8K`]); each block's product is then an
+/// is first quantized to int8 per 256 values (`scalar::Q8K`); each block's product is then an
 /// exact integer, and the SIMD paths differ from the scalar one only in the order the scaled
 /// blocks are added.
 pub fn q6_k_matmul(isa: Isa, w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {

@@ -40,7 +40,7 @@ pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
 }
 
 /// `Σ_k t_k · q_k` for one I2_S row (`packed` = ne0/4 bytes, `q` = ne0 int8 activations).
-pub fn i2s_dot(packed: &[u8], q: &[i8]) -> i32 {
+pub(crate) fn i2s_dot(packed: &[u8], q: &[i8]) -> i32 {
     let mut sum = 0i32;
     for (block, qb) in packed
         .chunks_exact(i2_s::BLOCK_BYTES)
@@ -56,7 +56,7 @@ pub fn i2s_dot(packed: &[u8], q: &[i8]) -> i32 {
 
 /// `Σ_b d_b · Σ_{k∈b} t_k q_k` over 256-value ternary blocks: exact integer sums per block,
 /// each scaled by its block scale, added in block order.
-pub fn ternary_blocks_dot<B: TernaryBlock>(blocks: &[B], q: &[i8]) -> f32 {
+pub(crate) fn ternary_blocks_dot<B: TernaryBlock>(blocks: &[B], q: &[i8]) -> f32 {
     let mut sum = 0f32;
     for (block, qb) in blocks.iter().zip(q.chunks_exact(256)) {
         let dot: i32 = block
@@ -71,12 +71,12 @@ pub fn ternary_blocks_dot<B: TernaryBlock>(blocks: &[B], q: &[i8]) -> f32 {
 }
 
 /// One TQ2_0 row (see [`ternary_blocks_dot`]).
-pub fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
+pub(crate) fn tq2_0_dot(row: &[u8], q: &[i8]) -> f32 {
     ternary_blocks_dot(tq2_0::blocks(row), q)
 }
 
 /// One TQ1_0 row (see [`ternary_blocks_dot`]).
-pub fn tq1_0_dot(row: &[u8], q: &[i8]) -> f32 {
+pub(crate) fn tq1_0_dot(row: &[u8], q: &[i8]) -> f32 {
     ternary_blocks_dot(tq1_0::blocks(row), q)
 }
 
@@ -92,7 +92,7 @@ pub fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [i32]) {
     }
 }
 
-/// All TQ2_0 rows of `w` against every activation row (see [`tq2_0_dot`]).
+/// All TQ2_0 rows of `w` against every activation row (see `tq2_0_dot`).
 pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
     let row_bytes = k / tq2_0::BLOCK_LEN * 66;
     let n_rows = w.len() / row_bytes;
@@ -107,7 +107,7 @@ pub fn tq2_0_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [f32]) {
 /// per 32-value block `q = round_half_even(x · 127 / max|x|)` (in -127..=127) and its scale
 /// `d = max|x| / 127`. Each block's product with a weight block is then an exact integer.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Q8Blocks {
+pub(crate) struct Q8Blocks {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
 }
@@ -146,7 +146,7 @@ fn quantize_block_i8(x: &[f32], q: &mut [i8]) -> f32 {
 
 /// One Q8_0 row against [`Q8Blocks`] activations: `Σ_b (d_w · d_x) · Σ_{i∈b} w_i · q_i`, each
 /// block's sum exact, the blocks added in order.
-pub fn q8_0_dot(row: &[u8], x: &Q8Blocks) -> f32 {
+pub(crate) fn q8_0_dot(row: &[u8], x: &Q8Blocks) -> f32 {
     let mut sum = 0f32;
     for ((b, qx), &dx) in q8_0::blocks(row)
         .iter()
@@ -164,7 +164,7 @@ pub fn q8_0_dot(row: &[u8], x: &Q8Blocks) -> f32 {
 }
 
 /// Every Q8_0 row of `w` against one row of quantized activations.
-pub fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
+pub(crate) fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
     let row_bytes = qx.d.len() * 34;
     for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
         *o = q8_0_dot(row, qx);
@@ -175,7 +175,7 @@ pub fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
 /// int8 row `q = round_half_even(x · 127 / max|x|)`, its scale `d = max|x| / 127`, and the sum
 /// of `q` over each 16-value group (for the `−32` offset of Q6_K's codes).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Q8K {
+pub(crate) struct Q8K {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
     pub group_sums: Vec<i16>,
@@ -205,7 +205,7 @@ impl Q8K {
 /// One Q6_K row against [`Q8K`] activations: per block the exact integer
 /// `Σ_g sc_g · (Σ_{i∈g} u_i · q_i − 32 · Σ_{i∈g} q_i)` with `u = code` in 0..63, then
 /// `sum += d_w · d_x · block` in block order.
-pub fn q6_k_dot(row: &[u8], x: &Q8K) -> f32 {
+pub(crate) fn q6_k_dot(row: &[u8], x: &Q8K) -> f32 {
     let mut sum = 0f32;
     for (b, block) in q6_k::blocks(row).iter().enumerate() {
         let values = block.values();
@@ -236,7 +236,7 @@ pub fn q8_0_matmul(w: &[u8], k: usize, x: &[f32], out: &mut [f32]) {
 }
 
 /// Every Q6_K row of `w` against one row of quantized activations.
-pub fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
+pub(crate) fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
     let row_bytes = qx.d.len() * 210;
     for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
         *o = q6_k_dot(row, qx);
@@ -323,7 +323,7 @@ pub fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
 
 /// RMSNorm: `out = g ⊙ x / sqrt(mean(x²) + eps)`. The sum of squares is accumulated in f64
 /// (as bitnet.cpp does), which makes it independent of summation order for practical sizes.
-pub fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
     let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     let mean = (ss / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
@@ -333,7 +333,7 @@ pub fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Rotate-half (NEOX) RoPE on one head: pairs (k, k + hd/2) rotated by `cos[k]`, `sin[k]`.
-pub fn rope_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub(crate) fn rope_neox(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = head.len() / 2;
     let (a, b) = head.split_at_mut(half);
     for k in 0..half {

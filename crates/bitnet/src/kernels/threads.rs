@@ -174,7 +174,7 @@ impl std::fmt::Debug for ThreadPool {
 impl ThreadPool {
     /// A pool running jobs on `n_threads` threads (at least 1). More threads than this
     /// process may run at once only make threads wait for each other: the count is capped at
-    /// [`ThreadPool::max_threads`], with a warning.
+    /// `ThreadPool::max_threads`, with a warning.
     pub fn new(n_threads: usize) -> ThreadPool {
         let max = ThreadPool::max_threads();
         if n_threads > max {
@@ -217,17 +217,17 @@ impl ThreadPool {
     }
 
     /// Logical CPUs available to this process (its affinity mask and cgroup quota).
-    pub fn max_threads() -> usize {
+    pub(crate) fn max_threads() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
-    pub fn n_threads(&self) -> usize {
+    pub(crate) fn n_threads(&self) -> usize {
         self.n_threads
     }
 
     /// Runs `f(i)` for every chunk `i` in `0..n_chunks`, each exactly once, on whichever
     /// threads get to it, and returns when all are done.
-    pub fn run_chunks(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+    pub(crate) fn run_chunks(&self, n_chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         if n_chunks == 0 {
             return;
         }
@@ -316,7 +316,7 @@ impl ThreadPool {
     /// Splits `0..n` into chunks of whole `granule`s (about [`CHUNKS_PER_THREAD`] per thread,
     /// none smaller than [`MIN_CHUNK_WORK`] at `item_work` multiply-adds per item) and runs
     /// `f(range)` for each, as [`ThreadPool::run_chunks`] does.
-    pub fn for_chunks(
+    pub(crate) fn for_chunks(
         &self,
         n: usize,
         granule: usize,
@@ -329,7 +329,7 @@ impl ThreadPool {
 
     /// The chunk length [`ThreadPool::for_chunks`] uses: a multiple of `granule`, at least
     /// one granule.
-    pub fn chunk_len(&self, n: usize, granule: usize, item_work: usize) -> usize {
+    pub(crate) fn chunk_len(&self, n: usize, granule: usize, item_work: usize) -> usize {
         let granule = granule.max(1);
         let units = n.div_ceil(granule);
         let unit_work = (granule * item_work).max(1);
@@ -426,7 +426,7 @@ impl Drop for ThreadPool {
 }
 
 /// A mutable slice that the threads of one job fill at disjoint indices.
-pub struct SharedOut<'a, T> {
+pub(crate) struct SharedOut<'a, T> {
     ptr: *mut T,
     len: usize,
     _borrow: std::marker::PhantomData<&'a mut [T]>,
@@ -449,7 +449,7 @@ impl<'a, T> SharedOut<'a, T> {
     /// # Safety
     /// No other thread may access any element of `range` while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [T] {
+    pub(crate) unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [T] {
         assert!(range.start <= range.end && range.end <= self.len);
         std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len())
     }
@@ -570,7 +570,7 @@ thread_local! {
 /// Runs `f` with this thread's reusable f32 buffer of `len` elements (contents unspecified:
 /// `f` must write before it reads). Hot loops use it instead of allocating, which for large
 /// buffers would map and fault in fresh pages on every call.
-pub fn with_scratch_f32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch_f32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH_F32.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -584,7 +584,7 @@ pub fn with_scratch_f32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// The i32 twin of [`with_scratch_f32`].
-pub fn with_scratch_i32<R>(len: usize, f: impl FnOnce(&mut [i32]) -> R) -> R {
+pub(crate) fn with_scratch_i32<R>(len: usize, f: impl FnOnce(&mut [i32]) -> R) -> R {
     SCRATCH_I32.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {

@@ -176,6 +176,7 @@ pub struct BatchEntry<'a> {
     pub tokens: &'a [u32],
     /// The sequence's own cache.
     pub cache: &'a mut KvCache,
+    /// Which of its positions' logits to return.
     pub logits: Logits,
 }
 
@@ -207,7 +208,9 @@ type ShapeKey = (TensorType, usize, usize);
 /// The fastest ISA for a ternary layer shape, for one token (decode) and for many (prefill).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShapeIsas {
+    /// For one token (a GEMV).
     pub decode: Isa,
+    /// For several (a GEMM).
     pub prefill: Isa,
 }
 
@@ -507,6 +510,7 @@ impl BitnetModel {
         BitnetModel::from_gguf(Arc::new(GgufFile::open(path)?))
     }
 
+    /// The hyperparameters.
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -518,6 +522,7 @@ impl BitnetModel {
         }
     }
 
+    /// The threads the forward pass runs on.
     pub fn threads(&self) -> usize {
         self.exec.pool.n_threads()
     }
@@ -539,6 +544,8 @@ impl BitnetModel {
             .collect()
     }
 
+    /// The instruction set the kernels use: the one forced with [`BitnetModel::set_isa`], else
+    /// the best this CPU has (each layer shape may run another: see `kernel_plan`).
     pub fn isa(&self) -> Isa {
         self.exec.isa
     }

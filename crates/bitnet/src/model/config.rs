@@ -45,14 +45,14 @@ pub enum RopeStyle {
 
 impl Architecture {
     /// The GGUF names each architecture is read from; the first is the one written.
-    pub const NAMES: [(&'static str, Architecture); 4] = [
+    pub(crate) const NAMES: [(&'static str, Architecture); 4] = [
         ("bitnet-b1.58", Architecture::BitnetB158),
         ("bitnet-25", Architecture::BitnetB158),
         ("bitnet", Architecture::Bitnet),
         ("llama", Architecture::Llama),
     ];
 
-    pub fn from_gguf_name(name: &str) -> Option<Architecture> {
+    pub(crate) fn from_gguf_name(name: &str) -> Option<Architecture> {
         Architecture::NAMES
             .iter()
             .find(|(n, _)| *n == name)
@@ -68,6 +68,7 @@ impl Architecture {
         }
     }
 
+    /// The FFN's gate activation.
     pub fn activation(self) -> Activation {
         match self {
             Architecture::BitnetB158 => Activation::Relu2,
@@ -77,11 +78,11 @@ impl Architecture {
 
     /// Whether each block normalizes the attention output before `attn_output` and the gated
     /// FFN activation before `ffn_down` (BitNet's sub-norms).
-    pub fn has_sub_norms(self) -> bool {
+    pub(crate) fn has_sub_norms(self) -> bool {
         !matches!(self, Architecture::Llama)
     }
 
-    pub fn rope_style(self) -> RopeStyle {
+    pub(crate) fn rope_style(self) -> RopeStyle {
         match self {
             Architecture::Llama => RopeStyle::Interleaved,
             Architecture::BitnetB158 | Architecture::Bitnet => RopeStyle::Neox,
@@ -90,7 +91,7 @@ impl Architecture {
 
     /// Whether an `output.weight` tensor is used when present (llama.cpp's `bitnet` graph
     /// always multiplies by the embedding).
-    pub fn reads_output_tensor(self) -> bool {
+    pub(crate) fn reads_output_tensor(self) -> bool {
         !matches!(self, Architecture::Bitnet)
     }
 }
@@ -98,31 +99,42 @@ impl Architecture {
 /// The GGUF key (after `{arch}.`) of the epsilon of the RMSNorm that transformers'
 /// `quantization_config.use_rms_norm` puts in front of every BitLinear's activation
 /// quantization. Our own key: llama.cpp and bitnet.cpp know no such norm.
-pub const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
+pub(crate) const ACT_NORM_EPS_KEY: &str = "bitnet.input_norm_epsilon";
 
 /// Hyperparameters of a BitNet b1.58 model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// `general.architecture` as written in the file (its keys are prefixed with it).
     pub arch_name: String,
+    /// The architecture it names.
     pub arch: Architecture,
+    /// Vocabulary size (rows of the embedding and the output matrix).
     pub n_vocab: usize,
     /// Hidden size H.
     pub n_embd: usize,
+    /// Transformer layers.
     pub n_layer: usize,
     /// FFN inner size I.
     pub n_ff: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
     pub n_head_kv: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Context length the model was trained with.
     pub n_ctx_train: usize,
+    /// RoPE base frequency θ.
     pub rope_theta: f32,
     /// Linear RoPE scaling: positions are multiplied by this (`1 / rope.scaling.factor`).
     pub rope_freq_scale: f32,
+    /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// The FFN's gate activation.
     pub activation: Activation,
+    /// Whether each block has BitNet's sub-norms (before `attn_output` and `ffn_down`).
     pub sub_norms: bool,
+    /// Which pairs of a head RoPE rotates together.
     pub rope_style: RopeStyle,
     /// Epsilon of a weightless RMSNorm applied to every BitLinear input before its int8
     /// quantization (transformers' `use_rms_norm`), if the model has one.

@@ -128,13 +128,14 @@ impl std::fmt::Debug for KvCache {
 
 impl CacheType {
     /// Bytes per stored element.
-    pub fn element_bytes(self) -> usize {
+    pub(crate) fn element_bytes(self) -> usize {
         match self {
             CacheType::F16 => 2,
             CacheType::F32 => 4,
         }
     }
 
+    /// The name `--cache-type` takes (`f16`, `f32`).
     pub fn name(self) -> &'static str {
         match self {
             CacheType::F16 => "f16",
@@ -234,6 +235,7 @@ impl KvCache {
         })
     }
 
+    /// The element type.
     pub fn cache_type(&self) -> CacheType {
         self.ty
     }
@@ -243,6 +245,7 @@ impl KvCache {
         self.len
     }
 
+    /// Whether no position is filled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -262,6 +265,7 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// Empties the cache (the memory stays allocated).
     pub fn clear(&mut self) {
         self.len = 0;
     }

@@ -31,6 +31,7 @@ pub struct QuantizeOptions {
 /// What was written.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QuantizeSummary {
+    /// Tensors written.
     pub tensors: usize,
     /// Tensors whose type changed: (name, from, to).
     pub changed: Vec<(String, TensorType, TensorType)>,
@@ -38,18 +39,29 @@ pub struct QuantizeSummary {
     pub added_output: bool,
 }
 
+/// Why a GGUF could not be re-encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
+    /// The input could not be read.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The input is not a model this library can re-encode.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The output could not be written.
     #[error("writing the GGUF: {0}")]
     Write(#[from] WriteError),
+    /// The options ask for something impossible (the message says what).
     #[error("{0}")]
     Options(String),
+    /// A tensor could not be converted.
     #[error("tensor `{tensor}`: {message}")]
-    Tensor { tensor: String, message: String },
+    Tensor {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// llama.cpp's `general.file_type` for a file whose linear weights are `ty`.

@@ -18,16 +18,27 @@ use super::config::Architecture;
 /// A model shape.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shape {
+    /// The name `bitnet synth --shape` takes.
     pub name: &'static str,
+    /// Vocabulary size.
     pub n_vocab: usize,
+    /// Hidden size.
     pub n_embd: usize,
+    /// Transformer layers.
     pub n_layer: usize,
+    /// Feed-forward width.
     pub n_ff: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads.
     pub n_head_kv: usize,
+    /// Trained context length.
     pub n_ctx: usize,
+    /// RoPE base frequency.
     pub rope_theta: f32,
+    /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// The architecture written.
     pub arch: Architecture,
     /// Whether the output matrix is the embedding (no `output.weight`).
     pub tied: bool,
@@ -215,6 +226,7 @@ pub const REFUSED_SHAPES: [(&str, &str); 2] = [
 ];
 
 impl Shape {
+    /// The shape called `name`, if there is one.
     pub fn by_name(name: &str) -> Option<Shape> {
         SHAPES.iter().copied().find(|s| s.name == name)
     }
@@ -317,12 +329,17 @@ impl Shape {
 /// Why a synthetic model could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
+    /// The output could not be written.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The vocabulary given has another size than the shape's.
     #[error("--vocab-from has {found} tokens but the shape `{shape}` needs {expected}")]
     VocabMismatch {
+        /// The shape.
         shape: &'static str,
+        /// Tokens the shape has.
         expected: usize,
+        /// Tokens the vocabulary has.
         found: usize,
     },
 }

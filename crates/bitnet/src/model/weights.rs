@@ -1,7 +1,7 @@
 //! Weights behind two traits, so the model never names a storage format:
-//! - [`TernaryLinear`]: a BitLinear layer's ternary weights with their scales, multiplied by
+//! - `TernaryLinear`: a BitLinear layer's ternary weights with their scales, multiplied by
 //!   int8-quantized activations (I2_S, TQ2_0, TQ1_0, or float weights ternarized at load);
-//! - [`DenseMatrix`]: the unquantized embedding / output matrix (F16, BF16, F32, Q8_0).
+//! - `DenseMatrix`: the unquantized embedding / output matrix (F16, BF16, F32, Q8_0).
 //!
 //! Weight bytes stay in the memory-mapped file when they can (zero-copy).
 
@@ -16,7 +16,7 @@ use crate::kernels::{self, Isa};
 use super::ModelError;
 
 /// Bytes of one tensor: a range of the mapped file, or an owned copy.
-pub enum WeightBytes {
+pub(crate) enum WeightBytes {
     Mapped {
         file: Arc<GgufFile>,
         range: Range<usize>,
@@ -40,12 +40,12 @@ impl WeightBytes {
         }
     }
 
-    pub fn owned(bytes: Vec<u8>) -> WeightBytes {
+    pub(crate) fn owned(bytes: Vec<u8>) -> WeightBytes {
         WeightBytes::owned_with(bytes.len(), |out| out.copy_from_slice(&bytes))
     }
 
     /// Owned bytes of length `len`, written by `fill`.
-    pub fn owned_with(len: usize, fill: impl FnOnce(&mut [u8])) -> WeightBytes {
+    pub(crate) fn owned_with(len: usize, fill: impl FnOnce(&mut [u8])) -> WeightBytes {
         let mut bytes = OwnedBytes::zeroed(len);
         fill(bytes.as_mut_slice());
         WeightBytes::Owned(bytes)
@@ -58,7 +58,7 @@ impl WeightBytes {
         }
     }
 
-    pub fn is_mapped(&self) -> bool {
+    pub(crate) fn is_mapped(&self) -> bool {
         matches!(self, WeightBytes::Mapped { .. })
     }
 
@@ -74,7 +74,7 @@ impl WeightBytes {
     /// Copies mapped bytes into owned memory (huge pages where the OS gives them): a decode
     /// step streams every weight, and 4 KiB file pages cost TLB misses and stop the hardware
     /// prefetchers at each page (measured ~30 % slower generation on this project's machines).
-    pub fn make_resident(&mut self) {
+    pub(crate) fn make_resident(&mut self) {
         if let WeightBytes::Mapped { file, range } = &*self {
             let src = &file.bytes()[range.clone()];
             // In pieces, each piece's file pages released once copied: the peak memory stays
@@ -95,7 +95,7 @@ impl WeightBytes {
 /// Owned weight bytes, 64-byte aligned, in anonymous memory advised to use transparent huge
 /// pages. Tensors of a few MB (a layer's q/k/v/o) would each straddle huge pages, so they are
 /// carved out of shared 64 MiB regions; larger ones get a map of their own, 2 MiB aligned.
-pub struct OwnedBytes {
+pub(crate) struct OwnedBytes {
     region: Arc<Region>,
     offset: usize,
     len: usize,
@@ -179,7 +179,7 @@ impl OwnedBytes {
 /// Activations of `n_tokens` rows quantized to int8, one scale per row (`x ≈ q / scale`).
 /// Borrowed, so the forward pass can keep the buffers between calls.
 #[derive(Clone, Copy)]
-pub struct QuantizedActs<'a> {
+pub(crate) struct QuantizedActs<'a> {
     pub q: &'a [i8],
     pub scales: &'a [f32],
     /// `Σ q` of each row (the I2_S kernels multiply by the codes `t + 1`, then subtract it).
@@ -188,7 +188,7 @@ pub struct QuantizedActs<'a> {
 }
 
 impl QuantizedActs<'_> {
-    pub fn n_tokens(&self) -> usize {
+    pub(crate) fn n_tokens(&self) -> usize {
         self.scales.len()
     }
 
@@ -199,7 +199,7 @@ impl QuantizedActs<'_> {
 
 /// Owned buffers for [`QuantizedActs`].
 #[derive(Clone, Debug, Default)]
-pub struct QuantizedBuffers {
+pub(crate) struct QuantizedBuffers {
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
     pub qsums: Vec<i32>,
@@ -227,7 +227,7 @@ impl QuantizedBuffers {
 
 /// A BitLinear layer's weights: ternary values with scales, `out_features` rows of
 /// `in_features`.
-pub trait TernaryLinear: Send + Sync {
+pub(crate) trait TernaryLinear: Send + Sync {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
     /// The storage format, for display.
@@ -276,7 +276,7 @@ pub trait TernaryLinear: Send + Sync {
 }
 
 /// I2_S: one scale per tensor; rows are `in/4` packed bytes.
-pub struct I2sLinear {
+pub(crate) struct I2sLinear {
     /// The packed values (no trailer), rows interleaved in groups of `rows_interleaved`.
     bytes: WeightBytes,
     rows_interleaved: usize,
@@ -316,7 +316,7 @@ impl I2sLinear {
     }
 
     /// Packs ternary values (row-major, `out × in`) with one scale.
-    pub fn from_ternary(
+    pub(crate) fn from_ternary(
         values: &[i8],
         scale: f32,
         in_features: usize,
@@ -388,7 +388,7 @@ impl TernaryLinear for I2sLinear {
 }
 
 /// TQ2_0 / TQ1_0: a f16 scale per 256-value block.
-pub struct BlockTernaryLinear {
+pub(crate) struct BlockTernaryLinear {
     bytes: WeightBytes,
     ty: TensorType,
     in_features: usize,
@@ -477,7 +477,7 @@ fn pad_rows(values: &[i8], len: usize, padded: usize) -> Vec<i8> {
 /// Builds the linear layer for a GGUF tensor of shape `[in, out]`, whatever its format. Its
 /// `in_features` may exceed the tensor's (rows padded to whole blocks): the caller quantizes
 /// activations to that width with zeros after the real values.
-pub fn ternary_linear_from_gguf(
+pub(crate) fn ternary_linear_from_gguf(
     file: &Arc<GgufFile>,
     info: &TensorInfo,
 ) -> Result<Box<dyn TernaryLinear>, ModelError> {
@@ -536,7 +536,7 @@ pub fn ternary_linear_from_gguf(
 
 /// An unquantized matrix of `rows` rows by `cols` columns: the token embedding (row lookup)
 /// and the output projection (a float product with the final hidden state).
-pub trait DenseMatrix: Send + Sync {
+pub(crate) trait DenseMatrix: Send + Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     fn format(&self) -> TensorType;
@@ -554,7 +554,7 @@ pub trait DenseMatrix: Send + Sync {
 }
 
 /// A dense matrix stored as F32, F16, BF16 or Q8_0 bytes.
-pub struct DenseTensor {
+pub(crate) struct DenseTensor {
     bytes: WeightBytes,
     ty: TensorType,
     rows: usize,
@@ -598,7 +598,7 @@ impl DenseTensor {
     }
 
     /// The storage types a dense matrix can have.
-    pub fn supports(ty: TensorType) -> bool {
+    pub(crate) fn supports(ty: TensorType) -> bool {
         matches!(
             ty,
             TensorType::F32
@@ -612,7 +612,7 @@ impl DenseTensor {
     /// Re-encodes `source` (any supported type) as `ty` (Q8_0, Q6_K, F16, ...) in memory,
     /// rows split between `threads` threads. Used to trade the output matrix's precision for
     /// fewer bytes read per token.
-    pub fn requantize(
+    pub(crate) fn requantize(
         source: &dyn DenseMatrix,
         ty: TensorType,
         pool: &crate::kernels::threads::ThreadPool,

@@ -12,11 +12,11 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 /// GPT-2's `bytes_to_unicode`: the printable character that stands for each byte.
-pub fn byte_to_char(b: u8) -> char {
+pub(crate) fn byte_to_char(b: u8) -> char {
     BYTE_CHARS[b as usize]
 }
 
-/// The inverse of [`byte_to_char`], if `c` stands for a byte.
+/// The inverse of `byte_to_char`, if `c` stands for a byte.
 pub fn char_to_byte(c: char) -> Option<u8> {
     let c = c as u32;
     match c {
@@ -28,7 +28,7 @@ pub fn char_to_byte(c: char) -> Option<u8> {
 
 /// A vocabulary string in the byte-level alphabet, as the bytes it stands for; `None` when it
 /// has a character outside that alphabet.
-pub fn unmap_token(token: &str) -> Option<Vec<u8>> {
+pub(crate) fn unmap_token(token: &str) -> Option<Vec<u8>> {
     token.chars().map(char_to_byte).collect()
 }
 

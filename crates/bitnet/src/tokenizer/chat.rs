@@ -21,6 +21,7 @@ use super::TokenizerError;
 pub struct ChatMessage {
     /// `system`, `user` or `assistant` (templates may know other roles, such as `tool`).
     pub role: String,
+    /// The text.
     pub content: String,
     /// An assistant message's tool calls, as OpenAI writes them (templates that know tools
     /// render them; others see only the content).
@@ -32,6 +33,7 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// A message of `role`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
         ChatMessage {
             role: role.into(),
@@ -41,14 +43,17 @@ impl ChatMessage {
         }
     }
 
+    /// A `system` message.
     pub fn system(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("system", content)
     }
 
+    /// A `user` message.
     pub fn user(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("user", content)
     }
 
+    /// An `assistant` message.
     pub fn assistant(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("assistant", content)
     }

@@ -11,35 +11,56 @@ use super::{Tokenizer, TokenizerError};
 /// Turns a stream of token ids into text pieces. Made by [`Tokenizer::stream_decoder`].
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
-    /// Bytes of a character not yet complete (at most 3).
-    pending: Vec<u8>,
+    bytes: PendingUtf8,
 }
 
 impl<'t> StreamDecoder<'t> {
     pub(crate) fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
         StreamDecoder {
             tokenizer,
-            pending: Vec::new(),
+            bytes: PendingUtf8::default(),
         }
     }
 
     /// Adds one token; returns the text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        let bytes = self.tokenizer.token_bytes(id)?;
-        self.pending.extend_from_slice(bytes);
-        Ok(self.take_complete())
+        self.bytes.push(self.tokenizer, id)
     }
 
     /// Ends the stream: bytes of an unfinished character come out as U+FFFD.
     pub fn finish(&mut self) -> String {
-        let rest = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        rest
+        self.bytes.finish()
     }
 
     /// Whether bytes of an unfinished character are being held back.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.bytes.pending.is_empty()
+    }
+}
+
+/// A [`StreamDecoder`]'s state without the borrow of its tokenizer, which each call takes
+/// instead: for a generation that owns its tokenizer through an `Arc`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PendingUtf8 {
+    /// Bytes of a character not yet complete (at most 3).
+    pending: Vec<u8>,
+}
+
+impl PendingUtf8 {
+    pub(crate) fn push(
+        &mut self,
+        tokenizer: &Tokenizer,
+        id: u32,
+    ) -> Result<String, TokenizerError> {
+        let bytes = tokenizer.token_bytes(id)?;
+        self.pending.extend_from_slice(bytes);
+        Ok(self.take_complete())
+    }
+
+    pub(crate) fn finish(&mut self) -> String {
+        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        rest
     }
 
     /// Emits everything but a trailing incomplete (still completable) UTF-8 sequence.

@@ -5,8 +5,8 @@
 //! three steps, each its own module:
 //! 1. special tokens: text such as `<|eot_id|>` becomes its token only when the caller asks
 //!    ([`EncodeOptions::parse_special`]); user-defined tokens always do;
-//! 2. [`pretokenize`]: Llama 3's split regex, implemented as a hand-written matcher;
-//! 3. [`bpe`]: byte-level BPE over the words' bytes, merges by rank, with a word cache.
+//! 2. `pretokenize`: Llama 3's split regex, implemented as a hand-written matcher;
+//! 3. `bpe`: byte-level BPE over the words' bytes, merges by rank, with a word cache.
 //!
 //! Decoding maps ids back to bytes; [`StreamDecoder`] does it token by token without ever
 //! emitting half a character. [`ChatTemplate`] renders conversations.
@@ -23,56 +23,100 @@ use serde_json::Value as Json;
 
 use crate::formats::gguf::{GgufError, GgufFile, Metadata, MetadataError};
 
-pub use bpe::{byte_to_char, char_to_byte};
+pub(crate) use bpe::byte_to_char;
+pub use bpe::char_to_byte;
 pub use chat::{ChatMessage, ChatTemplate};
+pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
-pub use pretokenize::{Llama3Split, LLAMA3_PATTERN};
+pub use pretokenize::Llama3Split;
+pub(crate) use pretokenize::LLAMA3_PATTERN;
 
 /// What went wrong loading or using a tokenizer; each names the file and key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A file could not be read.
     #[error("{path}: cannot read: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The GGUF file could not be read.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// A tokenizer key is missing or has the wrong type.
     #[error("{origin}: {source}")]
     Metadata {
+        /// The file.
         origin: String,
+        /// The lookup's error.
         source: MetadataError,
     },
+    /// `tokenizer.json` or `tokenizer_config.json` is not JSON.
     #[error("{path}: not valid JSON: {source}")]
     Json {
+        /// The file.
         path: String,
+        /// The parser's error.
         source: serde_json::Error,
     },
     /// A key is present but its value is wrong.
     #[error("{origin}: `{key}`: {problem}")]
     Invalid {
+        /// The file.
         origin: String,
+        /// The key.
         key: String,
+        /// What is wrong with its value.
         problem: String,
     },
+    /// A tokenizer model other than byte-level BPE.
     #[error("{origin}: tokenizer model {found:?} is not supported (only byte-level BPE: GGUF \"gpt2\", tokenizer.json \"BPE\")")]
-    UnsupportedModel { origin: String, found: String },
+    UnsupportedModel {
+        /// The file.
+        origin: String,
+        /// The model it names.
+        found: String,
+    },
+    /// Split rules other than Llama 3's.
     #[error(
         "{origin}: `{key}` = {found} is not supported (known: llama-bpe, the Llama 3 split rules)"
     )]
     UnsupportedPreTokenizer {
+        /// The file.
         origin: String,
+        /// The key naming them.
         key: String,
+        /// The rules it names.
         found: String,
     },
+    /// A GGUF written without a vocabulary.
     #[error("{origin}: has no tokenizer (no `tokenizer.ggml.model` metadata); models written without a vocabulary can only be benchmarked")]
-    NoTokenizer { origin: String },
+    NoTokenizer {
+        /// The file.
+        origin: String,
+    },
+    /// No `tokenizer.ggml.pre`, and a vocabulary that is not Llama 3's.
     #[error("{origin}: `tokenizer.ggml.pre` is missing and the vocabulary is not Llama 3's, so the split rules are unknown")]
-    MissingPreTokenizer { origin: String },
+    MissingPreTokenizer {
+        /// The file.
+        origin: String,
+    },
+    /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary ({vocab_size} tokens)")]
-    UnknownId { id: u32, vocab_size: usize },
+    UnknownId {
+        /// The id.
+        id: u32,
+        /// The vocabulary's size.
+        vocab_size: usize,
+    },
+    /// The chat template does not compile, or raised an exception while rendering.
     #[error("chat template: {message}")]
-    ChatTemplate { message: String },
+    ChatTemplate {
+        /// minijinja's message (or the template's own).
+        message: String,
+    },
 }
 
 /// The kind of a vocabulary entry (GGUF `tokenizer.ggml.token_type` numbering).
@@ -742,6 +786,7 @@ impl Tokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// What kind of token `id` is (normal, control, user-defined, ...).
     pub fn token_kind(&self, id: u32) -> Option<TokenKind> {
         self.kinds.get(id as usize).copied()
     }
@@ -754,14 +799,17 @@ impl Tokenizer {
             .map(|i| i as u32)
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
 
+    /// The beginning-of-sequence token, if the vocabulary has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
 
+    /// The end-of-sequence token, if the vocabulary has one.
     pub fn eos_id(&self) -> Option<u32> {
         self.eos
     }
@@ -777,10 +825,12 @@ impl Tokenizer {
         &self.end_of_generation
     }
 
+    /// Whether `id` ends a generation (see [`Tokenizer::end_of_generation`]).
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.end_of_generation.contains(&id)
     }
 
+    /// Where the split rules came from.
     pub fn pre_tokenizer_source(&self) -> &PreTokenizerSource {
         &self.pre_source
     }

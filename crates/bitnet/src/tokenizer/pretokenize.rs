@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 /// The regex that [`Llama3Split`] implements, as written in Hugging Face's `tokenizer.json`.
-pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The character classes the pattern distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +122,7 @@ pub struct Llama3Split<'a> {
 }
 
 impl<'a> Llama3Split<'a> {
+    /// The words of `text`, in order.
     pub fn new(text: &'a str) -> Llama3Split<'a> {
         Llama3Split {
             text,

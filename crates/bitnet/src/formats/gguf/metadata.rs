@@ -6,23 +6,36 @@ use std::fmt;
 /// A metadata value type id as stored in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {
+    /// Unsigned 8-bit integer (id 0).
     U8,
+    /// Signed 8-bit integer (id 1).
     I8,
+    /// Unsigned 16-bit integer (id 2).
     U16,
+    /// Signed 16-bit integer (id 3).
     I16,
+    /// Unsigned 32-bit integer (id 4).
     U32,
+    /// Signed 32-bit integer (id 5).
     I32,
+    /// 32-bit float (id 6).
     F32,
+    /// Bool, one byte 0 or 1 (id 7).
     Bool,
+    /// UTF-8 string with a u64 length (id 8).
     String,
+    /// Array: element type, u64 count, elements (id 9).
     Array,
+    /// Unsigned 64-bit integer (id 10).
     U64,
+    /// Signed 64-bit integer (id 11).
     I64,
+    /// 64-bit float (id 12).
     F64,
 }
 
 impl ValueType {
-    pub fn from_id(id: u32) -> Option<ValueType> {
+    pub(crate) fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match id {
             0 => U8,
@@ -42,6 +55,7 @@ impl ValueType {
         })
     }
 
+    /// The id the file stores for this type.
     pub fn id(self) -> u32 {
         use ValueType::*;
         match self {
@@ -63,7 +77,7 @@ impl ValueType {
 
     /// The fewest bytes one value of this type can take in a file; used to reject counts that
     /// cannot fit in the bytes left before allocating anything for them.
-    pub fn min_encoded_len(self) -> u64 {
+    pub(crate) fn min_encoded_len(self) -> u64 {
         use ValueType::*;
         match self {
             U8 | I8 | Bool => 1,
@@ -75,6 +89,7 @@ impl ValueType {
         }
     }
 
+    /// The type's name (`u32`, `string`, ...), as `inspect` shows it.
     pub fn name(self) -> &'static str {
         use ValueType::*;
         match self {
@@ -104,23 +119,36 @@ impl fmt::Display for ValueType {
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// A `u8`.
     U8(u8),
+    /// An `i8`.
     I8(i8),
+    /// A `u16`.
     U16(u16),
+    /// An `i16`.
     I16(i16),
+    /// A `u32`.
     U32(u32),
+    /// An `i32`.
     I32(i32),
+    /// An `f32`.
     F32(f32),
+    /// A bool.
     Bool(bool),
+    /// A string.
     String(String),
     /// An array keeps its element type so that empty arrays round-trip.
     Array(ValueType, Vec<Value>),
+    /// A `u64`.
     U64(u64),
+    /// An `i64`.
     I64(i64),
+    /// An `f64`.
     F64(f64),
 }
 
 impl Value {
+    /// This value's type.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -175,6 +203,7 @@ impl Value {
         }
     }
 
+    /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -182,6 +211,7 @@ impl Value {
         }
     }
 
+    /// The bool, if this is one.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -189,6 +219,7 @@ impl Value {
         }
     }
 
+    /// The elements, if this is an array.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(_, items) => Some(items),
@@ -247,12 +278,20 @@ impl Value {
 /// Why a metadata lookup failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetadataError {
+    /// The key is absent.
     #[error("metadata key `{key}` is missing")]
-    Missing { key: String },
+    Missing {
+        /// The key.
+        key: String,
+    },
+    /// The key's value has another type (or does not fit).
     #[error("metadata key `{key}` is {found}, expected {expected}")]
     WrongType {
+        /// The key.
         key: String,
+        /// What was expected, in words.
         expected: &'static str,
+        /// The type (or value) found.
         found: String,
     },
 }
@@ -265,6 +304,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// No keys.
     pub fn new() -> Metadata {
         Metadata::default()
     }
@@ -291,6 +331,7 @@ impl Metadata {
         true
     }
 
+    /// Removes a key; returns its value if it was there.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let i = self.index.remove(key)?;
         let (_, v) = self.entries.remove(i);
@@ -302,22 +343,27 @@ impl Metadata {
         Some(v)
     }
 
+    /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.index.get(key).map(|&i| &self.entries[i].1)
     }
 
+    /// Whether `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }
 
+    /// The keys and values in file order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -353,6 +399,7 @@ impl Metadata {
         })
     }
 
+    /// A number of any type, as `f32`.
     pub fn get_f32(&self, key: &str) -> Result<f32, MetadataError> {
         let v = self.require(key)?;
         v.as_f64()
@@ -360,17 +407,20 @@ impl Metadata {
             .ok_or_else(|| Metadata::wrong(key, "a number", v))
     }
 
+    /// A string.
     pub fn get_str(&self, key: &str) -> Result<&str, MetadataError> {
         let v = self.require(key)?;
         v.as_str()
             .ok_or_else(|| Metadata::wrong(key, "a string", v))
     }
 
+    /// A bool.
     pub fn get_bool(&self, key: &str) -> Result<bool, MetadataError> {
         let v = self.require(key)?;
         v.as_bool().ok_or_else(|| Metadata::wrong(key, "a bool", v))
     }
 
+    /// An array's elements (of any element type).
     pub fn get_array(&self, key: &str) -> Result<&[Value], MetadataError> {
         let v = self.require(key)?;
         v.as_array()

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::metadata::{Metadata, MetadataError, Value, ValueType};
+use super::metadata::{Metadata, Value, ValueType};
 use super::{GgufError, GgufErrorKind, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::formats::types::{DecodeError, TensorType, Ternary};
 
@@ -35,9 +35,11 @@ impl Bytes {
 /// One tensor's header entry, validated against the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name (`blk.0.attn_q.weight`).
     pub name: String,
     /// ggml order: `dims[0]` is the fastest-varying (row length, input features).
     pub dims: Vec<u64>,
+    /// Its element type.
     pub ty: TensorType,
     /// Offset of the data relative to the start of the data section.
     pub offset: u64,
@@ -46,6 +48,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The number of elements (the product of the dims).
     pub fn element_count(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -70,7 +73,9 @@ impl TensorInfo {
 /// A tensor's info and its bytes in the file.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
+    /// The tensor's header entry.
     pub info: &'a TensorInfo,
+    /// Its data, as stored.
     pub data: &'a [u8],
 }
 
@@ -204,18 +209,22 @@ impl GgufFile {
         &self.source
     }
 
+    /// The GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// The metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }
 
+    /// The tensors, in header order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
 
+    /// The data section's alignment (`general.alignment`, 32 by default).
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
@@ -225,6 +234,7 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// The file's size in bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes.as_slice().len() as u64
     }
@@ -234,6 +244,7 @@ impl GgufFile {
         self.bytes.as_slice()
     }
 
+    /// The header entry of the tensor `name`, if the file has one.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
@@ -286,11 +297,6 @@ impl GgufFile {
     /// Wraps an error with this file's name.
     pub fn error(&self, kind: GgufErrorKind) -> GgufError {
         GgufError::new(&self.source, kind)
-    }
-
-    /// Wraps a metadata lookup error with this file's name.
-    pub fn metadata_error(&self, e: MetadataError) -> GgufError {
-        self.error(GgufErrorKind::Metadata(e))
     }
 }
 

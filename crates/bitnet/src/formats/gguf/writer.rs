@@ -13,39 +13,71 @@ use crate::formats::types::{ShapeError, TensorType};
 /// A tensor to be written: its name, type and dims (ggml order).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
+    /// The tensor's name.
     pub name: String,
+    /// Its element type.
     pub ty: TensorType,
+    /// Its dims, ggml order (`dims[0]` is the row length).
     pub dims: Vec<u64>,
 }
 
+/// Why a GGUF could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// The output failed.
     #[error("write failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A tensor's shape does not fit its type.
     #[error("tensor `{tensor}`: {source}")]
-    Shape { tensor: String, source: ShapeError },
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        source: ShapeError,
+    },
+    /// `general.alignment` is not a power of two up to 1 MiB (the value as given).
     #[error("general.alignment must be a power of two up to 1 MiB, got {0}")]
     BadAlignment(String),
+    /// Tensor data given in another order than the header's.
     #[error("tensor `{tensor}` given out of order: expected `{expected}` next")]
-    OutOfOrder { tensor: String, expected: String },
+    OutOfOrder {
+        /// The tensor given.
+        tensor: String,
+        /// The tensor the header lists next.
+        expected: String,
+    },
+    /// Tensor data of the wrong size for its type and shape.
     #[error("tensor `{tensor}` has {actual} bytes of data, its type and shape need {expected}")]
     WrongSize {
+        /// The tensor.
         tensor: String,
+        /// Bytes its type and shape need.
         expected: u64,
+        /// Bytes given.
         actual: u64,
     },
+    /// `finish` before every tensor was written.
     #[error("{written} of {total} tensors were written before finish()")]
-    Unfinished { written: usize, total: usize },
+    Unfinished {
+        /// Tensors written.
+        written: usize,
+        /// Tensors the header lists.
+        total: usize,
+    },
+    /// A metadata array whose elements are not all of one type.
     #[error("array `{key}` holds a {found} among {expected} elements")]
     MixedArray {
+        /// The key.
         key: String,
+        /// The first element's type.
         expected: ValueType,
+        /// The odd element's type.
         found: ValueType,
     },
 }
 
 /// The largest `general.alignment` the writer accepts (1 MiB).
-pub const MAX_WRITE_ALIGNMENT: u64 = 1 << 20;
+pub(crate) const MAX_WRITE_ALIGNMENT: u64 = 1 << 20;
 
 /// Streams a GGUF file: `new` writes the header, `write_tensor` each tensor's data in order,
 /// `finish` checks that all were written.
@@ -61,6 +93,8 @@ fn pad_len(pos: u64, alignment: u64) -> u64 {
 }
 
 impl<W: Write> GgufWriter<W> {
+    /// Writes the header: `metadata` and the tensor infos, offsets laid out for `tensors` in that
+    /// order (the order their data must then be written in).
     pub fn new(
         mut out: W,
         metadata: &Metadata,
@@ -158,7 +192,7 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's data from chunks (for tensors too big to hold at once); the
     /// chunks must add up to the tensor's size.
-    pub fn write_tensor_chunks<I>(&mut self, name: &str, chunks: I) -> Result<(), WriteError>
+    pub(crate) fn write_tensor_chunks<I>(&mut self, name: &str, chunks: I) -> Result<(), WriteError>
     where
         I: IntoIterator,
         I::Item: AsRef<[u8]>,

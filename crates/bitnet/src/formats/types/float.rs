@@ -2,12 +2,13 @@
 
 use half::{bf16, f16};
 
-pub fn f32_to_f32(data: &[u8], out: &mut [f32]) {
+pub(crate) fn f32_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
+/// Decodes little-endian f16 values into `out`.
 pub fn f16_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
         *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
@@ -17,12 +18,13 @@ pub fn f16_to_f32(data: &[u8], out: &mut [f32]) {
 /// bf16 is the top half of an f32, so widening is a shift: exact for every bit pattern, NaN
 /// payloads included, as ggml's `ggml_compute_bf16_to_fp32` does it (`half` would quiet a
 /// signalling NaN).
-pub fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
+pub(crate) fn bf16_to_f32(data: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
         *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
     }
 }
 
+/// Encodes values as little-endian f32.
 pub fn encode_f32(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -35,6 +37,7 @@ pub fn encode_f16(values: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// Encodes values as little-endian bf16 (rounded to nearest, ties to even).
 pub fn encode_bf16(values: &[f32]) -> Vec<u8> {
     values
         .iter()

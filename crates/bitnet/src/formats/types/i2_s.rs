@@ -10,11 +10,11 @@
 use super::{DecodeError, Ternary};
 
 /// Values per block.
-pub const BLOCK_LEN: usize = 128;
+pub(crate) const BLOCK_LEN: usize = 128;
 /// Bytes per block.
-pub const BLOCK_BYTES: usize = 32;
+pub(crate) const BLOCK_BYTES: usize = 32;
 /// Bytes after the packed values: the f32 scale and padding.
-pub const TRAILER_BYTES: usize = 32;
+pub(crate) const TRAILER_BYTES: usize = 32;
 
 /// The per-tensor scale stored after the `packed_len` packed bytes.
 pub fn scale(data: &[u8], packed_len: usize) -> Option<f32> {
@@ -23,7 +23,7 @@ pub fn scale(data: &[u8], packed_len: usize) -> Option<f32> {
 }
 
 /// The offset of the first byte holding code 0b11, if any.
-pub fn find_invalid_code(packed: &[u8]) -> Option<usize> {
+pub(crate) fn find_invalid_code(packed: &[u8]) -> Option<usize> {
     // A 2-bit field is 0b11 exactly when both of its bits are set. Eight bytes at a time (the
     // model loader checks every weight once), then the exact byte.
     const LOW_BITS: u64 = 0x5555_5555_5555_5555;

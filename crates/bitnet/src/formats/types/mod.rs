@@ -21,28 +21,51 @@ use std::fmt;
 /// gave that id to another type later; BitNet files mean I2_S by it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TensorType {
+    /// 32-bit float (id 0).
     F32,
+    /// 16-bit IEEE float (id 1).
     F16,
+    /// ggml Q4_0 (id 2; listed, not decoded).
     Q4_0,
+    /// ggml Q4_1 (id 3; listed, not decoded).
     Q4_1,
+    /// ggml Q5_0 (id 6; listed, not decoded).
     Q5_0,
+    /// ggml Q5_1 (id 7; listed, not decoded).
     Q5_1,
+    /// 8-bit blocks of 32 with an f16 scale (id 8).
     Q8_0,
+    /// ggml Q8_1 (id 9; listed, not decoded).
     Q8_1,
+    /// ggml Q2_K (id 10; listed, not decoded).
     Q2K,
+    /// ggml Q3_K (id 11; listed, not decoded).
     Q3K,
+    /// ggml Q4_K (id 12; listed, not decoded).
     Q4K,
+    /// ggml Q5_K (id 13; listed, not decoded).
     Q5K,
+    /// 6-bit super-blocks of 256 (id 14).
     Q6K,
+    /// ggml Q8_K (id 15; listed, not decoded).
     Q8K,
+    /// 8-bit integer (id 24; listed, not decoded).
     I8,
+    /// 16-bit integer (id 25; listed, not decoded).
     I16,
+    /// 32-bit integer (id 26; listed, not decoded).
     I32,
+    /// 64-bit integer (id 27; listed, not decoded).
     I64,
+    /// 64-bit float (id 28; listed, not decoded).
     F64,
+    /// bfloat16 (id 30).
     BF16,
+    /// llama.cpp's ternary TQ1_0: base-3 packed, 1.69 bits per weight (id 34).
     TQ1_0,
+    /// llama.cpp's ternary TQ2_0: 2 bits per weight in blocks of 256 (id 35).
     TQ2_0,
+    /// bitnet.cpp's ternary I2_S: 2 bits per weight, one f32 scale per tensor (id 36).
     I2S,
 }
 
@@ -69,18 +92,23 @@ const fn layout(id: u32, name: &'static str, block_len: u64, block_bytes: u64) -
 /// Why a tensor's shape does not fit its type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
+    /// The number of elements does not fit 64 bits.
     #[error("element count overflows 64 bits")]
     Overflow,
+    /// A row is not a whole number of blocks.
     #[error("row length {ne0} is not a multiple of the {ty} block length {block_len}")]
     RaggedRow {
+        /// The tensor's type.
         ty: TensorType,
+        /// The row length (first dimension).
         ne0: u64,
+        /// The type's block length.
         block_len: u64,
     },
 }
 
 impl TensorType {
-    pub const ALL: [TensorType; 23] = [
+    pub(crate) const ALL: [TensorType; 23] = [
         TensorType::F32,
         TensorType::F16,
         TensorType::Q4_0,
@@ -135,7 +163,7 @@ impl TensorType {
     }
 
     /// The type for a ggml id, or `None` for an id this reader does not know.
-    pub fn from_id(id: u32) -> Option<TensorType> {
+    pub(crate) fn from_id(id: u32) -> Option<TensorType> {
         TensorType::ALL.into_iter().find(|t| t.id() == id)
     }
 
@@ -146,10 +174,12 @@ impl TensorType {
             .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
+    /// The id GGUF files store.
     pub const fn id(self) -> u32 {
         self.layout().id
     }
 
+    /// The name llama.cpp gives the type (`f16`, `q8_0`, `i2_s`, ...).
     pub const fn name(self) -> &'static str {
         self.layout().name
     }
@@ -195,7 +225,7 @@ impl TensorType {
     }
 
     /// Bytes of one row of `ne0` elements (I2_S: without the per-tensor trailer).
-    pub fn row_bytes(self, ne0: u64) -> Result<u64, ShapeError> {
+    pub(crate) fn row_bytes(self, ne0: u64) -> Result<u64, ShapeError> {
         let block_len = self.block_len();
         if !ne0.is_multiple_of(block_len) {
             return Err(ShapeError::RaggedRow {
@@ -237,19 +267,33 @@ impl fmt::Display for TensorType {
 /// Why decoding tensor bytes failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// A type this library only lists (see [`TensorType`]).
     #[error("{ty} cannot be decoded by this build")]
-    Unsupported { ty: TensorType },
+    Unsupported {
+        /// The type.
+        ty: TensorType,
+    },
+    /// The data is not the size the shape and type call for.
     #[error("{ty} data for {elements} elements needs {expected} bytes, got {actual}")]
     WrongSize {
+        /// The type.
         ty: TensorType,
+        /// Elements the shape holds.
         elements: u64,
+        /// Bytes they need.
         expected: u64,
+        /// Bytes given.
         actual: u64,
     },
+    /// A shape the type cannot have.
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    /// I2_S data holding the code `0b11`, which bitnet.cpp never writes.
     #[error("I2_S byte {offset} holds the unused 2-bit code 3")]
-    InvalidI2sCode { offset: u64 },
+    InvalidI2sCode {
+        /// The byte's offset in the data.
+        offset: u64,
+    },
 }
 
 fn check_size(ty: TensorType, dims: &[u64], data: &[u8]) -> Result<u64, DecodeError> {
@@ -291,12 +335,16 @@ pub fn dequantize(ty: TensorType, dims: &[u64], data: &[u8]) -> Result<Vec<f32>,
 /// is `values[i] * scales[i / block_len]`. I2_S has one scale for the whole tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ternary {
+    /// The ternary values, one per weight.
     pub values: Vec<i8>,
+    /// Weights per scale.
     pub block_len: usize,
+    /// One scale per block of `block_len` weights.
     pub scales: Vec<f32>,
 }
 
 impl Ternary {
+    /// Writes the weights as f32 (`values[i] * scales[i / block_len]`) into `out`.
     pub fn to_f32_into(&self, out: &mut [f32]) {
         for ((o, &t), i) in out.iter_mut().zip(&self.values).zip(0..) {
             *o = t as f32 * self.scales[i / self.block_len];
@@ -306,7 +354,7 @@ impl Ternary {
 
 /// A 256-value ternary block with one scale (TQ1_0, TQ2_0): what the decoders and the scalar
 /// dot product need from either layout.
-pub trait TernaryBlock {
+pub(crate) trait TernaryBlock {
     /// The 256 values in {-1, 0, +1}, in element order.
     fn values(&self) -> [i8; 256];
     /// The block's scale.
@@ -314,7 +362,7 @@ pub trait TernaryBlock {
 }
 
 /// Values and per-block scales of a run of ternary blocks.
-pub fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
+pub(crate) fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
     let mut values = Vec::with_capacity(blocks.len() * 256);
     let mut scales = Vec::with_capacity(blocks.len());
     for b in blocks {
@@ -329,7 +377,7 @@ pub fn ternary_from_blocks<B: TernaryBlock>(blocks: &[B]) -> Ternary {
 }
 
 /// `value · scale` of every element of a run of ternary blocks.
-pub fn dequantize_blocks<B: TernaryBlock>(blocks: &[B], out: &mut [f32]) {
+pub(crate) fn dequantize_blocks<B: TernaryBlock>(blocks: &[B], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(256)) {
         let d = b.scale();
         for (o, t) in o.iter_mut().zip(b.values()) {

@@ -5,11 +5,11 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-pub const BLOCK_LEN: usize = 256;
+pub(crate) const BLOCK_LEN: usize = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockQ6K {
+pub(crate) struct BlockQ6K {
     pub ql: [u8; BLOCK_LEN / 2],
     pub qh: [u8; BLOCK_LEN / 4],
     pub scales: [i8; BLOCK_LEN / 16],
@@ -18,7 +18,7 @@ pub struct BlockQ6K {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 
-pub fn blocks(data: &[u8]) -> &[BlockQ6K] {
+pub(crate) fn blocks(data: &[u8]) -> &[BlockQ6K] {
     let size = std::mem::size_of::<BlockQ6K>();
     bytemuck::cast_slice(&data[..data.len() / size * size])
 }

@@ -3,11 +3,11 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-pub const BLOCK_LEN: usize = 32;
+pub(crate) const BLOCK_LEN: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockQ8_0 {
+pub(crate) struct BlockQ8_0 {
     /// f16 scale, little-endian bytes (kept as bytes so the block has alignment 1).
     pub d: [u8; 2],
     pub qs: [i8; BLOCK_LEN],
@@ -22,11 +22,12 @@ impl BlockQ8_0 {
 
 /// Views bytes as blocks; the length must be a multiple of 34 (checked by the caller's size
 /// check; a ragged tail is ignored).
-pub fn blocks(data: &[u8]) -> &[BlockQ8_0] {
+pub(crate) fn blocks(data: &[u8]) -> &[BlockQ8_0] {
     let n = data.len() / std::mem::size_of::<BlockQ8_0>();
     bytemuck::cast_slice(&data[..n * std::mem::size_of::<BlockQ8_0>()])
 }
 
+/// Decodes Q8_0 blocks into `out` (`value * scale` per block of 32).
 pub fn dequantize(data: &[u8], out: &mut [f32]) {
     for (block, o) in blocks(data).iter().zip(out.chunks_exact_mut(BLOCK_LEN)) {
         let d = block.scale();

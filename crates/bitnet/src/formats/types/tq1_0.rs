@@ -9,14 +9,14 @@ use half::f16;
 
 use super::TernaryBlock;
 
-pub const BLOCK_LEN: usize = 256;
+pub(crate) const BLOCK_LEN: usize = 256;
 const QS: usize = (BLOCK_LEN - 4 * BLOCK_LEN / 64) / 5; // 48
 const QH: usize = BLOCK_LEN / 64; // 4
 const POW3: [u8; 6] = [1, 3, 9, 27, 81, 243];
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockTQ1_0 {
+pub(crate) struct BlockTQ1_0 {
     pub qs: [u8; QS],
     pub qh: [u8; QH],
     /// f16 scale, little-endian bytes.
@@ -24,7 +24,7 @@ pub struct BlockTQ1_0 {
 }
 const _: () = assert!(std::mem::size_of::<BlockTQ1_0>() == 54);
 
-pub fn blocks(data: &[u8]) -> &[BlockTQ1_0] {
+pub(crate) fn blocks(data: &[u8]) -> &[BlockTQ1_0] {
     let size = std::mem::size_of::<BlockTQ1_0>();
     bytemuck::cast_slice(&data[..data.len() / size * size])
 }

@@ -8,18 +8,18 @@ use half::f16;
 
 use super::TernaryBlock;
 
-pub const BLOCK_LEN: usize = 256;
+pub(crate) const BLOCK_LEN: usize = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockTQ2_0 {
+pub(crate) struct BlockTQ2_0 {
     pub qs: [u8; BLOCK_LEN / 4],
     /// f16 scale, little-endian bytes.
     pub d: [u8; 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockTQ2_0>() == 66);
 
-pub fn blocks(data: &[u8]) -> &[BlockTQ2_0] {
+pub(crate) fn blocks(data: &[u8]) -> &[BlockTQ2_0] {
     let size = std::mem::size_of::<BlockTQ2_0>();
     bytemuck::cast_slice(&data[..data.len() / size * size])
 }

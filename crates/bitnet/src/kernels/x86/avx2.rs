@@ -560,7 +560,7 @@ pub unsafe fn f32_rows_axpy(
 /// Requires AVX2, FMA and F16C; `w` holds whole rows of `qx.d.len()` blocks, `out` one value
 /// per row.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
+pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
     let n_blocks = qx.d.len();
     let row_bytes = n_blocks * 210;
     let m4 = _mm256_set1_epi8(0x0F);
@@ -633,7 +633,7 @@ pub unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
 /// Requires AVX2, FMA and F16C; `w` holds whole rows of `qx.d.len()` blocks, `out` one value
 /// per row.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
+pub(crate) unsafe fn q8_0_rows(w: &[u8], qx: &Q8Blocks, out: &mut [f32]) {
     let n_blocks = qx.d.len();
     let row_bytes = n_blocks * 34;
     let ones = _mm256_set1_epi16(1);

@@ -1,7 +1,7 @@
 //! x86-64 SIMD kernels, chosen at run time by CPU feature detection (see `Isa`).
 
 pub mod avx2;
-pub mod avx512;
+pub(crate) mod avx512;
 
 use std::arch::x86_64::*;
 

@@ -1,0 +1,181 @@
+"""Type stubs of the native module (src/lib.rs)."""
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal, Optional, Union, final, overload
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import TypeAlias
+
+__all__ = ["BitnetError", "Completion", "DEMO_MODEL_NAME", "Model", "Stream", "__version__"]
+__version__: str
+DEMO_MODEL_NAME: str
+
+_Prompt: TypeAlias = Union[str, Sequence[int]]
+_Messages: TypeAlias = Sequence[Mapping[str, str]]
+
+class BitnetError(Exception):
+    """An error from the bitnet library; its message is the library's."""
+
+@final
+class Completion:
+    """A finished generation."""
+
+    text: str
+    token_ids: list[int]
+    stop_reason: Literal["eos", "stop", "length", "context_full", "interrupted"]
+    prompt_tokens: int
+    prompt_tokens_per_s: float
+    generation_tokens_per_s: float
+    time_to_first_token_s: float
+    total_s: float
+
+@final
+class Stream(Iterator[str]):
+    """Text pieces of a generation in progress, computed with the GIL released."""
+
+    def __iter__(self) -> "Stream": ...
+    def __next__(self) -> str: ...
+
+@final
+class Model:
+    """A BitNet b1.58 model with its tokenizer.
+
+    ``Model()`` is the bundled demo model; ``Model(path)`` a GGUF file or a Hugging Face
+    folder; ``Model("hf:OWNER/REPO[:FILE]")`` a model from the Hugging Face Hub.
+    """
+
+    def __new__(
+        cls,
+        model: Union[str, "os.PathLike[str]", None] = None,
+        *,
+        threads: Optional[int] = None,
+        context: int = 0,
+        cache_type: Literal["f16", "f32"] = "f16",
+        output_type: Optional[Literal["q8_0", "q6_k", "f16", "f32"]] = None,
+        isa: Optional[str] = None,
+        mmap: Optional[bool] = None,
+    ) -> "Model": ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def context_size(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    def tokenize(
+        self, text: str, *, add_bos: Optional[bool] = None, parse_special: bool = False
+    ) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    @overload
+    def logits(
+        self, ids: Sequence[int], *, all: Literal[False] = False
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def logits(self, ids: Sequence[int], *, all: Literal[True]) -> npt.NDArray[np.float32]: ...
+    def generate(
+        self,
+        prompt: _Prompt,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> str: ...
+    def complete(
+        self,
+        prompt: _Prompt,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> Completion: ...
+    def stream(
+        self,
+        prompt: _Prompt,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> Stream: ...
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        slots: int = 4,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> list[str]: ...
+    def chat(
+        self,
+        messages: _Messages,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> str: ...
+    def chat_stream(
+        self,
+        messages: _Messages,
+        *,
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> Stream: ...
+    def chat_prompt(self, messages: _Messages) -> list[int]: ...
