@@ -3,29 +3,11 @@
 //! `tools/make_family_fixtures.py`), with transformers' float32 logits and greedy tokens, and
 //! bitnet.cpp's greedy tokens on the GGUF our converter writes (`bitnetcpp.json`).
 
-use std::path::PathBuf;
-
 use bitnet::hf;
 use bitnet::model::{Architecture, BitnetModel, CacheType, Logits};
-use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn json(rel: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(repo(rel)).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{ids, json, repo};
 
 fn argmax(x: &[f32]) -> usize {
     let mut best = 0;

@@ -2,7 +2,6 @@
 //! (`fixture.json`), bitnet.cpp's greedy tokens (`bitnetcpp.json`, `bitnetcpp-greedy.json`),
 //! and transformers' greedy samples of the trained demo model.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bitnet::formats::gguf::GgufFile;
@@ -10,23 +9,8 @@ use bitnet::kernels::Isa;
 use bitnet::model::{BitnetModel, CacheType, Logits, ModelError};
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn json(rel: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(repo(rel)).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{ids, json, repo};
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()

@@ -13,23 +13,8 @@ use bitnet::model::{BitnetModel, CacheType, Logits};
 use safetensors::SafeTensors;
 use serde_json::{json, Value as Json};
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn fixture_json(rel: &str) -> Json {
-    serde_json::from_slice(&std::fs::read(repo(rel)).unwrap()).unwrap()
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{ids, json as fixture_json, repo};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
