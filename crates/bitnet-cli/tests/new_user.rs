@@ -274,6 +274,39 @@ fn model_commands_default_to_the_demo_model() {
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
 }
 
+/// `bench` compares every generation run with bandwidth probes taken next to it, and reports
+/// the model's peak memory without the probe's 512 MiB buffer.
+#[test]
+fn bench_measures_each_generation_run_against_its_own_roofline() {
+    let (out, _) = ok(&[
+        "bench", "-p", "8", "-n", "4", "-r", "2", "-t", "1", "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let pp = results.iter().find(|r| r["test"] == "pp8").unwrap();
+    assert!(pp["fraction_of_roofline"].is_null());
+    let tg = results.iter().find(|r| r["test"] == "tg4").unwrap();
+    let rooflines = tg["sample_rooflines"].as_array().unwrap();
+    assert_eq!(rooflines.len(), 2, "one roofline per timed run: {tg}");
+    assert!(rooflines.iter().all(|r| r.as_f64().unwrap() > 0.0));
+    let fraction = tg["fraction_of_roofline"].as_f64().unwrap();
+    let samples = tg["samples"].as_array().unwrap();
+    let expected: f64 = samples
+        .iter()
+        .zip(rooflines)
+        .map(|(s, r)| s.as_f64().unwrap() / r.as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        (fraction - expected).abs() < 1e-9 * expected.max(1.0),
+        "{fraction} vs {expected}"
+    );
+    assert!(v["bandwidth_gb_s"][0]["gb_s"].as_f64().unwrap() > 0.0);
+    // The demo model needs a few MB; the probe's buffer alone is 512 MiB.
+    let rss = v["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss < 400 << 20, "peak RSS {rss} counts the probe's buffer");
+}
+
 /// `batch` reads the request format `serve` reads: `stop` as a string, unknown fields ignored;
 /// each bad line (invalid UTF-8, invalid JSON, a bad value) is an error record with its line
 /// number and the run goes on; blank lines are skipped.

@@ -1,14 +1,16 @@
 //! `bitnet bench [-m FILE] -p 128 -n 128 -t 1,2 -r 3 [--json]`: prompt processing (ppN: N random
 //! tokens as one batch) and generation (tgN: N tokens one at a time) in tokens/s, like
 //! llama-bench, plus a memory-bandwidth probe run in the same invocation so each tg figure is
-//! also shown as a fraction of the measured roofline (bytes read per token / bandwidth).
+//! also shown as a fraction of the measured roofline (bytes read per token / bandwidth): the
+//! probe runs just before and after every timed generation run, and each run is compared with
+//! the mean of its two probes.
 //!
 //! `-np 1,4,8` adds llama-batched-bench's parallel mode: N sequences, each with its own KV
 //! cache, run together through the batched forward pass that `bitnet serve` uses (their
 //! prompts in one pass, then one token each per step), reporting the aggregate generation
 //! t/s and the time to first token of a request that joins N−1 sequences already generating.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use bitnet::kernels::Isa;
@@ -73,8 +75,32 @@ struct Row {
     threads: usize,
     test: String,
     samples: Vec<f64>,
-    roofline: Option<f64>,
+    /// The roofline (t/s) next to each sample: generation runs only, when the probe runs.
+    rooflines: Vec<f64>,
 }
+
+impl Row {
+    /// Mean roofline and mean fraction of it (each sample against its own roofline).
+    fn roofline(&self) -> Option<(f64, f64)> {
+        if self.rooflines.is_empty() || self.rooflines.len() != self.samples.len() {
+            return None;
+        }
+        let n = self.rooflines.len() as f64;
+        let fraction = self
+            .samples
+            .iter()
+            .zip(&self.rooflines)
+            .map(|(s, r)| s / r)
+            .sum::<f64>()
+            / n;
+        Some((self.rooflines.iter().sum::<f64>() / n, fraction))
+    }
+}
+
+/// Bytes the bandwidth probe reads (well beyond any last-level cache).
+const PROBE_BYTES: usize = 512 << 20;
+/// Probe passes (best kept) before and after each timed generation run.
+const PROBE_PASSES: usize = 3;
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -87,20 +113,19 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Tokens per second of `repetitions` timed runs of `run` over `n` tokens, after one untimed
-/// run that warms the caches and page tables. `setup` (not timed) prepares each run's input.
+/// Tokens per second of `repetitions` runs of `run` over `n` tokens, after one untimed run
+/// that warms the caches and page tables. `setup` (not timed) prepares each run's input; `run`
+/// returns the time its work took (so it can do untimed work around it).
 fn measure<S>(
     repetitions: usize,
     n: usize,
     mut setup: impl FnMut(usize) -> Result<S, bitnet::model::ModelError>,
-    mut run: impl FnMut(&mut S) -> Result<(), bitnet::model::ModelError>,
+    mut run: impl FnMut(&mut S) -> Result<Duration, bitnet::model::ModelError>,
 ) -> Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(repetitions);
     for rep in 0..repetitions + 1 {
         let mut input = setup(rep)?;
-        let start = Instant::now();
-        run(&mut input)?;
-        let s = start.elapsed().as_secs_f64();
+        let s = run(&mut input)?.as_secs_f64();
         if rep > 0 {
             samples.push(n as f64 / s);
         }
@@ -157,8 +182,17 @@ pub fn run(args: Args) -> Result<()> {
     let n_vocab = model.config().n_vocab;
     let bytes_per_token = model.bytes_read_per_token() as f64;
 
+    // Peak RSS of the load, before the probe allocates its buffer.
+    let load_rss = crate::stats::peak_rss_bytes();
+    // Where the bandwidth moves minute to minute (shared cloud hosts), so each generation run is measured against
+    // probes taken just before and after it, not against one probe at the end.
+    let probe = if args.no_bandwidth {
+        None
+    } else {
+        bitnet::kernels::membw::BandwidthProbe::new(PROBE_BYTES)
+    };
     let mut rows = Vec::new();
-    let mut bandwidth = Vec::new();
+    let mut bandwidth: Vec<(usize, Option<f64>)> = Vec::new();
     for &t in &threads {
         model.set_threads(t);
         // More threads than CPUs are capped (with a warning): report what ran.
@@ -172,16 +206,21 @@ pub fn run(args: Args) -> Result<()> {
                     let cache = model.new_cache(args.ctx_size.max(p), args.cache_type)?;
                     Ok((prompt, cache))
                 },
-                |(prompt, cache)| model.forward(prompt, cache, Logits::Last).map(drop),
+                |(prompt, cache)| {
+                    let start = Instant::now();
+                    model.forward(prompt, cache, Logits::Last)?;
+                    Ok(start.elapsed())
+                },
             )?;
             rows.push(Row {
                 threads: t,
                 test: format!("pp{p}"),
                 samples,
-                roofline: None,
+                rooflines: Vec::new(),
             });
         }
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+            let mut probes = Vec::new();
             let samples = measure(
                 args.repetitions,
                 n,
@@ -191,18 +230,36 @@ pub fn run(args: Args) -> Result<()> {
                     Ok((ids, cache))
                 },
                 |(ids, cache)| {
+                    let before = probe.as_ref().map(|p| p.measure(t, PROBE_PASSES));
+                    // Timed from here: the probe is outside `measure`'s clock.
+                    let start = Instant::now();
                     for &id in ids.iter() {
                         model.forward(&[id], cache, Logits::Last)?;
                     }
-                    Ok(())
+                    let took = start.elapsed();
+                    let after = probe.as_ref().map(|p| p.measure(t, PROBE_PASSES));
+                    if let (Some(a), Some(b)) = (before, after) {
+                        probes.push((a + b) / 2.0);
+                    }
+                    Ok(took)
                 },
             )?;
+            // The warm-up run's probes are not a sample's.
+            let probes = probes.split_off(probes.len().saturating_sub(samples.len()));
             rows.push(Row {
                 threads: t,
                 test: format!("tg{n}"),
                 samples,
-                roofline: None,
+                rooflines: probes
+                    .iter()
+                    .map(|gbs| gbs * 1e9 / bytes_per_token)
+                    .collect(),
             });
+            if !probes.is_empty() {
+                let mean = probes.iter().sum::<f64>() / probes.len() as f64;
+                bandwidth.retain(|(bt, _)| *bt != t);
+                bandwidth.push((t, Some(mean)));
+            }
         }
     }
     let mut parallel = Vec::new();
@@ -231,26 +288,20 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
-    // Peak RSS of the model runs, before the probe allocates its buffer.
-    let peak_rss = crate::stats::peak_rss_bytes();
-    let mut probed: Vec<usize> = Vec::new();
-    let ran: Vec<usize> = rows.iter().map(|r| r.threads).collect();
-    for t in ran {
-        if probed.contains(&t) {
-            continue;
-        }
-        probed.push(t);
-        let bw = if args.no_bandwidth {
-            None
-        } else {
-            Some(bitnet::kernels::membw::read_bandwidth(t, 512 << 20, 10))
-        };
-        bandwidth.push((t, bw));
-        for r in rows
-            .iter_mut()
-            .filter(|r| r.threads == t && r.test.starts_with("tg"))
-        {
-            r.roofline = bw.map(|gbs| gbs * 1e9 / bytes_per_token);
+    // Peak RSS of the load and the model runs, without the probe's buffer (resident from
+    // after the load to here).
+    let peak_rss = match (crate::stats::peak_rss_bytes(), &probe) {
+        (Some(peak), Some(p)) => Some(
+            load_rss
+                .unwrap_or(0)
+                .max(peak.saturating_sub(p.bytes() as u64)),
+        ),
+        (peak, _) => peak,
+    };
+    // Thread counts with prompt runs only: one probe for the bandwidth line.
+    for r in &rows {
+        if !bandwidth.iter().any(|(t, _)| *t == r.threads) {
+            bandwidth.push((r.threads, probe.as_ref().map(|p| p.measure(r.threads, 10))));
         }
     }
 
@@ -266,8 +317,9 @@ pub fn run(args: Args) -> Result<()> {
                 json!({
                     "threads": r.threads, "test": r.test, "tokens_per_s": mean, "sd": sd,
                     "samples": r.samples,
-                    "roofline_tokens_per_s": r.roofline,
-                    "fraction_of_roofline": r.roofline.map(|roof| mean / roof),
+                    "roofline_tokens_per_s": r.roofline().map(|(roof, _)| roof),
+                    "fraction_of_roofline": r.roofline().map(|(_, f)| f),
+                    "sample_rooflines": r.rooflines,
                 })
             })
             .collect();
@@ -311,8 +363,8 @@ pub fn run(args: Args) -> Result<()> {
     );
     for r in &rows {
         let (mean, sd) = mean_sd(&r.samples);
-        let roof = match r.roofline {
-            Some(roof) => format!("{:.0} % of {roof:.1}", 100.0 * mean / roof),
+        let roof = match r.roofline() {
+            Some((roof, fraction)) => format!("{:.0} % of {roof:.1}", 100.0 * fraction),
             None => String::new(),
         };
         println!(
