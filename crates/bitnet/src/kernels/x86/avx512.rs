@@ -219,15 +219,15 @@ fn store<const R: usize, const T: usize>(
     }
 }
 
-/// Rows and tokens per register tile of the f16 product: 2 × 4 × 2 zmm accumulators, the two
-/// rows' converted weights, of the 32 zmm registers.
+/// Rows and tokens per register tile of the f16 product: 3 × 4 × 2 = 24 zmm accumulators and
+/// the three rows' converted weights fit the 32 zmm registers.
 const F16_ROW_TILE: usize = 3;
 const F16_TOKEN_TILE: usize = 4;
 
 /// See [`crate::kernels::f16_matmul`]. With several tokens (`serve`'s batched decoding) the
-/// AVX2 product is bound by converting f16 weights and by its 16 registers; here a tile of
-/// [`F16_ROW_TILE`] rows × [`F16_TOKEN_TILE`] tokens converts each weight vector once for four
-/// tokens and loads each activation vector once for two rows. Each zmm accumulator holds two
+/// AVX2 product (token by token) converts every weight once per token and runs one FMA per
+/// cycle; here a tile of [`F16_ROW_TILE`] rows × [`F16_TOKEN_TILE`] tokens converts each weight
+/// vector once for four tokens and loads each activation vector once for three rows. Each zmm accumulator holds two
 /// of [`super::avx2::f16_dot`]'s 8-lane accumulators (lanes 0-7: values `32i + 16h ..`, 8-15:
 /// `32i + 16h + 8 ..`), so every lane adds the same products in the same order and the sums
 /// end in the same code: bit-identical to one token alone, whatever the batch.
