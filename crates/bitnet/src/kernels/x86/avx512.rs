@@ -84,13 +84,22 @@ unsafe fn gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, t: usize, out: &mut [i32
 }
 
 /// `Σ code·q` for `R` rows whose blocks are interleaved (block `b` of row `i` at
-/// `(b·R + i)·32`): per block the four activation loads are shared by the rows; each row has
-/// two accumulators so that consecutive `vpdpbusd`s do not wait on each other.
+/// `(b·R + i)·32`): per block the four activation loads are shared by the rows. The 2-bit
+/// fields are not shifted down: field `f` (bits `6 − 2f ..`) is masked in place, so
+/// `vpdpbusd` multiplies `4^(3−f) · code` (at most 192: still a u8), each field has its own
+/// accumulator, and the sums are scaled back at the end (exact: every lane of field `f`'s
+/// accumulator is a multiple of `4^(3−f)`). Four and-masks instead of three shifts and four
+/// masks per block: the loop is bound by vector instructions, not by `vpdpbusd`.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
-    let mask = _mm256_set1_epi8(3);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let masks = [
+        _mm256_set1_epi8(0xC0u8 as i8),
+        _mm256_set1_epi8(0x30),
+        _mm256_set1_epi8(0x0C),
+        _mm256_set1_epi8(0x03),
+    ];
+    let mut acc = [[_mm256_setzero_si256(); 4]; R];
     for blk in 0..k / 128 {
         let qb = q.add(blk * 128);
         let qv = [
@@ -106,14 +115,19 @@ unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i
                 // prefetches never fault.
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
             }
-            let c = unpack_i2s(load(p), mask);
-            a[0] = _mm256_dpbusd_epi32(a[0], c[0], qv[0]);
-            a[1] = _mm256_dpbusd_epi32(a[1], c[1], qv[1]);
-            a[0] = _mm256_dpbusd_epi32(a[0], c[2], qv[2]);
-            a[1] = _mm256_dpbusd_epi32(a[1], c[3], qv[3]);
+            let b = load(p);
+            for f in 0..4 {
+                a[f] = _mm256_dpbusd_epi32(a[f], _mm256_and_si256(b, masks[f]), qv[f]);
+            }
         }
     }
-    acc.map(|[a, b]| hsum_epi32_256(_mm256_add_epi32(a, b)))
+    // Scaled back lane by lane (a lane of field 0 adds at most 4 · 192 · 128 per block: no
+    // overflow below k = 2²²), then one horizontal sum.
+    acc.map(|[a0, a1, a2, a3]| {
+        let hi = _mm256_add_epi32(_mm256_srai_epi32::<6>(a0), _mm256_srai_epi32::<4>(a1));
+        let lo = _mm256_add_epi32(_mm256_srai_epi32::<2>(a2), a3);
+        hsum_epi32_256(_mm256_add_epi32(hi, lo))
+    })
 }
 
 /// Many tokens: unpack `ROW_BLOCK` rows to codes once, then run register tiles of
