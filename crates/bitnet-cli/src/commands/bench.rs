@@ -184,8 +184,9 @@ pub fn run(args: Args) -> Result<()> {
 
     // Peak RSS of the load, before the probe allocates its buffer.
     let load_rss = crate::stats::peak_rss_bytes();
-    // Where the bandwidth moves minute to minute (shared cloud hosts), so each generation run is measured against
-    // probes taken just before and after it, not against one probe at the end.
+    // Where the bandwidth moves from minute to minute (shared cloud hosts), one probe at the
+    // end says little about a run minutes earlier: each generation run is measured against
+    // probes taken just before and after it.
     let probe = if args.no_bandwidth {
         None
     } else {
@@ -231,7 +232,7 @@ pub fn run(args: Args) -> Result<()> {
                 },
                 |(ids, cache)| {
                     let before = probe.as_ref().map(|p| p.measure(t, PROBE_PASSES));
-                    // Timed from here: the probe is outside `measure`'s clock.
+                    // Only the generation is timed, not the probes.
                     let start = Instant::now();
                     for &id in ids.iter() {
                         model.forward(&[id], cache, Logits::Last)?;
