@@ -239,8 +239,8 @@ const F16_ROW_TILE: usize = 3;
 const F16_TOKEN_TILE: usize = 4;
 
 /// See [`crate::kernels::f16_matmul`]. With several tokens (`serve`'s batched decoding) the
-/// AVX2 product (token by token) converts every weight once per token and runs one FMA per
-/// cycle; here a tile of [`F16_ROW_TILE`] rows × [`F16_TOKEN_TILE`] tokens converts each weight
+/// AVX2 product (token by token) converts every weight once per token and runs about one FMA
+/// per cycle (its four accumulator chains wait on the FMA latency); here a tile of [`F16_ROW_TILE`] rows × [`F16_TOKEN_TILE`] tokens converts each weight
 /// vector once for four tokens and loads each activation vector once for three rows. Each zmm
 /// accumulator holds two of [`super::avx2::f16_dot`]'s 8-lane accumulators (lanes 0-7: values
 /// `32i + 16h ..`, 8-15: `32i + 16h + 8 ..`), so every lane adds the same products in the same
