@@ -337,6 +337,42 @@ pub fn f16_axpy(isa: Isa, out: &mut [f32], a: f32, v: &[f16]) {
     unsafe { (isa.kernels().f16_axpy)(out, a, v) }
 }
 
+/// The strided-rows loop every ISA's `*_rows_dot` shares: `out[j] = dot(row j, x)`, the row
+/// `x.len()` long at `j·stride + offset`. Each ISA passes its own dot product; inlined, so the
+/// call is direct (and inlined in turn) in each ISA's kernel.
+#[inline(always)]
+pub(crate) fn rows_dot_with<T>(
+    rows: &[T],
+    stride: usize,
+    offset: usize,
+    x: &[f32],
+    out: &mut [f32],
+    dot: impl Fn(&[T], &[f32]) -> f32,
+) {
+    for (j, o) in out.iter_mut().enumerate() {
+        let start = j * stride + offset;
+        *o = dot(&rows[start..start + x.len()], x);
+    }
+}
+
+/// The strided-rows loop every ISA's `*_rows_axpy` shares: `out += p[j] · row j` for each
+/// `j`, the row `out.len()` long at `j·stride + offset`, with each ISA's own axpy.
+#[inline(always)]
+pub(crate) fn rows_axpy_with<T>(
+    rows: &[T],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    out: &mut [f32],
+    axpy: impl Fn(&mut [f32], f32, &[T]),
+) {
+    let n = out.len();
+    for (j, &pj) in p.iter().enumerate() {
+        let start = j * stride + offset;
+        axpy(out, pj, &rows[start..start + n]);
+    }
+}
+
 /// Panics unless every row `j < n` of length `len` at `j·stride + offset` lies in `total`.
 fn check_rows(total: usize, stride: usize, offset: usize, len: usize, n: usize) {
     if n > 0 {

@@ -267,36 +267,22 @@ pub fn f16_matmul(w: &[f16], k: usize, x: &[f32], out: &mut [f32]) {
 
 /// `out[j] = Σ_d rows[j·stride + offset + d] · x[d]` (attention scores against cached keys).
 pub fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        let start = j * stride + offset;
-        *o = f16_dot(&rows[start..start + x.len()], x);
-    }
+    super::rows_dot_with(rows, stride, offset, x, out, f16_dot);
 }
 
 /// The f32 twin of [`f16_rows_dot`].
 pub fn f32_rows_dot(rows: &[f32], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        let start = j * stride + offset;
-        *o = f32_dot(&rows[start..start + x.len()], x);
-    }
+    super::rows_dot_with(rows, stride, offset, x, out, f32_dot);
 }
 
 /// `out += Σ_j p[j] · rows[j·stride + offset ..]` (attention output from cached values).
 pub fn f16_rows_axpy(rows: &[f16], stride: usize, offset: usize, p: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    for (j, &pj) in p.iter().enumerate() {
-        let start = j * stride + offset;
-        f16_axpy(out, pj, &rows[start..start + n]);
-    }
+    super::rows_axpy_with(rows, stride, offset, p, out, f16_axpy);
 }
 
 /// The f32 twin of [`f16_rows_axpy`].
 pub fn f32_rows_axpy(rows: &[f32], stride: usize, offset: usize, p: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    for (j, &pj) in p.iter().enumerate() {
-        let start = j * stride + offset;
-        f32_axpy(out, pj, &rows[start..start + n]);
-    }
+    super::rows_axpy_with(rows, stride, offset, p, out, f32_axpy);
 }
 
 /// `out += a · v`.

@@ -512,11 +512,7 @@ pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
 /// Requires AVX2, FMA and F16C; the caller checked the bounds.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
-    let n = x.len();
-    for (j, o) in out.iter_mut().enumerate() {
-        let start = j * stride + offset;
-        *o = f16_dot(&rows[start..start + n], x);
-    }
+    crate::kernels::rows_dot_with(rows, stride, offset, x, out, |r, x| f16_dot(r, x));
 }
 
 /// See [`crate::kernels::f32_rows_dot`].
@@ -525,11 +521,7 @@ pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32]
 /// Requires AVX2 and FMA; the caller checked the bounds.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn f32_rows_dot(rows: &[f32], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
-    let n = x.len();
-    for (j, o) in out.iter_mut().enumerate() {
-        let start = j * stride + offset;
-        *o = f32_dot(&rows[start..start + n], x);
-    }
+    crate::kernels::rows_dot_with(rows, stride, offset, x, out, |r, x| f32_dot(r, x));
 }
 
 /// See [`crate::kernels::f16_rows_axpy`].
@@ -544,11 +536,7 @@ pub unsafe fn f16_rows_axpy(
     p: &[f32],
     out: &mut [f32],
 ) {
-    let n = out.len();
-    for (j, &pj) in p.iter().enumerate() {
-        let start = j * stride + offset;
-        f16_axpy(out, pj, &rows[start..start + n]);
-    }
+    crate::kernels::rows_axpy_with(rows, stride, offset, p, out, |o, a, r| f16_axpy(o, a, r));
 }
 
 /// See [`crate::kernels::f32_rows_axpy`].
@@ -563,11 +551,7 @@ pub unsafe fn f32_rows_axpy(
     p: &[f32],
     out: &mut [f32],
 ) {
-    let n = out.len();
-    for (j, &pj) in p.iter().enumerate() {
-        let start = j * stride + offset;
-        f32_axpy(out, pj, &rows[start..start + n]);
-    }
+    crate::kernels::rows_axpy_with(rows, stride, offset, p, out, |o, a, r| f32_axpy(o, a, r));
 }
 
 /// Q6_K rows against [`Q8K`] activations (see [`crate::kernels::q6_k_matmul`]): per 32 values,
