@@ -70,6 +70,17 @@ fn check_q8_0(isa: Isa, w: &[u8], k: usize, x: &[f32]) -> Result<(), String> {
 }
 
 /// Float tolerance: relative to the sum of absolute products.
+/// A xorshift64 stream from `seed` (0 stays 0): the random inputs of the tests below.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale + 1e-6
 }
@@ -90,8 +101,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let k = blocks * 128;
-        let mut rng = seed;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let mut next = xorshift(seed);
         let t: Vec<i8> = (0..rows * k).map(|_| (next() % 3) as i8 - 1).collect();
         let w = i2_s::encode(&t, 1.0);
         let w = &w[..rows * k / 4];
@@ -172,8 +182,8 @@ proptest! {
         (rows, k, tokens) in (1usize..11, 1usize..300, 1usize..4),
         seed in any::<u64>(),
     ) {
-        let mut rng = seed;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let mut bits = xorshift(seed);
+        let mut next = || (bits() % 2001) as f32 / 1000.0 - 1.0;
         let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
         let x: Vec<f32> = (0..tokens * k).map(|_| next() * 3.0).collect();
         let mut expected = vec![0f32; rows * tokens];
@@ -198,8 +208,8 @@ proptest! {
         (rows, k, tokens) in (1usize..7, 1usize..300, 2usize..8),
         seed in any::<u64>(),
     ) {
-        let mut rng = seed;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let mut bits = xorshift(seed);
+        let mut next = || (bits() % 2001) as f32 / 1000.0 - 1.0;
         let w: Vec<f16> = (0..rows * k).map(|_| f16::from_f32(next())).collect();
         let x: Vec<f32> = (0..tokens * k).map(|_| next() * 3.0).collect();
         for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
@@ -222,8 +232,8 @@ proptest! {
         coef in -2f32..2.0,
     ) {
         let n = a.len();
-        let mut rng = b_seed | 1;
-        let b: Vec<f32> = (0..n).map(|_| { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 1000) as f32 / 250.0 - 2.0 }).collect();
+        let mut bits = xorshift(b_seed | 1);
+        let b: Vec<f32> = (0..n).map(|_| (bits() % 1000) as f32 / 250.0 - 2.0).collect();
         let b16: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
         let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
         for isa in simd_isas() {
@@ -254,8 +264,8 @@ proptest! {
     ) {
         let stride = len + extra;
         let offset = extra / 2;
-        let mut rng = seed | 1;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let mut bits = xorshift(seed | 1);
+        let mut next = || (bits() % 2001) as f32 / 1000.0 - 1.0;
         let rows: Vec<f32> = (0..n_rows * stride + offset + len).map(|_| next()).collect();
         let rows16: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
         let x: Vec<f32> = (0..len).map(|_| next()).collect();
@@ -290,8 +300,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let k = blocks * 32;
-        let mut rng = seed | 1;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let mut next = xorshift(seed | 1);
         let mut w = Vec::with_capacity(rows * blocks * 34);
         for _ in 0..rows * blocks {
             let d = ((next() % 4001) as f32 / 1000.0 - 2.0) * 0.01;
@@ -315,8 +324,8 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let k = blocks * 256;
-        let mut rng = seed | 1;
-        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; (rng % 2001) as f32 / 1000.0 - 1.0 };
+        let mut bits = xorshift(seed | 1);
+        let mut next = || (bits() % 2001) as f32 / 1000.0 - 1.0;
         let w: Vec<f32> = (0..rows * k).map(|_| next() * 0.1).collect();
         let x: Vec<f32> = (0..tokens * k).map(|_| next() * 2.0).collect();
         let scale = (k as f32) * 0.2;
