@@ -3,13 +3,6 @@
 
 use std::time::Instant;
 
-/// Best-of-`reps` read bandwidth in GB/s with `threads` threads each summing its share of a
-/// `bytes`-byte buffer (make it much larger than the last-level cache). 0 when the buffer
-/// cannot be allocated.
-pub fn read_bandwidth(threads: usize, bytes: usize, reps: usize) -> f64 {
-    BandwidthProbe::new(bytes).map_or(0.0, |p| p.measure(threads, reps))
-}
-
 /// A buffer kept for repeated bandwidth measurements: where the bandwidth moves from minute to
 /// minute (shared cloud hosts), a roofline is only meaningful measured next to each timed run,
 /// and allocating and touching the buffer each time would cost more than the measurement.
