@@ -228,25 +228,25 @@ pub fn run(args: Args) -> Result<()> {
                 |rep| {
                     let ids = tokens(n, n_vocab, 100 + rep as u64);
                     let cache = model.new_cache(args.ctx_size.max(n), args.cache_type)?;
-                    Ok((ids, cache))
+                    Ok((ids, cache, rep))
                 },
-                |(ids, cache)| {
-                    let before = probe.as_ref().map(|p| p.measure(t, PROBE_PASSES));
+                |(ids, cache, rep)| {
+                    // The untimed warm-up run (rep 0) needs no probes.
+                    let probe = probe.as_ref().filter(|_| *rep > 0);
+                    let before = probe.map(|p| p.measure(t, PROBE_PASSES));
                     // Only the generation is timed, not the probes.
                     let start = Instant::now();
                     for &id in ids.iter() {
                         model.forward(&[id], cache, Logits::Last)?;
                     }
                     let took = start.elapsed();
-                    let after = probe.as_ref().map(|p| p.measure(t, PROBE_PASSES));
+                    let after = probe.map(|p| p.measure(t, PROBE_PASSES));
                     if let (Some(a), Some(b)) = (before, after) {
                         probes.push((a + b) / 2.0);
                     }
                     Ok(took)
                 },
             )?;
-            // The warm-up run's probes are not a sample's.
-            let probes = probes.split_off(probes.len().saturating_sub(samples.len()));
             rows.push(Row {
                 threads: t,
                 test: format!("tg{n}"),
