@@ -414,21 +414,6 @@ pub unsafe fn f16_dot(w: &[f16], x: &[f32]) -> f32 {
     let wp = w.as_ptr() as *const u16;
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    // 128 values per trip (the same four chains, the same order of sums as 32 per trip):
-    // with 32 per trip a 2560-value row is an 80-trip loop whose exit the branch predictor
-    // misses at every row, and each miss stalls the stream of loads from memory. Measured on
-    // Zen 4, one core, rows in memory: 83-88 % of the read bandwidth → 93-95 % for k = 2560
-    // (77 → 90 % for k = 4096).
-    while i + 128 <= n {
-        for u in 0..4 {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let o = i + 32 * u + 8 * j;
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(o) as *const __m128i));
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(o)), *a);
-            }
-        }
-        i += 128;
-    }
     while i + 32 <= n {
         for (j, a) in acc.iter_mut().enumerate() {
             let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * j) as *const __m128i));
