@@ -419,6 +419,40 @@ fn q8_0_extreme_products_are_exact() {
     }
 }
 
+/// Q6_K's largest block products: every code 0 (value −32) or 63 (value 31), every scale −128
+/// or 127, against activations that quantize to ±127 (so each 16-value group sums to ±2032,
+/// the offset term's extreme), over the widest BitNet row: no path may keep a sum in a lane
+/// too narrow for it.
+#[test]
+fn q6_k_extreme_products_are_exact() {
+    let k = 6912;
+    for (code_bytes, value) in [(0x00u8, -32f32), (0xff, 31.0)] {
+        for scale in [-128i8, 127] {
+            let mut block = vec![code_bytes; 192];
+            block.extend([scale as u8; 16]);
+            block.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            let m = block.repeat(3 * k / 256);
+            for a in [-1f32, 1.0] {
+                let x = vec![a; 2 * k];
+                // Each activation is ±127 with scale 1/127; each value `scale · value`.
+                let exact = k as f32 * scale as f32 * value * a;
+                let mut expected = vec![0f32; 6];
+                scalar::q6_k_matmul(&m, k, &x, &mut expected);
+                for isa in Isa::available() {
+                    let mut out = vec![0f32; 6];
+                    kernels::q6_k_matmul(isa, &m, k, &x, &mut out);
+                    for v in out {
+                        assert!(
+                            (v - exact).abs() <= 1e-5 * exact.abs(),
+                            "{isa} codes {code_bytes:#x} scale {scale} a {a}: {v} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn this_machine_runs_every_simd_path_it_claims() {
     let isas = Isa::available();

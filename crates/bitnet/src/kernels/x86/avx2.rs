@@ -108,8 +108,9 @@ unsafe fn i2s_gemv(w: &[u8], k: usize, q: &[i8], qsum: i32, out: &mut [i32]) {
 /// vector operations instead of 7, where this loop is bound by arithmetic (one Zen 4 core on
 /// weights in L2: 27 → 29 GB/s, still less than it reads from memory alone). Those fields
 /// are summed apart (`sum4`) and weighted 1 against 4 for the rest when widened to i32, so the
-/// i32 sums are 4× the dot product, exactly. (Leaving all four in place, as the AVX-512 GEMV
-/// does, would saturate `maddubs`: 2 · 192 · 128 > i16::MAX.)
+/// i32 sums are 4× the dot product, exactly (no overflow below k = 2²¹). (Leaving the top
+/// field in place too, as the AVX-512 GEMV does, would put up to 2 · 128 · 128 in one
+/// `maddubs` lane: −32768 at the extreme, so not even two blocks could be added in i16.)
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
@@ -584,7 +585,8 @@ pub unsafe fn f32_rows_axpy(
 /// bound by arithmetic.) The `−32` offset comes from
 /// the activations' group sums, once per block. Each block's integer sum is exact; the scaled
 /// blocks are added in f32 lanes (one horizontal sum per row), so results differ from the
-/// scalar twin only in the order of those additions.
+/// scalar twin only by f32 rounding: the order of those additions, and (at extreme codes and
+/// scales, past 2²⁴) the lanes' rounding to f32 before a block's lanes are summed.
 ///
 /// # Safety
 /// Requires AVX2, FMA and F16C; `w` holds whole rows of `qx.d.len()` blocks, `out` one value

@@ -367,7 +367,8 @@ const Q6K_PREFETCH_BYTES: usize = 8192;
 /// `vpermw` per 64 values spreads the scales; in-lane `vpshufb` spreading measured 10-17 %
 /// slower). The `−32` offset: the scales against `−16 ×` the activations' group sums, twice.
 /// Each block's integer sum is exact; the scaled blocks are added in f32 lanes, so results
-/// differ from the scalar twin only in the order of those additions.
+/// differ from the scalar twin only by f32 rounding: the order of those additions, and (at
+/// extreme codes and scales, past 2²⁴) the lanes' rounding to f32 before they are summed.
 ///
 /// One AMD EPYC Zen 4 core (2560-wide rows): weights in L3 (1024 rows) 28.5-30 GB/s against
 /// AVX2's 21-24; in L2 (256 rows, timing the activations' quantization too) 23-24 against
