@@ -691,10 +691,7 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
             let gs = _mm256_loadu_si256(qx.group_sums[b * 16..].as_ptr() as *const __m256i);
             let bias = _mm256_madd_epi16(scales, gs);
             let dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_slli_epi32::<5>(bias)));
-            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
-                *blk.add(208),
-                *blk.add(209),
-            ]) as i32)));
+            let dw = super::q6_k_block_scale(blk);
             sum = _mm256_fmadd_ps(_mm256_set1_ps(dw * qx.d[b]), dot, sum);
         }
         *o = super::hsum_ps_256(sum);

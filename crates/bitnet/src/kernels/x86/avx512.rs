@@ -430,10 +430,7 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
                     acc = _mm512_dpwssd_epi32(acc, pairs, sc);
                 }
             }
-            let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
-                *blk.add(208),
-                *blk.add(209),
-            ]) as i32)));
+            let dw = super::q6_k_block_scale(blk);
             sum = _mm512_fmadd_ps(_mm512_set1_ps(dw * qx.d[b]), _mm512_cvtepi32_ps(acc), sum);
         }
         *o = _mm512_reduce_add_ps(sum);

@@ -23,6 +23,14 @@ unsafe fn hsum_ps_256(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The f16 scale `d` of the 210-byte Q6_K block at `blk` (its last two bytes), as f32: one
+/// F16C conversion (callers enable `f16c`).
+#[inline(always)]
+unsafe fn q6_k_block_scale(blk: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*blk.add(208), *blk.add(209)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
 /// How many row blocks ahead the GEMMs prefetch their weights.
 const GEMM_PREFETCH_BLOCKS: usize = 2;
 
