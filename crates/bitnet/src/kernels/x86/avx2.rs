@@ -601,41 +601,9 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
     // In-lane byte shuffles that spread the i16 scales 2g (low 128-bit lane) and 2g + 1 (high
     // lane) of a half-block's eight over their lanes, from those eight copied into both lanes.
     let spread: [__m256i; 4] = std::array::from_fn(|g| {
-        let (a, b) = (4 * g as i8, 4 * g as i8 + 2);
-        _mm256_setr_epi8(
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-        )
+        // Byte j picks byte (j mod 2) of i16 scale 2g (j < 16) or 2g + 1 (j ≥ 16).
+        let idx: [i8; 32] = std::array::from_fn(|j| (4 * g + 2 * (j / 16) + j % 2) as i8);
+        load(idx.as_ptr() as *const u8)
     });
     for (r, o) in out.iter_mut().enumerate().take(w.len() / row_bytes) {
         let row = w.as_ptr().add(r * row_bytes);
