@@ -1,5 +1,6 @@
 //! Ctrl-C: while a reply is being generated it interrupts that reply (the command goes on, as
-//! `chat` does); otherwise, or pressed twice within a second, it exits (status 130).
+//! `chat` does); otherwise, or pressed twice within a second, it exits (status 130), removing
+//! any output file not yet complete ([`crate::files::remove_unfinished`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -23,6 +24,7 @@ pub fn install() {
             let now = now_ms();
             let recent = now.saturating_sub(LAST_PRESS_MS.swap(now, Ordering::AcqRel)) < 1000;
             if !GENERATING.load(Ordering::Acquire) || recent {
+                crate::files::remove_unfinished();
                 std::process::exit(130);
             }
             INTERRUPTED.store(true, Ordering::Release);
@@ -41,4 +43,15 @@ pub fn set_generating(on: bool) {
 /// Whether Ctrl-C was pressed since the generation began.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Acquire)
+}
+
+/// Exits with status 130 (a shell's code for SIGINT) when the command was `interrupted`,
+/// after it has shown what it did; otherwise returns `Ok`.
+pub fn exit_if(interrupted: bool) -> anyhow::Result<()> {
+    if interrupted {
+        eprintln!("[interrupted]");
+        crate::files::remove_unfinished();
+        std::process::exit(130);
+    }
+    Ok(())
 }

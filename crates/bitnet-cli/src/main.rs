@@ -2,6 +2,7 @@
 //! this file only parses arguments and reports errors as one clear line.
 
 mod commands;
+mod files;
 mod interrupt;
 mod model_args;
 mod progress;

@@ -176,13 +176,19 @@ fn batch_keeps_order_and_reports_a_bad_line() {
         }
     }
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let (_, stderr) = bitnet(&[
-        "batch",
-        "-i",
-        input.to_str().unwrap(),
-        "-o",
-        output.to_str().unwrap(),
-    ]);
+    // The bad line makes the exit status 1, after every line has its record.
+    let run = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "batch",
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("99 results, 1 errors"), "{stderr}");
     let out = std::fs::read_to_string(&output).unwrap();
     let records: Vec<Value> = out

@@ -330,14 +330,18 @@ fn batch_reads_the_serve_format_and_isolates_every_bad_line() {
         data.push(b'\n');
     }
     std::fs::write(&input, data).unwrap();
-    let (_, stderr) = ok(&[
+    // Four bad lines: the exit status is 1, after every line has its record.
+    let out = run(&[
         "batch",
         "-i",
         input.to_str().unwrap(),
         "-o",
         output.to_str().unwrap(),
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("2 results, 4 errors"), "{stderr}");
+    assert!(stderr.contains("4 of 6 requests failed"), "{stderr}");
     let records: Vec<Value> = std::fs::read_to_string(&output)
         .unwrap()
         .lines()

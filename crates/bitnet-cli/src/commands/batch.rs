@@ -3,15 +3,15 @@
 //! optional `id`, `max_tokens`, `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`,
 //! `seed`, `stop` (a string or a list), …; unknown fields ignored), one result per output line
 //! in input order. A bad line (invalid UTF-8, invalid JSON, a bad field) gives an error record
-//! with its 1-based line number and the rest still run; blank lines are skipped. Each result is
-//! written and flushed as soon as it is done, so an interrupted run keeps what it finished.
+//! with its 1-based line number and the rest still run; blank lines are skipped; the exit status
+//! is 1 when any line failed. The output is written under a temporary name and renamed when
+//! complete (an interrupted run leaves no partial file); it may not be the input.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use bitnet::generate::{GenerationConfig, Input, Prompt, Request, Sampler, SamplerConfig, Session};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
@@ -48,17 +48,23 @@ fn lines(data: &[u8]) -> Vec<(usize, &[u8])> {
 
 pub fn run(args: Args) -> Result<()> {
     let defaults = args.sampling.config()?;
-    let data =
-        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let data = crate::files::read_limited(
+        Some(&args.input),
+        crate::files::CORPUS_LIMIT,
+        "the file of requests",
+    )?;
     let requests = lines(&data);
+    let (output, out) = crate::files::Output::create(&args.output, &[&args.input])?;
     let loaded = args.model.load()?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let template = tokenizer.chat_template()?;
     let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
 
-    let out = File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
     let mut out = BufWriter::new(out);
+    let written = |e: std::io::Error| {
+        anyhow::Error::from(e).context(format!("writing {}", args.output.display()))
+    };
+    crate::interrupt::install();
     let bar = crate::progress::bar(requests.len() as u64, "requests");
     let (mut ok, mut failed) = (0usize, 0usize);
     for (line_no, line) in requests {
@@ -85,12 +91,20 @@ pub fn run(args: Args) -> Result<()> {
                 json!({"id": id, "line": line_no, "error": error})
             }
         };
-        writeln!(out, "{record}")?;
-        out.flush()?;
+        writeln!(out, "{record}").map_err(written)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let out = out.into_inner().map_err(|e| written(e.into_error()))?;
+    output.commit(out)?;
     eprintln!("{ok} results, {failed} errors → {}", args.output.display());
+    if failed > 0 {
+        bail!(
+            "{failed} of {} requests failed (their error records are in {})",
+            ok + failed,
+            args.output.display()
+        );
+    }
     Ok(())
 }
 

@@ -2,8 +2,7 @@
 //! Hugging Face BitNet b1.58 checkpoint (bf16 master weights or packed uint8) to a GGUF that
 //! bitnet.cpp loads, streamed tensor by tensor.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -55,35 +54,24 @@ pub fn run(args: Args) -> Result<()> {
 
     let start = Instant::now();
     let total = convert::output_size(&ckpt, &options)?;
-    // Written next to the output and renamed when complete: no half-written model is left
-    // under the requested name.
-    let partial = partial_path(&args.output);
-    let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    // Written under a temporary name and renamed when complete: no half-written model is left
+    // under the requested name (nor after Ctrl-C), and no file the checkpoint is read from is
+    // written over.
+    let inputs = ckpt.files();
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let (output, file) = crate::files::Output::create(&args.output, &inputs)?;
+    crate::interrupt::install();
     let bar = crate::progress::bar(total, "converting");
     let result = convert::convert(&ckpt, &options, BufWriter::new(file), |_, bytes| {
         bar.inc(bytes)
-    })
-    .map_err(anyhow::Error::from)
-    .and_then(|(w, summary)| {
-        let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.flush()?;
-        Ok(summary)
     });
     bar.finish_and_clear();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e.context(format!("converting {}", folder.display())));
-        }
-    };
-    std::fs::rename(&partial, &args.output).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            partial.display(),
-            args.output.display()
-        )
-    })?;
+    let (writer, summary) = result.with_context(|| format!("converting {}", folder.display()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    output.commit(file)?;
 
     for (tensor, ty) in &summary.fallbacks {
         eprintln!(
@@ -111,10 +99,4 @@ pub fn run(args: Args) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn partial_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    output.with_file_name(name)
 }

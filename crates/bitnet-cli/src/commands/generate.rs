@@ -6,7 +6,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bitnet::generate::{ContextShift, GenerationConfig, Sampler, Session};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::json;
@@ -92,10 +92,11 @@ pub fn run(args: Args) -> Result<()> {
     let max_tokens = n_predict(args.n_predict)?;
     args.model.check()?;
     let file_text = match (&args.tokens, &args.prompt, &args.file) {
-        (None, None, Some(f)) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the prompt from {}", f.display()))?,
-        ),
+        (None, None, Some(f)) => Some(crate::files::read_limited_text(
+            Some(f),
+            crate::files::PROMPT_LIMIT,
+            "the prompt file",
+        )?),
         (None, None, None) => bail!("give a prompt with -p TEXT, -f FILE or --tokens IDS"),
         _ => None,
     };
@@ -158,6 +159,9 @@ pub fn run(args: Args) -> Result<()> {
             ControlFlow::Continue(())
         }
     });
+    // Ctrl-C ends the reply; what was generated and the timings are still shown, and the
+    // exit status says it was interrupted (130, as a shell reports SIGINT).
+    let interrupted = crate::interrupt::interrupted();
     crate::interrupt::set_generating(false);
     let result = result?;
     let peak_rss = crate::stats::peak_rss_bytes();
@@ -182,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
             "isa": model.isa().name(),
         });
         writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
-        return Ok(());
+        return crate::interrupt::exit_if(interrupted);
     }
     writeln!(stdout)?;
     if let Some(note) = shift_note(&result.shifts, session.context_size()) {
@@ -195,7 +199,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     crate::stats::print_generation_summary(&result, peak_rss, session.cache_bytes());
-    Ok(())
+    crate::interrupt::exit_if(interrupted)
 }
 
 /// Text to ids, with BOS when the model asks for it (and `bos` allows).

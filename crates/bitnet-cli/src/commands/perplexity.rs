@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bitnet::model::Logits;
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::json;
@@ -42,8 +42,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--chunks 0: must be at least 1 (or left out for every chunk)");
     }
     args.model.check()?;
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let text =
+        crate::files::read_limited_text(Some(&args.file), crate::files::CORPUS_LIMIT, "the text")?;
     let loaded = args.model.load()?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let n_ctx = if args.model.ctx_size == 0 {

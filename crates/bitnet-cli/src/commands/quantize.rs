@@ -3,8 +3,7 @@
 //! output matrix as Q8_0 or Q6_K (what `--output-type` otherwise does at every load), the
 //! ternary weights between bitnet.cpp's I2_S and llama.cpp's TQ2_0 / TQ1_0.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,9 +54,6 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => bitnet::kernels::threads::ThreadPool::default_threads(),
     };
-    if args.input == args.output {
-        bail!("the output must be another file than the input");
-    }
     let src = Arc::new(GgufFile::open(&args.input)?);
     let options = QuantizeOptions {
         output_type,
@@ -65,39 +61,22 @@ pub fn run(args: Args) -> Result<()> {
     };
 
     let start = Instant::now();
-    let partial = {
-        let mut name = args.output.file_name().unwrap_or_default().to_os_string();
-        name.push(".part");
-        args.output.with_file_name(name)
-    };
-    let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    // Written under a temporary name and renamed when complete: no half-written model is left
+    // under the requested name, and the input is never the output.
+    let (output, file) = crate::files::Output::create(&args.output, &[&args.input])?;
+    crate::interrupt::install();
     let total: u64 = src.tensors().iter().map(|t| t.element_count()).sum();
     let bar = crate::progress::bar(total, "quantizing");
     let result = quantize_gguf(&src, &options, BufWriter::new(file), threads, |_, n| {
         bar.inc(n)
-    })
-    .map_err(anyhow::Error::from)
-    .and_then(|(w, summary)| {
-        let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.flush()?;
-        Ok(summary)
     });
     bar.finish_and_clear();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            // No half-written model is left under the requested name.
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&partial, &args.output).with_context(|| {
-        format!(
-            "renaming {} to {}",
-            partial.display(),
-            args.output.display()
-        )
-    })?;
+    let (writer, summary) = result.with_context(|| format!("writing {}", args.output.display()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    output.commit(file)?;
     let mut by_change: std::collections::BTreeMap<(String, String), usize> = Default::default();
     for (_, from, to) in &summary.changed {
         *by_change

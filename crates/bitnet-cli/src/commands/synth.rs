@@ -1,9 +1,8 @@
 //! `bitnet synth --shape 2b-4t -o FILE [--vocab-from GGUF]`: write a random-weight model of a
 //! real shape (I2_S linears, ~31 % zeros, F16 embedding) for benchmarks and load tests.
 
-use std::fs::File;
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -67,8 +66,11 @@ pub fn run(args: Args) -> Result<()> {
             shape.n_vocab
         ),
     };
-    let file = File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    // Written under a temporary name and renamed when complete: an interrupted or failed run
+    // (a full disk) leaves no truncated model under the requested name.
+    let inputs: Vec<&Path> = args.vocab_from.iter().map(|p| p.as_path()).collect();
+    let (output, file) = crate::files::Output::create(&args.output, &inputs)?;
+    crate::interrupt::install();
     let start = Instant::now();
     let total: u64 = shape
         .tensors()
@@ -76,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
         .map(|t| t.dims.iter().product::<u64>())
         .sum();
     let bar = crate::progress::bar(total, "writing tensors");
-    synth::write_random_model(
+    let writer = synth::write_random_model(
         BufWriter::new(file),
         &shape,
         vocab.as_ref(),
@@ -85,6 +87,11 @@ pub fn run(args: Args) -> Result<()> {
     )
     .with_context(|| format!("writing {}", args.output.display()))?;
     bar.finish_and_clear();
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    output.commit(file)?;
     let bytes = std::fs::metadata(&args.output)?.len();
     eprintln!(
         "wrote {} ({} shape, {:.2} GB) in {:.1} s",

@@ -1,9 +1,7 @@
 //! `bitnet tokenize [-m FILE] [-p TEXT] [--no-bos] [--parse-special] [--json]` (text from stdin
 //! without `-p`) and `bitnet detokenize [-m FILE] 1 2 3`.
 
-use std::io::Read;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bitnet::tokenizer::{EncodeOptions, Tokenizer};
 use serde_json::json;
 
@@ -48,13 +46,7 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     let tokenizer = load(&args.model)?;
     let text = match args.prompt {
         Some(p) => unescape(&p),
-        None => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading text from stdin")?;
-            s
-        }
+        None => crate::files::read_limited_text(None, crate::files::PROMPT_LIMIT, "the text")?,
     };
     let ids = tokenizer.encode(
         &text,

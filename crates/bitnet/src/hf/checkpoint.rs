@@ -255,6 +255,28 @@ impl Checkpoint {
         &self.folder
     }
 
+    /// Every file of the folder that loading or converting it reads: `config.json`, the
+    /// safetensors shards and their index, and the tokenizer's files (those that exist).
+    /// A command writing into the folder checks its output is none of them.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.shards.iter().map(|s| s.path.clone()).collect();
+        files.extend(
+            [
+                "config.json",
+                "model.safetensors.index.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "generation_config.json",
+                "chat_template.jinja",
+            ]
+            .iter()
+            .map(|f| self.folder.join(f))
+            .filter(|p| p.is_file()),
+        );
+        files
+    }
+
     /// Its `config.json`.
     pub fn config(&self) -> &HfConfig {
         &self.config
