@@ -65,11 +65,19 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // Library notes (e.g. a tokenizer rule inferred from the vocabulary) go to stderr;
-    // RUST_LOG=info shows more.
+    // Library notes (e.g. a tokenizer rule inferred from the vocabulary) go to stderr in the
+    // same two styles as the commands' own (`warning: …`, `note: …`); RUST_LOG=info shows
+    // more.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .format_target(false)
+        .format(|out, record| {
+            use std::io::Write;
+            let label = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                _ => "note",
+            };
+            writeln!(out, "{label}: {}", record.args())
+        })
         .init();
     // llama.cpp spells the number of parallel sequences `-np`; a short option is one letter
     // in clap, so that one spelling becomes `--np` before parsing.

@@ -174,6 +174,34 @@ impl ModelArgs {
     }
 }
 
+/// The chat template, for the commands that render conversations (`chat`, `batch`, `serve`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TemplateArgs {
+    /// A Jinja chat template to use instead of the model's own (as llama.cpp's flag)
+    #[arg(long = "chat-template", conflicts_with = "chat_template_file")]
+    pub chat_template: Option<String>,
+    /// The same, read from a file
+    #[arg(long = "chat-template-file")]
+    pub chat_template_file: Option<std::path::PathBuf>,
+}
+
+impl TemplateArgs {
+    /// Puts the template given on the command line, if any, in place of the model's.
+    pub fn apply(&self, tokenizer: &mut Tokenizer) -> Result<()> {
+        let text = match (&self.chat_template, &self.chat_template_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => crate::files::read_limited_text(
+                Some(f),
+                crate::files::PROMPT_LIMIT,
+                "the chat template",
+            )?,
+            (None, None) => return Ok(()),
+        };
+        tokenizer.set_chat_template(Some(text));
+        Ok(())
+    }
+}
+
 /// Sampling options shared by `generate`, `chat` and `batch` (llama.cpp's names and defaults).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {

@@ -71,6 +71,8 @@ struct Config {
     /// Drop the connection after this many body bytes of the first real download of a file.
     cut: Option<(String, usize)>,
     bad_hash: bool,
+    /// At the cut, stop sending but keep the connection open (for 20 s) instead of closing it.
+    stall: bool,
 }
 
 /// One request as the server saw it.
@@ -267,6 +269,9 @@ fn handle(
     match cut {
         Some(n) => {
             respond(&mut stream, status, &headers, &body[..n.min(body.len())])?;
+            if config.stall {
+                std::thread::sleep(Duration::from_secs(20));
+            }
             stream.shutdown(std::net::Shutdown::Both)
         }
         None => respond(&mut stream, status, &headers, body),
@@ -323,6 +328,8 @@ fn options(server: &Server, cache: &TempDir, retries: usize) -> HubOptions {
         token: Some(TOKEN.to_string()),
         offline: false,
         retries,
+        etag_timeout: Duration::from_secs(10),
+        download_timeout: Duration::from_secs(10),
     }
 }
 
@@ -346,6 +353,7 @@ fn download_resumes_reuses_the_cache_and_works_offline() {
         files: packed_repo(),
         cut: Some(("model.safetensors".into(), MODEL_CUT)),
         bad_hash: false,
+        stall: false,
     });
     let opts = options(&server, &cache, 2);
     let spec = HubSpec::parse("hf:fixture/bitnet-tiny").unwrap();
@@ -430,6 +438,79 @@ fn download_resumes_reuses_the_cache_and_works_offline() {
     );
 }
 
+/// A server that stops sending in the middle of a file, keeping the connection open: the read
+/// times out and the download resumes on a new connection.
+#[test]
+fn a_stalled_download_times_out_and_resumes() {
+    let cache = TempDir::new("stall");
+    let server = Server::start(Config {
+        repo: "fixture/bitnet-tiny".into(),
+        files: packed_repo(),
+        cut: Some(("model.safetensors".into(), MODEL_CUT)),
+        bad_hash: false,
+        stall: true,
+    });
+    let opts = HubOptions {
+        download_timeout: Duration::from_secs(1),
+        ..options(&server, &cache, 2)
+    };
+    let source = hub::resolve_model("hf:fixture/bitnet-tiny", &opts, &mut ()).unwrap();
+    let resumed = server
+        .seen()
+        .iter()
+        .any(|s| s.range.as_deref() == Some(format!("bytes={MODEL_CUT}-").as_str()));
+    assert!(resumed);
+    source.load().unwrap();
+}
+
+/// A Hub that accepts connections and never answers: an error naming the endpoint after the
+/// retries, not a hang. (The call runs in a thread so that a hang fails the test instead of
+/// stopping the suite.)
+#[test]
+fn a_hub_that_never_answers_is_an_error_not_a_hang() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Accepts (the kernel would too, up to its backlog) and holds every connection silently.
+    let holder = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline && held.len() < 8 {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        held
+    });
+    let cache = TempDir::new("silent");
+    let opts = HubOptions {
+        endpoint: endpoint.clone(),
+        cache_dir: cache.0.join("hub"),
+        token: None,
+        offline: false,
+        retries: 1,
+        etag_timeout: Duration::from_millis(500),
+        download_timeout: Duration::from_millis(500),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = hub::fetch(&HubSpec::parse("hf:a/b").unwrap(), &opts, &mut ());
+        let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the call did not return: no timeout")
+        .unwrap_err();
+    assert!(
+        e.contains(&format!("cannot reach {endpoint}"))
+            && e.contains("no answer in time")
+            && e.contains("tried 2 times"),
+        "{e}"
+    );
+    drop(holder);
+}
+
 /// Without retries the cut download fails, leaving the partial blob; the next run resumes it.
 #[test]
 fn an_interrupted_run_is_resumed_by_the_next() {
@@ -439,6 +520,7 @@ fn an_interrupted_run_is_resumed_by_the_next() {
         files: packed_repo(),
         cut: Some(("model.safetensors".into(), MODEL_CUT)),
         bad_hash: false,
+        stall: false,
     });
     let opts = options(&server, &cache, 0);
     let e = hub::resolve_model("hf:fixture/bitnet-tiny", &opts, &mut ())
@@ -502,6 +584,7 @@ fn a_download_that_does_not_match_its_hash_is_refused_and_removed() {
         files: packed_repo(),
         cut: None,
         bad_hash: true,
+        stall: false,
     });
     let e = hub::fetch(
         &HubSpec::parse("hf:fixture/bitnet-tiny").unwrap(),
@@ -531,6 +614,7 @@ fn a_missing_token_and_a_missing_repo_are_explained() {
         files: packed_repo(),
         cut: None,
         bad_hash: false,
+        stall: false,
     });
     let no_token = HubOptions {
         token: None,
@@ -574,6 +658,7 @@ fn gguf_repositories() {
         ],
         cut: None,
         bad_hash: false,
+        stall: false,
     });
     let opts = options(&server, &cache, 0);
     let named = hub::resolve_model(

@@ -16,7 +16,7 @@ use bitnet::generate::{GenerationConfig, Input, Prompt, Request, Sampler, Sample
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::model_args::{ModelArgs, SamplingArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +25,8 @@ pub struct Args {
     /// Defaults for requests that do not set their own sampling fields
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Input JSONL file
     #[arg(short = 'i', long = "input")]
     input: PathBuf,
@@ -55,9 +57,12 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let requests = lines(&data);
     let (output, out) = crate::files::Output::create(&args.output, &[&args.input])?;
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
+    args.template.apply(&mut loaded.tokenizer)?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
-    let template = tokenizer.chat_template()?;
+    // A template that does not compile fails the lines with `messages` only: plain prompts
+    // do not need it.
+    let template = tokenizer.chat_template().map_err(|e| e.to_string());
     let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
 
     let mut out = BufWriter::new(out);
@@ -110,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
 
 fn run_one(
     session: &mut Session,
-    template: &bitnet::tokenizer::ChatTemplate,
+    template: &Result<bitnet::tokenizer::ChatTemplate, String>,
     req: &Request,
     defaults: &SamplerConfig,
     n_predict: usize,
@@ -132,7 +137,12 @@ fn run_one(
                 anyhow::bail!("`prompt`: a batch line answers one prompt; put each on its own line")
             }
         },
-        Input::Messages(m) => tokenizer.encode_chat(&template.render(&m, true)?),
+        Input::Messages(m) => {
+            let template = template
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("`messages` need the chat template: {e}"))?;
+            tokenizer.encode_chat(&template.render(&m, true)?)
+        }
     };
     let config = GenerationConfig {
         max_tokens: req.max_tokens.unwrap_or(Some(n_predict)),

@@ -11,7 +11,7 @@ use anyhow::Result;
 use bitnet::generate::{Chat, GenerateError, GenerationConfig, Session, StopReason};
 use rustyline::error::ReadlineError;
 
-use crate::model_args::{n_predict, ModelArgs, SamplingArgs};
+use crate::model_args::{n_predict, ModelArgs, SamplingArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,6 +19,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// System prompt
     #[arg(long)]
     system: Option<String>,
@@ -77,7 +79,8 @@ fn read_message(rl: &mut rustyline::DefaultEditor) -> Result<Option<String>> {
 pub fn run(args: Args) -> Result<()> {
     let sampler_config = args.sampling.config()?;
     let max_tokens = n_predict(args.n_predict)?;
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
+    args.template.apply(&mut loaded.tokenizer)?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
     let session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
     let config = GenerationConfig {
@@ -181,7 +184,9 @@ pub fn run(args: Args) -> Result<()> {
                 g.prompt_tokens,
                 g.cached_tokens,
                 g.prompt_tokens_per_s(),
-                chat.tokens().len(),
+                // What the cache holds (at most its capacity); the conversation's tokens may
+                // run past it by the end-of-turn marker the next turn makes room for.
+                chat.session().context_used(),
                 g.stop.as_str(),
             );
         }

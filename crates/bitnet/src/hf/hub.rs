@@ -3,19 +3,24 @@
 //! huggingface_hub lays it out (`models--OWNER--REPO/{blobs,snapshots,refs}`), so Python tools
 //! and this engine share downloads.
 //!
-//! Downloads go through the `hf-hub` crate (sync API over ureq): it asks the server for the
-//! file's ETag, commit and size, downloads into `blobs/ETAG.part`, and resumes from the bytes
-//! already there with an HTTP `Range` request, both after a dropped connection within one call
-//! (`retries`) and in a later call. Around it this module adds what the crate leaves out:
-//! `HF_TOKEN`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE`, reuse of a blob already in the cache,
-//! and verification of each finished file against the size and the hash in its ETag
-//! (sha256 for LFS files, the git blob sha1 otherwise).
+//! The HTTP is ours, over ureq, as huggingface_hub speaks it: a one-byte request for the file's
+//! ETag, commit and size (following the Hub's relative redirects only), a download into
+//! `blobs/ETAG.part` that resumes from the bytes already there with an HTTP `Range` request,
+//! both after a failure within one call (`retries`, with backoff) and in a later call, and the
+//! repository's file list from `/api/models`. Every call has timeouts (resolve, connect, send,
+//! the response's head, and each read of its body: `HF_HUB_ETAG_TIMEOUT` and
+//! `HF_HUB_DOWNLOAD_TIMEOUT`, 10 s by default as in huggingface_hub), so a Hub that accepts and
+//! never answers is an error, not a hang; timeouts, refused or reset connections and 5xx/429
+//! answers are retried. `hf-hub` gives the cache's layout. Around that: `HF_TOKEN`,
+//! `HF_HUB_CACHE` and `HF_HUB_OFFLINE`, reuse of a blob already in the cache, and
+//! verification of each finished file against the size and the hash in its ETag (sha256 for
+//! LFS files, the git blob sha1 otherwise).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use hf_hub::api::sync::{Api, ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo};
 use sha1::Digest as _;
 
@@ -48,8 +53,14 @@ pub struct HubOptions {
     pub token: Option<String>,
     /// Use only the cache; never touch the network.
     pub offline: bool,
-    /// How many times one download is resumed after a dropped connection.
+    /// How many times a failed call is tried again (a download resumes where it stopped).
     pub retries: usize,
+    /// The longest wait for a metadata answer (`HF_HUB_ETAG_TIMEOUT`, default 10 s): DNS,
+    /// connecting, and the response's head.
+    pub etag_timeout: Duration,
+    /// The longest wait for any one read of a download (`HF_HUB_DOWNLOAD_TIMEOUT`, default
+    /// 10 s): a stalled transfer is retried, then an error.
+    pub download_timeout: Duration,
 }
 
 fn truthy(v: &str) -> bool {
@@ -62,7 +73,7 @@ fn truthy(v: &str) -> bool {
 impl HubOptions {
     /// From the environment, as huggingface_hub reads it: `HF_ENDPOINT`, `HF_HUB_CACHE` /
     /// `HF_HOME` / `XDG_CACHE_HOME`, `HF_TOKEN` / `HF_TOKEN_PATH` / the `token` file,
-    /// `HF_HUB_OFFLINE`.
+    /// `HF_HUB_OFFLINE`, `HF_HUB_ETAG_TIMEOUT`, `HF_HUB_DOWNLOAD_TIMEOUT`.
     pub fn from_env() -> HubOptions {
         HubOptions::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
@@ -102,17 +113,18 @@ impl HubOptions {
             token,
             offline: get("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
             retries: 3,
+            etag_timeout: seconds(get("HF_HUB_ETAG_TIMEOUT")),
+            download_timeout: seconds(get("HF_HUB_DOWNLOAD_TIMEOUT")),
         }
     }
+}
 
-    fn api(&self) -> Result<Api, ApiError> {
-        ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
-            .with_endpoint(self.endpoint.clone())
-            .with_token(self.token.clone())
-            .with_progress(false)
-            .with_retries(self.retries)
-            .build()
-    }
+/// A timeout variable in seconds (huggingface_hub's default of 10 when unset or not a
+/// positive number).
+fn seconds(v: Option<String>) -> Duration {
+    v.and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
+        .map_or(Duration::from_secs(10), Duration::from_secs_f64)
 }
 
 /// `OWNER/REPO[:FILE]`.
@@ -177,61 +189,147 @@ impl DownloadProgress for () {
     fn finish(&mut self) {}
 }
 
-struct Adapter<'a>(&'a mut dyn DownloadProgress);
+/// Why one HTTP call failed, and so whether it is worth another try.
+enum Failure {
+    /// An answer with this status.
+    Status(u16),
+    /// No usable answer: a timeout, a refused, reset or cut connection, a name that does not
+    /// resolve. Tried again.
+    Network(String),
+    /// Anything else: a malformed answer, a file of the cache that cannot be written.
+    Other(String),
+}
 
-impl hf_hub::api::Progress for Adapter<'_> {
-    fn init(&mut self, size: usize, filename: &str) {
-        self.0.start(filename, size as u64);
+impl Failure {
+    fn transient(&self) -> bool {
+        matches!(self, Failure::Network(_) | Failure::Status(429 | 500..=599))
     }
-    fn update(&mut self, size: usize) {
-        self.0.advance(size as u64);
+}
+
+impl From<ureq::Error> for Failure {
+    fn from(e: ureq::Error) -> Failure {
+        match e {
+            ureq::Error::StatusCode(code) => Failure::Status(code),
+            ureq::Error::Timeout(t) => Failure::Network(format!("no answer in time ({t})")),
+            ureq::Error::Io(e) => Failure::Network(e.to_string()),
+            ureq::Error::HostNotFound => Failure::Network("host not found".into()),
+            ureq::Error::ConnectionFailed => Failure::Network("connection failed".into()),
+            ureq::Error::BodyStalled => Failure::Network("the download stalled".into()),
+            other => Failure::Other(other.to_string()),
+        }
     }
-    fn finish(&mut self) {
-        self.0.finish();
-    }
+}
+
+/// The wait before try `attempt + 1`: 0.5 s, 1 s, 2 s, … at most 8 s.
+fn backoff(attempt: usize) -> Duration {
+    Duration::from_millis(500 << attempt.min(4))
+}
+
+/// What the Hub says of one file.
+struct FileMeta {
+    commit: String,
+    etag: String,
+    size: u64,
 }
 
 /// A Hub client for one repository.
 struct Hub<'a> {
     options: &'a HubOptions,
     repo_id: String,
-    api: Api,
-    repo: ApiRepo,
+    /// Follows redirects (to the CDN that serves LFS files), sending the token to the Hub's
+    /// own host only.
+    follow: ureq::Agent,
+    /// Follows none: the metadata lives in the Hub's own answer, before any redirect.
+    direct: ureq::Agent,
 }
 
 impl<'a> Hub<'a> {
-    fn new(options: &'a HubOptions, repo_id: &str) -> Result<Hub<'a>, HfError> {
-        let api = options.api().map_err(|e| HfError::Hub {
-            repo: repo_id.to_string(),
-            message: e.to_string(),
-        })?;
-        let repo = api.repo(Repo::model(repo_id.to_string()));
-        Ok(Hub {
+    fn new(options: &'a HubOptions, repo_id: &str) -> Hub<'a> {
+        let agent = |redirects: u32| -> ureq::Agent {
+            let wait = Some(options.etag_timeout);
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(redirects)
+                .max_redirects_will_error(redirects > 0)
+                .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+                .user_agent(concat!("bitnet-rust/", env!("CARGO_PKG_VERSION")))
+                .timeout_resolve(wait)
+                .timeout_connect(wait)
+                .timeout_send_request(wait)
+                .timeout_recv_response(wait)
+                .timeout_per_read(Some(options.download_timeout))
+                .build()
+                .into()
+        };
+        Hub {
             options,
             repo_id: repo_id.to_string(),
-            api,
-            repo,
-        })
+            follow: agent(10),
+            direct: agent(0),
+        }
     }
 
-    fn error(&self, file: &str, e: ApiError) -> HfError {
+    fn url(&self, file: &str) -> String {
+        format!(
+            "{}/{}/resolve/main/{file}",
+            self.options.endpoint, self.repo_id
+        )
+    }
+
+    /// A GET with the token (when there is one) and an optional byte range.
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        range: Option<String>,
+    ) -> Result<ureq::http::Response<ureq::Body>, Failure> {
+        let mut request = agent.get(url);
+        if let Some(token) = &self.options.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some(range) = range {
+            request = request.header("Range", range);
+        }
+        Ok(request.call()?)
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or has been tried `retries + 1` times.
+    fn retrying<T>(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, HfError> {
+        let mut attempt = 0;
+        loop {
+            match call() {
+                Ok(v) => return Ok(v),
+                Err(f) if f.transient() && attempt < self.options.retries => {
+                    log::info!("{}: {what}: trying again", self.repo_id);
+                    std::thread::sleep(backoff(attempt));
+                    attempt += 1;
+                }
+                Err(f) => return Err(self.error(what, f, attempt + 1)),
+            }
+        }
+    }
+
+    fn error(&self, what: &str, failure: Failure, tries: usize) -> HfError {
         let endpoint = &self.options.endpoint;
-        let message = match &e {
-            ApiError::RequestError(inner) => match inner.as_ref() {
-                ureq::Error::StatusCode(401 | 403) => format!(
-                    "{file}: access denied by {endpoint} (a gated or private repository needs HF_TOKEN)"
-                ),
-                ureq::Error::StatusCode(404) => {
-                    format!("{file}: not found on {endpoint}")
-                }
-                ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
-                    format!(
-                        "{file}: cannot reach {endpoint} ({inner}); set HF_HUB_OFFLINE=1 to use the cache only"
-                    )
-                }
-                _ => format!("{file}: {e}"),
-            },
-            _ => format!("{file}: {e}"),
+        let tries = if tries > 1 {
+            format!(" (tried {tries} times)")
+        } else {
+            String::new()
+        };
+        let message = match failure {
+            Failure::Status(401 | 403) => format!(
+                "{what}: access denied by {endpoint} (a gated or private repository needs HF_TOKEN)"
+            ),
+            Failure::Status(404) => format!("{what}: not found on {endpoint}"),
+            Failure::Status(code) => format!("{what}: {endpoint} answered HTTP {code}{tries}"),
+            Failure::Network(m) => format!(
+                "{what}: cannot reach {endpoint}: {m}{tries}; set HF_HUB_OFFLINE=1 to use the cache only"
+            ),
+            Failure::Other(m) => format!("{what}: {m}"),
         };
         HfError::Hub {
             repo: self.repo_id.clone(),
@@ -243,43 +341,202 @@ impl<'a> Hub<'a> {
         Cache::new(self.options.cache_dir.clone()).repo(Repo::model(self.repo_id.clone()))
     }
 
+    /// The file's commit, ETag and size, from a one-byte request as huggingface_hub makes it:
+    /// the Hub's own redirects (a renamed repository) are followed, a redirect to another
+    /// host (the CDN of an LFS file) is not, since the Hub's answer carries the headers.
+    fn metadata(&self, file: &str) -> Result<FileMeta, Failure> {
+        let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let mut url = self.url(file);
+        let mut response = self.get(&self.direct, &url, Some("bytes=0-0".into()))?;
+        for _ in 0..5 {
+            let relative = header(&response, "location").filter(|l| l.starts_with('/'));
+            match relative {
+                Some(path) if response.status().is_redirection() => {
+                    url = format!("{}{path}", self.options.endpoint);
+                    response = self.get(&self.direct, &url, Some("bytes=0-0".into()))?;
+                }
+                _ => break,
+            }
+        }
+        let status = response.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return Err(Failure::Status(status.as_u16()));
+        }
+        let etag = header(&response, "x-linked-etag")
+            .or_else(|| header(&response, "etag"))
+            .ok_or_else(|| Failure::Other("the Hub's answer has no ETag".into()))?;
+        let etag = etag.trim_start_matches("W/").replace('"', "");
+        let commit = header(&response, "x-repo-commit")
+            .ok_or_else(|| Failure::Other("the Hub's answer has no X-Repo-Commit".into()))?;
+        // The size: the Hub's X-Linked-Size, else the range's total (from the CDN when the
+        // Hub redirects there), else the whole body's length.
+        let total = |r: &ureq::http::Response<ureq::Body>| -> Option<u64> {
+            if let Some(range) = header(r, "content-range") {
+                return range.rsplit('/').next()?.trim().parse().ok();
+            }
+            if r.status().as_u16() == 200 {
+                return header(r, "content-length")?.trim().parse().ok();
+            }
+            None
+        };
+        let size = match header(&response, "x-linked-size").and_then(|s| s.trim().parse().ok()) {
+            Some(size) => size,
+            None if status.is_redirection() => {
+                let location = header(&response, "location")
+                    .ok_or_else(|| Failure::Other("a redirect without a Location".into()))?;
+                let cdn = self.get(&self.follow, &location, Some("bytes=0-0".into()))?;
+                if !cdn.status().is_success() {
+                    return Err(Failure::Status(cdn.status().as_u16()));
+                }
+                total(&cdn).ok_or_else(|| Failure::Other("no size in the answer".into()))?
+            }
+            None => {
+                total(&response).ok_or_else(|| Failure::Other("no size in the answer".into()))?
+            }
+        };
+        Ok(FileMeta { commit, etag, size })
+    }
+
+    /// Downloads into `part`, resuming from the bytes already there; complete when it holds
+    /// `size` bytes.
+    fn download(
+        &self,
+        file: &str,
+        size: u64,
+        part: &Path,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<(), Failure> {
+        let local = |e: std::io::Error| Failure::Other(format!("{}: {e}", part.display()));
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(part)
+            .map_err(local)?;
+        let mut have = out.metadata().map_err(local)?.len();
+        if have > size {
+            // Not a prefix of this file: start over.
+            out.set_len(0).map_err(local)?;
+            have = 0;
+        }
+        progress.start(file, size);
+        progress.advance(have);
+        if have < size {
+            let mut response = self.get(
+                &self.follow,
+                &self.url(file),
+                Some(format!("bytes={have}-")),
+            )?;
+            match response.status().as_u16() {
+                206 => {}
+                // The whole file, the range ignored: written from the start.
+                200 => {
+                    out.set_len(0).map_err(local)?;
+                    progress.start(file, size);
+                }
+                code => return Err(Failure::Status(code)),
+            }
+            let mut body = response.body_mut().as_reader();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Failure::Network(e.to_string())),
+                };
+                out.write_all(&buf[..n]).map_err(local)?;
+                progress.advance(n as u64);
+            }
+            out.flush().map_err(local)?;
+        }
+        let got = out.metadata().map_err(local)?.len();
+        if got != size {
+            return Err(Failure::Network(format!(
+                "the connection ended after {got} of {size} bytes"
+            )));
+        }
+        progress.finish();
+        Ok(())
+    }
+
     /// Downloads one file into the cache (or finds its blob there) and checks it; returns the
     /// snapshot path.
     fn file(&self, file: &str, progress: &mut dyn DownloadProgress) -> Result<PathBuf, HfError> {
-        let meta = self
-            .api
-            .metadata(&self.repo.url(file))
-            .map_err(|e| self.error(file, e))?;
+        let meta = self.retrying(file, || self.metadata(file))?;
         let cache = self.cache();
-        let blob = cache.blob_path(meta.etag());
-        let size = meta.size() as u64;
-        let pointer = cache.pointer_path(meta.commit_hash()).join(file);
-        let have = std::fs::metadata(&blob).is_ok_and(|m| m.len() == size);
-        if !have {
-            self.repo
-                .download_with_progress(file, Adapter(progress))
-                .map_err(|e| self.error(file, e))?;
-            if let Err(e) = verify(&blob, size, meta.etag()) {
-                // A corrupt blob must not be found by the next run.
-                let _ = std::fs::remove_file(&pointer);
-                let _ = std::fs::remove_file(&blob);
-                return Err(HfError::Hub {
-                    repo: self.repo_id.clone(),
-                    message: format!("{file}: {e}"),
-                });
+        let blob = cache.blob_path(&meta.etag);
+        let pointer = cache.pointer_path(&meta.commit).join(file);
+        let have = |blob: &Path| std::fs::metadata(blob).is_ok_and(|m| m.len() == meta.size);
+        if !have(&blob) {
+            if let Some(dir) = blob.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| HfError::io(dir, e))?;
             }
+            let mut part = blob.clone().into_os_string();
+            part.push(".part");
+            let part = PathBuf::from(part);
+            // One download of a blob at a time: another process fetching the same file holds
+            // the lock until it is done (then the blob is there).
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&part)
+                .map_err(|e| HfError::io(&part, e))?;
+            lock.lock().map_err(|e| HfError::io(&part, e))?;
+            if !have(&blob) {
+                self.retrying(file, || self.download(file, meta.size, &part, progress))?;
+                if let Err(e) = verify(&part, meta.size, &meta.etag) {
+                    // A corrupt download must not be found, or resumed, by the next run.
+                    let _ = std::fs::remove_file(&part);
+                    return Err(HfError::Hub {
+                        repo: self.repo_id.clone(),
+                        message: format!("{file}: {e}"),
+                    });
+                }
+                std::fs::rename(&part, &blob).map_err(|e| HfError::io(&blob, e))?;
+            }
+            drop(lock);
         }
         link_blob(&blob, &pointer).map_err(|e| HfError::io(&pointer, e))?;
         cache
-            .create_ref(meta.commit_hash())
+            .create_ref(&meta.commit)
             .map_err(|e| HfError::io(&self.options.cache_dir, e))?;
         Ok(pointer)
     }
 
-    /// The repository's top-level file names.
+    /// The repository's file names.
     fn list(&self) -> Result<Vec<String>, HfError> {
-        let info = self.repo.info().map_err(|e| self.error("(file list)", e))?;
-        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+        let what = "listing its files";
+        let url = format!(
+            "{}/api/models/{}/revision/main",
+            self.options.endpoint, self.repo_id
+        );
+        let body = self.retrying(what, || {
+            let mut response = self.get(&self.follow, &url, None)?;
+            if !response.status().is_success() {
+                return Err(Failure::Status(response.status().as_u16()));
+            }
+            response
+                .body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_string()
+                .map_err(Failure::from)
+        })?;
+        let info: serde_json::Value = serde_json::from_str(&body).map_err(|e| HfError::Hub {
+            repo: self.repo_id.clone(),
+            message: format!("{what}: the Hub's answer is not JSON: {e}"),
+        })?;
+        Ok(info["siblings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["rfilename"].as_str().map(str::to_string))
+            .collect())
     }
 }
 
@@ -425,7 +682,7 @@ pub fn fetch(
     if options.offline {
         return fetch_offline(spec, options);
     }
-    let hub = Hub::new(options, &spec.repo)?;
+    let hub = Hub::new(options, &spec.repo);
     if let Some(file) = &spec.file {
         return Ok(source_for_file(hub.file(file, progress)?));
     }

@@ -845,6 +845,12 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// Replaces the file's chat template (`None`: the built-in BitNet format), as llama.cpp's
+    /// `--chat-template` does; checked when [`Tokenizer::chat_template`] compiles it.
+    pub fn set_chat_template(&mut self, template: Option<String>) {
+        self.chat_template = template;
+    }
+
     /// The chat template to use: the file's Jinja template, or the built-in BitNet format
     /// when there is none or it is bitnet.cpp's marker.
     pub fn chat_template(&self) -> Result<ChatTemplate, TokenizerError> {
