@@ -63,7 +63,7 @@ struct Driver {
     base: String,
     session: String,
     _chromedriver: Killed,
-    _profile: TempDir,
+    profile: TempDir,
 }
 
 struct TempDir(PathBuf);
@@ -169,7 +169,7 @@ impl Driver {
             base,
             session,
             _chromedriver: child,
-            _profile: TempDir(profile),
+            profile: TempDir(profile),
         }
     }
 
@@ -253,11 +253,33 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let _ = agent.delete(self.url("")).call();
+        // Closing the session closes Chromium, but only once its page's main thread takes the
+        // command: a page blocked for good (a regression of the Stop test) would hold the test
+        // forever, so then Chromium's processes are killed, found by their profile directory.
+        if try_call("DELETE", &self.url(""), None, Duration::from_secs(15)).is_err() {
+            kill_browser(&self.profile.0);
+        }
+    }
+}
+
+/// Kills the processes started with `--user-data-dir=PROFILE` (this test's Chromium only).
+fn kill_browser(profile: &Path) {
+    let flag = format!("--user-data-dir={}", profile.display());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| arg == flag.as_bytes()) {
+            // SAFETY: kill(2) with a pid read from /proc and a signal number; no memory.
+            #[cfg(unix)]
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
