@@ -429,8 +429,8 @@ fn the_web_page_chats_streams_stops_and_starts_over_in_chromium() {
     let message = "Good morrow, father.";
     driver.type_into("#input", message);
     driver.click("#send");
-    let reply = reply(&driver, 0);
-    assert!(!reply.is_empty());
+    let first = reply(&driver, 0);
+    assert!(!first.is_empty());
     let meta = driver.script("return document.querySelector('.msg.assistant .meta').textContent");
     assert!(meta.as_str().unwrap().contains("tokens/s"), "{meta}");
     let user = driver.script("return document.querySelector('.msg.user').textContent");
@@ -442,7 +442,7 @@ fn the_web_page_chats_streams_stops_and_starts_over_in_chromium() {
         "temperature": 0, "max_tokens": 40,
     });
     let api = call_api(&addr, body, None).unwrap();
-    assert_eq!(reply, api, "page vs API");
+    assert_eq!(first, api, "page vs API");
     screenshot(&driver, "chat");
 
     // A long reply, stopped once it streams.
@@ -465,6 +465,30 @@ fn the_web_page_chats_streams_stops_and_starts_over_in_chromium() {
     driver.click("#new-chat");
     let n = driver.script("return document.querySelectorAll('.msg').length");
     assert_eq!(n, json!(0));
+
+    // New chat in the middle of a reply: nothing of it reaches the new conversation, whose
+    // first message gets the same answer as the first message of the first one.
+    driver.type_into("#input", "Tell me a long tale.");
+    driver.click("#send");
+    driver.wait_for(
+        "const m = document.querySelector('.msg.assistant .text'); return m && m.textContent.length > 0",
+        "the reply to stream",
+    );
+    driver.click("#new-chat");
+    driver.wait_for(
+        "return !document.getElementById('send').disabled",
+        "the page to be ready",
+    );
+    driver.clear("#max-tokens");
+    driver.type_into("#max-tokens", "40");
+    driver.type_into("#input", message);
+    driver.click("#send");
+    assert_eq!(
+        reply(&driver, 0),
+        api,
+        "after New chat mid-reply: page vs API"
+    );
+    assert_eq!(transcript(&driver).0.len(), 2);
 }
 
 /// A request the server refuses (a prompt longer than the context) is rolled back: its
