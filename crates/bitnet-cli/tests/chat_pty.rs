@@ -57,9 +57,13 @@ fn line_editor_commands_and_cache_reuse() {
     p.exp_string("> ").unwrap();
     p.send_line("What say you?").unwrap();
     let (_, _, prompt, cached, used2) = footer(&mut p);
-    assert_eq!(cached + 1, used1, "the whole first turn is reused");
+    // The footer counts what the cache holds (the last sampled token is not in it yet).
+    assert_eq!(
+        cached, used1,
+        "everything cached by the first turn is reused"
+    );
     assert!(prompt < 20, "prompt {prompt}");
-    assert_eq!(used2, cached + prompt + 24 + 1);
+    assert_eq!(used2, cached + prompt + 24);
     p.exp_string("> ").unwrap();
 
     // History: the up arrow brings back the last message (not `^[[A` sent to the model).
@@ -173,6 +177,28 @@ fn a_chat_longer_than_the_context_goes_on() {
     assert!(at < 28, "dropped first at turn {at}");
     p.send_line("/system").unwrap();
     p.exp_string("(system prompt: You are Romeo.)").unwrap();
+    p.send_line("/exit").unwrap();
+    p.exp_eof().unwrap();
+}
+
+/// A reply that fills a small context: the footer's count is what the cache holds, never more
+/// than the context (it showed 130/128).
+#[test]
+fn the_footer_never_counts_past_the_context() {
+    let mut p = chat(&["--temp", "0", "-c", "128", "--no-ctx-shift"]);
+    // A long message, so that the reply reaches the end of the context before its turn ends.
+    p.send_line(
+        "Good morrow, Romeo. Speak to me of the moon, of the night, of Verona and of the \
+         Capulets and the Montagues, and of the feud that parts our houses, and of love.",
+    )
+    .unwrap();
+    let (_, generated, prompt, _, used) = footer(&mut p);
+    assert!(
+        prompt + generated >= 128,
+        "the reply did not fill the context"
+    );
+    assert!(used <= 128, "context {used}/128");
+    p.exp_string("> ").unwrap();
     p.send_line("/exit").unwrap();
     p.exp_eof().unwrap();
 }

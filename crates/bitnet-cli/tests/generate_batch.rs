@@ -271,3 +271,49 @@ fn perplexity_separates_the_models_text_from_noise() {
     assert!(b > 1000.0, "noise: {b}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--chat-template` replaces the model's template; one that does not compile fails only the
+/// lines that need it (`messages`), not plain prompts.
+#[test]
+fn the_chat_template_flag_overrides_and_a_broken_one_fails_only_chat_lines() {
+    let dir = std::env::temp_dir().join(format!("bitnet-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"ROMEO:\", \"max_tokens\": 2, \"temperature\": 0}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"ROMEO:\"}], \"max_tokens\": 2, \"temperature\": 0}\n",
+    )
+    .unwrap();
+    let batch = |template: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+            .args(["batch", "--chat-template", template, "-i"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&output)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let records: Vec<Value> = std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (out.status.code(), records)
+    };
+    let (code, records) = batch("{% if %}");
+    assert_eq!(code, Some(1));
+    assert!(records[0].get("error").is_none(), "{}", records[0]);
+    let error = records[1]["error"].as_str().unwrap();
+    assert!(error.contains("chat template"), "{error}");
+
+    // A template that renders the message's text alone: the chat line's prompt is the plain
+    // prompt's (BOS and "ROMEO:").
+    let (code, records) =
+        batch("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}");
+    assert_eq!(code, Some(0), "{records:?}");
+    assert_eq!(records[1]["prompt_tokens"], records[0]["prompt_tokens"]);
+    assert_eq!(records[1]["generated_ids"], records[0]["generated_ids"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -500,6 +500,18 @@ fn bad_magic_is_rejected() {
         expect!(reject(raw.bytes()), GgufErrorKind::BadMagic { found } => assert_eq!(found, magic));
     }
     expect!(reject(Vec::new()), GgufErrorKind::BadMagic { found } => assert!(found.is_empty()));
+    // The message shows text as text and other bytes in hex (it showed `[23, 20, 42, 69]`
+    // for a Markdown file, which reads as decimal).
+    raw.magic = b"# Bi".to_vec();
+    assert_eq!(
+        reject(raw.bytes()).to_string(),
+        "not a GGUF file: it starts with \"# Bi\" (hex 23 20 42 69), expected \"GGUF\""
+    );
+    raw.magic = vec![0x7f, b'E', b'L', b'F'];
+    assert_eq!(
+        reject(raw.bytes()).to_string(),
+        "not a GGUF file: it starts with the bytes 7f 45 4c 46, expected \"GGUF\""
+    );
     expect!(reject(b"GGUF".to_vec()), GgufErrorKind::Truncated { offset: 4, needed: 4, available: 0, what } => {
         assert_eq!(what, "version");
     });

@@ -2,7 +2,7 @@
 //! standard cache (`HF_HUB_CACHE` / `HF_HOME`; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`
 //! honoured) and print where it is. Interrupted downloads resume on the next run.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bitnet::hf::hub::{self, DownloadProgress, HubOptions, HubSpec};
 use indicatif::ProgressBar;
 
@@ -16,8 +16,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let spec = HubSpec::parse(&args.repo)?;
     let options = HubOptions::from_env();
-    let source = hub::fetch(&spec, &options, &mut DownloadBar::default())
-        .with_context(|| format!("pulling {}", spec.repo))?;
+    // The library's error names the repository and the file already.
+    let source = hub::fetch(&spec, &options, &mut DownloadBar::default())?;
     eprintln!(
         "{} is in the cache {}",
         spec.repo,

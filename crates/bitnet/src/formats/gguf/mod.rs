@@ -42,6 +42,18 @@ impl GgufError {
     }
 }
 
+/// Bytes as a person reads them: as text where they are printable ASCII (`"# Bi"`), with
+/// their hex values (`23 20 42 69`).
+fn show_bytes(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+    if !bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("{text:?} (hex {})", hex.join(" "))
+    } else {
+        format!("the bytes {}", hex.join(" "))
+    }
+}
+
 /// What exactly was wrong, with the key or tensor and the byte offset where it was found.
 /// Fields named `offset` are byte offsets into the file, `what` names the item being read.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +65,10 @@ pub enum GgufErrorKind {
     #[error("is a directory, not a GGUF file")]
     IsDirectory,
     /// The file does not start with `GGUF`.
-    #[error("not a GGUF file: it starts with {found:02x?}, expected \"GGUF\"")]
+    #[error(
+        "not a GGUF file: it starts with {}, expected \"GGUF\"",
+        show_bytes(found)
+    )]
     BadMagic {
         /// The first bytes of the file.
         found: Vec<u8>,
