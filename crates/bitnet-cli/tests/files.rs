@@ -210,3 +210,39 @@ fn a_full_disk_is_named_and_leaves_no_partial_file() {
     );
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Ctrl-C ends `generate`'s reply: the text so far and the timings are shown, and the exit
+/// status says it was interrupted (it was 0).
+#[cfg(unix)]
+#[test]
+fn an_interrupted_generation_exits_130() {
+    use std::io::Read;
+    let mut child = bitnet()
+        .args([
+            "generate",
+            "-p",
+            "ROMEO:",
+            "-n",
+            "-1",
+            "--ignore-eos",
+            "--ctx-shift",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Some generated text first: the reply is under way.
+    let mut text = vec![0u8; 256];
+    stdout.read_exact(&mut text).unwrap();
+    // SAFETY: sending a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("[interrupted]"), "{err}");
+}
