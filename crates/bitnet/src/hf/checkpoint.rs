@@ -261,18 +261,10 @@ impl Checkpoint {
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.shards.iter().map(|s| s.path.clone()).collect();
         files.extend(
-            [
-                "config.json",
-                "model.safetensors.index.json",
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "generation_config.json",
-                "chat_template.jinja",
-            ]
-            .iter()
-            .map(|f| self.folder.join(f))
-            .filter(|p| p.is_file()),
+            super::FOLDER_FILES
+                .iter()
+                .map(|f| self.folder.join(f))
+                .filter(|p| p.is_file()),
         );
         files
     }

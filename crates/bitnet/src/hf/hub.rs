@@ -24,23 +24,12 @@ use std::time::Duration;
 use hf_hub::{Cache, Repo};
 use sha1::Digest as _;
 
-use super::{is_hf_folder, HfError, ModelSource};
+use super::{is_hf_folder, HfError, ModelSource, FOLDER_FILES};
 use crate::formats::gguf::GgufFile;
 use crate::model::BitnetModel;
 
 /// The Hub used when `HF_ENDPOINT` is not set.
 pub(crate) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-
-/// Files of a repository that a model folder needs (besides `*.safetensors`).
-const FOLDER_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "chat_template.jinja",
-];
 
 /// Where and how to reach the Hub.
 #[derive(Clone, Debug, PartialEq, Eq)]

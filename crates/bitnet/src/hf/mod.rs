@@ -31,6 +31,18 @@ pub use checkpoint::Checkpoint;
 pub use config::{HfConfig, HfFamily, LinearClass, QuantMode, RopeScaling};
 pub use convert::{ConvertOptions, ConvertSummary, OutType};
 
+/// Files of a model folder besides its `*.safetensors`: what a Hub download fetches and what a
+/// command writing into the folder must not overwrite.
+pub(crate) const FOLDER_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
 /// Why a Hugging Face checkpoint could not be read, converted or fetched. Every variant names
 /// the file, and the tensor or key where there is one.
 #[derive(Debug, thiserror::Error)]
