@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 
 use crate::generate::{
     random_seed, Chat, Event, Finished, Generation, GenerationConfig, Job, Run, Sampler,
-    SamplerConfig, Scheduler, SchedulerConfig, Session,
+    SamplerConfig, Scheduler, SchedulerConfig, Session, StopReason,
 };
 use crate::load::{self, Loaded, ModelOptions, Source};
 use crate::model::{BitnetModel, CacheType, Config, Logits};
@@ -301,12 +301,12 @@ impl Model {
         params: &GenerateParams,
     ) -> Result<Chat<'static>, Error> {
         let (sampling, config) = params.configs()?;
-        Ok(Chat::new(
+        Chat::new(
             self.session()?,
             system.map(str::to_string),
             sampling,
             config,
-        )?)
+        )
     }
 
     /// [`Model::chat`] as an iterator of text pieces.
@@ -408,6 +408,40 @@ impl Model {
         params: &GenerateParams,
         slots: usize,
     ) -> Result<Vec<Result<Completion, Error>>, Error> {
+        self.generate_batch_with(prompts, params, slots, |_, _| ControlFlow::Continue(()))
+    }
+
+    /// [`Model::generate_batch`], handing each event of every prompt (its index in
+    /// `prompts`, and the [`Event`]) to `on_event` on this thread as it arrives; `on_event`
+    /// returns `ControlFlow::Break(())` to stop the whole batch. Prompts still running or
+    /// waiting then end at once with [`crate::StopReason::Interrupted`] and what they have
+    /// generated so far (their figures as the scheduler measured them); the call returns
+    /// when every prompt has ended, so nothing keeps running after it.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use bitnet::generate::Event;
+    /// use bitnet::{GenerateParams, Model, StopReason};
+    ///
+    /// let model = Model::demo()?;
+    /// let params = GenerateParams { ignore_eos: true, ..GenerateParams::greedy().max_tokens(64) };
+    /// let mut tokens = 0;
+    /// let results = model.generate_batch_with(&["ROMEO:", "JULIET:"], &params, 2, |_, event| {
+    ///     tokens += usize::from(matches!(event, Event::Token { .. }));
+    ///     if tokens < 10 { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+    /// })?;
+    /// for result in &results {
+    ///     assert_eq!(result.as_ref().unwrap().finished.stop, StopReason::Interrupted);
+    /// }
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn generate_batch_with<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        params: &GenerateParams,
+        slots: usize,
+        mut on_event: impl FnMut(usize, &Event) -> ControlFlow<()>,
+    ) -> Result<Vec<Result<Completion, Error>>, Error> {
         params.configs()?;
         let scheduler = self.scheduler(SchedulerConfig {
             slots: slots.max(1),
@@ -442,15 +476,26 @@ impl Model {
             }
         }
         drop(tx);
+        let mut stopped = false;
         while running > 0 {
             let Ok((i, event)) = rx.recv() else { break };
+            if !stopped && on_event(i, &event).is_break() {
+                // This scheduler runs this batch alone: shutting it down ends exactly the
+                // batch's prompts, each with a `Done` (and its figures) that the loop still
+                // collects. A shutdown's reason is reported as the interruption it is.
+                stopped = true;
+                scheduler.shutdown(std::time::Duration::ZERO);
+            }
             match event {
                 Event::Prompt { .. } => {}
                 Event::Token { id, text, .. } => {
                     partial[i].0.push_str(&text);
                     partial[i].1.push(id);
                 }
-                Event::Done(finished) => {
+                Event::Done(mut finished) => {
+                    if stopped && finished.stop == StopReason::Shutdown {
+                        finished.stop = StopReason::Interrupted;
+                    }
                     let (mut text, generated) = std::mem::take(&mut partial[i]);
                     text.push_str(&finished.tail);
                     results[i] = Some(Ok(Completion {

@@ -30,7 +30,7 @@ pub enum GenerateError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     /// The prompt does not fit the context.
-    #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger -c or a shorter prompt")]
+    #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger context or a shorter prompt")]
     PromptTooLong {
         /// Tokens in the prompt.
         prompt: usize,

@@ -22,13 +22,15 @@ pub(crate) const MAX_DIMS: usize = 4;
 /// Nested arrays deeper than this are refused (bounds the parser's recursion).
 pub const MAX_ARRAY_DEPTH: usize = 8;
 
-/// A GGUF error, naming the file it came from.
+/// A GGUF error, naming the file it came from. Its [`std::error::Error::source`] is the
+/// [`GgufErrorKind`], whose own source is the [`std::io::Error`] of a failed read.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {kind}")]
 pub struct GgufError {
     /// The file (or the label of an in-memory GGUF).
     pub file: String,
     /// What was wrong.
+    #[source]
     pub kind: GgufErrorKind,
 }
 
