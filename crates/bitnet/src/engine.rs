@@ -12,9 +12,13 @@ use crate::generate::{
     SamplerConfig, Scheduler, SchedulerConfig, Session, StopReason,
 };
 use crate::load::{self, Loaded, ModelOptions, Source};
-use crate::model::{BitnetModel, CacheType, Config, Logits};
+use crate::model::{BitnetModel, CacheType, Config, Logits, ModelError};
 use crate::tokenizer::{ChatMessage, EncodeOptions, Tokenizer};
 use crate::Error;
+
+/// Positions per forward pass of [`Model::logits_with`]: enough rows for the batched
+/// products to run at full speed, few enough that a pass ends soon.
+pub const LOGITS_CHUNK: usize = 256;
 
 /// A model ready to generate: the network, its tokenizer, and the context settings each
 /// generation uses. Cheap to clone (the weights are shared), `Send` and `Sync`; calls from
@@ -180,6 +184,69 @@ impl Model {
     /// The logits at every position of `ids`, `ids.len() × n_vocab` values, row by row.
     pub fn logits_all(&self, ids: &[u32]) -> Result<Vec<f32>, Error> {
         self.forward(ids, Logits::All)
+    }
+
+    /// [`Model::logits`] (with `all`, [`Model::logits_all`]) computed [`LOGITS_CHUNK`]
+    /// positions per forward pass, asking `go_on` before each: `ControlFlow::Break(())`
+    /// stops there and returns `Ok(None)`. For a caller that must be able to stop a long
+    /// input (attention makes a pass over n tokens cost n²) after a bounded time. The logits
+    /// are the same, bit for bit, as one pass gives: every position is computed over the
+    /// cache of those before it, whichever pass it is in.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use bitnet::Model;
+    ///
+    /// let model = Model::demo()?;
+    /// let ids: Vec<u32> = (1..=600).collect();
+    /// let whole = model.logits_all(&ids)?;
+    /// let mut passes = 0;
+    /// let chunked = model.logits_with(&ids, true, || {
+    ///     passes += 1;
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(chunked, Some(whole));
+    /// assert_eq!(passes, 3);
+    /// assert_eq!(model.logits_with(&ids, false, || ControlFlow::Break(()))?, None);
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn logits_with(
+        &self,
+        ids: &[u32],
+        all: bool,
+        mut go_on: impl FnMut() -> ControlFlow<()>,
+    ) -> Result<Option<Vec<f32>>, Error> {
+        let n_vocab = self.config().n_vocab;
+        // Checked here for the whole input, so that the error gives the index in `ids`, not
+        // in a chunk.
+        if let Some((index, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= n_vocab)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                index,
+                n_vocab,
+            }
+            .into());
+        }
+        let mut cache = self.model.new_cache(ids.len().max(1), self.cache_type)?;
+        if ids.is_empty() {
+            // The model's own error for no tokens.
+            self.model.forward(ids, &mut cache, Logits::Last)?;
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(LOGITS_CHUNK) {
+            if go_on().is_break() {
+                return Ok(None);
+            }
+            let which = if all { Logits::All } else { Logits::Last };
+            let logits = self.model.forward(chunk, &mut cache, which)?;
+            if all {
+                out.extend_from_slice(&logits);
+            } else {
+                out = logits;
+            }
+        }
+        Ok(Some(out))
     }
 
     fn forward(&self, ids: &[u32], which: Logits) -> Result<Vec<f32>, Error> {

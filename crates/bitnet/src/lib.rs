@@ -144,7 +144,7 @@ pub mod load;
 pub mod model;
 pub mod tokenizer;
 
-pub use engine::{Completion, GenerateParams, Model, TextStream};
+pub use engine::{Completion, GenerateParams, Model, TextStream, LOGITS_CHUNK};
 pub use error::Error;
 pub use generate::{Generation, StopReason};
 pub use load::{ModelOptions, Residency, Source};
