@@ -11,7 +11,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::types::TensorType;
 use crate::kernels::Isa;
 use crate::model::{
-    available_memory, cache_bytes, human_bytes, BitnetModel, CacheType, LoadOptions,
+    available_memory, cache_bytes, human_bytes, BitnetModel, CacheType, LoadOptions, ModelError,
 };
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::Error;
@@ -281,7 +281,14 @@ pub fn load_gguf(
         model.set_isa(isa);
     }
     if let Some(ty) = options.output_type {
-        model.set_output_type(ty)?;
+        // The model layer names no option; the caller knows this one as `output_type`.
+        model.set_output_type(ty).map_err(|e| match e {
+            ModelError::Unsupported { message, .. } => Error::InvalidOption {
+                option: "output_type",
+                message: format!("{ty}: {message}"),
+            },
+            e => e.into(),
+        })?;
     }
     check_context(&model, options)?;
     Ok(Loaded {

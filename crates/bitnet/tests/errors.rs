@@ -173,3 +173,42 @@ fn chat_send_reports_bitnet_error() {
         "{e:?}"
     );
 }
+
+#[test]
+fn an_output_type_the_model_cannot_take_names_the_option_not_a_flag() {
+    use bitnet::formats::gguf::GgufFile;
+    use bitnet::formats::types::TensorType;
+    use bitnet::model::synth::{write_random_model, Shape};
+
+    // The demo's vocabulary on rows of 128 values: not whole Q6_K blocks (256).
+    let demo = Model::demo().unwrap();
+    let shape = Shape {
+        name: "narrow",
+        n_vocab: demo.config().n_vocab,
+        n_embd: 128,
+        n_ff: 384,
+        n_head: 2,
+        n_head_kv: 1,
+        ..Shape::by_name("tiny").unwrap()
+    };
+    let vocab = GgufFile::from_static(
+        "demo",
+        include_bytes!("../../../models/bitnet-shakespeare-7m-i2_s.gguf"),
+    )
+    .unwrap();
+    let path = temp_dir("output-type").join("narrow.gguf");
+    let file = std::fs::File::create(&path).unwrap();
+    write_random_model(file, &shape, Some(&vocab), 1, |_, _| {}).unwrap();
+    let options = ModelOptions {
+        output_type: Some(TensorType::Q6K),
+        ..ModelOptions::default()
+    };
+    let e = Model::load_with(path.as_path(), &options).unwrap_err();
+    match &e {
+        Error::InvalidOption { option, .. } => assert_eq!(*option, "output_type"),
+        other => panic!("expected InvalidOption, got {other:?}"),
+    }
+    assert!(e.to_string().starts_with("output_type Q6_K: "), "{e}");
+    assert!(!e.to_string().contains("--"), "{e}");
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
