@@ -22,6 +22,7 @@ pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitErro
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GenerateError {
     /// The forward pass failed (a token out of range, the cache's memory, ...).
     #[error(transparent)]

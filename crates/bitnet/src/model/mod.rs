@@ -18,6 +18,7 @@ use config::ConfigError;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// The GGUF file could not be read.
     #[error(transparent)]

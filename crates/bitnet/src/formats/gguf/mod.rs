@@ -47,6 +47,7 @@ impl GgufError {
 /// What exactly was wrong, with the key or tensor and the byte offset where it was found.
 /// Fields named `offset` are byte offsets into the file, `what` names the item being read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GgufErrorKind {
     /// Reading the file failed.
     #[error("cannot read the file: {0}")]
