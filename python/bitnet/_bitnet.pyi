@@ -1,4 +1,19 @@
-"""Type stubs of the native module (src/lib.rs)."""
+"""Type stubs of the native module (src/lib.rs).
+
+Errors: a keyword argument of the wrong type raises ``TypeError``, one out of range
+``ValueError``, each naming the argument and what it must be (the sampling ranges and the
+model options the library checks included: ``Model(context=10**9)`` is refused at load when
+its KV cache cannot fit in memory). What the library cannot do (a missing or malformed
+model file, a prompt longer than the context, ...) raises ``BitnetError`` with the message
+the ``bitnet`` command prints. ``max_tokens=-1`` means no limit and ``seed=-1`` a random
+seed, as ``-n -1`` and ``--seed -1`` do on the command line (``None`` means the same).
+
+Ctrl-C: every call that runs the model (``generate``, ``complete``, ``chat``,
+``generate_batch``, ``logits``, ``stream``/``chat_stream`` and each step of their
+iterators) raises ``KeyboardInterrupt`` within a few tens of milliseconds and stops the
+generation at its next token (a forward pass under way, such as a long prompt's, finishes
+first, in the background).
+"""
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -126,11 +141,13 @@ class Model:
         stop: Union[str, Sequence[str], None] = None,
         ignore_eos: bool = False,
     ) -> Stream: ...
+    @overload
     def generate_batch(
         self,
         prompts: Sequence[str],
         *,
         slots: int = 4,
+        return_exceptions: Literal[False] = False,
         max_tokens: Optional[int] = 128,
         temperature: float = 0.8,
         top_k: int = 40,
@@ -144,6 +161,31 @@ class Model:
         stop: Union[str, Sequence[str], None] = None,
         ignore_eos: bool = False,
     ) -> list[str]: ...
+    @overload
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        slots: int = 4,
+        return_exceptions: Literal[True],
+        max_tokens: Optional[int] = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        ignore_eos: bool = False,
+    ) -> list[Union[str, BitnetError]]:
+        """The texts in the order of ``prompts``. A prompt that cannot run raises its
+        ``BitnetError`` (``"prompt I: ..."``) once all have run; with
+        ``return_exceptions=True`` its place holds that ``BitnetError`` instead (as
+        ``asyncio.gather`` does) and the other prompts' texts are returned."""
+        ...
     def chat(
         self,
         messages: _Messages,

@@ -1,9 +1,13 @@
 //! The `bitnet` Python package's native module, `bitnet._bitnet`: a thin layer over the bitnet
-//! crate's [`bitnet::Model`]. Every call that runs the model releases the GIL; errors become
-//! `bitnet.BitnetError` carrying the library's message (the one the `bitnet` command prints).
+//! crate's [`bitnet::Model`]. Every call that runs the model does so with the GIL released
+//! and can be interrupted by Ctrl-C (see [`interruptible`]); the library's errors become
+//! `bitnet.BitnetError` carrying its message (the one the `bitnet` command prints), a bad
+//! argument a `TypeError` or `ValueError` naming the argument and what it must be.
 
 use std::ops::ControlFlow;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use bitnet::formats::types::TensorType;
 use bitnet::kernels::Isa;
@@ -11,9 +15,10 @@ use bitnet::model::CacheType;
 use bitnet::tokenizer::{ChatMessage, EncodeOptions};
 use bitnet::{GenerateParams, Generation, ModelOptions, Residency};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyDict, PyMapping};
+use pyo3::types::{PyBool, PyByteArray, PyDict, PyInt, PyList, PyMapping, PyString};
 
 create_exception!(
     bitnet,
@@ -39,22 +44,193 @@ fn error_message(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A value the caller gave out of its range (a sampling setting, a model option the library
+/// checks) is a `ValueError`, as the values the binding checks itself; anything else a
+/// `BitnetError`.
 fn to_py(e: bitnet::Error) -> PyErr {
-    BitnetError::new_err(error_message(&e))
+    match e {
+        bitnet::Error::Sampler(_) | bitnet::Error::InvalidOption { .. } => {
+            PyValueError::new_err(error_message(&e))
+        }
+        e => BitnetError::new_err(error_message(&e)),
+    }
 }
 
-/// A prompt: text (BOS added when the model asks for it) or token ids (taken as they are).
-#[derive(FromPyObject)]
-enum Prompt {
-    Text(String),
-    Ids(Vec<u32>),
+/// How often a call waiting for the library runs Python's signal handlers: Ctrl-C raises
+/// `KeyboardInterrupt` at most this long after it is pressed.
+const SIGNAL_CHECK: Duration = Duration::from_millis(20);
+
+/// Runs `work` on a thread of its own while this thread waits with the GIL released, taking
+/// the GIL back every [`SIGNAL_CHECK`] to run Python's signal handlers (which need it, and
+/// which only the main thread runs). When a handler raises (Ctrl-C: `KeyboardInterrupt`),
+/// the exception is raised here at once, even while the work is inside one long forward pass
+/// (a prefill), and the flag `work` receives is set: the work checks it at each token and
+/// stops there, so what keeps running after the raise is bounded by the forward pass it was
+/// in. Its result is then dropped.
+///
+/// The work runs on another thread so that neither it (holding no GIL) nor a Python thread
+/// (holding it) waits for the other: generating in the calling thread and taking the GIL back
+/// from inside the library's callbacks would stall the generation whenever another Python
+/// thread held the GIL, and could not raise during a prefill.
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    work: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> PyResult<T> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::sync_channel(1);
+    let flag = Arc::clone(&cancel);
+    std::thread::Builder::new()
+        .name("bitnet-call".into())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&flag)));
+            // The caller may have gone (interrupted): the result is dropped with the channel.
+            let _ = tx.send(result);
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a thread: {e}")))?;
+    // Only the main thread runs signal handlers: elsewhere there is nothing to poll for.
+    let poll = is_main_thread(py)?;
+    let received = py.detach(move || loop {
+        if !poll {
+            return rx.recv().map_err(|_| None);
+        }
+        match rx.recv_timeout(SIGNAL_CHECK) {
+            Ok(result) => return Ok(result),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(Some(e));
+                }
+            }
+        }
+    });
+    match received {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the bitnet library panicked".into());
+            Err(PanicException::new_err(message))
+        }
+        Err(Some(raised)) => Err(raised),
+        Err(None) => Err(PyRuntimeError::new_err(
+            "the bitnet worker thread ended without a result",
+        )),
+    }
+}
+
+fn is_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import("threading")?;
+    Ok(threading
+        .call_method0("main_thread")?
+        .is(&threading.call_method0("current_thread")?))
+}
+
+/// The library's callback for a generation that `cancel` stops.
+fn until(cancel: &AtomicBool) -> ControlFlow<()> {
+    if cancel.load(Ordering::Relaxed) {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// `value` as shown in a message (its repr, cut short).
+fn shown(value: &Bound<'_, PyAny>) -> String {
+    let repr = value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let type_name = value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let repr = if repr.chars().count() > 40 {
+        format!("{}...", repr.chars().take(40).collect::<String>())
+    } else {
+        repr
+    };
+    format!("{repr} ({type_name})")
+}
+
+/// The error for argument `name`: `TypeError` when `value` is not of the kind `must` says,
+/// `ValueError` when it is but is out of range.
+fn bad_arg(name: &str, must: &str, value: &Bound<'_, PyAny>, wrong_type: bool) -> PyErr {
+    let message = format!("{name} must be {must}, got {}", shown(value));
+    if wrong_type {
+        PyTypeError::new_err(message)
+    } else {
+        PyValueError::new_err(message)
+    }
+}
+
+/// An int (not a bool) in `range`, or the error naming the argument.
+fn int_arg(
+    name: &str,
+    must: &str,
+    value: &Bound<'_, PyAny>,
+    range: std::ops::RangeInclusive<i128>,
+) -> PyResult<i128> {
+    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
+        return Err(bad_arg(name, must, value, true));
+    }
+    match value.extract::<i128>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(bad_arg(name, must, value, false)),
+    }
+}
+
+fn usize_arg(name: &str, must: &str, value: &Bound<'_, PyAny>, min: usize) -> PyResult<usize> {
+    let n = int_arg(name, must, value, min as i128..=usize::MAX as i128)?;
+    usize::try_from(n).map_err(|_| bad_arg(name, must, value, false))
+}
+
+/// A float (an int is taken too, as Python does), or the error naming the argument.
+fn float_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f32> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(bad_arg(name, "a number", value, true));
+    }
+    value
+        .extract::<f64>()
+        .map(|v| v as f32)
+        .map_err(|_| bad_arg(name, "a number", value, true))
+}
+
+fn bool_arg(name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    value
+        .cast::<PyBool>()
+        .map(|b| b.is_true())
+        .map_err(|_| bad_arg(name, "True or False", value, true))
+}
+
+/// Token ids given as argument `name`.
+fn ids_arg(name: &str, must: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if value.is_instance_of::<PyString>() {
+        return Err(bad_arg(name, must, value, true));
+    }
+    let items = value
+        .try_iter()
+        .map_err(|_| bad_arg(name, must, value, true))?;
+    let mut ids = Vec::new();
+    for item in items {
+        let item = item?;
+        let id = int_arg(name, must, &item, 0..=u32::MAX as i128)
+            .map_err(|_| bad_arg(name, must, value, !item.is_instance_of::<PyInt>()))?;
+        ids.push(id as u32);
+    }
+    Ok(ids)
 }
 
 const SAMPLING_KEYS: &str = "max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, \
                              repeat_last_n, presence_penalty, frequency_penalty, seed, stop, \
                              ignore_eos";
 
-/// Generation settings from keyword arguments; unknown names are a TypeError.
+/// Generation settings from keyword arguments; unknown names are a TypeError, a value of
+/// the wrong type a TypeError and one out of range a ValueError, each naming the argument.
+/// `max_tokens` and `seed` take -1 as the command line does (no limit; a random seed).
 fn params(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateParams> {
     let mut p = GenerateParams::default();
     let Some(kwargs) = kwargs else {
@@ -63,27 +239,42 @@ fn params(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateParams> {
     for (key, value) in kwargs.iter() {
         let key: String = key.extract()?;
         let none = value.is_none();
+        let value = &value;
         match key.as_str() {
-            "max_tokens" => p.max_tokens = if none { None } else { Some(value.extract()?) },
-            "temperature" => p.temperature = value.extract()?,
-            "top_k" => p.top_k = value.extract()?,
-            "top_p" => p.top_p = value.extract()?,
-            "min_p" => p.min_p = value.extract()?,
-            "repeat_penalty" => p.repeat_penalty = value.extract()?,
-            "repeat_last_n" => p.repeat_last_n = value.extract()?,
-            "presence_penalty" => p.presence_penalty = value.extract()?,
-            "frequency_penalty" => p.frequency_penalty = value.extract()?,
-            "seed" => p.seed = if none { None } else { Some(value.extract()?) },
-            "stop" => {
-                p.stop = if none {
-                    Vec::new()
-                } else if let Ok(s) = value.extract::<String>() {
-                    vec![s]
+            "max_tokens" => {
+                const MUST: &str = "an int >= 0, or None or -1 for no limit";
+                p.max_tokens = if none {
+                    None
                 } else {
-                    value.extract()?
+                    match int_arg("max_tokens", MUST, value, -1..=usize::MAX as i128)? {
+                        -1 => None,
+                        n => Some(n as usize),
+                    }
                 }
             }
-            "ignore_eos" => p.ignore_eos = value.extract()?,
+            "temperature" => p.temperature = float_arg("temperature", value)?,
+            "top_k" => p.top_k = usize_arg("top_k", "an int >= 0 (0: off)", value, 0)?,
+            "top_p" => p.top_p = float_arg("top_p", value)?,
+            "min_p" => p.min_p = float_arg("min_p", value)?,
+            "repeat_penalty" => p.repeat_penalty = float_arg("repeat_penalty", value)?,
+            "repeat_last_n" => {
+                p.repeat_last_n = usize_arg("repeat_last_n", "an int >= 0", value, 0)?
+            }
+            "presence_penalty" => p.presence_penalty = float_arg("presence_penalty", value)?,
+            "frequency_penalty" => p.frequency_penalty = float_arg("frequency_penalty", value)?,
+            "seed" => {
+                const MUST: &str = "an int from 0 to 2**64-1, or None or -1 for a random seed";
+                p.seed = if none {
+                    None
+                } else {
+                    match int_arg("seed", MUST, value, -1..=u64::MAX as i128)? {
+                        -1 => None,
+                        n => Some(n as u64),
+                    }
+                }
+            }
+            "stop" => p.stop = stop_arg(value)?,
+            "ignore_eos" => p.ignore_eos = bool_arg("ignore_eos", value)?,
             other => {
                 return Err(PyTypeError::new_err(format!(
                     "unexpected keyword argument `{other}` (generation takes: {SAMPLING_KEYS})"
@@ -94,10 +285,41 @@ fn params(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateParams> {
     Ok(p)
 }
 
+/// `stop`: a string, a sequence of strings, or None.
+fn stop_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    const MUST: &str = "a string, a sequence of strings, or None";
+    if value.is_none() {
+        return Ok(Vec::new());
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return Ok(vec![s.to_cow()?.into_owned()]);
+    }
+    let items = value
+        .try_iter()
+        .map_err(|_| bad_arg("stop", MUST, value, true))?;
+    let mut stop = Vec::new();
+    for item in items {
+        let item = item?;
+        let s = item
+            .cast::<PyString>()
+            .map_err(|_| bad_arg("stop", MUST, value, true))?;
+        stop.push(s.to_cow()?.into_owned());
+    }
+    Ok(stop)
+}
+
 /// `[{"role": ..., "content": ...}, ...]` to messages.
 fn messages(list: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
     let mut out = Vec::new();
-    for (i, item) in list.try_iter()?.enumerate() {
+    let items = list.try_iter().map_err(|_| {
+        bad_arg(
+            "messages",
+            "a sequence of dicts with `role` and `content`",
+            list,
+            true,
+        )
+    })?;
+    for (i, item) in items.enumerate() {
         let item = item?;
         let map = item.cast::<PyMapping>().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -137,14 +359,31 @@ impl Model {
     fn new(
         py: Python<'_>,
         model: Option<std::path::PathBuf>,
-        threads: Option<usize>,
-        context: usize,
+        threads: Option<i64>,
+        context: i64,
         cache_type: &str,
         output_type: Option<&str>,
         isa: Option<&str>,
         mmap: Option<bool>,
     ) -> PyResult<Model> {
-        let cache_type: CacheType = cache_type.parse().map_err(PyValueError::new_err)?;
+        let threads = match threads {
+            None => None,
+            Some(t) => Some(usize::try_from(t).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "threads must be an int >= 1, or None for the physical cores, got {t}"
+                ))
+            })?),
+        };
+        let context = usize::try_from(context).map_err(|_| {
+            PyValueError::new_err(format!(
+                "context must be an int >= 0 (0: the model's trained context, at most {}), \
+                 got {context}",
+                bitnet::model::DEFAULT_CONTEXT_CAP
+            ))
+        })?;
+        let cache_type: CacheType = cache_type
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("cache_type: {e}")))?;
         let output_type = match output_type {
             None => None,
             Some(name) => Some(TensorType::from_name(name).ok_or_else(|| {
@@ -153,7 +392,10 @@ impl Model {
         };
         let isa = match isa {
             None => None,
-            Some(name) => Some(name.parse::<Isa>().map_err(PyValueError::new_err)?),
+            Some(name) => Some(
+                name.parse::<Isa>()
+                    .map_err(|e| PyValueError::new_err(format!("isa: {e}")))?,
+            ),
         };
         let options = ModelOptions {
             threads,
@@ -220,34 +462,38 @@ impl Model {
     }
 
     /// Token ids to text.
-    fn detokenize(&self, ids: Vec<u32>) -> PyResult<String> {
+    fn detokenize(&self, ids: &Bound<'_, PyAny>) -> PyResult<String> {
+        let ids = ids_arg("ids", IDS, ids)?;
         self.inner.detokenize(&ids).map_err(to_py)
     }
 
     /// The logits after the last of `ids` (no BOS added) as a float32 array of n_vocab
-    /// values, or with `all=True` every position's, shape (len(ids), n_vocab).
+    /// values, or with `all=True` every position's, shape (len(ids), n_vocab). Ctrl-C raises
+    /// `KeyboardInterrupt` at once; the forward pass under way (at most
+    /// `bitnet::LOGITS_CHUNK` positions) finishes in the background.
     #[pyo3(signature = (ids, *, all=false))]
     fn logits<'py>(
         &self,
         py: Python<'py>,
-        ids: Vec<u32>,
+        ids: &Bound<'py, PyAny>,
         all: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let values = py
-            .detach(|| {
-                if all {
-                    self.inner.logits_all(&ids)
-                } else {
-                    self.inner.logits(&ids)
-                }
-            })
-            .map_err(to_py)?;
+        let ids = ids_arg("ids", IDS, ids)?;
+        let n = ids.len();
+        let model = self.inner.clone();
+        // In passes of bitnet::LOGITS_CHUNK positions, so that Ctrl-C stops a long input
+        // after the pass under way.
+        let values = interruptible(py, move |cancel| {
+            model.logits_with(&ids, all, || until(cancel))
+        })?
+        .map_err(to_py)?
+        .ok_or_else(|| PyRuntimeError::new_err("interrupted"))?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let buffer = PyByteArray::new(py, &bytes);
         let numpy = py.import("numpy")?;
         let array = numpy.call_method1("frombuffer", (buffer, "float32"))?;
         if all {
-            array.call_method1("reshape", (ids.len(), self.inner.config().n_vocab))
+            array.call_method1("reshape", (n, self.inner.config().n_vocab))
         } else {
             Ok(array)
         }
@@ -258,10 +504,11 @@ impl Model {
     fn generate(
         &self,
         py: Python<'_>,
-        prompt: Prompt,
+        prompt: &Bound<'_, PyAny>,
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<String> {
-        Ok(self.run(py, prompt, sampling)?.text)
+        let ids = self.ids(prompt)?;
+        Ok(self.run(py, ids, sampling)?.text)
     }
 
     /// Completes a prompt and returns the text with the token ids and figures.
@@ -269,10 +516,11 @@ impl Model {
     fn complete(
         &self,
         py: Python<'_>,
-        prompt: Prompt,
+        prompt: &Bound<'_, PyAny>,
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Completion> {
-        Ok(Completion::from(self.run(py, prompt, sampling)?))
+        let ids = self.ids(prompt)?;
+        Ok(Completion::from(self.run(py, ids, sampling)?))
     }
 
     /// Completes a prompt as an iterator of text pieces, computed while the GIL is released.
@@ -280,46 +528,56 @@ impl Model {
     fn stream(
         &self,
         py: Python<'_>,
-        prompt: Prompt,
+        prompt: &Bound<'_, PyAny>,
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Stream> {
-        let params = params(sampling)?;
-        let ids = self.ids(prompt);
-        let inner = py
-            .detach(|| self.inner.stream_tokens(&ids, &params))
-            .map_err(to_py)?;
-        Ok(Stream {
-            inner: Mutex::new(inner),
-        })
+        let ids = self.ids(prompt)?;
+        self.stream_ids(py, ids, sampling)
     }
 
     /// Completes every prompt, `slots` at a time with continuous batching (one forward pass
     /// per step for all running prompts), and returns the texts in the order of `prompts`.
     /// Each text is the one `generate` gives alone (with a fixed or no seed: a random seed
-    /// is drawn per prompt).
-    #[pyo3(signature = (prompts, *, slots=4, **sampling))]
+    /// is drawn per prompt). A prompt that cannot run (too long for the context, ...) raises
+    /// its `BitnetError` ("prompt I: ...") after every prompt has run; with
+    /// `return_exceptions=True` its place in the list holds the `BitnetError` instead, as
+    /// `asyncio.gather` does.
+    #[pyo3(signature = (prompts, *, slots=4, return_exceptions=false, **sampling))]
     fn generate_batch(
         &self,
         py: Python<'_>,
-        prompts: Vec<String>,
-        slots: usize,
+        prompts: &Bound<'_, PyAny>,
+        slots: i64,
+        return_exceptions: bool,
         sampling: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<Py<PyList>> {
+        let prompts = prompts_arg(prompts)?;
+        let slots = usize::try_from(slots)
+            .ok()
+            .filter(|&s| s >= 1)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("slots must be an int >= 1, got {slots}"))
+            })?;
         let params = params(sampling)?;
-        let results = py
-            .detach(|| self.inner.generate_batch(&prompts, &params, slots))
-            .map_err(to_py)?;
-        results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| match r {
-                Ok(c) => Ok(c.text),
-                Err(e) => Err(BitnetError::new_err(format!(
-                    "prompt {i}: {}",
-                    error_message(&e)
-                ))),
-            })
-            .collect()
+        let model = self.inner.clone();
+        let results = interruptible(py, move |cancel| {
+            model.generate_batch_with(&prompts, &params, slots, |_, _| until(cancel))
+        })?
+        .map_err(to_py)?;
+        let out = PyList::empty(py);
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(c) => out.append(c.text)?,
+                Err(e) if return_exceptions => out.append(to_py(e).value(py))?,
+                Err(e) => {
+                    return Err(BitnetError::new_err(format!(
+                        "prompt {i}: {}",
+                        error_message(&e)
+                    )))
+                }
+            }
+        }
+        Ok(out.unbind())
     }
 
     /// The assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) through
@@ -332,7 +590,7 @@ impl Model {
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<String> {
         let ids = self.chat_ids(messages)?;
-        Ok(self.run(py, Prompt::Ids(ids), sampling)?.text)
+        Ok(self.run(py, ids, sampling)?.text)
     }
 
     /// [`chat`] as an iterator of text pieces.
@@ -344,7 +602,7 @@ impl Model {
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Stream> {
         let ids = self.chat_ids(messages)?;
-        self.stream(py, Prompt::Ids(ids), sampling)
+        self.stream_ids(py, ids, sampling)
     }
 
     /// The token ids the chat template makes of `messages`, with the assistant's turn opened.
@@ -357,12 +615,40 @@ impl Model {
     }
 }
 
+const IDS: &str = "a sequence of token ids (ints from 0 to 2**32-1)";
+
+/// `prompts` of `generate_batch`: a sequence of strings.
+fn prompts_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    const MUST: &str = "a sequence of strings";
+    if value.is_instance_of::<PyString>() {
+        return Err(bad_arg("prompts", MUST, value, true));
+    }
+    let items = value
+        .try_iter()
+        .map_err(|_| bad_arg("prompts", MUST, value, true))?;
+    let mut prompts = Vec::new();
+    for (i, item) in items.enumerate() {
+        let item = item?;
+        let s = item
+            .cast::<PyString>()
+            .map_err(|_| bad_arg(&format!("prompts[{i}]"), "a string", &item, true))?;
+        prompts.push(s.to_cow()?.into_owned());
+    }
+    Ok(prompts)
+}
+
 impl Model {
-    fn ids(&self, prompt: Prompt) -> Vec<u32> {
-        match prompt {
-            Prompt::Text(text) => self.inner.tokenize(&text),
-            Prompt::Ids(ids) => ids,
+    /// A prompt's token ids: text is tokenized (BOS added when the model asks for it), ids
+    /// are taken as they are.
+    fn ids(&self, prompt: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        if let Ok(text) = prompt.cast::<PyString>() {
+            return Ok(self.inner.tokenize(&text.to_cow()?));
         }
+        ids_arg(
+            "prompt",
+            "a string or a sequence of token ids (ints from 0 to 2**32-1)",
+            prompt,
+        )
     }
 
     fn chat_ids(&self, messages: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
@@ -373,21 +659,38 @@ impl Model {
     fn run(
         &self,
         py: Python<'_>,
-        prompt: Prompt,
+        ids: Vec<u32>,
         sampling: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Generation> {
         let params = params(sampling)?;
-        let ids = self.ids(prompt);
-        py.detach(|| {
-            self.inner
-                .generate_tokens_with(&ids, &params, |_| ControlFlow::Continue(()))
-        })
+        let model = self.inner.clone();
+        interruptible(py, move |cancel| {
+            model.generate_tokens_with(&ids, &params, |_| until(cancel))
+        })?
         .map_err(to_py)
+    }
+
+    fn stream_ids(
+        &self,
+        py: Python<'_>,
+        ids: Vec<u32>,
+        sampling: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Stream> {
+        let params = params(sampling)?;
+        let model = self.inner.clone();
+        // The prompt runs here (the prefill), interruptible as a whole generation is.
+        let inner =
+            interruptible(py, move |_| model.stream_tokens(&ids, &params))?.map_err(to_py)?;
+        Ok(Stream {
+            inner: Mutex::new(inner),
+        })
     }
 }
 
 /// A generation in progress: iterate for its text pieces (they concatenate to the whole
-/// text). Each step runs with the GIL released; dropping it stops the generation.
+/// text). Each step (one token, or a few while text is held back) runs with the GIL
+/// released; Ctrl-C raises before the next step, and dropping the stream stops the
+/// generation.
 #[pyclass(module = "bitnet")]
 struct Stream {
     inner: Mutex<bitnet::TextStream>,
@@ -400,6 +703,10 @@ impl Stream {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        // Consumed from C (`list(stream)`, `"".join(stream)`), an iterator never returns to
+        // the interpreter's loop, which is where Python runs signal handlers: run them here,
+        // before each step (a flag read when no signal came).
+        py.check_signals()?;
         let next = py.detach(|| {
             let mut stream = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             stream.next()

@@ -34,6 +34,17 @@ def test_batched_texts_equal_bitnet_generate_one_by_one(cli, model):
         model.generate_batch(["ROMEO:", "ROMEO: " * 2000], max_tokens=4)
 
 
+def test_a_batch_with_a_bad_prompt_keeps_the_others_with_return_exceptions(cli, model):
+    prompts = ["ROMEO:\n", "ROMEO: " * 2000, "JULIET:\n"]
+    results = model.generate_batch(prompts, temperature=0, max_tokens=24, return_exceptions=True)
+    assert len(results) == 3
+    assert isinstance(results[1], bitnet.BitnetError)
+    assert "context" in str(results[1])
+    for i in (0, 2):
+        ref = cli.json("generate", "-p", prompts[i], "--temp", "0", "-n", "24", "--json")
+        assert results[i] == ref["text"]
+
+
 def test_sampled_text_equals_bitnet_generate_with_the_same_seed(cli, model):
     args = ["--temp", "0.9", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.02"]
     args += ["--repeat-penalty", "1.1", "--seed", "1234", "-n", "48"]
@@ -137,7 +148,7 @@ def test_a_bad_path_raises_the_libraries_message(cli, tmp_path):
 
 
 def test_bad_values_raise_before_any_work(model):
-    with pytest.raises(bitnet.BitnetError, match="min_p"):
+    with pytest.raises(ValueError, match="min_p"):
         model.generate("hi", min_p=5)
     with pytest.raises(TypeError, match="max_token"):
         model.generate("hi", max_token=5)
@@ -145,8 +156,66 @@ def test_bad_values_raise_before_any_work(model):
         model.logits([model.n_vocab])
     with pytest.raises(bitnet.BitnetError, match="longer|context"):
         model.generate([1] * (model.context_size + 1))
-    with pytest.raises(ValueError, match="cache type"):
+    with pytest.raises(ValueError, match="cache_type: unknown cache type"):
         bitnet.Model(cache_type="f8")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"top_k": -1}, ValueError, r"^top_k must be an int >= 0 \(0: off\), got -1 \(int\)$"),
+        ({"top_k": 1.5}, TypeError, r"^top_k must be an int >= 0 .*, got 1.5 \(float\)$"),
+        ({"max_tokens": "x"}, TypeError, r"^max_tokens must be an int >= 0, or None or -1 for no limit, got 'x' \(str\)$"),
+        ({"max_tokens": -2}, ValueError, r"^max_tokens must be .*, got -2"),
+        ({"stop": 5}, TypeError, r"^stop must be a string, a sequence of strings, or None, got 5 \(int\)$"),
+        ({"stop": ["a", 5]}, TypeError, r"^stop must be "),
+        ({"seed": -2}, ValueError, r"^seed must be an int from 0 to 2\*\*64-1, or None or -1 for a random seed"),
+        ({"seed": 2**64}, ValueError, r"^seed must be "),
+        ({"seed": "1"}, TypeError, r"^seed must be "),
+        ({"temperature": "hot"}, TypeError, r"^temperature must be a number, got 'hot' \(str\)$"),
+        ({"ignore_eos": 1}, TypeError, r"^ignore_eos must be True or False"),
+        ({"repeat_last_n": -1}, ValueError, r"^repeat_last_n must be an int >= 0"),
+        ({"top_p": 2}, ValueError, r"top_p.*between 0 and 1"),
+    ],
+)
+def test_every_bad_argument_is_named_with_what_it_must_be(model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        model.generate("hi", **kwargs)
+
+
+def test_bad_prompts_and_ids_are_named(model):
+    with pytest.raises(TypeError, match=r"^prompt must be a string or a sequence of token ids"):
+        model.generate(5)
+    with pytest.raises(ValueError, match=r"^prompt must be .*got \[1, -1\]"):
+        model.generate([1, -1])
+    with pytest.raises(TypeError, match=r"^ids must be a sequence of token ids"):
+        model.logits("ROMEO")
+    with pytest.raises(TypeError, match=r"^prompts must be a sequence of strings"):
+        model.generate_batch("ROMEO")
+    with pytest.raises(TypeError, match=r"^prompts\[1\] must be a string"):
+        model.generate_batch(["ROMEO", 5])
+    with pytest.raises(ValueError, match=r"^slots must be an int >= 1, got 0$"):
+        model.generate_batch(["ROMEO"], slots=0)
+    with pytest.raises(TypeError, match=r"^messages must be a sequence of dicts"):
+        model.chat(5)
+
+
+def test_seed_and_max_tokens_minus_one_mean_random_and_no_limit_as_on_the_cli(model):
+    greedy = dict(temperature=0, ignore_eos=True)
+    assert model.complete("ROMEO:\n", max_tokens=-1, **greedy).stop_reason == "context_full"
+    sampled = dict(temperature=1.5, top_k=0, min_p=0, max_tokens=12)
+    assert model.generate("ROMEO:\n", seed=-1, **sampled) != model.generate("ROMEO:\n", seed=-1, **sampled)
+
+
+def test_a_context_that_cannot_fit_is_refused_at_load_naming_context():
+    with pytest.raises(ValueError) as e:
+        bitnet.Model(context=10**9)
+    assert str(e.value).startswith("context 1000000000 is too large: ")
+    assert "-c" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^context must be an int >= 0"):
+        bitnet.Model(context=-1)
+    # Within memory, a context beyond the trained one loads.
+    assert bitnet.Model(context=4096).context_size == 4096
 
 
 def test_generation_releases_the_gil(model):

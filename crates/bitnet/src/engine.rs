@@ -9,12 +9,16 @@ use std::sync::{mpsc, Arc};
 
 use crate::generate::{
     random_seed, Chat, Event, Finished, Generation, GenerationConfig, Job, Run, Sampler,
-    SamplerConfig, Scheduler, SchedulerConfig, Session,
+    SamplerConfig, Scheduler, SchedulerConfig, Session, StopReason,
 };
 use crate::load::{self, Loaded, ModelOptions, Source};
-use crate::model::{BitnetModel, CacheType, Config, Logits};
+use crate::model::{BitnetModel, CacheType, Config, Logits, ModelError};
 use crate::tokenizer::{ChatMessage, EncodeOptions, Tokenizer};
 use crate::Error;
+
+/// Positions per forward pass of [`Model::logits_with`]: enough rows for the batched
+/// products to run at full speed, few enough that a pass ends soon.
+pub const LOGITS_CHUNK: usize = 256;
 
 /// A model ready to generate: the network, its tokenizer, and the context settings each
 /// generation uses. Cheap to clone (the weights are shared), `Send` and `Sync`; calls from
@@ -182,6 +186,69 @@ impl Model {
         self.forward(ids, Logits::All)
     }
 
+    /// [`Model::logits`] (with `all`, [`Model::logits_all`]) computed [`LOGITS_CHUNK`]
+    /// positions per forward pass, asking `go_on` before each: `ControlFlow::Break(())`
+    /// stops there and returns `Ok(None)`. For a caller that must be able to stop a long
+    /// input (attention makes a pass over n tokens cost n²) after a bounded time. The logits
+    /// are the same, bit for bit, as one pass gives: every position is computed over the
+    /// cache of those before it, whichever pass it is in.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use bitnet::Model;
+    ///
+    /// let model = Model::demo()?;
+    /// let ids: Vec<u32> = (1..=600).collect();
+    /// let whole = model.logits_all(&ids)?;
+    /// let mut passes = 0;
+    /// let chunked = model.logits_with(&ids, true, || {
+    ///     passes += 1;
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(chunked, Some(whole));
+    /// assert_eq!(passes, 3);
+    /// assert_eq!(model.logits_with(&ids, false, || ControlFlow::Break(()))?, None);
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn logits_with(
+        &self,
+        ids: &[u32],
+        all: bool,
+        mut go_on: impl FnMut() -> ControlFlow<()>,
+    ) -> Result<Option<Vec<f32>>, Error> {
+        let n_vocab = self.config().n_vocab;
+        // Checked here for the whole input, so that the error gives the index in `ids`, not
+        // in a chunk.
+        if let Some((index, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= n_vocab)
+        {
+            return Err(ModelError::TokenOutOfRange {
+                token,
+                index,
+                n_vocab,
+            }
+            .into());
+        }
+        let mut cache = self.model.new_cache(ids.len().max(1), self.cache_type)?;
+        if ids.is_empty() {
+            // The model's own error for no tokens.
+            self.model.forward(ids, &mut cache, Logits::Last)?;
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(LOGITS_CHUNK) {
+            if go_on().is_break() {
+                return Ok(None);
+            }
+            let which = if all { Logits::All } else { Logits::Last };
+            let logits = self.model.forward(chunk, &mut cache, which)?;
+            if all {
+                out.extend_from_slice(&logits);
+            } else {
+                out = logits;
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn forward(&self, ids: &[u32], which: Logits) -> Result<Vec<f32>, Error> {
         let mut cache = self.model.new_cache(ids.len().max(1), self.cache_type)?;
         Ok(self.model.forward(ids, &mut cache, which)?)
@@ -301,12 +368,12 @@ impl Model {
         params: &GenerateParams,
     ) -> Result<Chat<'static>, Error> {
         let (sampling, config) = params.configs()?;
-        Ok(Chat::new(
+        Chat::new(
             self.session()?,
             system.map(str::to_string),
             sampling,
             config,
-        )?)
+        )
     }
 
     /// [`Model::chat`] as an iterator of text pieces.
@@ -408,6 +475,40 @@ impl Model {
         params: &GenerateParams,
         slots: usize,
     ) -> Result<Vec<Result<Completion, Error>>, Error> {
+        self.generate_batch_with(prompts, params, slots, |_, _| ControlFlow::Continue(()))
+    }
+
+    /// [`Model::generate_batch`], handing each event of every prompt (its index in
+    /// `prompts`, and the [`Event`]) to `on_event` on this thread as it arrives; `on_event`
+    /// returns `ControlFlow::Break(())` to stop the whole batch. Prompts still running or
+    /// waiting then end at once with [`crate::StopReason::Interrupted`] and what they have
+    /// generated so far (their figures as the scheduler measured them); the call returns
+    /// when every prompt has ended, so nothing keeps running after it.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use bitnet::generate::Event;
+    /// use bitnet::{GenerateParams, Model, StopReason};
+    ///
+    /// let model = Model::demo()?;
+    /// let params = GenerateParams { ignore_eos: true, ..GenerateParams::greedy().max_tokens(64) };
+    /// let mut tokens = 0;
+    /// let results = model.generate_batch_with(&["ROMEO:", "JULIET:"], &params, 2, |_, event| {
+    ///     tokens += usize::from(matches!(event, Event::Token { .. }));
+    ///     if tokens < 10 { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+    /// })?;
+    /// for result in &results {
+    ///     assert_eq!(result.as_ref().unwrap().finished.stop, StopReason::Interrupted);
+    /// }
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn generate_batch_with<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        params: &GenerateParams,
+        slots: usize,
+        mut on_event: impl FnMut(usize, &Event) -> ControlFlow<()>,
+    ) -> Result<Vec<Result<Completion, Error>>, Error> {
         params.configs()?;
         let scheduler = self.scheduler(SchedulerConfig {
             slots: slots.max(1),
@@ -442,15 +543,26 @@ impl Model {
             }
         }
         drop(tx);
+        let mut stopped = false;
         while running > 0 {
             let Ok((i, event)) = rx.recv() else { break };
+            if !stopped && on_event(i, &event).is_break() {
+                // This scheduler runs this batch alone: shutting it down ends exactly the
+                // batch's prompts, each with a `Done` (and its figures) that the loop still
+                // collects. A shutdown's reason is reported as the interruption it is.
+                stopped = true;
+                scheduler.shutdown(std::time::Duration::ZERO);
+            }
             match event {
                 Event::Prompt { .. } => {}
                 Event::Token { id, text, .. } => {
                     partial[i].0.push_str(&text);
                     partial[i].1.push(id);
                 }
-                Event::Done(finished) => {
+                Event::Done(mut finished) => {
+                    if stopped && finished.stop == StopReason::Shutdown {
+                        finished.stop = StopReason::Interrupted;
+                    }
                     let (mut text, generated) = std::mem::take(&mut partial[i]);
                     text.push_str(&finished.tail);
                     results[i] = Some(Ok(Completion {

@@ -94,14 +94,32 @@
 //!
 //! # Errors
 //!
-//! Every fallible call returns [`Error`], whose variants wrap each layer's own error; the
-//! messages name the file, key, tensor or value involved, as the `bitnet` command prints them:
+//! Every fallible call of [`Model`] (and of the [`generate::Chat`] it hands out) returns
+//! [`Error`], with one variant per layer wrapping that layer's own error: a GGUF file that
+//! cannot be read is [`Error::Gguf`], a Hugging Face folder whose files are wrong
+//! [`Error::Hf`], a bad [`ModelOptions`] value [`Error::InvalidOption`] naming the field.
+//! The messages name the file, key, tensor or value involved, as the `bitnet` command prints
+//! them, and [`std::error::Error::source`] leads down the layers to the first cause:
 //!
 //! ```
+//! use std::error::Error as _;
+//! use bitnet::formats::gguf::GgufError;
+//!
 //! let err = bitnet::Model::load("no-such-model.gguf").unwrap_err();
 //! // "no-such-model.gguf: cannot read the file: No such file or directory (os error 2)"
 //! assert!(err.to_string().starts_with("no-such-model.gguf: cannot read the file: "));
+//! assert!(matches!(err, bitnet::Error::Gguf(_)));
+//! // Error -> GgufError -> GgufErrorKind::Io -> io::Error
+//! let gguf = err.source().unwrap();
+//! assert!(gguf.is::<GgufError>());
+//! let io = gguf.source().unwrap().source().unwrap();
+//! let io = io.downcast_ref::<std::io::Error>().unwrap();
+//! assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
 //! ```
+//!
+//! Each message already contains its causes' text, so a reporter that prints the whole chain
+//! should skip a cause whose text it has printed. [`Error`] is `#[non_exhaustive]`: a `match`
+//! needs a `_` arm.
 //!
 //! # Layers
 //!
@@ -126,7 +144,7 @@ pub mod load;
 pub mod model;
 pub mod tokenizer;
 
-pub use engine::{Completion, GenerateParams, Model, TextStream};
+pub use engine::{Completion, GenerateParams, Model, TextStream, LOGITS_CHUNK};
 pub use error::Error;
 pub use generate::{Generation, StopReason};
 pub use load::{ModelOptions, Residency, Source};

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::formats::gguf::GgufFile;
 use crate::formats::types::TensorType;
 use crate::kernels::Isa;
-use crate::model::{BitnetModel, CacheType, LoadOptions};
+use crate::model::{
+    available_memory, cache_bytes, human_bytes, BitnetModel, CacheType, LoadOptions, ModelError,
+};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::Error;
 
@@ -64,7 +66,7 @@ impl Source {
     pub fn open(&self) -> Result<Arc<GgufFile>, Error> {
         match self {
             Source::Demo => demo_gguf(),
-            Source::Path(path) => Ok(crate::hf::ModelSource::local(path)?.open_gguf()?),
+            Source::Path(path) => open_resolved(crate::hf::ModelSource::local(path)?),
             #[cfg(feature = "hub")]
             Source::Hub(_) => self.open_with_progress(&mut ()),
             #[cfg(not(feature = "hub"))]
@@ -82,7 +84,7 @@ impl Source {
         match self {
             Source::Hub(spec) => {
                 let spec = HubSpec::parse(spec)?;
-                Ok(hub::fetch(&spec, &HubOptions::from_env(), progress)?.open_gguf()?)
+                open_resolved(hub::fetch(&spec, &HubOptions::from_env(), progress)?)
             }
             other => other.open(),
         }
@@ -96,6 +98,16 @@ impl Source {
             }
             _ => false,
         }
+    }
+}
+
+/// Opens a resolved GGUF file or folder. A GGUF file's own errors (missing, not GGUF,
+/// truncated) are [`Error::Gguf`], as the demo's are; a folder's (its `config.json`,
+/// safetensors, tokenizer files, the conversion) stay [`Error::Hf`].
+fn open_resolved(resolved: crate::hf::ModelSource) -> Result<Arc<GgufFile>, Error> {
+    match resolved {
+        crate::hf::ModelSource::Gguf(path) => Ok(Arc::new(GgufFile::open(&path)?)),
+        folder @ crate::hf::ModelSource::Folder(_) => Ok(folder.open_gguf()?),
     }
 }
 
@@ -193,7 +205,9 @@ pub struct ModelOptions {
     /// Where the weights live while the model runs.
     pub residency: Residency,
     /// Positions each generation's KV cache holds (0: the model's trained context, at most
-    /// [`crate::model::DEFAULT_CONTEXT_CAP`]).
+    /// [`crate::model::DEFAULT_CONTEXT_CAP`]). More than the model was trained with is
+    /// allowed; a cache larger than the memory available is refused at load
+    /// ([`Error::InvalidOption`] naming `context`).
     pub context: usize,
     /// The KV cache's element type: F16 (half the memory, ggml's arithmetic) or F32
     /// (transformers').
@@ -267,12 +281,65 @@ pub fn load_gguf(
         model.set_isa(isa);
     }
     if let Some(ty) = options.output_type {
-        model.set_output_type(ty)?;
+        // The model layer names no option; the caller knows this one as `output_type`.
+        model.set_output_type(ty).map_err(|e| match e {
+            ModelError::Unsupported { message, .. } => Error::InvalidOption {
+                option: "output_type",
+                message: format!("{ty}: {message}"),
+            },
+            e => e.into(),
+        })?;
     }
+    check_context(&model, options)?;
     Ok(Loaded {
         name: source.name(),
         model,
         tokenizer,
+    })
+}
+
+/// Refuses a context whose KV cache cannot fit in the memory available now (where the
+/// platform tells; a size that overflows anywhere): such a model would load and then fail at
+/// every generation. Each generation still checks again when it allocates its cache.
+fn check_context(model: &BitnetModel, options: &ModelOptions) -> Result<(), Error> {
+    let config = model.config();
+    let n_ctx = match options.context {
+        0 => config.default_context(),
+        n => n,
+    };
+    let ty = options.cache_type;
+    let bytes = |positions| cache_bytes(config.n_layer, config.kv_dim(), positions, ty);
+    let ty = ty.name();
+    let needed = bytes(n_ctx);
+    let available = available_memory();
+    let fits = match (needed, available) {
+        (Some(needed), Some(available)) => needed <= available,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if fits {
+        return Ok(());
+    }
+    let given = match options.context {
+        0 => format!("0 (the model's {n_ctx} tokens)"),
+        n => n.to_string(),
+    };
+    let needs = needed.map_or_else(|| "more bytes than can be counted".into(), human_bytes);
+    let message = match available {
+        Some(available) => {
+            let per_position = bytes(1).unwrap_or(u64::MAX).max(1);
+            format!(
+                "{given} is too large: its {ty} KV cache needs {needs} but {} of memory is \
+                 available; at most {} tokens fit",
+                human_bytes(available),
+                available / per_position
+            )
+        }
+        None => format!("{given} is too large: its {ty} KV cache needs {needs}"),
+    };
+    Err(Error::InvalidOption {
+        option: "context",
+        message,
     })
 }
 

@@ -137,7 +137,7 @@ pub fn run(args: Args) -> Result<()> {
 
         let turn = match chat.prepare(&text) {
             Ok(turn) => turn,
-            Err(GenerateError::PromptTooLong { prompt, .. }) => {
+            Err(bitnet::Error::Generate(GenerateError::PromptTooLong { prompt, .. })) => {
                 println!(
                     "(the conversation is {prompt} tokens, longer than the context of \
                      {capacity}: /reset to start over, or restart with a larger -c)"

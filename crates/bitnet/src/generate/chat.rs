@@ -14,6 +14,7 @@ use std::ops::ControlFlow;
 
 use super::{GenerateError, Generation, GenerationConfig, Sampler, SamplerConfig, Session};
 use crate::tokenizer::{ChatMessage, ChatTemplate, EncodeOptions, Tokenizer};
+use crate::Error;
 
 /// One exchange after the system prompt: what dropping it removes.
 #[derive(Clone, Copy, Debug)]
@@ -43,14 +44,17 @@ pub struct Chat<'m> {
 impl<'m> Chat<'m> {
     /// A new conversation on `session` (whose cache it takes over) with an optional system
     /// prompt, sampling with `sampling` and generating each reply as `config` says (its
-    /// `context_shift` is ignored: see [`Chat::set_context_shift`]). An error when the model's
-    /// chat template is not valid Jinja.
+    /// `context_shift` is ignored: see [`Chat::set_context_shift`]). An error
+    /// ([`Error::Tokenizer`]) when the model's chat template is not valid Jinja.
+    ///
+    /// A `Chat` is what [`crate::Model::chat_session`] returns, so it reports the crate's
+    /// [`Error`] as the rest of the high-level API does.
     pub fn new(
         mut session: Session<'m>,
         system: Option<String>,
         sampling: SamplerConfig,
         config: GenerationConfig,
-    ) -> Result<Chat<'m>, GenerateError> {
+    ) -> Result<Chat<'m>, Error> {
         let template = session.tokenizer().chat_template()?;
         session.reset();
         Ok(Chat {
@@ -118,14 +122,15 @@ impl<'m> Chat<'m> {
         &mut self,
         text: &str,
         on_text: impl FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Generation, GenerateError> {
+    ) -> Result<Generation, Error> {
         self.prepare(text)?.respond(on_text)
     }
 
     /// The first half of [`Chat::send`]: adds the message's tokens, dropping the oldest turns
     /// if the context needs the room ([`Turn::dropped_tokens`] says how many). An error
-    /// ([`GenerateError::PromptTooLong`]) when the conversation cannot fit even so.
-    pub fn prepare(&mut self, text: &str) -> Result<Turn<'_, 'm>, GenerateError> {
+    /// (`Error::Generate(`[`GenerateError::PromptTooLong`]`)`) when the conversation cannot
+    /// fit even so.
+    pub fn prepare(&mut self, text: &str) -> Result<Turn<'_, 'm>, Error> {
         let new = self.user_turn(text)?;
         let capacity = self.session.context_size();
         // Room for the message and some of the reply; older turns go first.
@@ -147,7 +152,8 @@ impl<'m> Chat<'m> {
             return Err(GenerateError::PromptTooLong {
                 prompt: sequence.len(),
                 capacity,
-            });
+            }
+            .into());
         }
         Ok(Turn {
             chat: self,
@@ -169,7 +175,7 @@ impl<'m> Chat<'m> {
     /// generation prompt) after what is already there. For a template whose rendering of the
     /// past changes as the conversation grows, the whole conversation is tokenized again
     /// instead (the cache is then reused only up to the change).
-    fn user_turn(&mut self, text: &str) -> Result<Vec<u32>, GenerateError> {
+    fn user_turn(&mut self, text: &str) -> Result<Vec<u32>, Error> {
         let tokenizer = self.session.tokenizer();
         let mut with_user = self.messages.clone();
         with_user.push(ChatMessage::user(text));
@@ -213,7 +219,7 @@ impl<'m> Chat<'m> {
 
     /// Drops the oldest turn from the conversation and from the cache (shifting the rest into
     /// place); false when there is none to drop.
-    fn drop_oldest(&mut self) -> Result<bool, GenerateError> {
+    fn drop_oldest(&mut self) -> Result<bool, Error> {
         let Some(turn) = self.turns.pop_front() else {
             return Ok(false);
         };
@@ -308,7 +314,7 @@ impl Turn<'_, '_> {
     pub fn respond(
         self,
         on_text: impl FnMut(&str) -> ControlFlow<()>,
-    ) -> Result<Generation, GenerateError> {
+    ) -> Result<Generation, Error> {
         let chat = self.chat;
         let config = GenerationConfig {
             context_shift: chat.shift.then_some(chat.keep),

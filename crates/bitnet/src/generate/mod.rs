@@ -22,6 +22,7 @@ pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitErro
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GenerateError {
     /// The forward pass failed (a token out of range, the cache's memory, ...).
     #[error(transparent)]
@@ -30,7 +31,7 @@ pub enum GenerateError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     /// The prompt does not fit the context.
-    #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger -c or a shorter prompt")]
+    #[error("the prompt has {prompt} tokens but the context holds {capacity}; use a larger context or a shorter prompt")]
     PromptTooLong {
         /// Tokens in the prompt.
         prompt: usize,

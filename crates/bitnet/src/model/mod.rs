@@ -18,6 +18,7 @@ use config::ConfigError;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     /// The GGUF file could not be read.
     #[error(transparent)]
@@ -95,7 +96,7 @@ pub enum ModelError {
     EmptyInput,
     /// A KV cache larger than the memory available.
     #[error(
-        "a context of {n_ctx} tokens needs {} of {cache_type} KV cache but {} of memory is available; use a smaller -c (at most {fits} here)",
+        "a context of {n_ctx} tokens needs {} of {cache_type} KV cache but {} of memory is available; at most {fits} tokens fit",
         human_bytes(*.needed),
         human_bytes(*.available)
     )]
@@ -112,7 +113,7 @@ pub enum ModelError {
         fits: usize,
     },
     /// Allocating the KV cache failed.
-    #[error("allocating {} of KV cache for a context of {n_ctx} tokens failed; use a smaller -c", human_bytes(*.bytes))]
+    #[error("allocating {} of KV cache for a context of {n_ctx} tokens failed", human_bytes(*.bytes))]
     OutOfMemory {
         /// The context asked for.
         n_ctx: usize,

@@ -22,13 +22,15 @@ pub(crate) const MAX_DIMS: usize = 4;
 /// Nested arrays deeper than this are refused (bounds the parser's recursion).
 pub const MAX_ARRAY_DEPTH: usize = 8;
 
-/// A GGUF error, naming the file it came from.
+/// A GGUF error, naming the file it came from. Its [`std::error::Error::source`] is the
+/// [`GgufErrorKind`], whose own source is the [`std::io::Error`] of a failed read.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {kind}")]
 pub struct GgufError {
     /// The file (or the label of an in-memory GGUF).
     pub file: String,
     /// What was wrong.
+    #[source]
     pub kind: GgufErrorKind,
 }
 
@@ -57,6 +59,7 @@ fn show_bytes(bytes: &[u8]) -> String {
 /// What exactly was wrong, with the key or tensor and the byte offset where it was found.
 /// Fields named `offset` are byte offsets into the file, `what` names the item being read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GgufErrorKind {
     /// Reading the file failed.
     #[error("cannot read the file: {0}")]
