@@ -165,7 +165,19 @@ impl ModelArgs {
         let source = source(self.model.as_deref());
         let options = self.options()?;
         let file = source.open_with_progress(&mut crate::commands::pull::DownloadBar::default())?;
-        let loaded = bitnet::load::load_gguf(&source, file, &options)?;
+        // An option the library refuses is named as this command line spells it.
+        let loaded = bitnet::load::load_gguf(&source, file, &options).map_err(|e| match e {
+            bitnet::Error::InvalidOption { option, message } => {
+                let flag = match option {
+                    "context" => "-c",
+                    "threads" => "-t",
+                    "output_type" => "--output-type",
+                    other => other,
+                };
+                anyhow::anyhow!("{flag} {message}")
+            }
+            e => e.into(),
+        })?;
         Ok(Loaded {
             name: loaded.name,
             model: loaded.model,

@@ -115,7 +115,7 @@ fn the_context_is_checked_against_the_machine_and_the_model() {
     // Far more than any machine: an error with the sizes, no abort.
     let e = fails(&["generate", "-p", "hi", "-c", "1000000000"]);
     assert!(
-        e.contains("context 1000000000 is too large") && e.contains("available"),
+        e.contains("-c 1000000000 is too large") && e.contains("available"),
         "{e}"
     );
     // Beyond the trained context: accepted with a warning.
