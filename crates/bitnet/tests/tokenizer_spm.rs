@@ -1,0 +1,279 @@
+//! The SentencePiece BPE tokenizer (GGUF model `llama`: Llama 2's vocabulary, which 1bitLLM's
+//! bitnet_b1_58 models use) against references outside this code:
+//! - llama.cpp's own test cases for `models/ggml-vocab-llama-spm.gguf` (its `.inp`/`.out`,
+//!   made with Hugging Face's Llama tokenizer);
+//! - Google's `sentencepiece` on the same vocabulary (`tools/make_spm_fixtures.py` builds the
+//!   ModelProto from the GGUF, checks it reproduces llama.cpp's cases, and writes the ids);
+//! - a small trained SentencePiece model as a Hugging Face folder (tokenizer.json by
+//!   transformers' converter, tokenizer.model), through `bitnet convert`'s vocabulary path,
+//!   against sentencepiece's ids and the `tokenizers` crate.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bitnet::formats::gguf::{Metadata, Value, ValueType};
+use bitnet::tokenizer::{EncodeOptions, PreTokenizerSource, TokenKind, Tokenizer, TokenizerError};
+
+fn testdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/tokenizer")
+        .join(rel)
+}
+
+const PLAIN: EncodeOptions = EncodeOptions {
+    add_bos: false,
+    parse_special: false,
+};
+
+fn llama_spm() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        let path = testdata("llama-spm/ggml-vocab-llama-spm.gguf");
+        Tokenizer::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    })
+}
+
+/// llama.cpp's test format: texts separated by `\n__ggml_vocab_test__\n`, one line of ids each.
+fn llama_cpp_cases() -> Vec<(String, Vec<u32>)> {
+    let read = |ext: &str| {
+        let path = testdata(&format!("llama-spm/ggml-vocab-llama-spm.gguf.{ext}"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let inp = read("inp");
+    let out = read("out");
+    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let texts = &texts[..texts.len() - 1];
+    let ids: Vec<Vec<u32>> = out
+        .split('\n')
+        .take(texts.len())
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
+    texts.iter().map(|t| t.to_string()).zip(ids).collect()
+}
+
+/// JSON lines `{"text", "ids", "decoded"}` written by tools/make_spm_fixtures.py.
+fn jsonl_cases(rel: &str) -> Vec<(String, Vec<u32>, String)> {
+    let path = testdata(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ids = v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            (
+                v["text"].as_str().unwrap().to_string(),
+                ids,
+                v["decoded"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Encodes every case; returns the ones that differ, readably.
+fn differences(tok: &Tokenizer, cases: &[(String, Vec<u32>)]) -> Vec<String> {
+    cases
+        .iter()
+        .filter_map(|(text, want)| {
+            let got = tok.encode(text, PLAIN);
+            (&got != want).then(|| format!("{text:?}\n  want {want:?}\n  got  {got:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn llama_cpp_cases_equal() {
+    let tok = llama_spm();
+    assert_eq!(
+        tok.pre_tokenizer_source(),
+        &PreTokenizerSource::SentencePiece
+    );
+    let cases = llama_cpp_cases();
+    assert_eq!(cases.len(), 46);
+    let wrong = differences(tok, &cases);
+    assert!(
+        wrong.is_empty(),
+        "{} of 46 differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn sentencepiece_cases_equal_and_decode() {
+    let tok = llama_spm();
+    let cases = jsonl_cases("llama-spm/sentencepiece-cases.jsonl");
+    assert!(cases.len() >= 380, "{} cases", cases.len());
+    let pairs: Vec<(String, Vec<u32>)> = cases
+        .iter()
+        .map(|(t, ids, _)| (t.clone(), ids.clone()))
+        .collect();
+    let wrong = differences(tok, &pairs);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} differ from sentencepiece:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    for (text, ids, decoded) in &cases {
+        // sentencepiece's decode drops the dummy prefix; so does ours.
+        assert_eq!(&tok.decode(ids).unwrap(), decoded, "{text:?}");
+        // A `▁` typed in the text comes back as a space (SentencePiece cannot tell them apart).
+        assert_eq!(decoded, &text.replace('▁', " "));
+    }
+}
+
+#[test]
+fn special_ids_bos_and_special_text() {
+    let tok = llama_spm();
+    assert_eq!(tok.vocab_size(), 32_000);
+    assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)));
+    assert!(tok.add_bos_token());
+    assert_eq!(tok.end_of_generation(), [2]);
+    assert_eq!(tok.token_kind(13), Some(TokenKind::Byte));
+    assert_eq!(tok.token_bytes(13).unwrap(), b"\n");
+    assert_eq!(tok.token_bytes(15043).unwrap(), b" Hello");
+    // Special text is text unless asked, then the token; a space prefix follows a special.
+    let plain = tok.encode("</s>Hello", PLAIN);
+    assert!(!plain.contains(&2));
+    let parsed = tok.encode(
+        "</s>Hello",
+        EncodeOptions {
+            add_bos: true,
+            parse_special: true,
+        },
+    );
+    assert_eq!(parsed, [1, 2, 15043]);
+    assert_eq!(tok.encode_chat("<s>Hello"), [1, 15043]);
+    assert_eq!(tok.encode_chat("Hello"), [1, 15043]);
+    // decode drops only the first token's prefix space; streaming keeps every byte.
+    assert_eq!(tok.decode(&[15043, 3186]).unwrap(), "Hello world");
+    assert_eq!(tok.decode(&[1, 15043]).unwrap(), "<s> Hello");
+    let mut stream = tok.stream_decoder();
+    let pieces: String = [15043u32, 3186]
+        .iter()
+        .map(|&i| stream.push(i).unwrap())
+        .collect();
+    assert_eq!(pieces, " Hello world");
+}
+
+#[test]
+fn byte_fallback_streams_whole_characters() {
+    let tok = llama_spm();
+    // U+1F999 is not in the vocabulary: four byte tokens.
+    let ids = tok.encode("🦙", PLAIN);
+    assert_eq!(ids, [29871, 243, 162, 169, 156]);
+    let mut stream = tok.stream_decoder();
+    let pieces: Vec<String> = ids.iter().map(|&i| stream.push(i).unwrap()).collect();
+    assert_eq!(pieces, [" ", "", "", "", "🦙"]);
+}
+
+/// A `llama` vocabulary's metadata, to break on purpose.
+fn spm_metadata() -> Metadata {
+    let strings = |v: &[&str]| {
+        Value::Array(
+            ValueType::String,
+            v.iter().map(|s| Value::String(s.to_string())).collect(),
+        )
+    };
+    let mut md = Metadata::default();
+    md.set("tokenizer.ggml.model", Value::String("llama".into()));
+    md.set(
+        "tokenizer.ggml.tokens",
+        strings(&["<unk>", "<s>", "</s>", "▁", "a", "▁a"]),
+    );
+    md.set(
+        "tokenizer.ggml.scores",
+        Value::Array(
+            ValueType::F32,
+            (0..6).map(|i| Value::F32(-(i as f32))).collect(),
+        ),
+    );
+    md.set(
+        "tokenizer.ggml.token_type",
+        Value::Array(ValueType::I32, [2, 3, 3, 1, 1, 1].map(Value::I32).to_vec()),
+    );
+    md
+}
+
+#[test]
+fn bad_spm_metadata_is_an_error() {
+    let tok = Tokenizer::from_metadata(&spm_metadata(), "x.gguf").unwrap();
+    // No byte tokens: an unknown character is <unk>.
+    assert_eq!(tok.encode("a é a", PLAIN), [5, 3, 0, 5]);
+    assert_eq!(tok.decode(&[5, 3, 0, 5]).unwrap(), "a <unk> a");
+
+    let mut md = spm_metadata();
+    md.set(
+        "tokenizer.ggml.scores",
+        Value::Array(ValueType::F32, vec![Value::F32(0.0); 3]),
+    );
+    let err = Tokenizer::from_metadata(&md, "x.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.ggml.scores") && err.contains("3 entries"),
+        "{err}"
+    );
+
+    let mut md = spm_metadata();
+    md.set(
+        "tokenizer.ggml.scores",
+        Value::Array(ValueType::String, vec![Value::String("x".into()); 6]),
+    );
+    let err = Tokenizer::from_metadata(&md, "x.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer.ggml.scores[0]"), "{err}");
+
+    // Neither byte tokens nor <unk>: some text could not be encoded.
+    let mut md = spm_metadata();
+    md.set(
+        "tokenizer.ggml.token_type",
+        Value::Array(ValueType::I32, [1, 3, 3, 1, 1, 1].map(Value::I32).to_vec()),
+    );
+    md.set("tokenizer.ggml.unknown_token_id", Value::U32(99));
+    let err = Tokenizer::from_metadata(&md, "x.gguf").unwrap_err();
+    assert!(matches!(err, TokenizerError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+
+    let mut md = spm_metadata();
+    md.set("tokenizer.ggml.model", Value::String("bert".into()));
+    let err = Tokenizer::from_metadata(&md, "x.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"bert\" is not supported"), "{err}");
+}
+
+/// Random strings never panic and always decode back to themselves.
+#[test]
+fn random_text_round_trips() {
+    let tok = llama_spm();
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..500 {
+        let len = next() % 30;
+        let text: String = (0..len)
+            .filter_map(|_| {
+                let r = next();
+                match r % 4 {
+                    0 => char::from_u32((r >> 8) as u32 % 0x80),
+                    1 => char::from_u32((r >> 8) as u32 % 0x800),
+                    2 => char::from_u32((r >> 8) as u32 % 0x11_0000),
+                    _ => Some(' '),
+                }
+            })
+            .collect();
+        let ids = tok.encode(&text, PLAIN);
+        assert_eq!(tok.decode(&ids).unwrap(), text, "{ids:?}");
+    }
+}
