@@ -277,3 +277,135 @@ fn random_text_round_trips() {
         assert_eq!(tok.decode(&ids).unwrap(), text, "{ids:?}");
     }
 }
+
+/// A 1bitLLM-format checkpoint folder (`testdata/family/bitnet1/hf`, vocab 1024) with the small
+/// SentencePiece model's tokenizer files `files` beside it, in a fresh temporary folder.
+fn bitnet1_folder_with(name: &str, files: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitnet-spm-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let family = testdata("../family/bitnet1/hf");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(family.join(f), dir.join(f)).unwrap();
+    }
+    for f in files {
+        std::fs::copy(testdata("spm-small").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// The tokenizer of the GGUF that `bitnet convert` (and `-m FOLDER`) makes of the folder.
+fn converted_tokenizer(folder: &Path) -> Tokenizer {
+    let gguf = bitnet::hf::folder_to_gguf(folder).unwrap_or_else(|e| panic!("{e}"));
+    let md = gguf.metadata();
+    assert_eq!(md.get_str("tokenizer.ggml.model").unwrap(), "llama");
+    assert!(!md.contains("tokenizer.ggml.merges"));
+    Tokenizer::from_gguf(&gguf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn small_cases() -> Vec<(String, Vec<u32>)> {
+    jsonl_cases("spm-small/cases.jsonl")
+        .into_iter()
+        .map(|(t, ids, _)| (t, ids))
+        .collect()
+}
+
+#[test]
+fn hf_folder_sentencepiece_vocabulary_converts() {
+    let cases = small_cases();
+    assert!(cases.len() >= 340);
+    for (name, files) in [
+        // As 1bitLLM ships it: tokenizer.model is read (SentencePiece's own scores).
+        (
+            "all",
+            &["tokenizer.json", "tokenizer.model", "tokenizer_config.json"][..],
+        ),
+        // tokenizer.json alone: scores from its merges.
+        ("json", &["tokenizer.json", "tokenizer_config.json"][..]),
+        ("model", &["tokenizer.model"][..]),
+    ] {
+        let dir = bitnet1_folder_with(name, files);
+        let tok = converted_tokenizer(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Padded to config.json's vocab_size with unused [PAD] tokens.
+        assert_eq!(tok.vocab_size(), 1024, "{name}");
+        assert_eq!(tok.token_str(1000), Some("[PAD1000]"));
+        assert_eq!((tok.bos_id(), tok.eos_id()), (Some(1), Some(2)), "{name}");
+        assert!(tok.add_bos_token(), "{name}");
+        let wrong = differences(&tok, &cases);
+        assert!(
+            wrong.is_empty(),
+            "{name}: {} of {} differ from sentencepiece:\n{}",
+            wrong.len(),
+            cases.len(),
+            wrong.join("\n")
+        );
+        if files.contains(&"tokenizer_config.json") {
+            let chat = tok.chat_template().unwrap();
+            let prompt = chat
+                .render(&[bitnet::tokenizer::ChatMessage::user("Hi")], true)
+                .unwrap();
+            assert_eq!(prompt, "<s>[INST] Hi [/INST]");
+            assert_eq!(
+                tok.encode_chat(&prompt)[..2],
+                [1, tok.encode("[", PLAIN)[0]]
+            );
+        }
+    }
+}
+
+#[test]
+fn hf_folder_bad_tokenizer_model_is_an_error() {
+    let dir = bitnet1_folder_with("bad", &["tokenizer_config.json"]);
+    std::fs::write(dir.join("tokenizer.model"), b"\x0a\xff\x01 truncated").unwrap();
+    let err = bitnet::hf::folder_to_gguf(&dir)
+        .err()
+        .map(|e| e.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = err.expect("a truncated tokenizer.model converts");
+    assert!(
+        err.contains("tokenizer.model") && err.contains("not a SentencePiece model"),
+        "{err}"
+    );
+}
+
+/// The converted tokenizer.json vocabulary against Hugging Face's `tokenizers` reading the
+/// same tokenizer.json, on random text (x86-64: where the crate is a dev-dependency).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn hf_folder_json_matches_tokenizers_crate() {
+    let dir = bitnet1_folder_with("hf", &["tokenizer.json", "tokenizer_config.json"]);
+    let tok = converted_tokenizer(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let hf = tokenizers::Tokenizer::from_file(testdata("spm-small/tokenizer.json")).unwrap();
+    let pool: Vec<char> = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ 0123456789 \n\t.,;:!?'\"()<>/_-éüßçñ абвгд 你好世界 αβγ 🤖🦙👍\u{200d}\u{301}▁"
+        .chars()
+        .collect();
+    let mut state = 0x853c49e6748fea9bu64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut wrong = Vec::new();
+    for _ in 0..3000 {
+        let len = (next() % 40) as usize;
+        let text: String = (0..len)
+            .map(|_| pool[(next() % pool.len() as u64) as usize])
+            .collect();
+        let want = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        let got = tok.encode(&text, PLAIN);
+        if got != want {
+            wrong.push(format!("{text:?}\n  hf   {want:?}\n  ours {got:?}"));
+        }
+        let decoded = hf.decode(&want, false).unwrap();
+        assert_eq!(tok.decode(&got).unwrap(), decoded, "{text:?}");
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 3000 differ:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(10)].join("\n")
+    );
+}

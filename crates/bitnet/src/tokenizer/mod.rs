@@ -39,6 +39,11 @@ pub use decode::StreamDecoder;
 pub use pretokenize::Llama3Split;
 pub(crate) use pretokenize::LLAMA3_PATTERN;
 
+/// Whether a vocabulary string is a SentencePiece byte token (`<0x0A>`).
+pub(crate) fn is_byte_token(text: &str) -> bool {
+    spm::byte_token_value(text).is_some()
+}
+
 /// What went wrong loading or using a tokenizer; each names the file and key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
