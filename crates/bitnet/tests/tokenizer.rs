@@ -659,7 +659,7 @@ fn bad_ids_and_bad_files_are_errors() {
         "{err:?}"
     );
     md.set("tokenizer.ggml.pre", Value::String("llama-bpe".into()));
-    md.set("tokenizer.ggml.model", Value::String("llama".into()));
+    md.set("tokenizer.ggml.model", Value::String("bert".into()));
     let err = Tokenizer::from_metadata(&md, "x.gguf").err();
     assert!(
         matches!(err, Some(TokenizerError::UnsupportedModel { .. })),
