@@ -869,3 +869,56 @@ fn chat_llama3_instruct_style_template() {
     let ids = llama3_gguf().encode_chat(&out);
     assert_eq!(ids.iter().filter(|&&i| i == 128_000).count(), 1);
 }
+
+/// Falcon3's and Falcon-E's GGUFs name their pre-tokenizer `falcon3` / `falcon_e`: llama.cpp
+/// (and bitnet.cpp's fork) splits them with Llama 3's rules over the model's own byte-level
+/// vocabulary. Here the Llama 3 vocabulary under those names must encode exactly as under
+/// `llama-bpe`, and a Falcon3-shaped chat template (`<|system|>`/`<|user|>`/`<|assistant|>`
+/// lines, eos after assistant turns) renders.
+#[test]
+fn falcon3_and_falcon_e_pre_tokenizer_names_load_with_llama3_rules() {
+    let file = GgufFile::open(testdata("tokenizer/llama3-vocab.gguf")).unwrap();
+    let falcon3_template = "{% for message in messages %}\
+        {% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}\
+        {% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}\
+        {% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}\
+        {% endif %}{% endfor %}\
+        {% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
+    for name in ["falcon3", "falcon_e"] {
+        let mut md = file.metadata().clone();
+        md.set("tokenizer.ggml.pre", Value::String(name.into()));
+        md.set(
+            "tokenizer.chat_template",
+            Value::String(falcon3_template.into()),
+        );
+        md.set("tokenizer.ggml.eos_token_id", Value::U32(128_001));
+        let tok = Tokenizer::from_metadata(&md, "falcon.gguf").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tok.pre_tokenizer_source(),
+            &PreTokenizerSource::GgufKey(name.into())
+        );
+        check_cases(&tok);
+        let prompt = tok
+            .chat_template()
+            .unwrap()
+            .render(
+                &[
+                    ChatMessage::system("Be brief."),
+                    ChatMessage::user("Hi"),
+                    ChatMessage::assistant("Hello."),
+                    ChatMessage::user("2+2?"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            prompt,
+            "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello.<|end_of_text|>\n\
+             <|user|>\n2+2?\n<|assistant|>\n"
+        );
+        let ids = tok.encode_chat(&prompt);
+        assert_eq!(ids[0], 128_000);
+        assert!(ids.contains(&128_001));
+        assert!(tok.is_end_of_generation(128_001));
+    }
+}
