@@ -299,8 +299,9 @@ fn pre_tokenizers(tokenizer: &Value) -> Vec<&Value> {
     }
 }
 
-/// llama.cpp's name for the split rules: `llama-bpe` for Llama 3's regex, `gpt-2` for plain
-/// byte-level splitting with GPT-2's built-in regex, `default` for anything else.
+/// llama.cpp's name for the split rules: `llama-bpe` for Llama 3's regex, `qwen2` for Qwen2's,
+/// `gpt-2` for plain byte-level splitting with GPT-2's built-in regex, `default` for anything
+/// else.
 pub(crate) fn pre_tokenizer_name(tokenizer: &Value) -> &'static str {
     let pres = pre_tokenizers(tokenizer);
     let regexes: Vec<&str> = pres
@@ -310,6 +311,9 @@ pub(crate) fn pre_tokenizer_name(tokenizer: &Value) -> &'static str {
         .collect();
     if regexes == [LLAMA3_SPLIT_REGEX] {
         return "llama-bpe";
+    }
+    if regexes == [crate::tokenizer::QWEN2_PATTERN] {
+        return "qwen2";
     }
     if regexes.is_empty()
         && pres.len() == 1

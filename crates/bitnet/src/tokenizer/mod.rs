@@ -4,7 +4,8 @@
 //! A [`Tokenizer`] loads from GGUF metadata (`tokenizer.ggml.*`) or from a Hugging Face
 //! `tokenizer.json` (optionally with its `tokenizer_config.json`). Two kinds of vocabulary:
 //! - byte-level BPE (GGUF model `gpt2`: Llama 3, BitNet b1.58 2B-4T, Falcon3, Falcon-E), with
-//!   Llama 3's split rules (`tokenizer.ggml.pre` `llama-bpe`, `falcon3`, `falcon_e`, ...);
+//!   Llama 3's split rules (`tokenizer.ggml.pre` `llama-bpe`, `falcon3`, `falcon_e`, ...) or
+//!   Qwen2's (`qwen2`: the same with single digits);
 //! - SentencePiece BPE (GGUF model `llama`: Llama 2, 1bitLLM's bitnet_b1_58), module `spm`.
 //!
 //! Encoding is three steps, each its own module:
@@ -37,7 +38,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
 pub use pretokenize::Llama3Split;
-pub(crate) use pretokenize::LLAMA3_PATTERN;
+pub(crate) use pretokenize::{LLAMA3_PATTERN, QWEN2_PATTERN};
 
 /// Whether a vocabulary string is a SentencePiece byte token (`<0x0A>`).
 pub(crate) fn is_byte_token(text: &str) -> bool {
@@ -94,7 +95,7 @@ pub enum TokenizerError {
     },
     /// Split rules other than Llama 3's.
     #[error(
-        "{origin}: `{key}` = {found} is not supported (known: the Llama 3 split rules, named llama-bpe, llama3, llama-v3, falcon3, falcon_e, falcon-e)"
+        "{origin}: `{key}` = {found} is not supported (known: the Llama 3 split rules, named llama-bpe, llama3, llama-v3, falcon3, falcon_e, falcon-e; Qwen2's, named qwen2, deepseek-r1-qwen)"
     )]
     UnsupportedPreTokenizer {
         /// The file.
@@ -239,10 +240,22 @@ const LLAMA3_PRE_NAMES: [&str; 6] = [
     "falcon-e",
 ];
 
+/// `tokenizer.ggml.pre` values that mean Qwen2's rules (llama.cpp's names).
+const QWEN2_PRE_NAMES: [&str; 2] = ["qwen2", "deepseek-r1-qwen"];
+
+/// The split before byte-level BPE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// Llama 3's regex.
+    Llama3,
+    /// Qwen2's: Llama 3's with one digit per piece.
+    Qwen2,
+}
+
 /// How words become ids.
 enum Engine {
-    /// Byte-level BPE after Llama 3's split.
-    Bpe(bpe::Bpe),
+    /// Byte-level BPE after a regex split.
+    Bpe(bpe::Bpe, Split),
     /// SentencePiece BPE over whole segments.
     Spm {
         spm: spm::Spm,
@@ -264,6 +277,7 @@ struct Parts {
     extra_end_of_generation: Vec<u32>,
     pre_source: PreTokenizerSource,
     chat_template: Option<String>,
+    split: Split,
 }
 
 impl Tokenizer {
@@ -441,6 +455,7 @@ impl Tokenizer {
                 extra_end_of_generation,
                 pre_source: PreTokenizerSource::SentencePiece,
                 chat_template,
+                split: Split::Llama3,
             };
             return Tokenizer::build_spm(parts, scores, unk, add_space_prefix);
         }
@@ -462,6 +477,7 @@ impl Tokenizer {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let mut split = Split::Llama3;
         let pre_source = match md
             .contains("tokenizer.ggml.pre")
             .then(|| md.get_str("tokenizer.ggml.pre"))
@@ -469,6 +485,10 @@ impl Tokenizer {
             .map_err(meta)?
         {
             Some(pre) if LLAMA3_PRE_NAMES.contains(&pre) => PreTokenizerSource::GgufKey(pre.into()),
+            Some(pre) if QWEN2_PRE_NAMES.contains(&pre) => {
+                split = Split::Qwen2;
+                PreTokenizerSource::GgufKey(pre.into())
+            }
             Some(pre) => {
                 return Err(TokenizerError::UnsupportedPreTokenizer {
                     origin: origin.to_string(),
@@ -489,17 +509,21 @@ impl Tokenizer {
                 })
             }
         };
+        // llama.cpp: the Llama 3 rules ignore merges and add BOS by default, Qwen2's do neither.
+        let qwen2 = split == Split::Qwen2;
+        let add_bos = add_bos && !(qwen2 && !md.contains("tokenizer.ggml.add_bos_token"));
         let parts = Parts {
             origin: origin.to_string(),
             tokens,
             kinds,
-            ignore_merges: true,
+            ignore_merges: !qwen2,
             bos,
             eos,
             add_bos,
             extra_end_of_generation,
             pre_source,
             chat_template,
+            split,
         };
         Tokenizer::build(parts, merges.into_iter(), MERGES)
     }
@@ -560,13 +584,13 @@ impl Tokenizer {
                 ),
             ));
         }
-        if !is_llama3_pre_tokenizer(&json["pre_tokenizer"]) {
+        let Some(split) = json_split(&json["pre_tokenizer"]) else {
             return Err(TokenizerError::UnsupportedPreTokenizer {
                 origin: origin.to_string(),
                 key: "pre_tokenizer".into(),
                 found: short_json(&json["pre_tokenizer"]),
             });
-        }
+        };
         let ignore_merges = model["ignore_merges"].as_bool().unwrap_or(false);
 
         // Vocabulary: model.vocab, then added_tokens (which may add ids or mark existing ones).
@@ -675,6 +699,7 @@ impl Tokenizer {
             extra_end_of_generation: Vec::new(),
             pre_source: PreTokenizerSource::TokenizerJson,
             chat_template: None,
+            split,
         };
         Tokenizer::build(parts, merges.into_iter(), "model.merges")
     }
@@ -789,7 +814,7 @@ impl Tokenizer {
             kinds: p.kinds,
             bytes,
             offsets,
-            engine: Engine::Bpe(bpe),
+            engine: Engine::Bpe(bpe, p.split),
             specials,
             bos: p.bos,
             eos: p.eos,
@@ -868,8 +893,8 @@ impl Tokenizer {
         if options.add_bos {
             out.extend(self.bos);
         }
-        let bpe = match &self.engine {
-            Engine::Bpe(bpe) => bpe,
+        let (bpe, split) = match &self.engine {
+            Engine::Bpe(bpe, split) => (bpe, *split),
             Engine::Spm {
                 spm,
                 add_space_prefix,
@@ -880,7 +905,11 @@ impl Tokenizer {
         };
         let mut session = bpe.session();
         let mut plain = |segment: &str, out: &mut Vec<u32>| {
-            for word in Llama3Split::new(segment) {
+            let words = match split {
+                Split::Llama3 => Llama3Split::new(segment),
+                Split::Qwen2 => Llama3Split::qwen2(segment),
+            };
+            for word in words {
                 session.encode_word(word.as_bytes(), out);
             }
         };
@@ -1121,24 +1150,27 @@ fn short_json(v: &Json) -> String {
     }
 }
 
-/// True for `Sequence[Split(Llama 3 regex, Isolated), ByteLevel(use_regex: false)]`.
-fn is_llama3_pre_tokenizer(pre: &Json) -> bool {
-    let Some(seq) = pre["pretokenizers"]
+/// The split of `Sequence[Split(regex, Isolated), ByteLevel(use_regex: false)]` with Llama 3's
+/// or Qwen2's regex.
+fn json_split(pre: &Json) -> Option<Split> {
+    let seq = pre["pretokenizers"]
         .as_array()
-        .filter(|_| pre["type"] == "Sequence")
-    else {
-        return false;
-    };
+        .filter(|_| pre["type"] == "Sequence")?;
     let [split, byte_level] = &seq[..] else {
-        return false;
+        return None;
     };
-    split["type"] == "Split"
-        && split["pattern"]["Regex"] == LLAMA3_PATTERN
+    let which = match split["pattern"]["Regex"].as_str()? {
+        LLAMA3_PATTERN => Split::Llama3,
+        QWEN2_PATTERN => Split::Qwen2,
+        _ => return None,
+    };
+    let ok = split["type"] == "Split"
         && split["behavior"] == "Isolated"
         && split["invert"] != true
         && byte_level["type"] == "ByteLevel"
         && byte_level["use_regex"] == false
-        && byte_level["add_prefix_space"] != true
+        && byte_level["add_prefix_space"] != true;
+    ok.then_some(which)
 }
 
 /// The special token a TemplateProcessing post-processor puts first in a single sequence.
