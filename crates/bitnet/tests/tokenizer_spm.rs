@@ -409,3 +409,16 @@ fn hf_folder_json_matches_tokenizers_crate() {
         wrong[..wrong.len().min(10)].join("\n")
     );
 }
+
+/// A lone SentencePiece tokenizer.json (no model folder around it) is refused with a message
+/// that says what to load instead.
+#[test]
+fn lone_sentencepiece_tokenizer_json_names_the_way_in() {
+    let err = Tokenizer::load(testdata("spm-small/tokenizer.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SentencePiece") && err.contains("-m FOLDER"),
+        "{err}"
+    );
+}

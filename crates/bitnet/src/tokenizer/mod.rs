@@ -575,6 +575,15 @@ impl Tokenizer {
                 ));
             }
         }
+        if model["byte_fallback"] == true {
+            return Err(invalid(
+                "model.byte_fallback",
+                "a SentencePiece-style vocabulary: load its model folder (`-m FOLDER`, \
+                 `bitnet::hf::folder_to_gguf`) or the GGUF converted from it, which carry it \
+                 as GGUF model \"llama\"; a lone tokenizer.json loads only byte-level BPE"
+                    .into(),
+            ));
+        }
         if !json["normalizer"].is_null() {
             return Err(invalid(
                 "normalizer",
