@@ -396,11 +396,9 @@ impl Tokenizer {
         for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             extra_end_of_generation.extend(id_key(key)?);
         }
-        // llama.cpp's default for both kinds of vocabulary when the key is absent.
-        let add_bos = md
+        let add_bos_key = md
             .opt("tokenizer.ggml.add_bos_token", Metadata::get_bool)
-            .map_err(meta)?
-            .unwrap_or(true);
+            .map_err(meta)?;
         let chat_template = md
             .contains("tokenizer.chat_template")
             .then(|| md.get_str("tokenizer.chat_template"))
@@ -451,7 +449,8 @@ impl Tokenizer {
                 ignore_merges: false,
                 bos: bos.or(default_id(1)),
                 eos: eos.or(default_id(2)),
-                add_bos,
+                // llama.cpp's default for SentencePiece when the key is absent.
+                add_bos: add_bos_key.unwrap_or(true),
                 extra_end_of_generation,
                 pre_source: PreTokenizerSource::SentencePiece,
                 chat_template,
@@ -511,7 +510,7 @@ impl Tokenizer {
         };
         // llama.cpp: the Llama 3 rules ignore merges and add BOS by default, Qwen2's do neither.
         let qwen2 = split == Split::Qwen2;
-        let add_bos = add_bos && !(qwen2 && !md.contains("tokenizer.ggml.add_bos_token"));
+        let add_bos = add_bos_key.unwrap_or(!qwen2);
         let parts = Parts {
             origin: origin.to_string(),
             tokens,
