@@ -10,7 +10,9 @@ Writes, under testdata/tokenizer/:
 - spm-small/: a small SentencePiece BPE model trained here (byte fallback, Llama 2's
   settings), as a Hugging Face folder: tokenizer.model, and tokenizer.json /
   tokenizer_config.json written by transformers' own converter (LlamaTokenizerFast, legacy),
-  as 1bitLLM's folders ship them; plus cases.jsonl with sentencepiece's ids for it.
+  as 1bitLLM's folders ship them; plus cases.jsonl with sentencepiece's ids for it and
+  pieces.json (piece, score, type as sentencepiece reads them). Its training text includes the
+  repository's README.md as it is when the script runs, so a rerun may train other pieces.
 
 Usage: python tools/make_spm_fixtures.py   (needs sentencepiece, protobuf, gguf, transformers)
 """
@@ -258,6 +260,23 @@ def main():
     for t in differ[:10]:
         print(f"  {t!r}: hf {hf.encode(t, add_special_tokens=False).ids} spm {sp_small.encode(t)}")
     write_jsonl(os.path.join(small, "cases.jsonl"), sp_small, texts)
+    # The pieces as sentencepiece reads tokenizer.model: what a GGUF converter must write
+    # (llama.cpp's _set_vocab_sentencepiece: piece, score, type by these predicates).
+    with open(os.path.join(small, "pieces.json"), "w", encoding="utf-8") as f:
+        rows = []
+        for i in range(sp_small.get_piece_size()):
+            ty = 1
+            if sp_small.is_unknown(i):
+                ty = 2
+            elif sp_small.is_control(i):
+                ty = 3
+            elif sp_small.is_unused(i):
+                ty = 5
+            elif sp_small.is_byte(i):
+                ty = 6
+            rows.append([sp_small.id_to_piece(i), sp_small.get_score(i), ty])
+        json.dump(rows, f, ensure_ascii=False)
+        f.write("\n")
 
 
 if __name__ == "__main__":

@@ -422,3 +422,35 @@ fn lone_sentencepiece_tokenizer_json_names_the_way_in() {
         "{err}"
     );
 }
+
+/// The GGUF vocabulary converted from tokenizer.model holds exactly the pieces, scores and
+/// types Google's sentencepiece reads from that file (pieces.json, written by it), as
+/// llama.cpp's converter writes them; the ids past them are unused padding.
+#[test]
+fn converted_pieces_equal_sentencepiece_reading_tokenizer_model() {
+    let path = testdata("spm-small/pieces.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rows: Vec<(String, f64, i64)> = serde_json::from_str(&text).unwrap();
+    assert_eq!(rows.len(), 1000);
+    let dir = bitnet1_folder_with("pieces", &["tokenizer.model"]);
+    let gguf = bitnet::hf::folder_to_gguf(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let md = gguf.metadata();
+    let tokens = md.get_array("tokenizer.ggml.tokens").unwrap();
+    let scores = md.get_array("tokenizer.ggml.scores").unwrap();
+    let types = md.get_array("tokenizer.ggml.token_type").unwrap();
+    assert_eq!(
+        (tokens.len(), scores.len(), types.len()),
+        (1024, 1024, 1024)
+    );
+    for (i, (piece, score, ty)) in rows.iter().enumerate() {
+        assert_eq!(tokens[i].as_str(), Some(piece.as_str()), "token {i}");
+        assert_eq!(scores[i].as_f64(), Some(*score as f32 as f64), "score {i}");
+        assert_eq!(types[i].as_i64(), Some(*ty), "type {i}");
+    }
+    for i in 1000..1024 {
+        assert_eq!(types[i].as_i64(), Some(5), "padding {i}");
+    }
+    assert_eq!(md.get_u64("tokenizer.ggml.unknown_token_id").unwrap(), 0);
+    assert!(!md.contains("tokenizer.ggml.add_space_prefix"));
+}
