@@ -454,3 +454,145 @@ fn converted_pieces_equal_sentencepiece_reading_tokenizer_model() {
     assert_eq!(md.get_u64("tokenizer.ggml.unknown_token_id").unwrap(), 0);
     assert!(!md.contains("tokenizer.ggml.add_space_prefix"));
 }
+
+/// Small xorshift generator for the corruption tests.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// Replaces one random node of `v` with a random value.
+fn corrupt(v: &mut serde_json::Value, rng: &mut Rng) {
+    use serde_json::Value as J;
+    let replacement = match rng.below(6) {
+        0 => J::Null,
+        1 => J::from(rng.below(3000) as i64 - 5),
+        2 => J::from("▁x <0xZZ> ".repeat(rng.below(3))),
+        3 => J::Array(vec![J::from(1), J::from("a")]),
+        4 => J::Bool(rng.below(2) == 0),
+        _ => J::from(-1.5),
+    };
+    let mut node = v;
+    loop {
+        let len = match node {
+            J::Object(o) => o.len(),
+            J::Array(a) => a.len(),
+            _ => 0,
+        };
+        if len == 0 || rng.below(4) == 0 {
+            *node = replacement;
+            return;
+        }
+        let i = rng.below(len);
+        node = match node {
+            J::Object(o) => o.values_mut().nth(i).unwrap(),
+            J::Array(a) => &mut a[i],
+            _ => unreachable!(),
+        };
+    }
+}
+
+/// Corrupted SentencePiece tokenizer.json files and GGUF metadata: errors or tokenizers that
+/// encode and decode, never a panic.
+#[test]
+fn corrupted_sentencepiece_inputs_never_panic() {
+    let text = std::fs::read_to_string(testdata("spm-small/tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let config = bitnet::hf::HfConfig::from_json(
+        "config.json",
+        br#"{"model_type": "llama", "vocab_size": 1024, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 1,
+            "num_key_value_heads": 1, "max_position_embeddings": 64,
+            "quantization_config": {"quant_method": "bitnet"}}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+    let mut loaded = 0;
+    for _ in 0..300 {
+        let mut bad = json.clone();
+        for _ in 0..1 + rng.below(3) {
+            corrupt(&mut bad, &mut rng);
+        }
+        let Ok(vocab) = bitnet::hf::vocab::GgufVocab::from_json("t.json", &bad, None, &config)
+        else {
+            continue;
+        };
+        let mut md = Metadata::new();
+        let strings = |v: &[String]| {
+            Value::Array(
+                ValueType::String,
+                v.iter().cloned().map(Value::String).collect(),
+            )
+        };
+        md.set("tokenizer.ggml.model", Value::String(vocab.model.clone()));
+        md.set("tokenizer.ggml.tokens", strings(&vocab.tokens));
+        md.set("tokenizer.ggml.merges", strings(&vocab.merges));
+        md.set(
+            "tokenizer.ggml.scores",
+            Value::Array(
+                ValueType::F32,
+                vocab.scores.iter().map(|&s| Value::F32(s)).collect(),
+            ),
+        );
+        md.set(
+            "tokenizer.ggml.token_type",
+            Value::Array(
+                ValueType::I32,
+                vocab.token_types.iter().map(|&t| Value::I32(t)).collect(),
+            ),
+        );
+        md.set("tokenizer.ggml.pre", Value::String(vocab.pre.clone()));
+        if let Ok(tok) = Tokenizer::from_metadata(&md, "t.gguf") {
+            let ids = tok.encode("Hello wörld 🦙 12", PLAIN);
+            tok.decode(&ids).unwrap();
+            loaded += 1;
+        }
+    }
+    // Most corruptions hit a piece or a merge and still load.
+    assert!(loaded > 50, "{loaded}");
+
+    // GGUF metadata: NaN and infinite scores, duplicate and empty tokens, any types.
+    let mut md = spm_metadata();
+    md.set(
+        "tokenizer.ggml.tokens",
+        Value::Array(
+            ValueType::String,
+            ["", "<s>", "</s>", "▁", "▁", "a"]
+                .iter()
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+    );
+    md.set(
+        "tokenizer.ggml.scores",
+        Value::Array(
+            ValueType::F32,
+            [
+                f32::NAN,
+                f32::INFINITY,
+                -0.0,
+                f32::NEG_INFINITY,
+                1.0,
+                f32::NAN,
+            ]
+            .map(Value::F32)
+            .to_vec(),
+        ),
+    );
+    for types in [[2, 3, 3, 6, 6, 1], [1, 1, 1, 1, 1, 1], [5, 5, 5, 5, 5, 5]] {
+        md.set(
+            "tokenizer.ggml.token_type",
+            Value::Array(ValueType::I32, types.map(Value::I32).to_vec()),
+        );
+        if let Ok(tok) = Tokenizer::from_metadata(&md, "x.gguf") {
+            let ids = tok.encode(" a a é ", PLAIN);
+            tok.decode(&ids).unwrap();
+        }
+    }
+}
