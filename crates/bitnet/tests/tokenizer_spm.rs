@@ -448,7 +448,10 @@ fn converted_pieces_equal_sentencepiece_reading_tokenizer_model() {
         assert_eq!(scores[i].as_f64(), Some(*score as f32 as f64), "score {i}");
         assert_eq!(types[i].as_i64(), Some(*ty), "type {i}");
     }
-    assert!(types[1000..].iter().all(|t| t.as_i64() == Some(5)), "padding");
+    assert!(
+        types[1000..].iter().all(|t| t.as_i64() == Some(5)),
+        "padding"
+    );
     assert_eq!(md.get_u64("tokenizer.ggml.unknown_token_id").unwrap(), 0);
     assert!(!md.contains("tokenizer.ggml.add_space_prefix"));
 }
