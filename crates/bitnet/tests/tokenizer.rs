@@ -646,7 +646,7 @@ fn bad_ids_and_bad_files_are_errors() {
     let file =
         GgufFile::open(testdata("visible/model-i2_s.gguf")).unwrap_or_else(|e| panic!("{e}"));
     let mut md = file.metadata().clone();
-    md.set("tokenizer.ggml.pre", Value::String("qwen2".into()));
+    md.set("tokenizer.ggml.pre", Value::String("deepseek-llm".into()));
     let err = Tokenizer::from_metadata(&md, "x.gguf").err();
     assert!(
         matches!(err, Some(TokenizerError::UnsupportedPreTokenizer { .. })),
@@ -659,7 +659,7 @@ fn bad_ids_and_bad_files_are_errors() {
         "{err:?}"
     );
     md.set("tokenizer.ggml.pre", Value::String("llama-bpe".into()));
-    md.set("tokenizer.ggml.model", Value::String("llama".into()));
+    md.set("tokenizer.ggml.model", Value::String("bert".into()));
     let err = Tokenizer::from_metadata(&md, "x.gguf").err();
     assert!(
         matches!(err, Some(TokenizerError::UnsupportedModel { .. })),
@@ -868,4 +868,141 @@ fn chat_llama3_instruct_style_template() {
     // BOS already in the rendered text: encode_chat adds no second one.
     let ids = llama3_gguf().encode_chat(&out);
     assert_eq!(ids.iter().filter(|&&i| i == 128_000).count(), 1);
+}
+
+/// Falcon3's and Falcon-E's GGUFs name their pre-tokenizer `falcon3` / `falcon_e`: llama.cpp
+/// (and bitnet.cpp's fork) splits them with Llama 3's rules over the model's own byte-level
+/// vocabulary. Here the Llama 3 vocabulary under those names must encode exactly as under
+/// `llama-bpe`, and a Falcon3-shaped chat template (`<|system|>`/`<|user|>`/`<|assistant|>`
+/// lines, eos after assistant turns) renders.
+#[test]
+fn falcon3_and_falcon_e_pre_tokenizer_names_load_with_llama3_rules() {
+    let file = GgufFile::open(testdata("tokenizer/llama3-vocab.gguf")).unwrap();
+    let falcon3_template = "{% for message in messages %}\
+        {% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}\
+        {% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}\
+        {% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token + '\\n' }}\
+        {% endif %}{% endfor %}\
+        {% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
+    for name in ["falcon3", "falcon_e"] {
+        let mut md = file.metadata().clone();
+        md.set("tokenizer.ggml.pre", Value::String(name.into()));
+        md.set(
+            "tokenizer.chat_template",
+            Value::String(falcon3_template.into()),
+        );
+        md.set("tokenizer.ggml.eos_token_id", Value::U32(128_001));
+        let tok = Tokenizer::from_metadata(&md, "falcon.gguf").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tok.pre_tokenizer_source(),
+            &PreTokenizerSource::GgufKey(name.into())
+        );
+        check_cases(&tok);
+        let prompt = tok
+            .chat_template()
+            .unwrap()
+            .render(
+                &[
+                    ChatMessage::system("Be brief."),
+                    ChatMessage::user("Hi"),
+                    ChatMessage::assistant("Hello."),
+                    ChatMessage::user("2+2?"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            prompt,
+            "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello.<|end_of_text|>\n\
+             <|user|>\n2+2?\n<|assistant|>\n"
+        );
+        let ids = tok.encode_chat(&prompt);
+        assert_eq!(ids[0], 128_000);
+        assert!(ids.contains(&128_001));
+        assert!(tok.is_end_of_generation(128_001));
+    }
+}
+
+/// Qwen2's split (`tokenizer.ggml.pre` `qwen2`: Llama 3's with one digit per piece) on a small
+/// byte-level BPE vocabulary trained with Hugging Face `tokenizers`
+/// (tools/make_qwen2_fixture.py), loaded from its tokenizer.json and from the GGUF metadata
+/// our converter makes of it, against the `tokenizers` crate on the same file.
+#[test]
+fn qwen2_split_matches_tokenizers_crate() {
+    let path = testdata("tokenizer/qwen2-small/tokenizer.json");
+    let hf = tokenizers::Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    let from_json = load(&path);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let config = bitnet::hf::HfConfig::from_json(
+        "config.json",
+        br#"{"model_type": "llama", "vocab_size": 1200, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 1,
+            "num_key_value_heads": 1, "max_position_embeddings": 64,
+            "quantization_config": {"quant_method": "bitnet"}}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let vocab = bitnet::hf::vocab::GgufVocab::from_json("tokenizer.json", &json, None, &config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(vocab.pre, "qwen2");
+    let strings = |v: &[String]| {
+        Value::Array(
+            bitnet::formats::gguf::ValueType::String,
+            v.iter().cloned().map(Value::String).collect(),
+        )
+    };
+    let mut md = bitnet::formats::gguf::Metadata::new();
+    md.set("tokenizer.ggml.model", Value::String(vocab.model.clone()));
+    md.set("tokenizer.ggml.pre", Value::String(vocab.pre.clone()));
+    md.set("tokenizer.ggml.tokens", strings(&vocab.tokens));
+    md.set("tokenizer.ggml.merges", strings(&vocab.merges));
+    md.set(
+        "tokenizer.ggml.token_type",
+        Value::Array(
+            bitnet::formats::gguf::ValueType::I32,
+            vocab.token_types.iter().map(|&t| Value::I32(t)).collect(),
+        ),
+    );
+    let from_gguf = Tokenizer::from_metadata(&md, "qwen2.gguf").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        from_gguf.pre_tokenizer_source(),
+        &PreTokenizerSource::GgufKey("qwen2".into())
+    );
+    // llama.cpp: no BOS by default for qwen2.
+    assert!(!from_gguf.add_bos_token());
+    let digits = |rng: &mut Rng| -> String {
+        (0..1 + rng.below(20))
+            .map(|_| *rng.pick(&['1', '2', '9', '0', ' ', '.', ',', 'x', '\n', '٣', '²']))
+            .collect()
+    };
+    let mut rng = Rng(0x51_7CC1_B727_220A);
+    let mut wrong = Vec::new();
+    let mut texts: Vec<String> = EDGE_CASES.iter().map(|s| s.to_string()).collect();
+    texts.extend((0..2000).map(|_| random_string(&mut rng)));
+    texts.extend((0..1000).map(|_| digits(&mut rng)));
+    texts.push("<|im_start|>user\n12345<|im_end|>".into());
+    for s in &texts {
+        let want = hf_ids(&hf, s);
+        for tok in [&from_json, &from_gguf] {
+            let got = tok.encode(s, PARSE);
+            if got != want {
+                wrong.push(format!(
+                    "{s:?} ({})\n  hf   {want:?}\n  ours {got:?}",
+                    tok.origin()
+                ));
+            }
+            assert_eq!(tok.decode(&got).ok().as_deref(), Some(s.as_str()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} differ:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(10)].join("\n")
+    );
+    // The Llama 3 split would group digits in threes: the vocabulary sees Qwen2's pieces.
+    assert_eq!(
+        Llama3Split::qwen2("12345").collect::<Vec<_>>(),
+        ["1", "2", "3", "4", "5"]
+    );
 }

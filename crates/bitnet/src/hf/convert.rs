@@ -465,7 +465,16 @@ fn metadata(
                 v.token_types.iter().map(|&t| Value::I32(t)).collect(),
             ),
         );
-        md.set("tokenizer.ggml.merges", strings(&v.merges));
+        // SentencePiece vocabularies have no merges (their scores order the merges).
+        if v.model != "llama" || !v.merges.is_empty() {
+            md.set("tokenizer.ggml.merges", strings(&v.merges));
+        }
+        if let Some(id) = v.unk_token_id {
+            md.set("tokenizer.ggml.unknown_token_id", Value::U32(id));
+        }
+        if let Some(add) = v.add_space_prefix {
+            md.set("tokenizer.ggml.add_space_prefix", Value::Bool(add));
+        }
         if let Some(id) = v.bos_token_id {
             md.set("tokenizer.ggml.bos_token_id", Value::U32(id));
         }

@@ -1,10 +1,12 @@
 //! Streaming detokenization: token ids in, text pieces out, never a broken UTF-8 sequence.
 //!
 //! Byte-level BPE tokens are byte strings: a character of two to four bytes may be split
-//! across tokens (an emoji is often three). The decoder keeps the bytes of an unfinished
-//! character until the tokens that complete it arrive. Bytes that can never become valid
-//! UTF-8 come out as U+FFFD, exactly as [`String::from_utf8_lossy`] does on the whole output,
-//! so the pieces always concatenate to [`Tokenizer::decode`] of the same ids.
+//! across tokens (an emoji is often three; SentencePiece's byte-fallback tokens are one byte
+//! each). The decoder keeps the bytes of an unfinished character until the tokens that
+//! complete it arrive. Bytes that can never become valid UTF-8 come out as U+FFFD, exactly as
+//! [`String::from_utf8_lossy`] does on the whole output, so the pieces always concatenate to
+//! [`Tokenizer::decode`] of the same ids (for a SentencePiece vocabulary, plus the one leading
+//! space that `decode` drops).
 
 use super::{Tokenizer, TokenizerError};
 

@@ -1,12 +1,20 @@
-//! The Llama 3 tokenizer (byte-level BPE) and chat templates, byte-exact with Hugging Face.
+//! The tokenizers of the BitNet family and chat templates, byte-exact with Hugging Face and
+//! llama.cpp.
 //!
-//! A [`Tokenizer`] loads from GGUF metadata (`tokenizer.ggml.*`, model `gpt2`) or from a
-//! Hugging Face `tokenizer.json` (optionally with its `tokenizer_config.json`). Encoding is
-//! three steps, each its own module:
+//! A [`Tokenizer`] loads from GGUF metadata (`tokenizer.ggml.*`) or from a Hugging Face
+//! `tokenizer.json` (optionally with its `tokenizer_config.json`). Two kinds of vocabulary:
+//! - byte-level BPE (GGUF model `gpt2`: Llama 3, BitNet b1.58 2B-4T, Falcon3, Falcon-E), with
+//!   Llama 3's split rules (`tokenizer.ggml.pre` `llama-bpe`, `falcon3`, `falcon_e`, ...) or
+//!   Qwen2's (`qwen2`: the same with single digits);
+//! - SentencePiece BPE (GGUF model `llama`: Llama 2, 1bitLLM's bitnet_b1_58), module `spm`.
+//!
+//! Encoding is three steps, each its own module:
 //! 1. special tokens: text such as `<|eot_id|>` becomes its token only when the caller asks
 //!    ([`EncodeOptions::parse_special`]); user-defined tokens always do;
-//! 2. `pretokenize`: Llama 3's split regex, implemented as a hand-written matcher;
-//! 3. `bpe`: byte-level BPE over the words' bytes, merges by rank, with a word cache.
+//! 2. `pretokenize`: Llama 3's split regex, implemented as a hand-written matcher (SentencePiece
+//!    has no such step);
+//! 3. `bpe`: byte-level BPE over the words' bytes, merges by rank, with a word cache; or `spm`:
+//!    merges by score over the characters, with byte fallback.
 //!
 //! Decoding maps ids back to bytes; [`StreamDecoder`] does it token by token without ever
 //! emitting half a character. [`ChatTemplate`] renders conversations.
@@ -15,6 +23,7 @@ mod bpe;
 mod chat;
 mod decode;
 mod pretokenize;
+mod spm;
 
 use std::path::Path;
 
@@ -29,7 +38,12 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
 pub use pretokenize::Llama3Split;
-pub(crate) use pretokenize::LLAMA3_PATTERN;
+pub(crate) use pretokenize::{LLAMA3_PATTERN, QWEN2_PATTERN};
+
+/// Whether a vocabulary string is a SentencePiece byte token (`<0x0A>`).
+pub(crate) fn is_byte_token(text: &str) -> bool {
+    spm::byte_token_value(text).is_some()
+}
 
 /// What went wrong loading or using a tokenizer; each names the file and key involved.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +85,8 @@ pub enum TokenizerError {
         /// What is wrong with its value.
         problem: String,
     },
-    /// A tokenizer model other than byte-level BPE.
-    #[error("{origin}: tokenizer model {found:?} is not supported (only byte-level BPE: GGUF \"gpt2\", tokenizer.json \"BPE\")")]
+    /// A tokenizer model other than byte-level or SentencePiece BPE.
+    #[error("{origin}: tokenizer model {found:?} is not supported (byte-level BPE: GGUF \"gpt2\"; SentencePiece BPE: GGUF \"llama\"; tokenizer.json \"BPE\")")]
     UnsupportedModel {
         /// The file.
         origin: String,
@@ -81,7 +95,7 @@ pub enum TokenizerError {
     },
     /// Split rules other than Llama 3's.
     #[error(
-        "{origin}: `{key}` = {found} is not supported (known: llama-bpe, the Llama 3 split rules)"
+        "{origin}: `{key}` = {found} is not supported (known: the Llama 3 split rules, named llama-bpe, llama3, llama-v3, falcon3, falcon_e, falcon-e; Qwen2's, named qwen2, deepseek-r1-qwen)"
     )]
     UnsupportedPreTokenizer {
         /// The file.
@@ -165,6 +179,8 @@ pub enum PreTokenizerSource {
     InferredFromLlama3Vocab,
     /// tokenizer.json's `pre_tokenizer` is the Llama 3 split.
     TokenizerJson,
+    /// A SentencePiece vocabulary (GGUF model `llama`): no split rules, the text is one word.
+    SentencePiece,
 }
 
 /// How to encode.
@@ -187,7 +203,7 @@ pub struct Tokenizer {
     /// The bytes of token `i` are `bytes[offsets[i]..offsets[i + 1]]`.
     bytes: Vec<u8>,
     offsets: Vec<usize>,
-    bpe: bpe::Bpe,
+    engine: Engine,
     specials: Specials,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -211,8 +227,43 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// `tokenizer.ggml.pre` values that mean the Llama 3 rules (llama.cpp's names).
-const LLAMA3_PRE_NAMES: [&str; 3] = ["llama-bpe", "llama3", "llama-v3"];
+/// `tokenizer.ggml.pre` values that mean the Llama 3 rules (llama.cpp's names). Falcon3's
+/// and Falcon-E's converters name their own vocabularies, whose split is Llama 3's (llama.cpp
+/// `llama-vocab.cpp` maps `falcon3` to `LLAMA_VOCAB_PRE_TYPE_LLAMA3`; bitnet.cpp's fork and
+/// ik_llama.cpp do the same for `falcon_e`).
+const LLAMA3_PRE_NAMES: [&str; 6] = [
+    "llama-bpe",
+    "llama3",
+    "llama-v3",
+    "falcon3",
+    "falcon_e",
+    "falcon-e",
+];
+
+/// `tokenizer.ggml.pre` values that mean Qwen2's rules (llama.cpp's names).
+const QWEN2_PRE_NAMES: [&str; 2] = ["qwen2", "deepseek-r1-qwen"];
+
+/// The split before byte-level BPE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// Llama 3's regex.
+    Llama3,
+    /// Qwen2's: Llama 3's with one digit per piece.
+    Qwen2,
+}
+
+/// How words become ids.
+enum Engine {
+    /// Byte-level BPE after a regex split.
+    Bpe(bpe::Bpe, Split),
+    /// SentencePiece BPE over whole segments.
+    Spm {
+        spm: spm::Spm,
+        /// `▁` before a segment that starts the text or follows a special token
+        /// (`tokenizer.ggml.add_space_prefix`, SentencePiece's `add_dummy_prefix`).
+        add_space_prefix: bool,
+    },
+}
 
 /// Everything a tokenizer is built from, whichever file it came from.
 struct Parts {
@@ -226,6 +277,7 @@ struct Parts {
     extra_end_of_generation: Vec<u32>,
     pre_source: PreTokenizerSource,
     chat_template: Option<String>,
+    split: Split,
 }
 
 impl Tokenizer {
@@ -278,7 +330,7 @@ impl Tokenizer {
             });
         }
         let model = md.get_str("tokenizer.ggml.model").map_err(meta)?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::UnsupportedModel {
                 origin: origin.to_string(),
                 found: model.to_string(),
@@ -344,6 +396,68 @@ impl Tokenizer {
         for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             extra_end_of_generation.extend(id_key(key)?);
         }
+        let add_bos_key = md
+            .opt("tokenizer.ggml.add_bos_token", Metadata::get_bool)
+            .map_err(meta)?;
+        let chat_template = md
+            .contains("tokenizer.chat_template")
+            .then(|| md.get_str("tokenizer.chat_template"))
+            .transpose()
+            .map_err(meta)?
+            .map(str::to_string);
+        if model == "llama" {
+            // llama.cpp's defaults for SentencePiece vocabularies: <unk> 0, <s> 1, </s> 2.
+            let n_tokens = tokens.len();
+            let default_id = |id: u32| ((id as usize) < n_tokens).then_some(id);
+            let unk = id_key("tokenizer.ggml.unknown_token_id")?.or(default_id(0));
+            const SCORES: &str = "tokenizer.ggml.scores";
+            let scores: Vec<f32> = match md
+                .contains(SCORES)
+                .then(|| md.get_array(SCORES))
+                .transpose()
+                .map_err(meta)?
+            {
+                None => vec![0.0; tokens.len()],
+                Some(list) => {
+                    if list.len() < tokens.len() {
+                        return Err(invalid(
+                            SCORES.into(),
+                            format!("has {} entries for {} tokens", list.len(), tokens.len()),
+                        ));
+                    }
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                                invalid(
+                                    format!("{SCORES}[{i}]"),
+                                    format!("{} is not a number", v.summary(0)),
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            let add_space_prefix = md
+                .opt("tokenizer.ggml.add_space_prefix", Metadata::get_bool)
+                .map_err(meta)?
+                .unwrap_or(true);
+            let parts = Parts {
+                origin: origin.to_string(),
+                tokens,
+                kinds,
+                ignore_merges: false,
+                bos: bos.or(default_id(1)),
+                eos: eos.or(default_id(2)),
+                // llama.cpp's default for SentencePiece when the key is absent.
+                add_bos: add_bos_key.unwrap_or(true),
+                extra_end_of_generation,
+                pre_source: PreTokenizerSource::SentencePiece,
+                chat_template,
+                split: Split::Llama3,
+            };
+            return Tokenizer::build_spm(parts, scores, unk, add_space_prefix);
+        }
         const MERGES: &str = "tokenizer.ggml.merges";
         let merges: Vec<(usize, &str, &str)> = md
             .get_array(MERGES)
@@ -362,6 +476,7 @@ impl Tokenizer {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let mut split = Split::Llama3;
         let pre_source = match md
             .contains("tokenizer.ggml.pre")
             .then(|| md.get_str("tokenizer.ggml.pre"))
@@ -369,6 +484,10 @@ impl Tokenizer {
             .map_err(meta)?
         {
             Some(pre) if LLAMA3_PRE_NAMES.contains(&pre) => PreTokenizerSource::GgufKey(pre.into()),
+            Some(pre) if QWEN2_PRE_NAMES.contains(&pre) => {
+                split = Split::Qwen2;
+                PreTokenizerSource::GgufKey(pre.into())
+            }
             Some(pre) => {
                 return Err(TokenizerError::UnsupportedPreTokenizer {
                     origin: origin.to_string(),
@@ -389,28 +508,21 @@ impl Tokenizer {
                 })
             }
         };
-        // llama.cpp's default for the Llama 3 rules when the key is absent.
-        let add_bos = md
-            .opt("tokenizer.ggml.add_bos_token", Metadata::get_bool)
-            .map_err(meta)?
-            .unwrap_or(true);
-        let chat_template = md
-            .contains("tokenizer.chat_template")
-            .then(|| md.get_str("tokenizer.chat_template"))
-            .transpose()
-            .map_err(meta)?
-            .map(str::to_string);
+        // llama.cpp: the Llama 3 rules ignore merges and add BOS by default, Qwen2's do neither.
+        let qwen2 = split == Split::Qwen2;
+        let add_bos = add_bos_key.unwrap_or(!qwen2);
         let parts = Parts {
             origin: origin.to_string(),
             tokens,
             kinds,
-            ignore_merges: true,
+            ignore_merges: !qwen2,
             bos,
             eos,
             add_bos,
             extra_end_of_generation,
             pre_source,
             chat_template,
+            split,
         };
         Tokenizer::build(parts, merges.into_iter(), MERGES)
     }
@@ -462,6 +574,15 @@ impl Tokenizer {
                 ));
             }
         }
+        if model["byte_fallback"] == true {
+            return Err(invalid(
+                "model.byte_fallback",
+                "a SentencePiece-style vocabulary: load its model folder (`-m FOLDER`, \
+                 `bitnet::hf::folder_to_gguf`) or the GGUF converted from it, which carry it \
+                 as GGUF model \"llama\"; a lone tokenizer.json loads only byte-level BPE"
+                    .into(),
+            ));
+        }
         if !json["normalizer"].is_null() {
             return Err(invalid(
                 "normalizer",
@@ -471,13 +592,13 @@ impl Tokenizer {
                 ),
             ));
         }
-        if !is_llama3_pre_tokenizer(&json["pre_tokenizer"]) {
+        let Some(split) = json_split(&json["pre_tokenizer"]) else {
             return Err(TokenizerError::UnsupportedPreTokenizer {
                 origin: origin.to_string(),
                 key: "pre_tokenizer".into(),
                 found: short_json(&json["pre_tokenizer"]),
             });
-        }
+        };
         let ignore_merges = model["ignore_merges"].as_bool().unwrap_or(false);
 
         // Vocabulary: model.vocab, then added_tokens (which may add ids or mark existing ones).
@@ -586,6 +707,7 @@ impl Tokenizer {
             extra_end_of_generation: Vec::new(),
             pre_source: PreTokenizerSource::TokenizerJson,
             chat_template: None,
+            split,
         };
         Tokenizer::build(parts, merges.into_iter(), "model.merges")
     }
@@ -700,7 +822,69 @@ impl Tokenizer {
             kinds: p.kinds,
             bytes,
             offsets,
-            bpe,
+            engine: Engine::Bpe(bpe, p.split),
+            specials,
+            bos: p.bos,
+            eos: p.eos,
+            add_bos: p.add_bos,
+            end_of_generation,
+            pre_source: p.pre_source,
+            chat_template: p.chat_template,
+        })
+    }
+
+    /// A SentencePiece tokenizer: token bytes are the text with `▁` as spaces, `<0xXX>` byte
+    /// tokens their byte, special and user-defined tokens their text.
+    fn build_spm(
+        p: Parts,
+        scores: Vec<f32>,
+        unk: Option<u32>,
+        add_space_prefix: bool,
+    ) -> Result<Tokenizer, TokenizerError> {
+        let mut bytes = Vec::new();
+        let mut offsets = Vec::with_capacity(p.tokens.len() + 1);
+        offsets.push(0);
+        let mut unescaped = String::new();
+        for (t, &kind) in p.tokens.iter().zip(&p.kinds) {
+            match kind {
+                TokenKind::Byte => match spm::byte_token_value(t) {
+                    Some(b) => bytes.push(b),
+                    None => bytes.extend_from_slice(t.as_bytes()),
+                },
+                TokenKind::Normal => {
+                    unescaped.clear();
+                    unescaped.extend(t.chars().map(|c| if c == spm::SPACE { ' ' } else { c }));
+                    bytes.extend_from_slice(unescaped.as_bytes());
+                }
+                _ => bytes.extend_from_slice(t.as_bytes()),
+            }
+            offsets.push(bytes.len());
+        }
+        let byte_tokens =
+            (0..p.tokens.len() as u32).filter(|&i| p.kinds[i as usize] == TokenKind::Byte);
+        let spm = spm::Spm::new(&p.tokens, scores, byte_tokens, unk).map_err(|e| match e {
+            spm::SpmBuildError::NoFallback { missing_byte } => TokenizerError::Invalid {
+                origin: p.origin.clone(),
+                key: "tokenizer.ggml.tokens".into(),
+                problem: format!(
+                    "no byte token <0x{missing_byte:02X}> and no unknown token: text outside \
+                     the vocabulary could not be encoded"
+                ),
+            },
+        })?;
+        let specials = Specials::new(&p.tokens, &p.kinds);
+        let end_of_generation =
+            end_of_generation(&p.tokens, &p.kinds, p.eos, &p.extra_end_of_generation);
+        Ok(Tokenizer {
+            origin: p.origin,
+            tokens: p.tokens,
+            kinds: p.kinds,
+            bytes,
+            offsets,
+            engine: Engine::Spm {
+                spm,
+                add_space_prefix,
+            },
             specials,
             bos: p.bos,
             eos: p.eos,
@@ -717,9 +901,23 @@ impl Tokenizer {
         if options.add_bos {
             out.extend(self.bos);
         }
-        let mut session = self.bpe.session();
+        let (bpe, split) = match &self.engine {
+            Engine::Bpe(bpe, split) => (bpe, *split),
+            Engine::Spm {
+                spm,
+                add_space_prefix,
+            } => {
+                self.encode_spm(spm, *add_space_prefix, text, options, &mut out);
+                return out;
+            }
+        };
+        let mut session = bpe.session();
         let mut plain = |segment: &str, out: &mut Vec<u32>| {
-            for word in Llama3Split::new(segment) {
+            let words = match split {
+                Split::Llama3 => Llama3Split::new(segment),
+                Split::Qwen2 => Llama3Split::qwen2(segment),
+            };
+            for word in words {
                 session.encode_word(word.as_bytes(), out);
             }
         };
@@ -731,6 +929,41 @@ impl Tokenizer {
         }
         plain(rest, &mut out);
         out
+    }
+
+    /// llama.cpp's SentencePiece loop: each run of text between special tokens is one word,
+    /// with `▁` in front when it starts the text or follows a special token.
+    fn encode_spm(
+        &self,
+        spm: &spm::Spm,
+        add_space_prefix: bool,
+        text: &str,
+        options: EncodeOptions,
+        out: &mut Vec<u32>,
+    ) {
+        let mut word = String::new();
+        let mut after_special = true;
+        let mut plain = |segment: &str, after_special: bool, out: &mut Vec<u32>| {
+            if segment.is_empty() {
+                return;
+            }
+            word.clear();
+            if add_space_prefix && after_special {
+                word.push(spm::SPACE);
+            }
+            spm::escape_spaces(segment, &mut word);
+            spm.encode(&word, out);
+        };
+        let mut rest = text;
+        while let Some((at, len, id)) = self.specials.find(rest, options.parse_special) {
+            if at > 0 {
+                plain(&rest[..at], after_special, out);
+            }
+            out.push(id);
+            after_special = true;
+            rest = &rest[at + len..];
+        }
+        plain(rest, after_special, out);
     }
 
     /// A rendered chat prompt to ids: special-token text is parsed, and BOS is added when the
@@ -771,9 +1004,23 @@ impl Tokenizer {
     }
 
     /// Ids to text; bytes that are not valid UTF-8 become U+FFFD. Special tokens appear as
-    /// their text.
+    /// their text. For a SentencePiece vocabulary that adds a space prefix, one space at the
+    /// start of the first token is dropped (the prefix encoding added), as llama.cpp's
+    /// detokenizer and Hugging Face's `Strip` decoder do; so `decode(encode(text)) == text`.
+    /// [`Tokenizer::token_bytes`] and the streaming decoder keep that space.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
+        let mut bytes = self.decode_bytes(ids)?;
+        if let Engine::Spm {
+            add_space_prefix: true,
+            ..
+        } = self.engine
+        {
+            let first = ids.first().map(|&id| self.token_bytes(id)).transpose()?;
+            if first.is_some_and(|b| b.starts_with(b" ")) {
+                bytes.remove(0);
+            }
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A decoder to feed ids one at a time (for printing a generation as it happens).
@@ -911,24 +1158,27 @@ fn short_json(v: &Json) -> String {
     }
 }
 
-/// True for `Sequence[Split(Llama 3 regex, Isolated), ByteLevel(use_regex: false)]`.
-fn is_llama3_pre_tokenizer(pre: &Json) -> bool {
-    let Some(seq) = pre["pretokenizers"]
+/// The split of `Sequence[Split(regex, Isolated), ByteLevel(use_regex: false)]` with Llama 3's
+/// or Qwen2's regex.
+fn json_split(pre: &Json) -> Option<Split> {
+    let seq = pre["pretokenizers"]
         .as_array()
-        .filter(|_| pre["type"] == "Sequence")
-    else {
-        return false;
-    };
+        .filter(|_| pre["type"] == "Sequence")?;
     let [split, byte_level] = &seq[..] else {
-        return false;
+        return None;
     };
-    split["type"] == "Split"
-        && split["pattern"]["Regex"] == LLAMA3_PATTERN
+    let which = match split["pattern"]["Regex"].as_str()? {
+        LLAMA3_PATTERN => Split::Llama3,
+        QWEN2_PATTERN => Split::Qwen2,
+        _ => return None,
+    };
+    let ok = split["type"] == "Split"
         && split["behavior"] == "Isolated"
         && split["invert"] != true
         && byte_level["type"] == "ByteLevel"
         && byte_level["use_regex"] == false
-        && byte_level["add_prefix_space"] != true
+        && byte_level["add_prefix_space"] != true;
+    ok.then_some(which)
 }
 
 /// The special token a TemplateProcessing post-processor puts first in a single sequence.

@@ -18,6 +18,10 @@ use std::sync::OnceLock;
 /// The regex that [`Llama3Split`] implements, as written in Hugging Face's `tokenizer.json`.
 pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's regex (llama.cpp `qwen2`): Llama 3's with single digits (`\p{N}` for
+/// `\p{N}{1,3}`); [`Llama3Split::qwen2`] implements it.
+pub(crate) const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The character classes the pattern distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -119,6 +123,8 @@ pub struct Llama3Split<'a> {
     text: &'a str,
     pos: usize,
     classes: &'static Classes,
+    /// Digits per number piece: 3 (Llama 3), 1 (Qwen2).
+    max_digits: usize,
 }
 
 impl<'a> Llama3Split<'a> {
@@ -128,6 +134,15 @@ impl<'a> Llama3Split<'a> {
             text,
             pos: 0,
             classes: classes(),
+            max_digits: 3,
+        }
+    }
+
+    /// The words of `text` under Qwen2's pattern: the same, but each digit its own piece.
+    pub fn qwen2(text: &'a str) -> Llama3Split<'a> {
+        Llama3Split {
+            max_digits: 1,
+            ..Llama3Split::new(text)
         }
     }
 
@@ -195,9 +210,9 @@ impl<'a> Llama3Split<'a> {
         {
             return self.run(i + l0, Class::Letter, usize::MAX);
         }
-        // 3. \p{N}{1,3}
+        // 3. \p{N}{1,3} (Qwen2: \p{N})
         if k0 == Class::Number {
-            return self.run(i, Class::Number, 3);
+            return self.run(i, Class::Number, self.max_digits);
         }
         // 4. ` ?[^\s\p{L}\p{N}]+[\r\n]*`
         let other_start = if c0 == ' ' && matches!(next, Some((_, Class::Other, _))) {
@@ -305,6 +320,8 @@ mod tests {
             ["I", "'m", " YOU", "'RE", " it", "'s", "up"]
         );
         assert_eq!(split("12345"), ["123", "45"]);
+        let qwen2: Vec<&str> = Llama3Split::qwen2("x 12345a").collect();
+        assert_eq!(qwen2, ["x", " ", "1", "2", "3", "4", "5", "a"]);
         assert_eq!(split("a  \n\n  b"), ["a", "  \n\n", " ", " b"]);
         assert_eq!(split("x ...\n\ny"), ["x", " ...\n\n", "y"]);
         assert_eq!(split("trailing   "), ["trailing", "   "]);
