@@ -8,7 +8,8 @@
 //!   connection, and with it its request;
 //! - at most `max_connections` connections at once; beyond that a connection is answered 503
 //!   and closed, so that idle or slow clients cannot use up the process's file descriptors;
-//! - headers are limited to [`MAX_HEADER_BYTES`] (431 beyond);
+//! - headers are limited to [`MAX_HEADER_BYTES`] (431 beyond), and the kernel's send buffer
+//!   to [`SEND_BUFFER_BYTES`], so that what a client that stops reading pins stays small;
 //! - an error accepting a connection (out of file descriptors, say) pauses accepting briefly
 //!   instead of ending the server.
 //!
@@ -38,6 +39,11 @@ pub const MAX_HEADER_BYTES: usize = 32 << 10;
 
 /// Most bytes hyper buffers per connection, reading or writing.
 const MAX_BUF_BYTES: usize = 64 << 10;
+
+/// The kernel's send buffer per connection (Linux doubles it). Left to autotuning it grows to
+/// `net.ipv4.tcp_wmem`'s maximum (4 MiB by default), all of which a client that stops reading
+/// pins; a token stream needs a small fraction of this.
+const SEND_BUFFER_BYTES: usize = 128 << 10;
 
 /// How long to stop accepting after an accept error such as EMFILE, so that a full
 /// descriptor table does not turn the accept loop into a busy loop.
@@ -84,6 +90,7 @@ pub async fn serve(
         };
         // Streamed tokens go out as they come instead of waiting for Nagle's timer.
         let _ = stream.set_nodelay(true);
+        set_send_buffer(&stream, SEND_BUFFER_BYTES);
         let io = TokioIo::new(WriteDeadline::new(stream, limits.timeout));
         let service = TowerToHyperService::new(app.clone());
         let mut stop = stop_rx.clone();
@@ -236,6 +243,27 @@ impl AsyncWrite for WriteDeadline {
         self.track(cx, r)
     }
 }
+
+/// Sets SO_SNDBUF (best effort: the kernel's default stays where it refuses).
+#[cfg(unix)]
+fn set_send_buffer(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int, on a descriptor
+    // the stream owns for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn set_send_buffer(_: &TcpStream, _: usize) {}
 
 /// Raises the soft limit on open files to the hard one (a server holds a descriptor per
 /// connection; the usual soft limit of 1024 is the first limit a busy server meets) and
