@@ -278,7 +278,7 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
             .transpose()
             .map_err(|e| bad("response_format", e.to_string()))?;
             let keep = crate::commands::generate::keep_tokens(
-                state.keep,
+                req.n_keep.unwrap_or(state.keep),
                 &p.ids,
                 state.tokenizer.bos_id(),
             );
@@ -287,7 +287,7 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
                 sampler: sampler.clone(),
                 max_tokens: req.max_tokens.unwrap_or(Some(state.n_predict)),
                 stop: req.stop.clone(),
-                ignore_eos: false,
+                ignore_eos: req.ignore_eos,
                 logit_bias: req.logit_bias.clone(),
                 logprobs: plan.logprobs.map(|l| l.top),
                 prompt_logprobs: plan.echo && plan.logprobs.is_some(),
