@@ -11,7 +11,8 @@
 //! `user`, `metadata`, `store: false`, llama-server's `cache_prompt`, a sampler's parameters
 //! while that sampler is off, …); fields asking for what this engine does not do are refused
 //! (`grammar`, `suffix`, `functions`, `mirostat: 2`, `audio`, …), and so is any field neither
-//! API documents (OpenAI refuses those too), which catches misspellings. See [`other_field`].
+//! API documents (OpenAI refuses those too), which catches misspellings. The table is
+//! `other_field` below.
 //!
 //! Fields are read one by one from the JSON object rather than through a derived
 //! `Deserialize`, so that every error names the field and says what it must be.
