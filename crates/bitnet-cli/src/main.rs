@@ -58,13 +58,6 @@ enum Command {
 }
 
 fn main() {
-    // Die quietly on a closed pipe (`bitnet ... | head`), like other Unix tools, instead of
-    // panicking on the failed write.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     // Library notes (e.g. a tokenizer rule inferred from the vocabulary) go to stderr in the
     // same two styles as the commands' own (`warning: …`, `note: …`); RUST_LOG=info shows
     // more.
@@ -88,6 +81,18 @@ fn main() {
             a
         }
     }));
+    // Die quietly on a closed pipe (`bitnet ... | head`), like other Unix tools, instead of
+    // panicking on the failed write. Not the server: a client that closes its socket while a
+    // response is being written must end that response only, and it is written with
+    // `writev`, which raises SIGPIPE (Rust leaves SIGPIPE ignored, so the write fails with
+    // EPIPE instead).
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::chat::run(args),

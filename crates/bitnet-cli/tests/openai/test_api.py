@@ -296,3 +296,70 @@ def test_health_and_metrics(server, client, model_id):
         "bitnet_time_to_first_token_seconds_count",
     ]:
         assert f"# TYPE {name.removesuffix('_count')}" in text or name in text, name
+
+
+def test_fields_not_served_are_refused_by_name(client, model_id):
+    """Each field works as documented or is refused with a 400 naming it: never answered as if
+    it had been honoured."""
+    chat = [
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": 3}, "temperature"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object", "properties": {}}}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"store": True}, "store"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"extra_body": {"grammar": 'root ::= "yes"'}}, "grammar"),
+        ({"extra_body": {"mirostat": 2}}, "mirostat"),
+        ({"extra_body": {"temprature": 0.5}}, "temprature"),
+    ]
+    for kwargs, param in chat:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=model_id, messages=USER, max_tokens=2, **kwargs)
+        assert e.value.body["param"] == param, (kwargs, e.value.body)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=model_id, messages=[{"role": "wizard", "content": "Abracadabra."}], max_tokens=2
+        )
+    assert e.value.body["param"] == "messages" and "wizard" in e.value.body["message"]
+    for kwargs, param in [({"suffix": "THE END"}, "suffix"), ({"best_of": 3}, "best_of")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=model_id, prompt="ROMEO:\n", max_tokens=2, **kwargs)
+        assert e.value.body["param"] == param, (kwargs, e.value.body)
+
+
+def test_harmless_and_llama_server_fields(client, model_id):
+    """Fields that change nothing observable are accepted; `developer` is `system`;
+    llama-server's `ignore_eos` and `json_schema` work."""
+    plain = client.chat.completions.create(model=model_id, messages=USER, max_tokens=8, temperature=0)
+    same = client.chat.completions.create(
+        model=model_id,
+        messages=USER,
+        max_tokens=8,
+        temperature=0,
+        user="u1",
+        store=False,
+        metadata={"run": "test"},
+        extra_body={"cache_prompt": False, "mirostat": 0, "typical_p": 1.0},
+    )
+    assert same.choices[0].message.content == plain.choices[0].message.content
+    system = client.chat.completions.create(
+        model=model_id, messages=[{"role": "system", "content": "Be brief."}, *USER], max_tokens=8, temperature=0
+    )
+    developer = client.chat.completions.create(
+        model=model_id, messages=[{"role": "developer", "content": "Be brief."}, *USER], max_tokens=8, temperature=0
+    )
+    assert developer.choices[0].message.content == system.choices[0].message.content
+    # ignore_eos: the full max_tokens even where the model would have ended.
+    r = client.completions.create(model=model_id, prompt="ROMEO:\n", max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 60 and r.choices[0].finish_reason == "length"
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "enum": ["Romeo"]}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=model_id, messages=USER, max_tokens=30, temperature=0, extra_body={"json_schema": schema}
+    )
+    assert json.loads(r.choices[0].message.content) == {"name": "Romeo"}

@@ -2,8 +2,17 @@
 //! body) read it, so the two accept the same fields with the same types: OpenAI's names
 //! (`prompt`, `messages`, `max_tokens`, `temperature`, `top_p`, `presence_penalty`,
 //! `frequency_penalty`, `seed`, `stop` as a string or a list, `stream`) plus llama.cpp server's
-//! (`top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, `n_predict`). Unknown fields such as
-//! `model` or `user` are ignored, as the OpenAI API ignores what it does not use.
+//! (`top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, `n_predict`, `ignore_eos`, `n_keep`,
+//! `json_schema`).
+//!
+//! Every field either works as OpenAI's API reference or llama-server's README describes it,
+//! or is refused with an error naming it: a request is never answered as if a field had been
+//! honoured when it was not. Fields that change nothing observable here are accepted (`model`,
+//! `user`, `metadata`, `store: false`, llama-server's `cache_prompt`, a sampler's parameters
+//! while that sampler is off, …); fields asking for what this engine does not do are refused
+//! (`grammar`, `suffix`, `functions`, `mirostat: 2`, `audio`, …), and so is any field neither
+//! API documents (OpenAI refuses those too), which catches misspellings. The table is
+//! `other_field` below.
 //!
 //! Fields are read one by one from the JSON object rather than through a derived
 //! `Deserialize`, so that every error names the field and says what it must be.
@@ -56,6 +65,11 @@ pub enum RequestError {
         /// What cannot be served, and why.
         message: String,
     },
+    /// A field neither OpenAI's API nor llama-server's documents.
+    #[error(
+        "unknown field `{0}`: neither OpenAI's API nor llama-server documents it (a misspelling?)"
+    )]
+    UnknownField(String),
     /// The chat template refused the conversation (a template may raise an exception).
     #[error("`messages`: {0}")]
     Template(crate::tokenizer::TokenizerError),
@@ -63,11 +77,12 @@ pub enum RequestError {
 
 impl RequestError {
     /// The request field the error is about, if one (OpenAI's `param`).
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
             RequestError::Field { field, .. } | RequestError::Unsupported { field, .. } => {
                 Some(field)
             }
+            RequestError::UnknownField(field) => Some(field),
             RequestError::Sampler(e) => Some(e.param.field()),
             RequestError::Template(_) => Some("messages"),
             _ => None,
@@ -165,10 +180,16 @@ pub struct Request {
     pub logit_bias: Vec<(u32, f32)>,
     /// `stream_options.include_usage`: a last chunk with the token counts.
     pub include_usage: bool,
-    /// `response_format`.
+    /// `response_format`, or llama-server's `json_schema` (the same as a `json_schema`
+    /// response format).
     pub response_format: Option<ResponseFormat>,
     /// OpenAI's `tools` (function definitions), when given and not empty.
     pub tools: Option<Value>,
+    /// llama-server's `ignore_eos`: generation goes on past the end-of-generation token.
+    pub ignore_eos: bool,
+    /// llama-server's `n_keep`: prompt tokens a context shift keeps (-1: all of them); `None`
+    /// takes the server's `--keep`.
+    pub n_keep: Option<i64>,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -221,17 +242,32 @@ fn prompts(v: &Value) -> Option<Vec<Prompt>> {
 }
 
 /// `messages`: objects with a `role` and a `content` that is a string, a list of text parts
-/// (joined with newlines), or null for an assistant message that only calls tools.
+/// (joined with newlines), or null for an assistant message that only calls tools. The roles
+/// are OpenAI's: `system`, `user`, `assistant`, `tool`, and `developer`, which OpenAI's own
+/// models read as `system` and so does this.
 fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
     const EXPECTED: &str = "a list of {\"role\": …, \"content\": …} objects";
     let list = v.as_array().ok_or(field_error("messages", EXPECTED))?;
     let mut out = Vec::with_capacity(list.len());
-    for m in list {
+    for (i, m) in list.iter().enumerate() {
         let m = m.as_object().ok_or(field_error("messages", EXPECTED))?;
         let role = m
             .get("role")
             .and_then(Value::as_str)
             .ok_or(field_error("messages", EXPECTED))?;
+        let role = match role {
+            "system" | "user" | "assistant" | "tool" => role,
+            "developer" => "system",
+            other => {
+                return Err(RequestError::Unsupported {
+                    field: "messages",
+                    message: format!(
+                        "message {i} has role `{other}`: a role is one of system, developer, \
+                         user, assistant, tool"
+                    ),
+                })
+            }
+        };
         let tool_calls = m.get("tool_calls").filter(|v| !v.is_null()).cloned();
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
@@ -292,6 +328,292 @@ fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
         .collect()
 }
 
+/// The fields [`Request::from_value`] reads itself.
+const READ: &[&str] = &[
+    "id",
+    "prompt",
+    "messages",
+    "max_completion_tokens",
+    "max_tokens",
+    "n_predict",
+    "seed",
+    "stop",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "stream",
+    "n",
+    "best_of",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "suffix",
+    "logit_bias",
+    "stream_options",
+    "response_format",
+    "json_schema",
+    "tools",
+    "ignore_eos",
+    "n_keep",
+];
+
+/// How a field beyond those read into [`Request`] is met.
+enum Rule {
+    /// Accepted when of the right type; it changes nothing observable here.
+    Harmless(fn(&Value) -> bool, &'static str),
+    /// Accepted only at the value that asks for nothing (a sampler's "off"); anything else is
+    /// refused with the message.
+    OffOnly(fn(&Value) -> bool, &'static str),
+    /// Refused whatever its value (but null).
+    Refused(&'static str),
+}
+
+fn is_number(v: &Value) -> bool {
+    v.is_number()
+}
+
+fn is_string(v: &Value) -> bool {
+    v.is_string()
+}
+
+fn is_bool(v: &Value) -> bool {
+    v.is_boolean()
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// The fields of OpenAI's completions and chat completions and of llama-server's completion
+/// requests that [`Request`] does not carry, and what happens to each; `None` for a field
+/// neither documents.
+fn other_field(key: &str) -> Option<(&'static str, Rule)> {
+    use Rule::*;
+    const SAMPLER_OFF: &str = "this sampler is not implemented here: only its \"off\" value \
+                               is accepted";
+    let rule = match key {
+        // OpenAI: accepted, changing nothing observable (this server serves one model).
+        "model" => ("model", Harmless(is_string, "a string")),
+        "user" => ("user", Harmless(is_string, "a string")),
+        "safety_identifier" => ("safety_identifier", Harmless(is_string, "a string")),
+        "prompt_cache_key" => ("prompt_cache_key", Harmless(is_string, "a string")),
+        "metadata" => ("metadata", Harmless(Value::is_object, "an object")),
+        "service_tier" => (
+            "service_tier",
+            Harmless(
+                |v| {
+                    matches!(
+                        v.as_str(),
+                        Some("auto" | "default" | "flex" | "scale" | "priority")
+                    )
+                },
+                "one of \"auto\", \"default\", \"flex\", \"scale\", \"priority\"",
+            ),
+        ),
+        // Predicted output only makes a response faster; the text is the same without it.
+        "prediction" => ("prediction", Harmless(Value::is_object, "an object")),
+        "parallel_tool_calls" => ("parallel_tool_calls", Harmless(is_bool, "true or false")),
+        "store" => (
+            "store",
+            OffOnly(
+                |v| v == &Value::Bool(false),
+                "this server keeps no completions: leave `store` out or false",
+            ),
+        ),
+        "modalities" => (
+            "modalities",
+            OffOnly(
+                |v| v.as_array().is_some_and(|a| a.iter().all(|m| m == "text")),
+                "this model writes text only: [\"text\"]",
+            ),
+        ),
+        "tool_choice" => (
+            "tool_choice",
+            OffOnly(
+                |v| matches!(v.as_str(), Some("auto" | "none")),
+                "only \"auto\" or \"none\": this server cannot force a tool call",
+            ),
+        ),
+        "functions" => (
+            "functions",
+            Refused("deprecated by OpenAI in favour of `tools`, and not supported"),
+        ),
+        "function_call" => (
+            "function_call",
+            Refused("deprecated by OpenAI in favour of `tool_choice`, and not supported"),
+        ),
+        "audio" => ("audio", Refused("this model writes text only")),
+        "reasoning_effort" => (
+            "reasoning_effort",
+            Refused("not supported: this model does not reason before answering"),
+        ),
+        "verbosity" => ("verbosity", Refused("not supported by this model")),
+        "web_search_options" => (
+            "web_search_options",
+            Refused("this server cannot search the web"),
+        ),
+        // llama-server: accepted, changing nothing observable. Prompts always reuse a slot's
+        // cached prefix, which gives the same tokens as running it again (batch invariance).
+        "cache_prompt" => ("cache_prompt", Harmless(is_bool, "true or false")),
+        // A sampler's parameters while the sampler is off (as they are in llama.cpp then).
+        "mirostat_tau" => ("mirostat_tau", Harmless(is_number, "a number")),
+        "mirostat_eta" => ("mirostat_eta", Harmless(is_number, "a number")),
+        "dynatemp_exponent" => ("dynatemp_exponent", Harmless(is_number, "a number")),
+        "xtc_threshold" => ("xtc_threshold", Harmless(is_number, "a number")),
+        "dry_base" => ("dry_base", Harmless(is_number, "a number")),
+        "dry_allowed_length" => ("dry_allowed_length", Harmless(is_number, "a number")),
+        "dry_penalty_last_n" => ("dry_penalty_last_n", Harmless(is_number, "a number")),
+        "dry_sequence_breakers" => (
+            "dry_sequence_breakers",
+            Harmless(
+                |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+                "a list of strings",
+            ),
+        ),
+        // llama-server: samplers and features not implemented here, accepted off only.
+        "mirostat" => ("mirostat", OffOnly(|v| v == 0, SAMPLER_OFF)),
+        "typical_p" => ("typical_p", OffOnly(|v| v == 1.0 || v == 1, SAMPLER_OFF)),
+        "dynatemp_range" => (
+            "dynatemp_range",
+            OffOnly(|v| v == 0 || v == 0.0, SAMPLER_OFF),
+        ),
+        "xtc_probability" => (
+            "xtc_probability",
+            OffOnly(|v| v == 0 || v == 0.0, SAMPLER_OFF),
+        ),
+        "dry_multiplier" => (
+            "dry_multiplier",
+            OffOnly(|v| v == 0 || v == 0.0, SAMPLER_OFF),
+        ),
+        "top_n_sigma" => (
+            "top_n_sigma",
+            OffOnly(|v| v.as_f64().is_some_and(|x| x <= 0.0), SAMPLER_OFF),
+        ),
+        "min_keep" => (
+            "min_keep",
+            OffOnly(
+                |v| v == 0 || v == 1,
+                "only 0 or 1: the samplers here keep at least one candidate, no more",
+            ),
+        ),
+        "n_probs" => (
+            "n_probs",
+            OffOnly(
+                |v| v == 0,
+                "not supported: ask with `logprobs` (and `top_logprobs`)",
+            ),
+        ),
+        "id_slot" => (
+            "id_slot",
+            OffOnly(|v| v == -1, "not supported: the server picks the slot"),
+        ),
+        "t_max_predict_ms" => (
+            "t_max_predict_ms",
+            OffOnly(
+                |v| v == 0,
+                "not supported: limit the length with `max_tokens`",
+            ),
+        ),
+        "n_indent" => ("n_indent", OffOnly(|v| v == 0, "not supported")),
+        "grammar" => (
+            "grammar",
+            OffOnly(
+                is_empty,
+                "GBNF grammars are not supported yet: use `response_format` or `json_schema`",
+            ),
+        ),
+        "samplers" => (
+            "samplers",
+            Refused("not supported: the sampler order is fixed (llama.cpp's default)"),
+        ),
+        "image_data" => (
+            "image_data",
+            OffOnly(is_empty, "this model reads text only"),
+        ),
+        "multimodal_data" => (
+            "multimodal_data",
+            OffOnly(is_empty, "this model reads text only"),
+        ),
+        "lora" => ("lora", OffOnly(is_empty, "LoRA adapters are not supported")),
+        "return_tokens" => ("return_tokens", OffOnly(|v| v == false, "not supported")),
+        "timings_per_token" => (
+            "timings_per_token",
+            OffOnly(|v| v == false, "not supported"),
+        ),
+        "post_sampling_probs" => (
+            "post_sampling_probs",
+            OffOnly(|v| v == false, "not supported"),
+        ),
+        "return_progress" => ("return_progress", OffOnly(|v| v == false, "not supported")),
+        "response_fields" => ("response_fields", OffOnly(is_empty, "not supported")),
+        "chat_template_kwargs" => (
+            "chat_template_kwargs",
+            OffOnly(
+                is_empty,
+                "not supported: the chat template takes no arguments here",
+            ),
+        ),
+        "add_generation_prompt" => (
+            "add_generation_prompt",
+            OffOnly(
+                |v| v == true,
+                "only true: the prompt always ends with the assistant's turn opened",
+            ),
+        ),
+        "reasoning_format" => (
+            "reasoning_format",
+            OffOnly(
+                |v| v == "none",
+                "only \"none\": this model does not reason before answering",
+            ),
+        ),
+        _ => return None,
+    };
+    Some(rule)
+}
+
+/// Checks every field the request gives that [`Request::from_value`] does not read itself.
+fn screen(obj: &Map<String, Value>) -> Result<(), RequestError> {
+    for (key, value) in obj {
+        if READ.contains(&key.as_str()) {
+            continue;
+        }
+        let Some((field, rule)) = other_field(key) else {
+            return Err(RequestError::UnknownField(key.clone()));
+        };
+        if value.is_null() {
+            continue;
+        }
+        match rule {
+            Rule::Harmless(ok, expected) if !ok(value) => return Err(field_error(field, expected)),
+            Rule::OffOnly(ok, message) if !ok(value) => {
+                return Err(RequestError::Unsupported {
+                    field,
+                    message: message.to_string(),
+                })
+            }
+            Rule::Refused(message) => {
+                return Err(RequestError::Unsupported {
+                    field,
+                    message: message.to_string(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn response_format(v: &Value) -> Result<ResponseFormat, RequestError> {
     const EXPECTED: &str = "{\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"schema\": …}}";
     let kind = v
@@ -331,6 +653,7 @@ impl Request {
     /// Reads the fields of a JSON object.
     pub(crate) fn from_value(value: &Value) -> Result<Request, RequestError> {
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
+        screen(obj)?;
         let prompt = opt(
             obj,
             "prompt",
@@ -372,12 +695,77 @@ impl Request {
             _ => None,
         })?
         .unwrap_or_default();
+        let n = opt(obj, "n", "an integer from 1 to 16", |v| {
+            count(v).filter(|n| (1..=MAX_CHOICES).contains(n))
+        })?
+        .unwrap_or(1);
+        // `best_of` candidates of which the `n` best are returned: exact only when they are
+        // the same number (every candidate returned).
+        if let Some(b) = opt(obj, "best_of", "an integer ≥ 1", count)? {
+            if b != n {
+                return Err(RequestError::Unsupported {
+                    field: "best_of",
+                    message: format!(
+                        "ranking {b} candidates is not supported: only `best_of` equal to `n` \
+                         ({n})"
+                    ),
+                });
+            }
+        }
+        if opt(obj, "suffix", "a string", |v| v.as_str().map(str::is_empty))? == Some(false) {
+            return Err(RequestError::Unsupported {
+                field: "suffix",
+                message: "inserting between a prompt and a suffix is not supported".to_string(),
+            });
+        }
+        let messages_given = messages.is_some();
+        let echo = opt(obj, "echo", "true or false", Value::as_bool)?.unwrap_or(false);
+        if echo && messages_given {
+            return Err(RequestError::Unsupported {
+                field: "echo",
+                message: "`echo` is a completions field: a chat request has no prompt text to \
+                          echo"
+                    .to_string(),
+            });
+        }
+        let mut response_format = match obj.get("response_format") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(response_format(v)?),
+        };
+        match obj.get("json_schema") {
+            None | Some(Value::Null) => {}
+            Some(_) if response_format.is_some() => {
+                return Err(RequestError::Unsupported {
+                    field: "json_schema",
+                    message: "give `json_schema` or `response_format`, not both".to_string(),
+                })
+            }
+            Some(schema @ Value::Object(_)) => {
+                response_format = Some(ResponseFormat::JsonSchema(schema.clone()))
+            }
+            Some(_) => return Err(field_error("json_schema", "a JSON schema (an object)")),
+        }
+        let tools = match obj.get("tools") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) if a.is_empty() => None,
+            Some(v @ Value::Array(_)) => Some(v.clone()),
+            Some(_) => return Err(field_error("tools", "a list of tool definitions")),
+        };
+        if tools.is_some() && !messages_given {
+            return Err(RequestError::Unsupported {
+                field: "tools",
+                message: "tools are offered in a chat request (`messages`)".to_string(),
+            });
+        }
         Ok(Request {
             id: obj.get("id").cloned(),
             prompt,
             messages,
             max_tokens,
-            temperature: opt(obj, "temperature", "a number", number)?,
+            // OpenAI's range (llama-server takes any number and samples greedily at ≤ 0).
+            temperature: opt(obj, "temperature", "a number from 0 to 2", |v| {
+                number(v).filter(|t| (0.0..=2.0).contains(t))
+            })?,
             top_k: opt(obj, "top_k", "an integer ≥ 0 (0: off)", count)?,
             top_p: opt(obj, "top_p", "a number between 0 and 1", number)?,
             min_p: opt(obj, "min_p", "a number between 0 and 1", number)?,
@@ -388,10 +776,7 @@ impl Request {
             seed,
             stop,
             stream: opt(obj, "stream", "true or false", Value::as_bool)?.unwrap_or(false),
-            n: opt(obj, "n", "an integer from 1 to 16", |v| {
-                count(v).filter(|n| (1..=MAX_CHOICES).contains(n))
-            })?
-            .unwrap_or(1),
+            n,
             logprobs: opt(
                 obj,
                 "logprobs",
@@ -406,7 +791,7 @@ impl Request {
             top_logprobs: opt(obj, "top_logprobs", "an integer from 0 to 20", |v| {
                 count(v).filter(|&k| k <= MAX_TOP_LOGPROBS)
             })?,
-            echo: opt(obj, "echo", "true or false", Value::as_bool)?.unwrap_or(false),
+            echo,
             logit_bias: opt(
                 obj,
                 "logit_bias",
@@ -427,16 +812,15 @@ impl Request {
                 },
             )?
             .unwrap_or(false),
-            response_format: match obj.get("response_format") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(response_format(v)?),
-            },
-            tools: match obj.get("tools") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(a)) if a.is_empty() => None,
-                Some(v @ Value::Array(_)) => Some(v.clone()),
-                Some(_) => return Err(field_error("tools", "a list of tool definitions")),
-            },
+            response_format,
+            tools,
+            ignore_eos: opt(obj, "ignore_eos", "true or false", Value::as_bool)?.unwrap_or(false),
+            n_keep: opt(
+                obj,
+                "n_keep",
+                "an integer ≥ -1 (-1: the whole prompt)",
+                |v| v.as_i64().filter(|&k| k >= -1),
+            )?,
         })
     }
 
@@ -480,8 +864,8 @@ mod tests {
     }
 
     #[test]
-    fn stop_is_a_string_or_a_list_and_unknown_fields_are_ignored() {
-        let r = parse(r#"{"prompt": "a", "stop": "\n", "model": "x", "user": 3}"#).unwrap();
+    fn stop_is_a_string_or_a_list() {
+        let r = parse(r#"{"prompt": "a", "stop": "\n", "model": "x", "user": "u"}"#).unwrap();
         assert_eq!(r.stop, vec!["\n".to_string()]);
         assert_eq!(
             r.input().unwrap(),
@@ -496,7 +880,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let e = parse(r#"{"prompt": "a", "temperature": "hot"}"#).unwrap_err();
-        assert_eq!(e.to_string(), "`temperature` must be a number");
+        assert_eq!(e.to_string(), "`temperature` must be a number from 0 to 2");
         let e = parse(r#"{"prompt": "a", "max_tokens": -3}"#).unwrap_err();
         assert_eq!(e.field(), Some("max_tokens"));
         let r = parse(r#"{"prompt": "a", "min_p": 5}"#).unwrap();
@@ -632,6 +1016,250 @@ mod tests {
             (r#"{"prompt": "a", "tools": "f"}"#, "tools"),
         ] {
             assert_eq!(parse(bad).unwrap_err().field(), Some(field), "{bad}");
+        }
+    }
+
+    fn refused(s: &str) -> RequestError {
+        parse(s).expect_err(s)
+    }
+
+    const CHAT: &str = r#""messages": [{"role": "user", "content": "x"}]"#;
+
+    #[test]
+    fn temperature_is_openais_zero_to_two() {
+        for t in ["-1", "3", "2.01", "-0.1"] {
+            let e = refused(&format!(r#"{{"prompt": "a", "temperature": {t}}}"#));
+            assert_eq!(e.field(), Some("temperature"), "{t}");
+            assert!(e.to_string().contains("from 0 to 2"), "{e}");
+        }
+        for t in ["0", "2", "0.7"] {
+            parse(&format!(r#"{{"prompt": "a", "temperature": {t}}}"#)).unwrap();
+        }
+    }
+
+    #[test]
+    fn roles_are_openais() {
+        let e = refused(
+            r#"{"messages": [{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}]}"#,
+        );
+        assert_eq!(e.field(), Some("messages"));
+        assert!(e.to_string().contains("message 1 has role `wizard`"), "{e}");
+        let r = parse(r#"{"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "x"}]}"#).unwrap();
+        let m = r.messages.unwrap();
+        assert_eq!((m[0].role.as_str(), m[1].role.as_str()), ("system", "user"));
+    }
+
+    #[test]
+    fn fields_not_served_are_refused_by_name() {
+        for (body, field) in [
+            (r#""prompt": "a", "grammar": "root ::= \"x\"""#, "grammar"),
+            (r#""prompt": "a", "suffix": "end""#, "suffix"),
+            (r#""prompt": "a", "best_of": 2"#, "best_of"),
+            (r#""prompt": "a", "n": 2, "best_of": 3"#, "best_of"),
+            (r#""prompt": "a", "echo": true, "messages": []"#, "echo"),
+            (r#""prompt": "a", "tools": [{"type": "function"}]"#, "tools"),
+            (r#""prompt": "a", "mirostat": 2"#, "mirostat"),
+            (r#""prompt": "a", "typical_p": 0.5"#, "typical_p"),
+            (r#""prompt": "a", "dry_multiplier": 0.8"#, "dry_multiplier"),
+            (
+                r#""prompt": "a", "xtc_probability": 0.5"#,
+                "xtc_probability",
+            ),
+            (r#""prompt": "a", "dynatemp_range": 0.5"#, "dynatemp_range"),
+            (r#""prompt": "a", "n_probs": 3"#, "n_probs"),
+            (r#""prompt": "a", "id_slot": 1"#, "id_slot"),
+            (r#""prompt": "a", "samplers": ["top_k"]"#, "samplers"),
+            (r#""prompt": "a", "lora": [{"id": 0, "scale": 1}]"#, "lora"),
+            (
+                r#""prompt": "a", "json_schema": {}, "response_format": {"type": "text"}"#,
+                "json_schema",
+            ),
+            (r#""prompt": "a", "temprature": 0.5"#, "temprature"),
+            (r#""prompt": "a", "user": 3"#, "user"),
+        ] {
+            let e = refused(&format!("{{{body}}}"));
+            assert_eq!(e.field(), Some(field), "{body}: {e}");
+        }
+        for (body, field) in [
+            (r#""functions": [{"name": "f"}]"#, "functions"),
+            (r#""function_call": "auto""#, "function_call"),
+            (r#""tool_choice": "required""#, "tool_choice"),
+            (
+                r#""tool_choice": {"type": "function", "function": {"name": "f"}}"#,
+                "tool_choice",
+            ),
+            (r#""modalities": ["text", "audio"]"#, "modalities"),
+            (r#""audio": {"voice": "alloy", "format": "wav"}"#, "audio"),
+            (r#""store": true"#, "store"),
+            (r#""reasoning_effort": "low""#, "reasoning_effort"),
+            (r#""web_search_options": {}"#, "web_search_options"),
+            (r#""add_generation_prompt": false"#, "add_generation_prompt"),
+            (
+                r#""chat_template_kwargs": {"enable_thinking": true}"#,
+                "chat_template_kwargs",
+            ),
+            (r#""echo": true"#, "echo"),
+        ] {
+            let e = refused(&format!("{{{CHAT}, {body}}}"));
+            assert_eq!(e.field(), Some(field), "{body}: {e}");
+        }
+        let e = refused(r#"{"prompt": "a", "grammar": "root ::= \"x\""}"#);
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+        let e = refused(r#"{"prompt": "a", "temprature": 0.5}"#);
+        assert!(e.to_string().contains("unknown field `temprature`"), "{e}");
+    }
+
+    #[test]
+    fn harmless_fields_and_off_values_are_accepted() {
+        let r = parse(&format!(
+            r#"{{{CHAT}, "model": "gpt-4o", "user": "u1", "store": false, "metadata": {{"a": "b"}},
+                "service_tier": "auto", "parallel_tool_calls": true, "tool_choice": "auto",
+                "modalities": ["text"], "prediction": {{"type": "content", "content": "x"}},
+                "prompt_cache_key": "k", "safety_identifier": "s", "cache_prompt": false,
+                "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "typical_p": 1.0,
+                "dynatemp_range": 0.0, "dynatemp_exponent": 1.0, "xtc_probability": 0,
+                "xtc_threshold": 0.1, "dry_multiplier": 0.0, "dry_base": 1.75,
+                "dry_allowed_length": 2, "dry_penalty_last_n": -1, "dry_sequence_breakers": ["\n"],
+                "n_probs": 0, "id_slot": -1, "min_keep": 0, "grammar": "", "lora": [],
+                "t_max_predict_ms": 0, "n_indent": 0, "top_n_sigma": -1, "image_data": [],
+                "return_tokens": false, "timings_per_token": false, "post_sampling_probs": false,
+                "response_fields": [], "chat_template_kwargs": {{}}, "add_generation_prompt": true,
+                "reasoning_format": "none", "functions": null, "audio": null, "best_of": 1,
+                "suffix": null}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.n, 1);
+        let r = parse(r#"{"prompt": "a", "n": 3, "best_of": 3, "suffix": ""}"#).unwrap();
+        assert_eq!(r.n, 3);
+    }
+
+    #[test]
+    fn llama_server_fields_are_honoured() {
+        let r = parse(r#"{"prompt": "a", "ignore_eos": true, "n_keep": -1, "json_schema": {"type": "object"}}"#)
+            .unwrap();
+        assert!(r.ignore_eos);
+        assert_eq!(r.n_keep, Some(-1));
+        assert_eq!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema(
+                serde_json::json!({"type": "object"})
+            ))
+        );
+        let r = parse(r#"{"prompt": "a"}"#).unwrap();
+        assert!(!r.ignore_eos && r.n_keep.is_none() && r.response_format.is_none());
+        assert_eq!(
+            refused(r#"{"prompt": "a", "n_keep": -2}"#).field(),
+            Some("n_keep")
+        );
+    }
+
+    /// Every request field of OpenAI's API reference (completions and chat completions) and of
+    /// llama-server's README (its completion endpoint) has been decided: read, accepted as
+    /// harmless, accepted only off, or refused. None falls through as "unknown".
+    #[test]
+    fn every_documented_field_is_decided() {
+        let openai = [
+            "model",
+            "prompt",
+            "best_of",
+            "echo",
+            "frequency_penalty",
+            "logit_bias",
+            "logprobs",
+            "max_tokens",
+            "n",
+            "presence_penalty",
+            "seed",
+            "stop",
+            "stream",
+            "stream_options",
+            "suffix",
+            "temperature",
+            "top_p",
+            "user",
+            "messages",
+            "audio",
+            "function_call",
+            "functions",
+            "max_completion_tokens",
+            "metadata",
+            "modalities",
+            "parallel_tool_calls",
+            "prediction",
+            "prompt_cache_key",
+            "reasoning_effort",
+            "response_format",
+            "safety_identifier",
+            "service_tier",
+            "store",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "verbosity",
+            "web_search_options",
+        ];
+        let llama = [
+            "temperature",
+            "dynatemp_range",
+            "dynatemp_exponent",
+            "top_k",
+            "top_p",
+            "min_p",
+            "n_predict",
+            "n_indent",
+            "n_keep",
+            "stream",
+            "stop",
+            "typical_p",
+            "repeat_penalty",
+            "repeat_last_n",
+            "presence_penalty",
+            "frequency_penalty",
+            "dry_multiplier",
+            "dry_base",
+            "dry_allowed_length",
+            "dry_penalty_last_n",
+            "dry_sequence_breakers",
+            "xtc_probability",
+            "xtc_threshold",
+            "mirostat",
+            "mirostat_tau",
+            "mirostat_eta",
+            "grammar",
+            "json_schema",
+            "seed",
+            "ignore_eos",
+            "logit_bias",
+            "n_probs",
+            "min_keep",
+            "t_max_predict_ms",
+            "image_data",
+            "id_slot",
+            "cache_prompt",
+            "return_tokens",
+            "samplers",
+            "timings_per_token",
+            "return_progress",
+            "post_sampling_probs",
+            "response_fields",
+            "lora",
+            "top_n_sigma",
+            "chat_template_kwargs",
+            "add_generation_prompt",
+            "reasoning_format",
+            "multimodal_data",
+        ];
+        for f in openai.iter().chain(&llama) {
+            assert!(
+                READ.contains(f) || other_field(f).is_some(),
+                "`{f}` is neither read nor decided"
+            );
+        }
+        for f in READ {
+            assert!(
+                other_field(f).is_none(),
+                "`{f}` is read and also has a rule"
+            );
         }
     }
 }

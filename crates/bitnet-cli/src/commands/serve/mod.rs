@@ -6,11 +6,14 @@
 //! sampling are the library's [`Scheduler`]; see its documentation.
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
-//! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`.
+//! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`,
+//!   the request body's deadline.
+//! - `conn.rs`: connections: timeouts, connection and header limits, accept errors.
 //! - `chat.html`: the web page, compiled into the binary.
 //!
 //! [`Job`]: bitnet::generate::Job
 
+mod conn;
 mod openai;
 mod ops;
 
@@ -26,8 +29,9 @@ use bitnet::generate::constraint::ConstraintCompiler;
 use bitnet::generate::{SamplerConfig, Scheduler, SchedulerConfig};
 use bitnet::model::human_bytes;
 use bitnet::tokenizer::{ChatTemplate, Tokenizer};
+use std::io::Write as _;
 
-use crate::model_args::{ModelArgs, SamplingArgs};
+use crate::model_args::{ModelArgs, SamplingArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,6 +41,8 @@ pub struct Args {
     /// `seed` gets a fresh random one unless --seed is given here)
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -73,9 +79,19 @@ pub struct Args {
     /// the rest and go on (llama.cpp's context shift) instead of stopping with "length"
     #[arg(long)]
     ctx_shift: bool,
-    /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt)
+    /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt);
+    /// a request's `n_keep` overrides it
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     keep: i64,
+    /// Seconds a client has to send a request's headers, and again its body; a connection
+    /// idle that long between requests is closed, and so is one whose client reads nothing
+    /// of its response for that long (llama-server's --timeout)
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Connections open at once; more are answered 503 and closed (capped by the limit on
+    /// open files, whose soft limit is raised to the hard one at start)
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
 }
 
 /// What the handlers share.
@@ -83,7 +99,8 @@ pub(crate) struct AppState {
     /// The model id.
     pub name: String,
     pub tokenizer: Arc<Tokenizer>,
-    pub template: ChatTemplate,
+    /// The chat template, or why it does not compile (then only the chat endpoint fails).
+    pub template: Result<ChatTemplate, String>,
     pub scheduler: Scheduler,
     pub constraints: ConstraintCompiler,
     pub defaults: SamplerConfig,
@@ -97,6 +114,17 @@ pub(crate) struct AppState {
     pub cors_origins: Vec<String>,
     pub metrics: ops::Metrics,
     pub started: std::time::SystemTime,
+    /// `--timeout`: the request body's deadline.
+    pub timeout: Duration,
+}
+
+/// Descriptors kept free of connections: the listener, the model file, stdio, the runtime's.
+const RESERVED_FDS: usize = 64;
+
+/// One line to the log (stderr). A failed write is dropped: the server runs on when its log
+/// goes nowhere (`bitnet serve 2>&1 | head` ends the pipe), where `eprintln!` would panic.
+pub(crate) fn log(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The model id: `--alias`, else the file name of what `-m` names (the demo model's file name
@@ -125,14 +153,44 @@ pub fn run(args: Args) -> Result<()> {
         "--shutdown-timeout {}: must be a number of seconds ≥ 0",
         args.shutdown_timeout
     );
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 86_400.0,
+        "--timeout {}: must be a number of seconds above 0 (at most a day)",
+        args.timeout
+    );
+    anyhow::ensure!(
+        args.max_connections >= 1,
+        "--max-connections 0: must be at least 1"
+    );
+    let mut max_connections = args.max_connections;
+    if let Some(files) = conn::raise_open_file_limit() {
+        let room = files.saturating_sub(RESERVED_FDS).max(1);
+        if room < max_connections {
+            log(&format!(
+                "note: at most {room} connections (the limit on open files is {files}; \
+                 raise it with ulimit -Hn)"
+            ));
+            max_connections = room;
+        }
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
     let defaults = args.sampling.config()?;
     let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
     let crate::model_args::Loaded {
-        model, tokenizer, ..
+        model,
+        mut tokenizer,
+        ..
     } = args.model.load()?;
+    args.template.apply(&mut tokenizer)?;
     let name = model_id(&args);
     let tokenizer = Arc::new(tokenizer);
-    let template = tokenizer.chat_template()?;
+    let template = tokenizer.chat_template().map_err(|e| e.to_string());
+    if let Err(e) = &template {
+        eprintln!(
+            "warning: the chat template does not compile ({e}): /v1/chat/completions will \
+             answer 500 until the server is restarted with --chat-template"
+        );
+    }
     let constraints = ConstraintCompiler::new(Arc::clone(&tokenizer))?;
     let threads = model.threads();
     let scheduler = Scheduler::start(
@@ -147,7 +205,7 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
     let status = scheduler.status();
-    eprintln!(
+    log(&format!(
         "{} slots × {} tokens of context, KV cache {} ({}) in all; queue of {}; {} threads",
         args.parallel,
         scheduler.context_size(),
@@ -155,7 +213,7 @@ pub fn run(args: Args) -> Result<()> {
         args.model.cache_type.name(),
         args.queue,
         threads,
-    );
+    ));
     let state = Arc::new(AppState {
         name,
         tokenizer,
@@ -175,6 +233,7 @@ pub fn run(args: Args) -> Result<()> {
         cors_origins: args.cors_origin.clone(),
         metrics: ops::Metrics::default(),
         started: std::time::SystemTime::now(),
+        timeout,
     });
     let app = Router::new()
         .route("/", get(ops::page))
@@ -185,7 +244,11 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .fallback(ops::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            ops::read_body,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             ops::gate,
@@ -204,25 +267,28 @@ pub fn run(args: Args) -> Result<()> {
             .await
             .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
-        eprintln!(
+        log(&format!(
             "listening on http://{addr} (model {}; web chat at http://{addr}/)",
             state.name
-        );
+        ));
         let signal_state = Arc::clone(&state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                eprintln!(
-                    "shutting down: no new requests; running ones end within {:.1} s",
-                    grace.as_secs_f64()
-                );
-                signal_state.scheduler.shutdown(grace);
-            })
-            .await
-            .context("serving")
+        let limits = conn::Limits {
+            timeout,
+            max_connections,
+        };
+        conn::serve(listener, app, limits, async move {
+            shutdown_signal().await;
+            log(&format!(
+                "shutting down: no new requests; running ones end within {:.1} s",
+                grace.as_secs_f64()
+            ));
+            signal_state.scheduler.shutdown(grace);
+        })
+        .await;
+        anyhow::Ok(())
     })?;
     state.scheduler.join();
-    eprintln!("stopped");
+    log("stopped");
     Ok(())
 }
 

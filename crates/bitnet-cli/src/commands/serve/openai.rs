@@ -175,15 +175,19 @@ fn plan(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Plan, Req
             })
             .collect::<Vec<_>>(),
         (Endpoint::Chat, Ok(Input::Messages(messages))) => {
-            if req.tools.is_some() && !state.template.supports_tools() {
+            // `handle` has answered already when the template does not compile.
+            let template = state
+                .template
+                .as_ref()
+                .map_err(|e| bad("messages", e.clone()))?;
+            if req.tools.is_some() && !template.supports_tools() {
                 return Err(bad(
                     "tools",
                     "this model's chat template cannot express tools (function calling): send \
                      the request without `tools`",
                 ));
             }
-            let text = state
-                .template
+            let text = template
                 .render_with_tools(&messages, req.tools.as_ref(), true)
                 .map_err(RequestError::Template)?;
             vec![PromptIds {
@@ -278,7 +282,7 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
             .transpose()
             .map_err(|e| bad("response_format", e.to_string()))?;
             let keep = crate::commands::generate::keep_tokens(
-                state.keep,
+                req.n_keep.unwrap_or(state.keep),
                 &p.ids,
                 state.tokenizer.bos_id(),
             );
@@ -287,7 +291,7 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
                 sampler: sampler.clone(),
                 max_tokens: req.max_tokens.unwrap_or(Some(state.n_predict)),
                 stop: req.stop.clone(),
-                ignore_eos: false,
+                ignore_eos: req.ignore_eos,
                 logit_bias: req.logit_bias.clone(),
                 logprobs: plan.logprobs.map(|l| l.top),
                 prompt_logprobs: plan.echo && plan.logprobs.is_some(),
@@ -346,6 +350,18 @@ async fn handle(
         Ok(r) => r,
         Err(e) => return request_error(&e),
     };
+    // A chat template that does not compile fails the chat endpoint only (completions need
+    // none): the server's fault, not the request's.
+    if let (Endpoint::Chat, Err(e)) = (endpoint, &state.template) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "this server cannot render conversations: its chat template does not compile \
+                 ({e}); restart it with --chat-template"
+            ),
+            None,
+        );
+    }
     // Every field is checked before anything runs.
     let plan = match plan(&state, &req, endpoint) {
         Ok(p) => p,

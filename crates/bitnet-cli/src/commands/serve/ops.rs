@@ -1,5 +1,6 @@
 //! What surrounds the API: every error as OpenAI's JSON error object, the API key, CORS, one
-//! log line per request, `/metrics` (Prometheus text format), `/health` and the web page.
+//! log line per request, the request body's deadline, `/metrics` (Prometheus text format),
+//! `/health` and the web page.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +21,9 @@ use super::AppState;
 
 /// The web chat page (a single file: no build step, no network).
 const PAGE: &str = include_str!("chat.html");
+
+/// The largest request body.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}`.
 pub fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Response {
@@ -181,6 +185,61 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
     finish(state, response, None, method, path, start, None)
 }
 
+/// Reads the whole request body within `--timeout` before any handler runs: hyper's header
+/// timeout ends with the headers, and a client that then sends its body a byte at a time (or
+/// promises more than it sends) would otherwise hold its connection for as long as it likes.
+/// Too slow is 408, too large 413, a broken body (a bad chunk) 400.
+pub async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    // A body declared too large is still read up to the limit before the 413, as before this
+    // deadline: a client whose upload is refused at once meets a reset connection instead of
+    // the answer while it is still writing.
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(state.timeout, http_body_util::BodyExt::collect(limited))
+        .await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
+                None,
+            )
+        }
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:.0} s (bitnet serve --timeout)",
+                    state.timeout.as_secs_f64()
+                ),
+                None,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn too_large() -> Response {
+    let mut r = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is too large; the limit is {} MiB",
+            MAX_BODY_BYTES >> 20
+        ),
+        None,
+    );
+    // The rest of the body is not read: the connection cannot carry another request.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Adds the CORS header, counts the request and writes its log line when the body ends.
 fn finish(
     state: Arc<AppState>,
@@ -250,7 +309,7 @@ impl Drop for LogLine {
             }
             let _ = write!(line, ", {:.1} t/s", g.tokens_per_s);
         }
-        eprintln!("{line}");
+        super::log(&line);
     }
 }
 
