@@ -317,3 +317,47 @@ fn the_chat_template_flag_overrides_and_a_broken_one_fails_only_chat_lines() {
     assert_eq!(records[1]["generated_ids"], records[0]["generated_ids"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What only `serve` answers (several choices, logprobs, streaming, constrained output) is
+/// refused by name on its line, not silently ignored.
+#[test]
+fn batch_refuses_the_fields_only_the_server_answers() {
+    let dir = std::env::temp_dir().join(format!("bitnet-batch-fields-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let fields = [
+        ("n", "2"),
+        ("logprobs", "true"),
+        ("stream", "true"),
+        ("echo", "true"),
+        ("logit_bias", "{\"5\": 1}"),
+        ("response_format", "{\"type\": \"json_object\"}"),
+    ];
+    let lines: Vec<String> = fields
+        .iter()
+        .map(|(f, v)| format!("{{\"prompt\": \"ROMEO:\", \"max_tokens\": 2, \"{f}\": {v}}}"))
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["batch", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let records: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for ((field, _), r) in fields.iter().zip(&records) {
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("`{field}` is not supported by `bitnet batch`")),
+            "{field}: {r}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

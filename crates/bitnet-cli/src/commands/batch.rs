@@ -1,7 +1,8 @@
 //! `bitnet batch [-m FILE] -i in.jsonl -o out.jsonl`: one request per input line, in the same
 //! format `bitnet serve` accepts (`bitnet::generate::Request`: `prompt` or `messages`, with
 //! optional `id`, `max_tokens`, `temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`,
-//! `seed`, `stop` (a string or a list), …; unknown fields ignored), one result per output line
+//! `seed`, `stop` (a string or a list), `ignore_eos`, …; the fields only `serve` answers, such as
+//! `n`, `logprobs` or `response_format`, and unknown ones are refused), one result per output line
 //! in input order. A bad line (invalid UTF-8, invalid JSON, a bad field) gives an error record
 //! with its 1-based line number and the rest still run; blank lines are skipped; the exit status
 //! is 1 when any line failed. The output is written under a temporary name and renamed when
@@ -12,7 +13,10 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use bitnet::generate::{GenerationConfig, Input, Prompt, Request, Sampler, SamplerConfig, Session};
+use bitnet::generate::{
+    GenerationConfig, Input, LogprobsRequest, Prompt, Request, ResponseFormat, Sampler,
+    SamplerConfig, Session,
+};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
@@ -120,7 +124,33 @@ fn run_one(
     defaults: &SamplerConfig,
     n_predict: usize,
 ) -> Result<Value> {
-    // Every field is checked before the model runs.
+    // Every field is checked before the model runs. What the server honours beyond one
+    // completion (several choices, logprobs, constrained output, tools, streaming) is refused
+    // here by name rather than ignored.
+    let refused = [
+        ("stream", req.stream),
+        ("stream_options", req.include_usage),
+        ("n", req.n > 1),
+        (
+            "logprobs",
+            matches!(
+                req.logprobs,
+                Some(LogprobsRequest::Flag(true) | LogprobsRequest::Count(_))
+            ),
+        ),
+        ("top_logprobs", req.top_logprobs.is_some_and(|k| k > 0)),
+        ("echo", req.echo),
+        ("logit_bias", !req.logit_bias.is_empty()),
+        (
+            "response_format",
+            !matches!(req.response_format, None | Some(ResponseFormat::Text)),
+        ),
+        ("tools", req.tools.is_some()),
+        ("n_keep", req.n_keep.is_some()),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        bail!("`{field}` is not supported by `bitnet batch` (`bitnet serve` answers it)");
+    }
     let sampler_config = req.sampler_config(defaults)?;
     let tokenizer = session.tokenizer();
     let ids = match req.input()? {
@@ -147,7 +177,7 @@ fn run_one(
     let config = GenerationConfig {
         max_tokens: req.max_tokens.unwrap_or(Some(n_predict)),
         stop: req.stop.clone(),
-        ignore_eos: false,
+        ignore_eos: req.ignore_eos,
         context_shift: None,
     };
     let mut sampler = Sampler::new(sampler_config);
