@@ -194,11 +194,27 @@ mod tests {
     /// one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A fresh folder, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("bitnet-files-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        Scratch(dir)
     }
 
     #[test]
@@ -235,7 +251,7 @@ mod tests {
         file.write_all(b"partial").unwrap();
         drop(out);
         assert_eq!(std::fs::read(&dest).unwrap(), b"new");
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(&*dir).unwrap().collect();
         assert_eq!(left.len(), 1, "the temporary file was left: {left:?}");
     }
 

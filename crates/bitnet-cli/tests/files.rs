@@ -20,11 +20,27 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A fresh folder, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("bitnet-files-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -183,7 +199,7 @@ fn a_full_disk_is_named_and_leaves_no_partial_file() {
     let dir = temp_dir("full");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&dir)
+        .arg(&*dir)
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -201,7 +217,7 @@ fn a_full_disk_is_named_and_leaves_no_partial_file() {
         model.to_str().unwrap(),
     ]);
     let left = entries(&dir);
-    let _ = Command::new("umount").arg(&dir).status();
+    let _ = Command::new("umount").arg(&*dir).status();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
