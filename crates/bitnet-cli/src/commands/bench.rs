@@ -310,7 +310,12 @@ pub fn run(args: Args) -> Result<()> {
     let c = model.config();
     let params = model.parameter_count();
     let (linear_type, output_type) = model.weight_formats();
-    let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_type);
+    // The file's type, and the layout it runs in when that differs (TQ repacked as I2_S).
+    let linear_label = match model.weight_layouts().first() {
+        Some(&(file, layout, _)) if file != layout => format!("{file} as {layout}"),
+        _ => linear_type.to_string(),
+    };
+    let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_label);
     if args.json {
         let results: Vec<_> = rows
             .iter()
