@@ -8,9 +8,15 @@ use std::process::Command;
 use serde_json::Value;
 
 fn ok(args: &[&str]) -> String {
+    ok_env(args, &[])
+}
+
+fn ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
         .args(args)
         .env_remove("RUST_BACKTRACE")
+        .env_remove("BITNET_TQ_REPACK")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -57,6 +63,27 @@ fn max_diff(a: &Value, b: &Value) -> f64 {
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
+}
+
+fn json_env(args: &[&str], env: &[(&str, &str)]) -> Value {
+    serde_json::from_str(&ok_env(args, env)).unwrap()
+}
+
+/// IEEE half-precision bits to f32 (normal numbers, enough for a weight scale).
+fn half_to_f32(h: u16) -> f32 {
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let mant = (h & 0x3ff) as f32 / 1024.0;
+    let sign = if h >> 15 == 1 { -1.0 } else { 1.0 };
+    assert!(exp > 0 && exp < 31, "not a normal half: {h:#x}");
+    sign * (1.0 + mant) * 2f32.powi(exp - 15)
+}
+
+/// The half bits of `x`, a number a half holds exactly (normal).
+fn f32_to_half(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    assert!(exp > 0 && exp < 31);
+    ((bits >> 31) as u16) << 15 | (exp as u16) << 10 | ((bits >> 13) & 0x3ff) as u16
 }
 
 fn inspect(model: &Path) -> Value {
@@ -171,15 +198,99 @@ fn quantized_files_load_and_match_what_load_time_encoding_gives() {
     ]);
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&tq2).unwrap());
     let (reference, rounded) = (logits(&demo), logits(&tq2));
-    // The same weights through another kernel: equal up to the order of float sums.
-    let d = max_diff(&logits(&back), &rounded);
-    assert!(d < 1e-3, "I2_S and TQ2_0 of the same weights differ by {d}");
     let tq1 = path("tq1.gguf");
     ok(&["quantize", d_in, tq1.to_str().unwrap(), "--type", "tq1_0"]);
-    let d = max_diff(&logits(&tq1), &rounded);
+    // Every tensor's blocks share one scale, so TQ2_0 and TQ1_0 are repacked to I2_S at load:
+    // the same integers times the same (f16-rounded) scale as the I2_S file `back`, through
+    // the same kernels, so the same logits to the bit.
+    let back_logits = logits(&back);
+    assert!(rounded == back_logits, "TQ2_0 repacked differs from I2_S");
     assert!(
-        d < 1e-3,
-        "TQ1_0 and TQ2_0 of the same weights differ by {d}"
+        logits(&tq1) == back_logits,
+        "TQ1_0 repacked differs from I2_S"
+    );
+    let layouts = |m: &Path, env: &[(&str, &str)]| {
+        let out = ok_env(
+            &[
+                "bench",
+                "-m",
+                m.to_str().unwrap(),
+                "-p",
+                "4",
+                "-n",
+                "0",
+                "-r",
+                "1",
+                "-t",
+                "1",
+                "--no-bandwidth",
+                "--json",
+            ],
+            env,
+        );
+        serde_json::from_str::<Value>(&out).unwrap()["weight_layouts"].clone()
+    };
+    let n_linear = inspect(&tq2)["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "TQ2_0")
+        .count();
+    assert_eq!(
+        layouts(&tq1, &[]),
+        serde_json::json!([{"file": "TQ1_0", "layout": "I2_S", "tensors": n_linear}])
+    );
+    // The per-block kernels (the layout kept with BITNET_TQ_REPACK=0) give the same weights'
+    // products up to the order of float sums.
+    let no_repack = [("BITNET_TQ_REPACK", "0")];
+    for (m, ty) in [(&tq2, "TQ2_0"), (&tq1, "TQ1_0")] {
+        let per_block = json_env(
+            &[
+                "logits",
+                "-m",
+                m.to_str().unwrap(),
+                "--tokens",
+                tokens,
+                "--all",
+                "--json",
+            ],
+            &no_repack,
+        )["logits"]
+            .clone();
+        let d = max_diff(&per_block, &back_logits);
+        assert!(d < 1e-3, "per-block {m:?} and I2_S differ by {d}");
+        assert_eq!(
+            layouts(m, &no_repack),
+            serde_json::json!([{"file": ty, "layout": ty, "tensors": n_linear}])
+        );
+    }
+    // A tensor whose blocks have different scales keeps the per-block layout (one block of
+    // blk.0.attn_q.weight given twice the scale); the others are still repacked.
+    let info = inspect(&tq2);
+    let q = info["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "blk.0.attn_q.weight")
+        .unwrap();
+    let offset = q["offset"].as_u64().unwrap() as usize;
+    let mut bytes = std::fs::read(&tq2).unwrap();
+    let d = offset + 66 + 64; // the second block's f16 scale
+    let scale = half_to_f32(u16::from_le_bytes([bytes[d], bytes[d + 1]]));
+    bytes[d..d + 2].copy_from_slice(&f32_to_half(2.0 * scale).to_le_bytes());
+    let mixed = path("mixed.gguf");
+    std::fs::write(&mixed, &bytes).unwrap();
+    assert_eq!(
+        layouts(&mixed, &[]),
+        serde_json::json!([
+            {"file": "TQ2_0", "layout": "TQ2_0", "tensors": 1},
+            {"file": "TQ2_0", "layout": "I2_S", "tensors": n_linear - 1},
+        ])
+    );
+    let d = max_diff(&logits(&mixed), &rounded);
+    assert!(
+        d > 0.0 && d < 1.0,
+        "the doubled block moves the logits a little: {d}"
     );
     // The f16 scales move the logits by far less than their spread.
     let d = max_diff(&reference, &rounded);

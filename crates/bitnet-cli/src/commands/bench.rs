@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use bitnet::formats::types::TensorType;
 use bitnet::kernels::Isa;
 use bitnet::model::{BatchEntry, BitnetModel, CacheType, KvCache, Logits, ModelError};
 use serde_json::json;
@@ -309,7 +310,12 @@ pub fn run(args: Args) -> Result<()> {
     let c = model.config();
     let params = model.parameter_count();
     let (linear_type, output_type) = model.weight_formats();
-    let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_type);
+    // The file's type, and the layout it runs in when that differs (TQ repacked as I2_S).
+    let linear_label = match model.weight_layouts().first() {
+        Some(&(file, layout, _)) if file != layout => format!("{file} as {layout}"),
+        _ => linear_type.to_string(),
+    };
+    let model_name = format!("{} {}L {}", c.arch_name, c.n_layer, linear_label);
     if args.json {
         let results: Vec<_> = rows
             .iter()
@@ -328,9 +334,12 @@ pub fn run(args: Args) -> Result<()> {
             "model": model_name, "file": name, "file_bytes": size,
             "params": params, "linear_type": linear_type.name(), "output_type": output_type.name(),
             "isa": model.isa().name(),
+            "weight_layouts": model.weight_layouts().iter().map(|(file, layout, n)| json!({
+                "file": file.name(), "layout": layout.name(), "tensors": n,
+            })).collect::<Vec<_>>(),
             "kernel_plan": model.kernel_plan().iter().map(|(ty, i, o, isas)| json!({
                 "format": ty.name(), "in": i, "out": o,
-                "decode": isas.decode.name(), "prefill": isas.prefill.name(),
+                "decode": kernel_name(*ty, isas.decode), "prefill": kernel_name(*ty, isas.prefill),
             })).collect::<Vec<_>>(),
             "cache_type": format!("{:?}", args.cache_type).to_lowercase(),
             "load_s": load_s, "weights_in_memory": in_memory, "bytes_read_per_token": bytes_per_token,
@@ -407,10 +416,23 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    for (file, layout, n) in model.weight_layouts() {
+        if file == layout {
+            eprintln!("linear weights: {n} × {file}, run in their own layout");
+        } else if file.is_ternary() {
+            eprintln!(
+                "linear weights: {n} × {file}, repacked at load to {layout} (one scale per \
+                 tensor; owned memory even with --mmap), run by the {layout} kernels"
+            );
+        } else {
+            eprintln!("linear weights: {n} × {file}, ternarized at load to {layout}");
+        }
+    }
     for (ty, i, o, isas) in model.kernel_plan() {
         eprintln!(
             "kernels for {ty} {i}→{o}: decode {}, prefill {} (fastest at load)",
-            isas.decode, isas.prefill
+            kernel_name(ty, isas.decode),
+            kernel_name(ty, isas.prefill)
         );
     }
     eprintln!(
@@ -493,4 +515,13 @@ fn parallel_run(
         tg_tokens_per_s: (np * n) as f64 / tg,
         ttft_s: ttft,
     })
+}
+
+/// The kernel a layout runs on `isa`: TQ1_0's per-block product has only a scalar one.
+fn kernel_name(ty: TensorType, isa: Isa) -> &'static str {
+    if ty == TensorType::TQ1_0 {
+        "scalar"
+    } else {
+        isa.name()
+    }
 }

@@ -595,6 +595,24 @@ impl BitnetModel {
         c.n_layer * per_layer + c.n_vocab * c.n_embd + c.n_embd + output
     }
 
+    /// How the BitLinear weights are held: (the file's type, the layout the kernels read,
+    /// tensors), one entry per distinct pair. TQ2_0 / TQ1_0 tensors whose blocks share one
+    /// scale are re-encoded as I2_S at load (owned memory, even with a mapped file); others
+    /// keep their per-block layout.
+    pub fn weight_layouts(&self) -> Vec<(TensorType, TensorType, usize)> {
+        let mut out: Vec<(TensorType, TensorType, usize)> = Vec::new();
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                let key = (lin.weight.file_format(), lin.weight.format());
+                match out.iter_mut().find(|e| (e.0, e.1) == key) {
+                    Some(e) => e.2 += 1,
+                    None => out.push((key.0, key.1, 1)),
+                }
+            }
+        }
+        out
+    }
+
     /// The formats the weights are held in: (BitLinear weights, output matrix).
     pub fn weight_formats(&self) -> (TensorType, TensorType) {
         (self.layers[0].wq.weight.format(), self.output.format())

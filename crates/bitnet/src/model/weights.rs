@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::formats::gguf::{GgufFile, TensorInfo};
-use crate::formats::types::{self, i2_s, q6_k, q8_0, tq2_0, TensorType};
+use crate::formats::types::{self, i2_s, q6_k, q8_0, tq1_0, tq2_0, TensorType};
 use crate::kernels::threads::with_scratch_i32;
 use crate::kernels::{self, Isa};
 
@@ -230,8 +230,13 @@ impl QuantizedBuffers {
 pub(crate) trait TernaryLinear: Send + Sync {
     fn in_features(&self) -> usize;
     fn out_features(&self) -> usize;
-    /// The storage format, for display.
+    /// The storage format the kernels read (the layout, for display and kernel choice).
     fn format(&self) -> TensorType;
+    /// The format the file holds the weights in (differs from [`TernaryLinear::format`] when
+    /// they were re-encoded at load).
+    fn file_format(&self) -> TensorType {
+        self.format()
+    }
     /// Bytes of weight data (read once per token when decoding).
     fn weight_bytes(&self) -> usize;
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
@@ -283,6 +288,8 @@ pub(crate) struct I2sLinear {
     in_features: usize,
     out_features: usize,
     scale: f32,
+    /// The file's type: I2_S, or the type re-encoded as I2_S at load.
+    from: TensorType,
 }
 
 impl I2sLinear {
@@ -312,6 +319,7 @@ impl I2sLinear {
             in_features,
             out_features,
             scale,
+            from: TensorType::I2S,
         })
     }
 
@@ -321,6 +329,7 @@ impl I2sLinear {
         scale: f32,
         in_features: usize,
         out_features: usize,
+        from: TensorType,
     ) -> I2sLinear {
         let mut packed = i2_s::encode(values, scale);
         packed.truncate(in_features * out_features / 4);
@@ -330,6 +339,149 @@ impl I2sLinear {
             in_features,
             out_features,
             scale,
+            from,
+        }
+    }
+
+    /// TQ2_0 / TQ1_0 weights re-encoded as I2_S, when the tensor fits one per-tensor scale:
+    /// every block with a nonzero f16 scale has the same one (BitNet models have one scale
+    /// per tensor, so converted files always do). The I2_S kernels then compute the same
+    /// integer sums times the same scale (the f16 widened to f32): products bit-identical to
+    /// an I2_S file holding that scale, at I2_S's speed. A block whose scale is zero weighs
+    /// zero whatever its codes, so it is written as zeros. None (keep the per-block path)
+    /// when scales differ or are not finite, or a TQ2_0 code is 3 (the value 2, which I2_S
+    /// cannot hold). The result is owned memory, even when the file is memory-mapped.
+    pub(crate) fn repack_tq(
+        ty: TensorType,
+        data: &[u8],
+        in_features: usize,
+        out_features: usize,
+    ) -> Option<I2sLinear> {
+        let block_bytes = match ty {
+            TensorType::TQ2_0 => std::mem::size_of::<tq2_0::BlockTQ2_0>(),
+            TensorType::TQ1_0 => std::mem::size_of::<tq1_0::BlockTQ1_0>(),
+            _ => return None,
+        };
+        const BLOCK: usize = tq2_0::BLOCK_LEN;
+        // A TQ row is whole 256-value blocks, so whole I2_S 128-value blocks too.
+        if in_features == 0 || !in_features.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let n_blocks = in_features / BLOCK * out_features;
+        let data = data.get(..n_blocks * block_bytes)?;
+        // The f16 scale is each block's last two bytes.
+        let scale_of =
+            |b: &[u8]| half::f16::from_le_bytes([b[block_bytes - 2], b[block_bytes - 1]]);
+        let mut common: Option<half::f16> = None;
+        for b in data.chunks_exact(block_bytes) {
+            let d = scale_of(b);
+            if d.to_f32() == 0.0 {
+                continue;
+            }
+            match common {
+                None => common = Some(d),
+                Some(c) if c.to_bits() == d.to_bits() => {}
+                Some(_) => return None,
+            }
+        }
+        let scale = common.map_or(0.0, |d| d.to_f32());
+        if !scale.is_finite() {
+            return None;
+        }
+        let luts = RepackLuts::new();
+        // Each 256-value block becomes 64 I2_S bytes (two 128-value blocks); in parallel over
+        // the blocks, as many threads as the machine runs (a 2B model holds 8M blocks).
+        let out_len = n_blocks * BLOCK / 4;
+        let bytes = WeightBytes::owned_with(out_len, |out| {
+            let threads = crate::kernels::threads::ThreadPool::default_threads();
+            let per = n_blocks.div_ceil(threads.max(1)).max(1);
+            std::thread::scope(|scope| {
+                for (o, src) in out.chunks_mut(per * 64).zip(data.chunks(per * block_bytes)) {
+                    let luts = &luts;
+                    scope.spawn(move || {
+                        for (o, b) in o.chunks_exact_mut(64).zip(src.chunks_exact(block_bytes)) {
+                            let o: &mut [u8; 64] = o.try_into().expect("64-byte chunk");
+                            if scale_of(b).to_f32() == 0.0 {
+                                o.fill(0x55);
+                            } else if ty == TensorType::TQ2_0 {
+                                luts.tq2_0(b, o);
+                            } else {
+                                luts.tq1_0(b, o);
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        // TQ2_0's code 3 (the value 2) survives the repack as code 3: I2_S cannot hold it.
+        if i2_s::find_invalid_code(bytes.as_slice()).is_some() {
+            return None;
+        }
+        Some(I2sLinear {
+            bytes,
+            rows_interleaved: 1,
+            in_features,
+            out_features,
+            scale,
+            from: ty,
+        })
+    }
+}
+
+/// Byte tables for [`I2sLinear::repack_tq`].
+struct RepackLuts {
+    /// A TQ2_0 byte's four 2-bit fields in reverse order: TQ2_0 keeps value `32l + m` of a
+    /// 128-value half at shift `2l` of byte `m`, I2_S at shift `6 - 2l`, both as `t + 1`.
+    rev: [u8; 256],
+    /// A TQ1_0 byte's five trits as codes `t + 1`, most significant first.
+    trits: [[u8; 5]; 256],
+    /// The first four of those packed as one I2_S byte (shifts 6, 4, 2, 0).
+    first4: [u8; 256],
+}
+
+impl RepackLuts {
+    fn new() -> RepackLuts {
+        let mut luts = RepackLuts {
+            rev: [0; 256],
+            trits: [[0; 5]; 256],
+            first4: [0; 256],
+        };
+        for b in 0..256 {
+            let byte = b as u8;
+            luts.rev[b] = (0..4).fold(0, |r, l| r | ((byte >> (2 * l)) & 3) << (6 - 2 * l));
+            for n in 0..5 {
+                luts.trits[b][n] = (tq1_0::trit(byte, n) + 1) as u8;
+            }
+            let t = luts.trits[b];
+            luts.first4[b] = t[0] << 6 | t[1] << 4 | t[2] << 2 | t[3];
+        }
+        luts
+    }
+
+    /// One TQ2_0 block (its 64 code bytes, then the scale) as two I2_S blocks.
+    fn tq2_0(&self, block: &[u8], out: &mut [u8; 64]) {
+        for (o, &b) in out.iter_mut().zip(&block[..64]) {
+            *o = self.rev[b as usize];
+        }
+    }
+
+    /// One TQ1_0 block (48 `qs` bytes, 4 `qh` bytes, the scale) as two I2_S blocks. Value
+    /// `32n + m` (m < 32) is trit n of `qs[m]` for n < 5; `160 + 16n + m` (m < 16) trit n of
+    /// `qs[32 + m]`; `240 + 4n + j` trit n of `qh[j]`. I2_S puts value `128h + 32g + m` at
+    /// shift `6 - 2g` of byte `32h + m`.
+    fn tq1_0(&self, block: &[u8], out: &mut [u8; 64]) {
+        let (qs, qh) = (&block[..48], &block[48..52]);
+        for m in 0..32 {
+            out[m] = self.first4[qs[m] as usize];
+            let g0 = self.trits[qs[m] as usize][4];
+            let mid = &self.trits[qs[32 + m % 16] as usize];
+            let (g1, g2) = (mid[m / 16], mid[2 + m / 16]);
+            let g3 = if m < 16 {
+                self.trits[qs[32 + m] as usize][4]
+            } else {
+                self.trits[qh[(m - 16) % 4] as usize][(m - 16) / 4]
+            };
+            out[32 + m] = g0 << 6 | g1 << 4 | g2 << 2 | g3;
         }
     }
 }
@@ -343,6 +495,9 @@ impl TernaryLinear for I2sLinear {
     }
     fn format(&self) -> TensorType {
         TensorType::I2S
+    }
+    fn file_format(&self) -> TensorType {
+        self.from
     }
     fn weight_bytes(&self) -> usize {
         self.in_features * self.out_features / 4
@@ -503,12 +658,26 @@ pub(crate) fn ternary_linear_from_gguf(
         )
         .map(|l| Box::new(l) as Box<dyn TernaryLinear>)
         .map_err(err),
-        TensorType::TQ2_0 | TensorType::TQ1_0 => Ok(Box::new(BlockTernaryLinear {
-            bytes: WeightBytes::from_file(file, info),
-            ty: info.ty,
-            in_features,
-            out_features,
-        })),
+        TensorType::TQ2_0 | TensorType::TQ1_0 => {
+            let range = file.tensor_range(info);
+            let data = &file.bytes()[range.clone()];
+            // BITNET_TQ_REPACK=0 keeps the per-block layout (to compare the two paths).
+            let repack = std::env::var_os("BITNET_TQ_REPACK").is_none_or(|v| v != "0");
+            let repacked = repack
+                .then(|| I2sLinear::repack_tq(info.ty, data, in_features, out_features))
+                .flatten();
+            if let Some(l) = repacked {
+                // The file's pages of this tensor are no longer needed.
+                file.release(range);
+                return Ok(Box::new(l));
+            }
+            Ok(Box::new(BlockTernaryLinear {
+                bytes: WeightBytes::from_file(file, info),
+                ty: info.ty,
+                in_features,
+                out_features,
+            }))
+        }
         TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
             let w = file
                 .tensor(&info.name)?
@@ -526,6 +695,7 @@ pub(crate) fn ternary_linear_from_gguf(
                 scale,
                 padded,
                 out_features,
+                info.ty,
             )))
         }
         other => Err(err(format!(
@@ -719,6 +889,118 @@ impl DenseMatrix for DenseTensor {
                 let xt = &x[t * self.cols..(t + 1) * self.cols];
                 out[t * n + (r - rows.start)] = kernels::f32_dot(isa, &row, xt);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::types::decode_ternary;
+
+    fn random_bytes(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Random code bytes with every block's scale set to `scale`.
+    fn tq_bytes(ty: TensorType, blocks: usize, scale: f32, seed: u64) -> Vec<u8> {
+        let size = ty.block_bytes() as usize;
+        let mut data = random_bytes(blocks * size, seed);
+        for b in data.chunks_exact_mut(size) {
+            if ty == TensorType::TQ2_0 {
+                // No code 3 (the value 2): clear the high bit of each field that has both.
+                for q in &mut b[..64] {
+                    *q &= !(*q & (*q << 1) & 0xaa);
+                }
+            }
+            b[size - 2..].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+        }
+        data
+    }
+
+    /// The repack gives the bytes that decoding the blocks (ggml's element order, as the
+    /// per-block kernels read them) and encoding the values as I2_S give, for every byte.
+    #[test]
+    fn repack_matches_decode_then_encode() {
+        for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
+            let (k, rows) = (512, 6);
+            let data = tq_bytes(ty, k / 256 * rows, 0.3, 0x9e37_79b9 + ty as u64);
+            let l = I2sLinear::repack_tq(ty, &data, k, rows).expect("one scale");
+            let t = decode_ternary(ty, &[k as u64, rows as u64], &data).unwrap();
+            let scale = half::f16::from_f32(0.3).to_f32();
+            let want = i2_s::encode(&t.values, scale);
+            assert_eq!(l.bytes.as_slice(), &want[..k * rows / 4], "{ty}");
+            assert_eq!(l.scale, scale);
+            assert_eq!((l.format(), l.file_format()), (TensorType::I2S, ty));
+        }
+    }
+
+    #[test]
+    fn repack_needs_one_scale_and_i2s_values() {
+        for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
+            let size = ty.block_bytes() as usize;
+            let data = tq_bytes(ty, 4, 0.5, 7);
+            assert!(I2sLinear::repack_tq(ty, &data, 256, 4).is_some());
+            // A block with another scale: kept per-block.
+            let mut other = data.clone();
+            other[2 * size - 2..2 * size].copy_from_slice(&half::f16::from_f32(0.25).to_le_bytes());
+            assert!(I2sLinear::repack_tq(ty, &other, 256, 4).is_none(), "{ty}");
+            // Not finite: kept per-block (as it loads today).
+            let inf = tq_bytes(ty, 4, f32::INFINITY, 7);
+            assert!(I2sLinear::repack_tq(ty, &inf, 256, 4).is_none(), "{ty}");
+            // A block whose scale is zero weighs zero whatever its codes.
+            let mut zero = data.clone();
+            zero[size - 2..size].copy_from_slice(&[0, 0]);
+            let l = I2sLinear::repack_tq(ty, &zero, 256, 4).expect("zero block");
+            assert!(l.bytes.as_slice()[..64].iter().all(|&b| b == 0x55), "{ty}");
+            assert_eq!(l.scale, 0.5);
+        }
+        // TQ2_0's code 3 is the value 2, which I2_S cannot hold.
+        let mut data = tq_bytes(TensorType::TQ2_0, 4, 0.5, 7);
+        data[70] = 0b1100_0000;
+        assert!(I2sLinear::repack_tq(TensorType::TQ2_0, &data, 256, 4).is_none());
+    }
+
+    /// The repacked weights and the per-block kernels give the same products (up to the
+    /// order of float sums; the per-block path scales each block's sum).
+    #[test]
+    fn repacked_and_per_block_products_agree() {
+        let (k, rows, tokens) = (768, 32, 3);
+        let mut acts = QuantizedBuffers::default();
+        acts.fit(tokens, k);
+        for (q, b) in acts.q.iter_mut().zip(random_bytes(tokens * k, 99)) {
+            *q = b as i8;
+        }
+        for t in 0..tokens {
+            acts.qsums[t] = acts.q[t * k..(t + 1) * k].iter().map(|&v| v as i32).sum();
+            acts.scales[t] = 40.0 + t as f32;
+        }
+        let isa = Isa::best();
+        for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
+            let data = tq_bytes(ty, k / 256 * rows, 0.0123, 5);
+            let mut repacked = I2sLinear::repack_tq(ty, &data, k, rows).unwrap();
+            repacked.place(isa, false);
+            let per_block = BlockTernaryLinear {
+                bytes: WeightBytes::owned(data.clone()),
+                ty,
+                in_features: k,
+                out_features: rows,
+            };
+            let mut a = vec![0f32; tokens * rows];
+            let mut b = vec![0f32; tokens * rows];
+            repacked.matmul(isa, &acts.view(), 0..rows, &mut a);
+            per_block.matmul(isa, &acts.view(), 0..rows, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{ty}: {x} vs {y}");
+            }
+            assert!(a.iter().any(|&v| v != 0.0));
         }
     }
 }

@@ -29,7 +29,8 @@ pub(crate) fn blocks(data: &[u8]) -> &[BlockTQ1_0] {
     bytemuck::cast_slice(&data[..data.len() / size * size])
 }
 
-fn trit(byte: u8, n: usize) -> i8 {
+/// Trit `n` (0 = most significant) of a packed byte, as a value in {-1, 0, +1}.
+pub(crate) fn trit(byte: u8, n: usize) -> i8 {
     let q = byte.wrapping_mul(POW3[n]);
     (((q as u16) * 3) >> 8) as i8 - 1
 }
