@@ -280,6 +280,35 @@ struct Parts {
     split: Split,
 }
 
+impl Parts {
+    /// The tokenizer these parts make with `engine` (BPE or SentencePiece) over the tokens'
+    /// bytes (`bytes[offsets[i]..offsets[i + 1]]` for token `i`).
+    fn into_tokenizer(self, bytes: Vec<u8>, offsets: Vec<usize>, engine: Engine) -> Tokenizer {
+        let specials = Specials::new(&self.tokens, &self.kinds);
+        let end_of_generation = end_of_generation(
+            &self.tokens,
+            &self.kinds,
+            self.eos,
+            &self.extra_end_of_generation,
+        );
+        Tokenizer {
+            origin: self.origin,
+            tokens: self.tokens,
+            kinds: self.kinds,
+            bytes,
+            offsets,
+            engine,
+            specials,
+            bos: self.bos,
+            eos: self.eos,
+            add_bos: self.add_bos,
+            end_of_generation,
+            pre_source: self.pre_source,
+            chat_template: self.chat_template,
+        }
+    }
+}
+
 impl Tokenizer {
     /// Loads from a GGUF file, a tokenizer.json, or a Hugging Face model folder (by looking:
     /// a folder, a file starting with `GGUF`, else JSON).
@@ -813,24 +842,8 @@ impl Tokenizer {
                 },
             })?;
         drop(by_string);
-        let specials = Specials::new(&p.tokens, &p.kinds);
-        let end_of_generation =
-            end_of_generation(&p.tokens, &p.kinds, p.eos, &p.extra_end_of_generation);
-        Ok(Tokenizer {
-            origin: p.origin,
-            tokens: p.tokens,
-            kinds: p.kinds,
-            bytes,
-            offsets,
-            engine: Engine::Bpe(bpe, p.split),
-            specials,
-            bos: p.bos,
-            eos: p.eos,
-            add_bos: p.add_bos,
-            end_of_generation,
-            pre_source: p.pre_source,
-            chat_template: p.chat_template,
-        })
+        let split = p.split;
+        Ok(p.into_tokenizer(bytes, offsets, Engine::Bpe(bpe, split)))
     }
 
     /// A SentencePiece tokenizer: token bytes are the text with `▁` as spaces, `<0xXX>` byte
@@ -872,27 +885,14 @@ impl Tokenizer {
                 ),
             },
         })?;
-        let specials = Specials::new(&p.tokens, &p.kinds);
-        let end_of_generation =
-            end_of_generation(&p.tokens, &p.kinds, p.eos, &p.extra_end_of_generation);
-        Ok(Tokenizer {
-            origin: p.origin,
-            tokens: p.tokens,
-            kinds: p.kinds,
+        Ok(p.into_tokenizer(
             bytes,
             offsets,
-            engine: Engine::Spm {
+            Engine::Spm {
                 spm,
                 add_space_prefix,
             },
-            specials,
-            bos: p.bos,
-            eos: p.eos,
-            add_bos: p.add_bos,
-            end_of_generation,
-            pre_source: p.pre_source,
-            chat_template: p.chat_template,
-        })
+        ))
     }
 
     /// Text to token ids.
