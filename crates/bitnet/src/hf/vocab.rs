@@ -147,7 +147,7 @@ impl GgufVocab {
             )));
         }
         if is_sentencepiece_json(tokenizer) {
-            return GgufVocab::from_sentencepiece_json(file, tokenizer, tok_config, config);
+            return GgufVocab::from_sentencepiece_json(file, tokenizer, model, tok_config, config);
         }
         if !mentions_byte_level(tokenizer) {
             return Err(err(
@@ -441,9 +441,11 @@ impl GgufVocab {
     /// Scores come from the merges: a token made by the merge of rank r scores -r, so that
     /// merging by score (llama.cpp) takes the same order as merging by rank (Hugging Face).
     /// (gguf-py's converter writes -1000 for every token here, which loses that order.)
+    /// `model` is the file's `model` object, which [`GgufVocab::from_json`] has read.
     fn from_sentencepiece_json(
         file: &str,
         tokenizer: &Value,
+        model: &Value,
         tok_config: Option<&Value>,
         config: &HfConfig,
     ) -> Result<GgufVocab, HfError> {
@@ -451,9 +453,6 @@ impl GgufVocab {
             file: file.to_string(),
             message,
         };
-        let model = tokenizer
-            .get("model")
-            .ok_or_else(|| err("has no `model`".into()))?;
         for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
             if model
                 .get(key)
