@@ -12,7 +12,7 @@ use crate::generate::{
     SamplerConfig, Scheduler, SchedulerConfig, Session, StopReason,
 };
 use crate::load::{self, Loaded, ModelOptions, Source};
-use crate::model::{BitnetModel, CacheType, Config, Logits, ModelError};
+use crate::model::{BitnetModel, CacheType, Config, EmbedOptions, Logits, ModelError};
 use crate::tokenizer::{ChatMessage, EncodeOptions, Tokenizer};
 use crate::Error;
 
@@ -247,6 +247,64 @@ impl Model {
             }
         }
         Ok(Some(out))
+    }
+
+    /// The token ids a text is embedded from: BOS where the file asks for it, the text, and
+    /// EOS where the model ends every text with it (`tokenizer.ggml.add_eos_token`, as the
+    /// Qwen3 embedding models do).
+    pub fn embedding_tokens(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.tokenize(text);
+        if let (true, Some(eos)) = (self.tokenizer.add_eos_token(), self.tokenizer.eos_id()) {
+            ids.push(eos);
+        }
+        ids
+    }
+
+    /// The embedding of `text` with the model's own pooling, L2-normalised.
+    ///
+    /// ```
+    /// let model = bitnet::Model::demo()?;
+    /// let v = model.embed("ROMEO:")?;
+    /// assert_eq!(v.len(), model.config().n_embd);
+    /// let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    /// assert!((norm - 1.0).abs() < 1e-5);
+    /// # Ok::<(), bitnet::Error>(())
+    /// ```
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>, Error> {
+        let mut out = self.embed_batch(&[text], &EmbedOptions::default())?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One embedding per text (see [`Model::embed_tokens`]).
+    pub fn embed_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        options: &EmbedOptions,
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.embedding_tokens(t.as_ref()))
+            .collect();
+        self.embed_tokens(&ids, options)
+    }
+
+    /// One embedding per sequence of token ids, in batched forward passes. A sequence may
+    /// be as long as the context ([`Model::context_size`]); an empty one is an error.
+    pub fn embed_tokens(
+        &self,
+        sequences: &[Vec<u32>],
+        options: &EmbedOptions,
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        let capacity = self.context_size();
+        if let Some(s) = sequences.iter().find(|s| s.len() > capacity) {
+            return Err(ModelError::ContextFull {
+                needed: s.len(),
+                capacity,
+            }
+            .into());
+        }
+        let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        Ok(self.model.embed(&refs, options)?)
     }
 
     fn forward(&self, ids: &[u32], which: Logits) -> Result<Vec<f32>, Error> {

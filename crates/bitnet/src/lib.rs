@@ -148,4 +148,5 @@ pub use engine::{Completion, GenerateParams, Model, TextStream, LOGITS_CHUNK};
 pub use error::Error;
 pub use generate::{Generation, StopReason};
 pub use load::{ModelOptions, Residency, Source};
+pub use model::{EmbedOptions, Pooling};
 pub use tokenizer::ChatMessage;

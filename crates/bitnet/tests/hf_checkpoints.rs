@@ -678,7 +678,7 @@ fn unsupported_model_type_is_named() {
     assert!(matches!(e, HfError::UnsupportedModelType { .. }));
     assert!(
         e.to_string().ends_with(
-            "config.json: model_type `mistral` is not supported (supported: bitnet, llama)"
+            "config.json: model_type `mistral` is not supported (supported: bitnet, llama, qwen3, gemma3_text)"
         ),
         "{e}"
     );

@@ -85,6 +85,9 @@ pub struct Checkpoint {
     config: HfConfig,
     shards: Vec<Shard>,
     index: HashMap<String, usize>,
+    /// Names stored without the `model.` prefix (a bare `Qwen3Model` / `Gemma3TextModel`, as
+    /// sentence-transformers saves it) are indexed with it; this maps back to the stored name.
+    stored_names: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -242,11 +245,33 @@ impl Checkpoint {
                 }
             }
         }
+        // A base model (no `...ForCausalLM` wrapper) stores `layers.0...`, `embed_tokens...`
+        // and `norm...`: index them under the names a causal-LM checkpoint uses.
+        let mut stored_names = HashMap::new();
+        if !index.keys().any(|n| n.starts_with("model.")) {
+            let bare: Vec<String> = index
+                .keys()
+                .filter(|n| {
+                    n.starts_with("layers.")
+                        || n.starts_with("embed_tokens.")
+                        || n.starts_with("norm.")
+                })
+                .cloned()
+                .collect();
+            for name in bare {
+                if let Some(shard) = index.remove(&name) {
+                    let alias = format!("model.{name}");
+                    index.insert(alias.clone(), shard);
+                    stored_names.insert(alias, name);
+                }
+            }
+        }
         Ok(Checkpoint {
             folder: folder.to_path_buf(),
             config,
             shards,
             index,
+            stored_names,
         })
     }
 
@@ -294,7 +319,8 @@ impl Checkpoint {
         };
         let (key, &i) = self.index.get_key_value(name).ok_or_else(missing)?;
         let shard = &self.shards[i];
-        let info = shard.meta.info(name).ok_or_else(missing)?;
+        let stored = self.stored_names.get(name).map_or(name, String::as_str);
+        let info = shard.meta.info(stored).ok_or_else(missing)?;
         let (start, end) = info.data_offsets;
         Ok(TensorRef {
             name: key,

@@ -46,6 +46,10 @@ pub enum HfFamily {
     Llama,
     /// 1bitLLM's `BitnetForCausalLM`: GGUF `bitnet`.
     OneBitLlm,
+    /// `model_type: qwen3` (BitNet-embedding-0.6B): GGUF `qwen3`.
+    Qwen3,
+    /// `model_type: gemma3_text` (BitNet-embedding-270M): GGUF `gemma3`.
+    Gemma3,
 }
 
 impl HfFamily {
@@ -56,7 +60,15 @@ impl HfFamily {
             HfFamily::BitNet => Architecture::BitnetB158,
             HfFamily::Llama => Architecture::Llama,
             HfFamily::OneBitLlm => Architecture::Bitnet,
+            HfFamily::Qwen3 => Architecture::Qwen3,
+            HfFamily::Gemma3 => Architecture::Gemma3,
         }
+    }
+
+    /// Whether the family is one of the embedding backbones (Q/K head norms, per-projection
+    /// norms, no output matrix of its own).
+    pub fn is_embedding_backbone(self) -> bool {
+        matches!(self, HfFamily::Qwen3 | HfFamily::Gemma3)
     }
 
     /// The Hugging Face module names of the two sub-norms, where the family has them.
@@ -64,7 +76,7 @@ impl HfFamily {
         match self {
             HfFamily::BitNet => Some(("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")),
             HfFamily::OneBitLlm => Some(("self_attn.inner_attn_ln", "mlp.ffn_layernorm")),
-            HfFamily::Llama => None,
+            HfFamily::Llama | HfFamily::Qwen3 | HfFamily::Gemma3 => None,
         }
     }
 }
@@ -178,10 +190,18 @@ pub struct HfConfig {
     pub act_norm_eps: Option<f32>,
     /// `rope_scaling`, when the config has one.
     pub rope_scaling: Option<RopeScaling>,
+    /// Gemma's `query_pre_attn_scalar`, when given.
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Gemma 3's sliding window (`sliding_window`), the period of its global layers
+    /// (`sliding_window_pattern`, or read off `layer_types`) and the local RoPE base
+    /// (`rope_local_base_freq`).
+    pub sliding_window: Option<(usize, usize, f32)>,
+    /// False for `use_bidirectional_attention: true` (embedding models without a causal mask).
+    pub causal: bool,
 }
 
 /// The `model_type`s this loader converts.
-pub(crate) const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama"];
+pub(crate) const SUPPORTED_MODEL_TYPES: &[&str] = &["bitnet", "llama", "qwen3", "gemma3_text"];
 
 impl HfConfig {
     /// Reads and checks `config.json`.
@@ -321,16 +341,25 @@ impl Keys<'_> {
             ("bitnet", _) => HfFamily::BitNet,
             ("llama", Some("BitnetForCausalLM")) => HfFamily::OneBitLlm,
             ("llama", _) => HfFamily::Llama,
+            ("qwen3", _) => HfFamily::Qwen3,
+            ("gemma3_text", _) => HfFamily::Gemma3,
             _ => unreachable!("model_type checked above"),
         };
         let expected_act = match family {
             HfFamily::BitNet => "relu2",
-            HfFamily::Llama | HfFamily::OneBitLlm => "silu",
+            HfFamily::Llama | HfFamily::OneBitLlm | HfFamily::Qwen3 => "silu",
+            HfFamily::Gemma3 => "gelu_pytorch_tanh",
         };
-        if let Some(act) = self.opt_str("hidden_act")? {
+        // Gemma configs name it hidden_activation.
+        let act_key = if family == HfFamily::Gemma3 && self.get("hidden_activation").is_some() {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        };
+        if let Some(act) = self.opt_str(act_key)? {
             if act != expected_act {
                 return Err(self.err(
-                    "hidden_act",
+                    act_key,
                     format!("`{act}` is not supported (this family uses {expected_act})"),
                 ));
             }
@@ -356,21 +385,30 @@ impl Keys<'_> {
             Some(n) => n,
             None => num_attention_heads,
         };
-        if hidden_size % num_attention_heads != 0 {
-            return Err(self.err(
-                "num_attention_heads",
-                format!("{num_attention_heads} heads do not divide hidden_size {hidden_size}"),
-            ));
-        }
-        let head_dim = hidden_size / num_attention_heads;
-        if let Some(hd) = self.opt_usize("head_dim")? {
-            if hd != head_dim {
-                return Err(self.err(
-                    "head_dim",
-                    format!("{hd} differs from hidden_size / num_attention_heads = {head_dim}"),
-                ));
+        // Qwen3 and Gemma 3 give their heads a width of their own.
+        let own_head_dim = family.is_embedding_backbone();
+        let head_dim = match self.opt_usize("head_dim")? {
+            Some(0) => return Err(self.err("head_dim", "must be positive")),
+            Some(hd) if own_head_dim => hd,
+            given => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(self.err(
+                        "num_attention_heads",
+                        format!(
+                            "{num_attention_heads} heads do not divide hidden_size {hidden_size}"
+                        ),
+                    ));
+                }
+                let hd = hidden_size / num_attention_heads;
+                if let Some(g) = given.filter(|&g| g != hd) {
+                    return Err(self.err(
+                        "head_dim",
+                        format!("{g} differs from hidden_size / num_attention_heads = {hd}"),
+                    ));
+                }
+                hd
             }
-        }
+        };
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(self.err(
                 "num_key_value_heads",
@@ -391,6 +429,21 @@ impl Keys<'_> {
         } else {
             1e-6
         };
+        let query_pre_attn_scalar = match self.opt_f64("query_pre_attn_scalar")? {
+            Some(v) if !(v > 0.0 && v.is_finite()) => {
+                return Err(self.err("query_pre_attn_scalar", format!("{v} is not positive")))
+            }
+            Some(v) if family == HfFamily::Gemma3 => Some(v as f32),
+            _ => None,
+        };
+        let sliding_window = if family == HfFamily::Gemma3 {
+            self.sliding_window()?
+        } else {
+            None
+        };
+        let causal = !self
+            .opt_bool("use_bidirectional_attention")?
+            .unwrap_or(false);
         let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(default_eps) as f32;
         if !(rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
             return Err(self.err("rms_norm_eps", format!("{rms_norm_eps} is not in (0, 1)")));
@@ -398,14 +451,16 @@ impl Keys<'_> {
         // transformers 5 moves rope_theta into rope_parameters.
         let rope_theta = match self.opt_f64("rope_theta")? {
             Some(t) => t,
+            // transformers 5's Gemma 3 keeps one set per layer type.
             None => self
                 .get("rope_parameters")
-                .and_then(|p| p.get("rope_theta"))
+                .and_then(|p| p.get("full_attention").unwrap_or(p).get("rope_theta"))
                 .and_then(Value::as_f64)
-                .unwrap_or(if family == HfFamily::BitNet {
-                    500000.0
-                } else {
-                    10000.0
+                .unwrap_or(match family {
+                    HfFamily::BitNet => 500000.0,
+                    // transformers' Gemma3TextConfig default.
+                    HfFamily::Gemma3 => 1000000.0,
+                    _ => 10000.0,
                 }),
         } as f32;
         if !(rope_theta > 0.0 && rope_theta.is_finite()) {
@@ -446,8 +501,68 @@ impl Keys<'_> {
             quant_mode,
             act_norm_eps,
             rope_scaling,
+            query_pre_attn_scalar,
+            sliding_window,
+            causal,
             family,
         })
+    }
+
+    /// Gemma 3's local attention: `(window, pattern, local RoPE base)`, where every
+    /// `pattern`-th layer is global. `layer_types` (transformers ≥ 4.53) must have that form.
+    fn sliding_window(&self) -> Result<Option<(usize, usize, f32)>, HfError> {
+        let Some(window) = self.opt_usize("sliding_window")? else {
+            return Ok(None);
+        };
+        let mut pattern = self.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+        if let Some(types) = self.get("layer_types").filter(|v| !v.is_null()) {
+            let list = types.as_array().ok_or_else(|| {
+                self.err("layer_types", format!("expected a list, found {types}"))
+            })?;
+            let full: Vec<usize> = list
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.as_str() == Some("full_attention"))
+                .map(|(i, _)| i)
+                .collect();
+            if let Some(bad) = list
+                .iter()
+                .find(|t| !matches!(t.as_str(), Some("full_attention" | "sliding_attention")))
+            {
+                return Err(self.err("layer_types", format!("{bad} is not supported")));
+            }
+            pattern = match full.first() {
+                None => 0,
+                Some(&first) => first + 1,
+            };
+            let expected = |i: usize| pattern != 0 && (i + 1).is_multiple_of(pattern);
+            if list
+                .iter()
+                .enumerate()
+                .any(|(i, t)| (t.as_str() == Some("full_attention")) != expected(i))
+            {
+                return Err(self.err(
+                    "layer_types",
+                    "only a global layer every n layers (Gemma 3's pattern) is supported",
+                ));
+            }
+        }
+        let local_base = match self.opt_f64("rope_local_base_freq")? {
+            Some(b) => b,
+            None => self
+                .get("rope_parameters")
+                .and_then(|p| p.get("sliding_attention"))
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10000.0),
+        } as f32;
+        if !(local_base > 0.0 && local_base.is_finite()) {
+            return Err(self.err(
+                "rope_local_base_freq",
+                format!("{local_base} is not positive"),
+            ));
+        }
+        Ok(Some((window, pattern, local_base)))
     }
 
     fn rope_scaling(&self, v: &Value) -> Result<Option<RopeScaling>, HfError> {

@@ -23,10 +23,10 @@ use super::checkpoint::Checkpoint;
 use super::vocab::GgufVocab;
 use super::HfError;
 
-use crate::model::config::ACT_NORM_EPS_KEY;
-use crate::model::Architecture;
+use crate::model::config::{ACT_NORM_EPS_KEY, QUERY_PRE_ATTN_SCALAR_KEY};
+use crate::model::{Architecture, Pooling};
 
-use super::config::RopeScaling;
+use super::config::{HfFamily, RopeScaling};
 
 /// The storage of the ternary linear weights (`bitnet convert --type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +224,8 @@ struct Plan {
 fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
     let c = ckpt.config();
     let (v, h, ff, kv) = (c.vocab_size, c.hidden_size, c.intermediate_size, c.kv_dim());
+    let qd = c.num_attention_heads * c.head_dim;
+    let hd = c.head_dim;
     let arch = c.family.architecture();
     // llama.cpp's `llama` graph rotates adjacent pairs; its converter permutes Q and K so that
     // the model's rotate-half pairs land there.
@@ -278,12 +280,24 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
             ("mlp.down_proj", "ffn_down", Some((h, ff)), 0),
             ("mlp.gate_proj", "ffn_gate", Some((ff, h)), 0),
             ("mlp.up_proj", "ffn_up", Some((ff, h)), 0),
-            ("post_attention_layernorm", "ffn_norm", None, h),
             ("self_attn.k_proj", "attn_k", Some((kv, h)), 0),
-            ("self_attn.o_proj", "attn_output", Some((h, h)), 0),
-            ("self_attn.q_proj", "attn_q", Some((h, h)), 0),
+            ("self_attn.o_proj", "attn_output", Some((h, qd)), 0),
+            ("self_attn.q_proj", "attn_q", Some((qd, h)), 0),
             ("self_attn.v_proj", "attn_v", Some((kv, h)), 0),
         ];
+        // bitnet.cpp's embedding converter's names for the Qwen3 / Gemma 3 norms.
+        match c.family {
+            HfFamily::Gemma3 => layer.extend([
+                ("post_attention_layernorm", "post_attention_norm", None, h),
+                ("pre_feedforward_layernorm", "ffn_norm", None, h),
+                ("post_feedforward_layernorm", "post_ffw_norm", None, h),
+            ]),
+            _ => layer.push(("post_attention_layernorm", "ffn_norm", None, h)),
+        }
+        if c.family.is_embedding_backbone() {
+            layer.push(("self_attn.q_norm", "attn_q_norm", None, hd));
+            layer.push(("self_attn.k_norm", "attn_k_norm", None, hd));
+        }
         if let Some((attn_sub, ffn_sub)) = c.family.sub_norm_modules() {
             layer.push((attn_sub, "attn_sub_norm", None, h));
             layer.push((ffn_sub, "ffn_sub_norm", None, ff));
@@ -299,6 +313,16 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
             };
             let permute = permute.filter(|_| matches!(gguf_module, "attn_q" | "attn_k"));
             ckpt.check_linear(&weight, out, inp)?;
+            // The BitNet embedding models' RMSNorm in front of this projection.
+            let norm_in = hf(&format!("{hf_module}.norm.weight"));
+            if c.family.is_embedding_backbone() && ckpt.contains(&norm_in) {
+                items.push(vector(
+                    norm_in,
+                    gg(&format!("{gguf_module}_norm_in.weight")),
+                    inp,
+                    None,
+                )?);
+            }
             if c.act_norm_eps.is_some() {
                 ckpt.check_unit_norm(&hf(&format!("{hf_module}.rms_norm.weight")), inp)?;
             }
@@ -337,7 +361,8 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
     )?);
 
     let mut skipped = Vec::new();
-    if !c.tie_word_embeddings {
+    // The embedding backbones have no output head (bitnet.cpp's converter skips lm_head).
+    if !c.tie_word_embeddings && !c.family.is_embedding_backbone() {
         if arch == Architecture::Bitnet {
             // llama.cpp's `bitnet` graph has no output tensor: it multiplies by the embedding.
             return Err(HfError::Config {
@@ -426,6 +451,15 @@ fn metadata(
     if let Some(add_bos) = vocab.and_then(|v| v.add_bos_token) {
         md.set("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
     }
+    // Qwen3 embedding models end every text with <|endoftext|> and pool its state (as
+    // bitnet.cpp's converter sets it: that token is EOS, and EOS is appended).
+    let endoftext = vocab
+        .filter(|_| c.family == HfFamily::Qwen3)
+        .and_then(|v| v.tokens.iter().position(|t| t == "<|endoftext|>"))
+        .and_then(|id| u32::try_from(id).ok());
+    if endoftext.is_some() {
+        md.set("tokenizer.ggml.add_eos_token", Value::Bool(true));
+    }
     md.set(
         k("attention.layer_norm_rms_epsilon"),
         Value::F32(c.rms_norm_eps),
@@ -437,6 +471,39 @@ fn metadata(
     }
     if let Some(eps) = c.act_norm_eps {
         md.set(k(ACT_NORM_EPS_KEY), Value::F32(eps));
+    }
+    if c.family.is_embedding_backbone() {
+        // Heads wider than H / heads: llama.cpp reads the width from these.
+        md.set(k("attention.key_length"), u32_key("head_dim", c.head_dim)?);
+        md.set(
+            k("attention.value_length"),
+            u32_key("head_dim", c.head_dim)?,
+        );
+        md.set(
+            k("pooling_type"),
+            Value::U32(
+                super::pooling(ckpt.folder())?
+                    .unwrap_or(Pooling::Mean)
+                    .gguf_id(),
+            ),
+        );
+        if let Some(q) = c.query_pre_attn_scalar {
+            md.set(k(QUERY_PRE_ATTN_SCALAR_KEY), Value::F32(q));
+        }
+        if let Some((window, pattern, local_base)) = c.sliding_window {
+            md.set(
+                k("attention.sliding_window"),
+                u32_key("sliding_window", window)?,
+            );
+            md.set(
+                k("attention.sliding_window_pattern"),
+                u32_key("sliding_window_pattern", pattern)?,
+            );
+            md.set(k("rope.freq_base_swa"), Value::F32(local_base));
+        }
+        if !c.causal {
+            md.set(k("attention.causal"), Value::Bool(false));
+        }
     }
     md.set(
         "general.file_type",
@@ -478,7 +545,7 @@ fn metadata(
         if let Some(id) = v.bos_token_id {
             md.set("tokenizer.ggml.bos_token_id", Value::U32(id));
         }
-        if let Some(id) = v.eos_token_id {
+        if let Some(id) = endoftext.or(v.eos_token_id) {
             md.set("tokenizer.ggml.eos_token_id", Value::U32(id));
         }
         if let Some(t) = &v.chat_template {

@@ -41,7 +41,69 @@ pub(crate) const FOLDER_FILES: &[&str] = &[
     "special_tokens_map.json",
     "generation_config.json",
     "chat_template.jinja",
+    "modules.json",
+    "1_Pooling/config.json",
 ];
+
+/// The pooling a sentence-transformers folder declares (`modules.json` names the Pooling
+/// module's folder, whose `config.json` sets one `pooling_mode_*`), as bitnet.cpp's embedding
+/// converter reads it; `None` when the folder has no such module.
+pub(crate) fn pooling(folder: &std::path::Path) -> Result<Option<crate::model::Pooling>, HfError> {
+    use crate::model::Pooling;
+    let modules_path = folder.join("modules.json");
+    if !modules_path.is_file() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| -> Result<serde_json::Value, HfError> {
+        let bytes = std::fs::read(path).map_err(|e| HfError::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| HfError::Json {
+            file: path.display().to_string(),
+            source,
+        })
+    };
+    let modules = read(&modules_path)?;
+    let Some(list) = modules.as_array() else {
+        return Err(HfError::Config {
+            file: modules_path.display().to_string(),
+            key: "(top level)".into(),
+            message: "must be a list of modules".into(),
+        });
+    };
+    let Some(module) = list.iter().find(|m| {
+        m.get("type")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|t| t.ends_with("Pooling"))
+    }) else {
+        return Ok(None);
+    };
+    let sub = module
+        .get("path")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("1_Pooling");
+    // The module's folder is relative and inside the model folder.
+    if sub.contains("..") || sub.starts_with('/') {
+        return Err(HfError::Config {
+            file: modules_path.display().to_string(),
+            key: "path".into(),
+            message: format!("`{sub}` is not a folder inside the model folder"),
+        });
+    }
+    let config_path = folder.join(sub).join("config.json");
+    if !config_path.is_file() {
+        return Ok(None);
+    }
+    let config = read(&config_path)?;
+    let on = |k: &str| config.get(k).and_then(serde_json::Value::as_bool) == Some(true);
+    Ok(if on("pooling_mode_mean_tokens") {
+        Some(Pooling::Mean)
+    } else if on("pooling_mode_cls_token") {
+        Some(Pooling::Cls)
+    } else if on("pooling_mode_lasttoken") {
+        Some(Pooling::Last)
+    } else {
+        None
+    })
+}
 
 /// Why a Hugging Face checkpoint could not be read, converted or fetched. Every variant names
 /// the file, and the tensor or key where there is one.

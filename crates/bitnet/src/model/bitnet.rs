@@ -26,7 +26,7 @@ use crate::formats::types::TensorType;
 use crate::kernels::threads::{self, SharedOut, ThreadPool};
 use crate::kernels::{self, Isa};
 
-use super::config::{Activation, Config, RopeStyle};
+use super::config::{Activation, Architecture, Config, RopeStyle};
 use super::kv_cache::{CacheType, KvCache, KvSlice};
 use super::weights::{
     ternary_linear_from_gguf, DenseMatrix, DenseTensor, QuantizedActs, QuantizedBuffers,
@@ -40,6 +40,24 @@ struct Linear {
     weight: Box<dyn TernaryLinear>,
     scale: Option<f32>,
     bias: Option<Vec<f32>>,
+    /// The BitNet embedding models' own RMSNorm gains in front of this projection
+    /// (`{name}_norm_in`): its input is normalized once more before the int8 quantization.
+    norm_in: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// The second RMSNorm in front of the quantization, if any: the projection's own gains,
+    /// else the model's weightless one (`act_norm`).
+    fn second_norm<'a>(
+        &'a self,
+        eps: f32,
+        act_norm: Option<(&'a [f32], f32)>,
+    ) -> Option<(&'a [f32], f32)> {
+        match &self.norm_in {
+            Some(g) => Some((g.as_slice(), eps)),
+            None => act_norm,
+        }
+    }
 }
 
 /// Runs several linear layers on the same quantized input in one parallel section (q, k, v;
@@ -109,11 +127,11 @@ struct Workspace {
 impl Workspace {
     /// Sizes every buffer for `n` tokens (capacity is kept when shrinking).
     fn fit(&mut self, n: usize, c: &Config) {
-        let (h, kv, ff) = (c.n_embd, c.kv_dim(), c.n_ff);
-        self.q.resize(n * h, 0.0);
+        let (h, kv, ff, qd) = (c.n_embd, c.kv_dim(), c.n_ff, c.q_dim());
+        self.q.resize(n * qd, 0.0);
         self.k.resize(n * kv, 0.0);
         self.v.resize(n * kv, 0.0);
-        self.attn.resize(n * h, 0.0);
+        self.attn.resize(n * qd, 0.0);
         self.proj.resize(n * h, 0.0);
         self.gate.resize(n * ff, 0.0);
         self.up.resize(n * ff, 0.0);
@@ -146,19 +164,24 @@ impl Layer {
     }
 }
 
-/// One transformer block's weights (the sub-norms only in the BitNet architectures).
+/// One transformer block's weights (the sub-norms only in the BitNet architectures; the
+/// Q/K head norms in Qwen3 and Gemma 3, the post-norms in Gemma 3).
 struct Layer {
     attn_norm: Vec<f32>,
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     attn_sub_norm: Option<Vec<f32>>,
     wo: Linear,
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     w_gate: Linear,
     w_up: Linear,
     ffn_sub_norm: Option<Vec<f32>>,
     w_down: Linear,
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -168,6 +191,9 @@ pub enum Logits {
     Last,
     /// Every position's, `[n_tokens × n_vocab]`.
     All,
+    /// No logits: every position's final hidden state after the output norm,
+    /// `[n_tokens × n_embd]` (what an embedding model pools).
+    Hidden,
 }
 
 /// One sequence's part of a batched forward pass ([`BitnetModel::forward_batch`]).
@@ -283,6 +309,8 @@ pub struct BitnetModel {
     layers: Vec<Layer>,
     /// RoPE inverse frequencies, `head_dim / 2` of them (with any scaling applied).
     inv_freq: Vec<f32>,
+    /// Those of the sliding-window layers, where their base differs (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
     /// Unit gains for the weightless pre-quantization RMSNorm (`Config::act_norm_eps`).
     ones: Vec<f32>,
     /// Reused buffers; a forward pass holds the lock (one at a time per model).
@@ -359,11 +387,26 @@ impl TensorLoader<'_> {
             }
             None => None,
         };
+        // The BitNet embedding models' per-projection norm, named after the projection.
+        let norm_name = format!("{prefix}_norm_in.weight");
+        let norm_in = match self.file.tensor_info(&norm_name) {
+            Some(_) => Some(self.vector(&norm_name, in_f)?),
+            None => None,
+        };
         Ok(Linear {
             weight,
             scale,
             bias,
+            norm_in,
         })
+    }
+
+    /// A 1-D vector if the file has it.
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        match self.file.tensor_info(name) {
+            Some(_) => self.vector(name, len).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn dense(&self, name: &str, cols: usize, rows: usize) -> Result<DenseTensor, ModelError> {
@@ -400,7 +443,23 @@ impl BitnetModel {
             .and_then(|t| t.dims.get(1).map(|&d| d as usize));
         let c = Config::from_gguf(&file, n_vocab_tensor)?;
         let load = TensorLoader { file: &file };
-        let (h, ff, kv) = (c.n_embd, c.n_ff, c.kv_dim());
+        let (h, ff, kv, qd) = (c.n_embd, c.n_ff, c.kv_dim(), c.q_dim());
+        // Gemma's norms compute x · (1 + g). llama.cpp's converter stores 1 + g; bitnet.cpp's
+        // embedding converter (the files with per-projection norms) stores transformers' g
+        // as it is, so the 1 is added here.
+        let gemma_offset =
+            c.arch.gemma_norms() && file.tensor_info("blk.0.attn_q_norm_in.weight").is_some();
+        let gain = |v: Vec<f32>| -> Vec<f32> {
+            if gemma_offset {
+                v.into_iter().map(|g| 1.0 + g).collect()
+            } else {
+                v
+            }
+        };
+        let norm = |name: &str, len: usize| load.vector(name, len).map(gain);
+        let opt_norm = |name: &str, len: usize| load.opt_vector(name, len).map(|v| v.map(gain));
+        let head_norms = matches!(c.arch, Architecture::Qwen3 | Architecture::Gemma3);
+        let post_norms = c.arch == Architecture::Gemma3;
 
         let token_embd = load.dense("token_embd.weight", h, c.n_vocab)?;
         // A separate output matrix when the file has one (untied models); otherwise the
@@ -415,7 +474,7 @@ impl BitnetModel {
         } else {
             load.dense("token_embd.weight", h, c.n_vocab)?
         };
-        let output_norm = load.vector("output_norm.weight", h)?;
+        let output_norm = norm("output_norm.weight", h)?;
 
         let sub_norm = |name: &str, len: usize| -> Result<Option<Vec<f32>>, ModelError> {
             if c.sub_norms {
@@ -427,18 +486,36 @@ impl BitnetModel {
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}");
+            let head_norm = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                if head_norms {
+                    norm(&p(name), c.head_dim).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let post_norm = |name: &str| -> Result<Option<Vec<f32>>, ModelError> {
+                if post_norms {
+                    opt_norm(&p(name), h)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
-                attn_norm: load.vector(&p("attn_norm.weight"), h)?,
-                wq: load.linear(&p("attn_q"), h, h)?,
+                attn_norm: norm(&p("attn_norm.weight"), h)?,
+                wq: load.linear(&p("attn_q"), h, qd)?,
                 wk: load.linear(&p("attn_k"), h, kv)?,
                 wv: load.linear(&p("attn_v"), h, kv)?,
-                attn_sub_norm: sub_norm(&p("attn_sub_norm.weight"), h)?,
-                wo: load.linear(&p("attn_output"), h, h)?,
-                ffn_norm: load.vector(&p("ffn_norm.weight"), h)?,
+                q_norm: head_norm("attn_q_norm.weight")?,
+                k_norm: head_norm("attn_k_norm.weight")?,
+                attn_sub_norm: sub_norm(&p("attn_sub_norm.weight"), qd)?,
+                wo: load.linear(&p("attn_output"), qd, h)?,
+                post_attn_norm: post_norm("post_attention_norm.weight")?,
+                ffn_norm: norm(&p("ffn_norm.weight"), h)?,
                 w_gate: load.linear(&p("ffn_gate"), h, ff)?,
                 w_up: load.linear(&p("ffn_up"), h, ff)?,
                 ffn_sub_norm: sub_norm(&p("ffn_sub_norm.weight"), ff)?,
                 w_down: load.linear(&p("ffn_down"), ff, h)?,
+                post_ffn_norm: post_norm("post_ffw_norm.weight")?,
             });
         }
 
@@ -459,14 +536,22 @@ impl BitnetModel {
                 message: format!("frequency factor {f} is not positive"),
             });
         }
-        let inv_freq = (0..c.head_dim / 2)
-            .map(|k| {
-                let base = 1.0 / (c.rope_theta as f64).powf(2.0 * k as f64 / c.head_dim as f64);
-                let factor = freq_factors.as_ref().map_or(1.0, |f| f[k] as f64);
-                (base / factor * c.rope_freq_scale as f64) as f32
-            })
-            .collect();
-        let ones = vec![1.0; h.max(ff)];
+        let inv_freq_for = |theta: f32| -> Vec<f32> {
+            (0..c.head_dim / 2)
+                .map(|k| {
+                    let base = 1.0 / (theta as f64).powf(2.0 * k as f64 / c.head_dim as f64);
+                    let factor = freq_factors.as_ref().map_or(1.0, |f| f[k] as f64);
+                    (base / factor * c.rope_freq_scale as f64) as f32
+                })
+                .collect()
+        };
+        let inv_freq = inv_freq_for(c.rope_theta);
+        let inv_freq_local = c
+            .sliding_window
+            .as_ref()
+            .filter(|w| w.rope_theta_local != c.rope_theta)
+            .map(|w| inv_freq_for(w.rope_theta_local));
+        let ones = vec![1.0; h.max(ff).max(qd)];
 
         let mut model = BitnetModel {
             exec: Exec {
@@ -481,6 +566,7 @@ impl BitnetModel {
             tied_output,
             layers,
             inv_freq,
+            inv_freq_local,
             ones,
             workspace: Mutex::new(Workspace::default()),
             resident: options.resident,
@@ -581,12 +667,31 @@ impl BitnetModel {
     /// Parameters: weights of every layer, the embedding, and a separate output matrix if any.
     pub fn parameter_count(&self) -> usize {
         let c = &self.config;
-        let sub_norms = if c.sub_norms { c.n_embd + c.n_ff } else { 0 };
-        let per_layer = 2 * c.n_embd * c.n_embd
-            + 2 * c.n_embd * c.kv_dim()
-            + 3 * c.n_embd * c.n_ff
-            + 2 * c.n_embd
-            + sub_norms;
+        let vectors: usize = self
+            .layers
+            .first()
+            .map(|l| {
+                let norms_in: usize = l
+                    .linears()
+                    .iter()
+                    .filter_map(|lin| lin.norm_in.as_ref().map(Vec::len))
+                    .sum();
+                let opt = [
+                    &l.q_norm,
+                    &l.k_norm,
+                    &l.attn_sub_norm,
+                    &l.post_attn_norm,
+                    &l.ffn_sub_norm,
+                    &l.post_ffn_norm,
+                ]
+                .iter()
+                .filter_map(|v| v.as_ref().map(Vec::len))
+                .sum::<usize>();
+                norms_in + opt + 2 * c.n_embd
+            })
+            .unwrap_or(0);
+        let per_layer =
+            2 * c.n_embd * c.q_dim() + 2 * c.n_embd * c.kv_dim() + 3 * c.n_embd * c.n_ff + vectors;
         let output = if self.tied_output {
             0
         } else {
@@ -639,7 +744,13 @@ impl BitnetModel {
         keep: usize,
         n: usize,
     ) -> Result<(), ModelError> {
-        let (cos, sin) = self.rope_tables(&[n]);
+        if self.inv_freq_local.is_some() {
+            return Err(ModelError::Unsupported {
+                file: self.config.arch_name.clone(),
+                message: "context shift with per-layer RoPE bases (sliding-window layers) is not supported".into(),
+            });
+        }
+        let (cos, sin) = self.rope_tables(&self.inv_freq, &[n]);
         // R(−θ): the same cosines, negated sines.
         let sin: Vec<f32> = sin.iter().map(|s| -s).collect();
         let hd = self.config.head_dim;
@@ -722,16 +833,28 @@ impl BitnetModel {
                 let at = x.len();
                 x.resize(at + h, 0.0);
                 self.token_embd.row_to_f32(t as usize, &mut x[at..]);
+                if let Some(scale) = c.embd_scale {
+                    x[at..].iter_mut().for_each(|v| *v *= scale);
+                }
             }
         }
         let n = positions.len();
 
-        let (cos, sin) = self.rope_tables(&positions);
+        let global = self.rope_tables(&self.inv_freq, &positions);
+        let local = self
+            .inv_freq_local
+            .as_ref()
+            .map(|f| self.rope_tables(f, &positions));
         let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|e| &mut *e.cache).collect();
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         ws.fit(n, c);
         for (l, layer) in self.layers.iter().enumerate() {
-            self.layer_forward(l, layer, &mut x, &mut ws, &mut caches, &spans, &cos, &sin);
+            let is_local = c.sliding_window.as_ref().is_some_and(|w| w.is_local(l));
+            let (cos, sin) = match &local {
+                Some(tables) if is_local => tables,
+                _ => &global,
+            };
+            self.layer_forward(l, layer, &mut x, &mut ws, &mut caches, &spans, cos, sin);
         }
         drop(ws);
         for (cache, span) in caches.iter_mut().zip(&spans) {
@@ -744,7 +867,7 @@ impl BitnetModel {
         let mut n_rows = Vec::with_capacity(batch.len());
         for (entry, span) in batch.iter().zip(&spans) {
             let rows = match entry.logits {
-                Logits::All => span.start..span.start + span.len,
+                Logits::All | Logits::Hidden => span.start..span.start + span.len,
                 Logits::Last => span.start + span.len - 1..span.start + span.len,
             };
             n_rows.push(rows.len());
@@ -753,7 +876,7 @@ impl BitnetModel {
                 normed.resize(at + h, 0.0);
                 let o = &mut normed[at..];
                 kernels::rms_norm(&x[r * h..(r + 1) * h], &self.output_norm, c.rms_eps, o);
-                if entry.cache.cache_type() == CacheType::F16 {
+                if entry.cache.cache_type() == CacheType::F16 && entry.logits != Logits::Hidden {
                     // The f16 mode follows ggml (llama.cpp, bitnet.cpp): a product with F16
                     // weights rounds its f32 input to f16 first. The f32 mode keeps
                     // transformers' float32.
@@ -762,10 +885,33 @@ impl BitnetModel {
                 }
             }
         }
-        let logits = self.output_product(&normed);
+        // Hidden states are returned as they are; the other rows go through the output
+        // product together.
+        let mut hidden_rows = Vec::new();
+        let mut logit_rows = Vec::new();
+        let mut at = 0;
+        for (entry, &rows) in batch.iter().zip(&n_rows) {
+            let mine = &normed[at * h..(at + rows) * h];
+            if entry.logits == Logits::Hidden {
+                hidden_rows.push(mine.to_vec());
+            } else {
+                logit_rows.extend_from_slice(mine);
+            }
+            at += rows;
+        }
+        let logits = if logit_rows.is_empty() {
+            Vec::new()
+        } else {
+            self.output_product(&logit_rows)
+        };
+        let mut hidden_rows = hidden_rows.into_iter();
         let mut out = Vec::with_capacity(batch.len());
         let mut rest = &logits[..];
-        for rows in n_rows {
+        for (entry, rows) in batch.iter().zip(n_rows) {
+            if entry.logits == Logits::Hidden {
+                out.push(hidden_rows.next().unwrap_or_default());
+                continue;
+            }
             let (mine, tail) = rest.split_at(rows * c.n_vocab);
             out.push(mine.to_vec());
             rest = tail;
@@ -818,18 +964,47 @@ impl BitnetModel {
 
     /// cos and sin of `angle = p · inv_freq_k` (the product in f32, as transformers computes
     /// it) for each position `p`, `[positions × head_dim/2]` each.
-    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
+    fn rope_tables(&self, inv_freq: &[f32], positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let angle = (p as f32 * f) as f64;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
         (cos, sin)
+    }
+
+    /// Quantizes `input` (rows of `n` values, after the block norm `block_norm` when given)
+    /// for each linear layer of `group` and runs them: together on one quantization when none
+    /// has its own input norm, else each on its own (the BitNet embedding models normalize
+    /// every projection's input with its own gains).
+    #[allow(clippy::too_many_arguments)]
+    fn project<const N: usize>(
+        &self,
+        input: &[f32],
+        n: usize,
+        block_norm: Option<&[f32]>,
+        act_norm: Option<(&[f32], f32)>,
+        acts: &mut QuantizedBuffers,
+        group: [(&Linear, &mut [f32]); N],
+    ) {
+        let (ex, eps) = (&self.exec, self.config.rms_eps);
+        if group.iter().all(|(lin, _)| lin.norm_in.is_none()) {
+            let width = group[0].0.weight.in_features();
+            norm_quantize(ex, input, n, width, block_norm, eps, act_norm, acts);
+            linear_group(ex, &acts.view(), group);
+            return;
+        }
+        for (lin, out) in group {
+            let width = lin.weight.in_features();
+            let second = lin.second_norm(eps, act_norm);
+            norm_quantize(ex, input, n, width, block_norm, eps, second, acts);
+            linear_group(ex, &acts.view(), [(lin, out)]);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -845,10 +1020,9 @@ impl BitnetModel {
         sin: &[f32],
     ) {
         let c = &self.config;
-        let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
+        let (h, hd, kv, qd) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
         let n = x.len() / h;
         let eps = c.rms_eps;
-        let ex = &self.exec;
         let Workspace {
             acts,
             q,
@@ -863,21 +1037,29 @@ impl BitnetModel {
         let act_norm = c.act_norm_eps.map(|e| (self.ones.as_slice(), e));
 
         // Attention.
-        norm_quantize(
-            ex,
+        self.project(
             x,
             h,
-            layer.wq.weight.in_features(),
             Some(&layer.attn_norm),
-            eps,
             act_norm,
             acts,
+            [
+                (&layer.wq, &mut q[..]),
+                (&layer.wk, &mut k[..]),
+                (&layer.wv, &mut v[..]),
+            ],
         );
-        linear_group(
-            ex,
-            &acts.view(),
-            [(&layer.wq, q), (&layer.wk, k), (&layer.wv, v)],
-        );
+        // Qwen3 / Gemma 3: every head of Q and K normalized before RoPE.
+        for (buf, gains) in [(&mut q[..], &layer.q_norm), (&mut k[..], &layer.k_norm)] {
+            if let Some(g) = gains {
+                threads::with_scratch_f32(hd, |tmp| {
+                    for head in buf.chunks_exact_mut(hd) {
+                        tmp.copy_from_slice(head);
+                        kernels::rms_norm(tmp, g, eps, head);
+                    }
+                });
+            }
+        }
         let half = hd / 2;
         for (cache, span) in caches.iter_mut().zip(spans) {
             for t in span.start..span.start + span.len {
@@ -885,7 +1067,7 @@ impl BitnetModel {
                     &cos[t * half..(t + 1) * half],
                     &sin[t * half..(t + 1) * half],
                 );
-                for head in q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
                     rope(c.rope_style, head, cos, sin);
                 }
                 for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
@@ -900,33 +1082,23 @@ impl BitnetModel {
             }
         }
         self.attention(l, q, caches, spans, n, attn);
-        norm_quantize(
-            ex,
+        self.project(
             attn,
-            h,
-            layer.wo.weight.in_features(),
+            qd,
             layer.attn_sub_norm.as_deref(),
-            eps,
             act_norm,
             acts,
+            [(&layer.wo, &mut proj[..])],
         );
-        linear_group(ex, &acts.view(), [(&layer.wo, &mut proj[..])]);
-        x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
+        add_residual(x, proj, h, layer.post_attn_norm.as_deref(), eps);
 
         // Feed-forward: gated activation.
-        norm_quantize(
-            ex,
+        self.project(
             x,
             h,
-            layer.w_gate.weight.in_features(),
             Some(&layer.ffn_norm),
-            eps,
             act_norm,
             acts,
-        );
-        linear_group(
-            ex,
-            &acts.view(),
             [(&layer.w_gate, &mut gate[..]), (&layer.w_up, &mut up[..])],
         );
         match c.activation {
@@ -942,19 +1114,23 @@ impl BitnetModel {
                     *u *= g / (1.0 + (-g).exp());
                 }
             }
+            Activation::GeluTanh => {
+                // PyTorch's gelu(approximate="tanh").
+                const K: f32 = 0.797_884_6; // √(2/π)
+                for (u, &g) in up.iter_mut().zip(gate.iter()) {
+                    *u *= 0.5 * g * (1.0 + (K * (g + 0.044715 * g * g * g)).tanh());
+                }
+            }
         }
-        norm_quantize(
-            ex,
+        self.project(
             up,
             c.n_ff,
-            layer.w_down.weight.in_features(),
             layer.ffn_sub_norm.as_deref(),
-            eps,
             act_norm,
             acts,
+            [(&layer.w_down, &mut proj[..])],
         );
-        linear_group(ex, &acts.view(), [(&layer.w_down, &mut proj[..])]);
-        x.iter_mut().zip(proj.iter()).for_each(|(x, o)| *x += o);
+        add_residual(x, proj, h, layer.post_ffn_norm.as_deref(), eps);
     }
 
     /// Causal attention of the `n` queries of every span, each over its own sequence's cache
@@ -971,53 +1147,66 @@ impl BitnetModel {
         out: &mut [f32],
     ) {
         let c = &self.config;
-        let (h, hd, kv) = (c.n_embd, c.head_dim, c.kv_dim());
+        let (qd, hd, kv) = (c.q_dim(), c.head_dim, c.kv_dim());
+        // Sliding-window layers see the last `window` positions; models without a causal
+        // mask see their whole sequence (the span's tokens are all in the cache by now).
+        let window = c
+            .sliding_window
+            .as_ref()
+            .filter(|w| w.is_local(l))
+            .map(|w| w.window.max(1));
+        let causal = c.causal;
         let group = c.n_head / c.n_head_kv;
         let isa = self.exec.isa;
         let layers: Vec<_> = caches.iter().map(|cache| cache.layer(l)).collect();
         // The span and position of every token.
         let mut owner = Vec::with_capacity(n);
         for (s, span) in spans.iter().enumerate() {
-            owner.extend((0..span.len).map(|i| (s, span.pos0 + i)));
+            let end = span.pos0 + span.len;
+            owner.extend((0..span.len).map(|i| {
+                let last = if causal { span.pos0 + i } else { end - 1 };
+                let first = window.map_or(0, |w| (span.pos0 + i + 1).saturating_sub(w));
+                (s, first, last)
+            }));
         }
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attn_scale;
         out.fill(0.0);
         let shared = SharedOut::new(out);
         // One chunk per (token, head); later tokens see more keys, and the threads take
         // chunks as they come, which balances that.
-        let mean_visible = owner.iter().map(|&(_, p)| p + 1).sum::<usize>() / n.max(1);
+        let mean_visible = owner.iter().map(|&(_, f, p)| p + 1 - f).sum::<usize>() / n.max(1);
         let item_work = 2 * hd * mean_visible.max(1);
         self.exec
             .pool
             .for_chunks(n * c.n_head, 1, item_work, &|items| {
                 for item in items {
                     let (t, head) = (item / c.n_head, item % c.n_head);
-                    let (s, pos) = owner[t];
+                    let (s, first, last) = owner[t];
                     let (keys, values) = layers[s];
-                    let visible = pos + 1;
+                    let visible = last + 1 - first;
                     let kv_off = (head / group) * hd;
                     threads::with_scratch_f32(visible + hd, |buf| {
                         let (scores, qh) = buf.split_at_mut(visible);
-                        qh.copy_from_slice(&q[t * h + head * hd..t * h + (head + 1) * hd]);
+                        qh.copy_from_slice(&q[t * qd + head * hd..t * qd + (head + 1) * hd]);
                         match keys {
                             KvSlice::F32(k) => {
-                                kernels::f32_rows_dot(isa, k, kv, kv_off, qh, scores)
+                                kernels::f32_rows_dot(isa, &k[first * kv..], kv, kv_off, qh, scores)
                             }
                             KvSlice::F16(k) => {
-                                kernels::f16_rows_dot(isa, k, kv, kv_off, qh, scores)
+                                kernels::f16_rows_dot(isa, &k[first * kv..], kv, kv_off, qh, scores)
                             }
                         }
                         scores.iter_mut().for_each(|s| *s *= scale);
                         kernels::softmax(scores);
-                        let start = t * h + head * hd;
+                        let start = t * qd + head * hd;
                         // SAFETY: each (token, head) pair is one chunk.
                         let o = unsafe { shared.slice_mut(start..start + hd) };
                         match values {
                             KvSlice::F32(v) => {
-                                kernels::f32_rows_axpy(isa, v, kv, kv_off, scores, o)
+                                kernels::f32_rows_axpy(isa, &v[first * kv..], kv, kv_off, scores, o)
                             }
                             KvSlice::F16(v) => {
-                                kernels::f16_rows_axpy(isa, v, kv, kv_off, scores, o)
+                                kernels::f16_rows_axpy(isa, &v[first * kv..], kv, kv_off, scores, o)
                             }
                         }
                     });
@@ -1079,6 +1268,20 @@ fn norm_quantize(
     } else {
         exec.pool.for_chunks(n_tokens, 1, 4 * n, &work);
     }
+}
+
+/// `x += out`, row by row, after an RMSNorm of `out` with gains `post_norm` when given
+/// (Gemma's norms after attention and after the FFN).
+fn add_residual(x: &mut [f32], out: &mut [f32], h: usize, post_norm: Option<&[f32]>, eps: f32) {
+    if let Some(g) = post_norm {
+        threads::with_scratch_f32(h, |tmp| {
+            for row in out.chunks_exact_mut(h) {
+                tmp.copy_from_slice(row);
+                kernels::rms_norm(tmp, g, eps, row);
+            }
+        });
+    }
+    x.iter_mut().zip(out.iter()).for_each(|(x, o)| *x += o);
 }
 
 /// Rotates one head in place by the angles whose cosines and sines are given.

@@ -22,6 +22,14 @@ pub enum Architecture {
     /// sub-norms, SiLU gate, and llama.cpp's "normal" RoPE on adjacent pairs, because its
     /// converter permutes the rows of Q and K into that order.
     Llama,
+    /// `qwen3` (BitNet-embedding-0.6B's backbone): Q/K head norms, a head width of its own
+    /// (`attention.key_length`), SiLU gate, rotate-half RoPE, and in the BitNet embedding
+    /// models an RMSNorm in front of every projection (`*_norm_in`).
+    Qwen3,
+    /// `gemma3` (BitNet-embedding-270M's backbone): as `qwen3`, plus the embedding scaled by
+    /// √H, tanh-GELU gate, norms after attention and after the FFN, attention scaled by
+    /// `query_pre_attn_scalar`, and sliding-window attention on five layers of every six.
+    Gemma3,
 }
 
 /// The gate activation of the feed-forward block.
@@ -29,8 +37,67 @@ pub enum Architecture {
 pub enum Activation {
     /// `relu(x)²` (BitNet b1.58 2B-4T).
     Relu2,
-    /// `x · sigmoid(x)` (Llama, 1bitLLM).
+    /// `x · sigmoid(x)` (Llama, 1bitLLM, Qwen3).
     Silu,
+    /// The tanh approximation of GELU (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// How an embedding model turns its per-token hidden states into one vector (GGUF
+/// `{arch}.pooling_type`, sentence-transformers' `1_Pooling/config.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Every token's own vector (llama.cpp's `none`).
+    None,
+    /// The mean over the tokens.
+    Mean,
+    /// The first token's.
+    Cls,
+    /// The last token's (the models that append an end-of-sequence token).
+    Last,
+}
+
+impl Pooling {
+    /// llama.cpp's `LLAMA_POOLING_TYPE_*` number.
+    pub fn gguf_id(self) -> u32 {
+        match self {
+            Pooling::None => 0,
+            Pooling::Mean => 1,
+            Pooling::Cls => 2,
+            Pooling::Last => 3,
+        }
+    }
+
+    /// The pooling llama.cpp numbers `id`, if we run it (4, `rank`, is a reranker's head).
+    pub fn from_gguf_id(id: u32) -> Option<Pooling> {
+        Some(match id {
+            0 => Pooling::None,
+            1 => Pooling::Mean,
+            2 => Pooling::Cls,
+            3 => Pooling::Last,
+            _ => return None,
+        })
+    }
+
+    /// Its name on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::None => "none",
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Pooling, String> {
+        [Pooling::None, Pooling::Mean, Pooling::Cls, Pooling::Last]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("`{s}` is not a pooling (none, mean, cls or last)"))
+    }
 }
 
 /// Which dimensions RoPE rotates together.
@@ -45,11 +112,13 @@ pub enum RopeStyle {
 
 impl Architecture {
     /// The GGUF names each architecture is read from; the first is the one written.
-    pub(crate) const NAMES: [(&'static str, Architecture); 4] = [
+    pub(crate) const NAMES: [(&'static str, Architecture); 6] = [
         ("bitnet-b1.58", Architecture::BitnetB158),
         ("bitnet-25", Architecture::BitnetB158),
         ("bitnet", Architecture::Bitnet),
         ("llama", Architecture::Llama),
+        ("qwen3", Architecture::Qwen3),
+        ("gemma3", Architecture::Gemma3),
     ];
 
     pub(crate) fn from_gguf_name(name: &str) -> Option<Architecture> {
@@ -65,6 +134,8 @@ impl Architecture {
             Architecture::BitnetB158 => "bitnet-b1.58",
             Architecture::Bitnet => "bitnet",
             Architecture::Llama => "llama",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
@@ -72,20 +143,24 @@ impl Architecture {
     pub fn activation(self) -> Activation {
         match self {
             Architecture::BitnetB158 => Activation::Relu2,
-            Architecture::Bitnet | Architecture::Llama => Activation::Silu,
+            Architecture::Bitnet | Architecture::Llama | Architecture::Qwen3 => Activation::Silu,
+            Architecture::Gemma3 => Activation::GeluTanh,
         }
     }
 
     /// Whether each block normalizes the attention output before `attn_output` and the gated
     /// FFN activation before `ffn_down` (BitNet's sub-norms).
     pub(crate) fn has_sub_norms(self) -> bool {
-        !matches!(self, Architecture::Llama)
+        matches!(self, Architecture::BitnetB158 | Architecture::Bitnet)
     }
 
     pub(crate) fn rope_style(self) -> RopeStyle {
         match self {
             Architecture::Llama => RopeStyle::Interleaved,
-            Architecture::BitnetB158 | Architecture::Bitnet => RopeStyle::Neox,
+            Architecture::BitnetB158
+            | Architecture::Bitnet
+            | Architecture::Qwen3
+            | Architecture::Gemma3 => RopeStyle::Neox,
         }
     }
 
@@ -94,7 +169,18 @@ impl Architecture {
     pub(crate) fn reads_output_tensor(self) -> bool {
         !matches!(self, Architecture::Bitnet)
     }
+
+    /// Whether the block norms are Gemma's `x · (1 + g)`: llama.cpp's converter adds the 1
+    /// into the stored gains, bitnet.cpp's embedding converter does not (see
+    /// `BitnetModel::from_gguf_with`).
+    pub(crate) fn gemma_norms(self) -> bool {
+        matches!(self, Architecture::Gemma3)
+    }
 }
+
+/// The GGUF key (after `{arch}.`) of Gemma's `query_pre_attn_scalar` (attention scores are
+/// scaled by its inverse square root; the head width when absent, as llama.cpp assumes).
+pub(crate) const QUERY_PRE_ATTN_SCALAR_KEY: &str = "attention.query_pre_attn_scalar";
 
 /// The GGUF key (after `{arch}.`) of the epsilon of the RMSNorm that transformers'
 /// `quantization_config.use_rms_norm` puts in front of every BitLinear's activation
@@ -139,6 +225,37 @@ pub struct Config {
     /// Epsilon of a weightless RMSNorm applied to every BitLinear input before its int8
     /// quantization (transformers' `use_rms_norm`), if the model has one.
     pub act_norm_eps: Option<f32>,
+    /// Scale of the attention scores (`1/√head_dim`, or Gemma's `1/√query_pre_attn_scalar`).
+    pub attn_scale: f32,
+    /// The token embedding is multiplied by this (Gemma's √H).
+    pub embd_scale: Option<f32>,
+    /// Sliding-window attention: the window and which layers use it (Gemma 3: five of every
+    /// six), with their own RoPE base.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Whether a token attends only to those before it (false: embedding models with
+    /// bidirectional attention, `{arch}.attention.causal`).
+    pub causal: bool,
+    /// How an embedding model pools its hidden states (`{arch}.pooling_type`), if the file
+    /// says.
+    pub pooling: Option<Pooling>,
+}
+
+/// Sliding-window attention: local layers see only the last `window` positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a query sees, itself included.
+    pub window: usize,
+    /// Every `pattern`-th layer (the last of each group) attends globally.
+    pub pattern: usize,
+    /// RoPE base frequency of the local layers.
+    pub rope_theta_local: f32,
+}
+
+impl SlidingWindow {
+    /// Whether layer `l` is a local (windowed) one.
+    pub fn is_local(&self, l: usize) -> bool {
+        self.pattern == 0 || !(l + 1).is_multiple_of(self.pattern)
+    }
 }
 
 impl Config {
@@ -233,19 +350,45 @@ impl Config {
                 return Err(bad(k, "must be positive".into()));
             }
         }
-        if n_embd % n_head != 0 {
-            return Err(bad(
-                "attention.head_count",
-                format!("{n_head} heads do not divide the embedding length {n_embd}"),
-            ));
-        }
         if n_head % n_head_kv != 0 {
             return Err(bad(
                 "attention.head_count_kv",
                 format!("{n_head_kv} KV heads do not divide the {n_head} query heads"),
             ));
         }
-        let head_dim = n_embd / n_head;
+        // Qwen3 and Gemma 3 heads are wider than H / heads: the file says so in key_length.
+        let head_dim = match md.opt(&key("attention.key_length"), Metadata::get_usize)? {
+            Some(k) => {
+                let v = md
+                    .opt(&key("attention.value_length"), Metadata::get_usize)?
+                    .unwrap_or(k);
+                if v != k {
+                    return Err(bad(
+                        "attention.value_length",
+                        format!("{v} differs from attention.key_length {k} (not supported)"),
+                    ));
+                }
+                if k == 0 || k > 1 << 14 {
+                    return Err(bad("attention.key_length", format!("{k} is out of range")));
+                }
+                k
+            }
+            None => {
+                if n_embd % n_head != 0 {
+                    return Err(bad(
+                        "attention.head_count",
+                        format!("{n_head} heads do not divide the embedding length {n_embd}"),
+                    ));
+                }
+                n_embd / n_head
+            }
+        };
+        if n_head.checked_mul(head_dim).is_none_or(|q| q > 1 << 20) {
+            return Err(bad(
+                "attention.head_count",
+                format!("{n_head} heads of width {head_dim} are too many"),
+            ));
+        }
         if head_dim % 2 != 0 {
             return Err(bad(
                 "attention.head_count",
@@ -272,6 +415,59 @@ impl Config {
                 format!("{rope_theta} is not positive"),
             ));
         }
+        let query_pre_attn = md
+            .opt(&key(QUERY_PRE_ATTN_SCALAR_KEY), Metadata::get_f32)?
+            .unwrap_or(head_dim as f32);
+        if !(query_pre_attn > 0.0 && query_pre_attn.is_finite()) {
+            return Err(bad(
+                QUERY_PRE_ATTN_SCALAR_KEY,
+                format!("{query_pre_attn} is not positive"),
+            ));
+        }
+        let sliding_window = match md.opt(&key("attention.sliding_window"), Metadata::get_usize)? {
+            Some(0) | None => None,
+            Some(window) if arch == Architecture::Gemma3 => {
+                let pattern = md
+                    .opt(
+                        &key("attention.sliding_window_pattern"),
+                        Metadata::get_usize,
+                    )?
+                    .unwrap_or(6);
+                // llama.cpp's default for Gemma 3's local layers.
+                let rope_theta_local = md
+                    .opt(&key("rope.freq_base_swa"), Metadata::get_f32)?
+                    .unwrap_or(10000.0);
+                if !(rope_theta_local > 0.0 && rope_theta_local.is_finite()) {
+                    return Err(bad(
+                        "rope.freq_base_swa",
+                        format!("{rope_theta_local} is not positive"),
+                    ));
+                }
+                Some(SlidingWindow {
+                    window,
+                    pattern,
+                    rope_theta_local,
+                })
+            }
+            Some(_) => None,
+        };
+        let causal = md
+            .opt(&key("attention.causal"), Metadata::get_bool)?
+            .unwrap_or(true);
+        let pooling = match md.opt(&key("pooling_type"), Metadata::get_usize)? {
+            None => None,
+            Some(id) => Some(
+                u32::try_from(id)
+                    .ok()
+                    .and_then(Pooling::from_gguf_id)
+                    .ok_or_else(|| {
+                        bad(
+                            "pooling_type",
+                            format!("{id} is not supported (0 none, 1 mean, 2 cls, 3 last)"),
+                        )
+                    })?,
+            ),
+        };
         Ok(Config {
             arch_name,
             arch,
@@ -290,6 +486,11 @@ impl Config {
             sub_norms: arch.has_sub_norms(),
             rope_style: arch.rope_style(),
             act_norm_eps,
+            attn_scale: 1.0 / query_pre_attn.sqrt(),
+            embd_scale: (arch == Architecture::Gemma3).then(|| (n_embd as f32).sqrt()),
+            sliding_window,
+            causal,
+            pooling,
         })
     }
 
@@ -303,6 +504,12 @@ impl Config {
     /// Width of the K and V projections.
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+
+    /// Width of the Q projection and of the attention output (H, except where heads are
+    /// wider than H / heads).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
     }
 }
 

@@ -4,13 +4,17 @@
 
 mod bitnet;
 pub mod config;
+pub mod embed;
 mod kv_cache;
 pub mod quantize;
 pub mod synth;
 pub mod weights;
 
 pub use bitnet::{BatchEntry, BitnetModel, LoadOptions, Logits, ShapeIsas};
-pub use config::{Activation, Architecture, Config, RopeStyle, DEFAULT_CONTEXT_CAP};
+pub use config::{
+    Activation, Architecture, Config, Pooling, RopeStyle, SlidingWindow, DEFAULT_CONTEXT_CAP,
+};
+pub use embed::EmbedOptions;
 pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache};
 
 use crate::formats::gguf::{GgufError, MetadataError};
@@ -94,6 +98,14 @@ pub enum ModelError {
     /// A forward pass on no tokens.
     #[error("no tokens to run")]
     EmptyInput,
+    /// An embedding option out of range (`dimensions` beyond the model's width, ...).
+    #[error("{option} {message}")]
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// The value and what is allowed.
+        message: String,
+    },
     /// A KV cache larger than the memory available.
     #[error(
         "a context of {n_ctx} tokens needs {} of {cache_type} KV cache but {} of memory is available; at most {fits} tokens fit",

@@ -208,6 +208,9 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
+    /// `tokenizer.ggml.add_eos_token`: embedding models that pool the EOS state end every
+    /// text with it (Qwen3's embedding models).
+    add_eos: bool,
     end_of_generation: Vec<u32>,
     pre_source: PreTokenizerSource,
     chat_template: Option<String>,
@@ -302,6 +305,7 @@ impl Parts {
             bos: self.bos,
             eos: self.eos,
             add_bos: self.add_bos,
+            add_eos: false,
             end_of_generation,
             pre_source: self.pre_source,
             chat_template: self.chat_template,
@@ -428,6 +432,14 @@ impl Tokenizer {
         let add_bos_key = md
             .opt("tokenizer.ggml.add_bos_token", Metadata::get_bool)
             .map_err(meta)?;
+        let add_eos = md
+            .opt("tokenizer.ggml.add_eos_token", Metadata::get_bool)
+            .map_err(meta)?
+            .unwrap_or(false);
+        let with_eos = |mut t: Tokenizer| {
+            t.add_eos = add_eos && t.eos.is_some();
+            t
+        };
         let chat_template = md
             .contains("tokenizer.chat_template")
             .then(|| md.get_str("tokenizer.chat_template"))
@@ -485,7 +497,7 @@ impl Tokenizer {
                 chat_template,
                 split: Split::Llama3,
             };
-            return Tokenizer::build_spm(parts, scores, unk, add_space_prefix);
+            return Tokenizer::build_spm(parts, scores, unk, add_space_prefix).map(with_eos);
         }
         const MERGES: &str = "tokenizer.ggml.merges";
         let merges: Vec<(usize, &str, &str)> = md
@@ -553,7 +565,7 @@ impl Tokenizer {
             chat_template,
             split,
         };
-        Tokenizer::build(parts, merges.into_iter(), MERGES)
+        Tokenizer::build(parts, merges.into_iter(), MERGES).map(with_eos)
     }
 
     /// Loads a Hugging Face `tokenizer.json` (BPE model, Llama 3 split, byte-level).
@@ -1065,6 +1077,12 @@ impl Tokenizer {
     /// or a tokenizer.json post-processor that adds one).
     pub fn add_bos_token(&self) -> bool {
         self.add_bos
+    }
+
+    /// Whether the file asks for EOS at the end of a text (`tokenizer.ggml.add_eos_token`,
+    /// false when absent): embedding models that pool the EOS state. Generation never adds it.
+    pub fn add_eos_token(&self) -> bool {
+        self.add_eos
     }
 
     /// Tokens that end a generation: eos, `<|eot_id|>`, `<|eom_id|>` (those present).
