@@ -41,6 +41,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Run token ids through the model and print the logits (no BOS added)
     Logits(commands::logits::Args),
+    /// Text embeddings (pooled, L2-normalised), like llama-embedding
+    Embed(commands::embed::Args),
     /// Write a random-weight model of a real shape (for benchmarks and load tests)
     Synth(commands::synth::Args),
     /// Measure prompt processing and generation speed (like llama-bench)
@@ -103,6 +105,7 @@ fn main() {
         Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Logits(args) => commands::logits::run(args),
+        Command::Embed(args) => commands::embed::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Convert(args) => commands::convert::run(args),

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod embed;
 pub mod generate;
 pub mod inspect;
 pub mod list;

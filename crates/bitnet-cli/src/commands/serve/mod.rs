@@ -14,6 +14,7 @@
 //! [`Job`]: bitnet::generate::Job
 
 mod conn;
+mod embeddings;
 mod openai;
 mod ops;
 
@@ -116,6 +117,26 @@ pub(crate) struct AppState {
     pub started: std::time::SystemTime,
     /// `--timeout`: the request body's deadline.
     pub timeout: Duration,
+    /// The model, for `/v1/embeddings` (its forward pass is shared with the scheduler).
+    pub embedder: Arc<bitnet::model::BitnetModel>,
+}
+
+impl AppState {
+    /// A text's token ids for an embedding: BOS as the file asks, EOS where the model
+    /// appends it (as `bitnet::Model::embedding_tokens`).
+    pub fn embedding_tokens(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.tokenizer.encode(
+            text,
+            bitnet::tokenizer::EncodeOptions {
+                add_bos: self.tokenizer.add_bos_token(),
+                parse_special: false,
+            },
+        );
+        if let (true, Some(eos)) = (self.tokenizer.add_eos_token(), self.tokenizer.eos_id()) {
+            ids.push(eos);
+        }
+        ids
+    }
 }
 
 /// Descriptors kept free of connections: the listener, the model file, stdio, the runtime's.
@@ -193,8 +214,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let constraints = ConstraintCompiler::new(Arc::clone(&tokenizer))?;
     let threads = model.threads();
+    let model = Arc::new(model);
+    let embedder = Arc::clone(&model);
     let scheduler = Scheduler::start(
-        Arc::new(model),
+        model,
         Arc::clone(&tokenizer),
         SchedulerConfig {
             slots: args.parallel,
@@ -234,6 +257,7 @@ pub fn run(args: Args) -> Result<()> {
         metrics: ops::Metrics::default(),
         started: std::time::SystemTime::now(),
         timeout,
+        embedder,
     });
     let app = Router::new()
         .route("/", get(ops::page))
@@ -243,6 +267,8 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/models/{*id}", get(openai::model))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/embeddings", post(embeddings::embeddings))
         .fallback(ops::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

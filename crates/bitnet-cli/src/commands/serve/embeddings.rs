@@ -1,0 +1,185 @@
+//! `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings endpoint. `input` is a
+//! string, a list of strings, a list of token ids or a list of such lists; `encoding_format`
+//! `float` (default) or `base64` (little-endian f32, as the `openai` client decodes it);
+//! `dimensions` truncates (Matryoshka) then normalises. The texts of one request run in the
+//! library's batched embedding passes ([`bitnet::model::BitnetModel::embed`]) on a blocking
+//! thread; the model's forward pass is shared with the generation scheduler, one pass at a
+//! time.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bitnet::model::EmbedOptions;
+use serde_json::{json, Value};
+
+use super::ops::error;
+use super::AppState;
+
+/// Inputs one request may hold (OpenAI's own limit is 2048).
+const MAX_INPUTS: usize = 2048;
+
+fn bad(message: impl Into<String>, param: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, message, Some(param))
+}
+
+/// The token ids of every input, or the 400 naming what is wrong.
+fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
+    let tokens = |list: &[Value]| -> Option<Vec<u32>> {
+        list.iter()
+            .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    let text = |s: &str| state.embedding_tokens(s);
+    let seqs = match input {
+        Value::String(s) => vec![text(s)],
+        Value::Array(items) if items.is_empty() => {
+            return Err(bad("`input` must not be empty", "input"))
+        }
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .map(|v| text(v.as_str().unwrap_or_default()))
+            .collect(),
+        Value::Array(items) if items.iter().all(Value::is_number) => match tokens(items) {
+            Some(ids) => vec![ids],
+            None => return Err(bad("`input` token ids must be integers ≥ 0", "input")),
+        },
+        Value::Array(items) if items.iter().all(Value::is_array) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item.as_array().and_then(|l| tokens(l)) {
+                    Some(ids) => out.push(ids),
+                    None => {
+                        return Err(bad(
+                            "`input` token id lists must hold integers ≥ 0",
+                            "input",
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        _ => {
+            return Err(bad(
+                "`input` must be a string, a list of strings, a list of token ids or a list of such lists",
+                "input",
+            ))
+        }
+    };
+    if seqs.len() > MAX_INPUTS {
+        return Err(bad(
+            format!("`input` holds {} items; at most {MAX_INPUTS}", seqs.len()),
+            "input",
+        ));
+    }
+    let n_vocab = state.embedder.config().n_vocab;
+    let n_ctx = state.scheduler.context_size();
+    for (i, s) in seqs.iter().enumerate() {
+        if s.is_empty() {
+            return Err(bad(format!("`input[{i}]` has no tokens"), "input"));
+        }
+        if let Some(t) = s.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(bad(
+                format!("`input[{i}]` holds token {t}, outside the vocabulary of {n_vocab}"),
+                "input",
+            ));
+        }
+        if s.len() > n_ctx {
+            return Err(bad(
+                format!(
+                    "`input[{i}]` is {} tokens, more than the context of {n_ctx}",
+                    s.len()
+                ),
+                "input",
+            ));
+        }
+    }
+    Ok(seqs)
+}
+
+pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return bad("the body must be a JSON object", "body"),
+        Err(e) => return bad(format!("the body is not valid JSON: {e}"), "body"),
+    };
+    const FIELDS: [&str; 5] = ["input", "model", "encoding_format", "dimensions", "user"];
+    if let Some(k) = req
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !FIELDS.contains(&k.as_str())))
+    {
+        return bad(format!("unknown field `{k}`"), k);
+    }
+    let Some(input) = req.get("input") else {
+        return bad("`input` is required", "input");
+    };
+    let base64 = match req.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "float" => false,
+        Some(Value::String(s)) if s == "base64" => true,
+        Some(other) => {
+            return bad(
+                format!("`encoding_format` {other} is not supported (float or base64)"),
+                "encoding_format",
+            )
+        }
+    };
+    let width = state.embedder.config().n_embd;
+    let dimensions = match req.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(d) if (1..=width as u64).contains(&d) => Some(d as usize),
+            _ => {
+                return bad(
+                    format!("`dimensions` {v} must be an integer from 1 to {width}"),
+                    "dimensions",
+                )
+            }
+        },
+    };
+    let seqs = match inputs(&state, input) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let n_tokens: usize = seqs.iter().map(Vec::len).sum();
+    let model = Arc::clone(&state.embedder);
+    let options = EmbedOptions {
+        pooling: None,
+        normalize: true,
+        dimensions,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        model.embed(&refs, &options)
+    })
+    .await;
+    let vectors = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+    };
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": state.name,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }))
+    .into_response()
+}
