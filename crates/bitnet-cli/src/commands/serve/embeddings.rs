@@ -28,7 +28,8 @@ fn bad(message: impl Into<String>, param: &str) -> Response {
 }
 
 /// The token ids of every input, or the 400 naming what is wrong.
-fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
+fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Box<Response>> {
+    let bad = |message: String, param: &str| Box::new(bad(message, param));
     let tokens = |list: &[Value]| -> Option<Vec<u32>> {
         list.iter()
             .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
@@ -38,7 +39,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
     let seqs = match input {
         Value::String(s) => vec![text(s)],
         Value::Array(items) if items.is_empty() => {
-            return Err(bad("`input` must not be empty", "input"))
+            return Err(bad("`input` must not be empty".into(), "input"))
         }
         Value::Array(items) if items.iter().all(Value::is_string) => items
             .iter()
@@ -46,7 +47,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
             .collect(),
         Value::Array(items) if items.iter().all(Value::is_number) => match tokens(items) {
             Some(ids) => vec![ids],
-            None => return Err(bad("`input` token ids must be integers ≥ 0", "input")),
+            None => return Err(bad("`input` token ids must be integers ≥ 0".into(), "input")),
         },
         Value::Array(items) if items.iter().all(Value::is_array) => {
             let mut out = Vec::with_capacity(items.len());
@@ -54,8 +55,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
                 match item.as_array().and_then(|l| tokens(l)) {
                     Some(ids) => out.push(ids),
                     None => {
-                        return Err(bad(
-                            "`input` token id lists must hold integers ≥ 0",
+                        return Err(bad("`input` token id lists must hold integers ≥ 0".into(),
                             "input",
                         ))
                     }
@@ -64,8 +64,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Response> {
             out
         }
         _ => {
-            return Err(bad(
-                "`input` must be a string, a list of strings, a list of token ids or a list of such lists",
+            return Err(bad("`input` must be a string, a list of strings, a list of token ids or a list of such lists".into(),
                 "input",
             ))
         }
@@ -143,7 +142,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
     };
     let seqs = match inputs(&state, input) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let n_tokens: usize = seqs.iter().map(Vec::len).sum();
     let model = Arc::clone(&state.embedder);
