@@ -17,7 +17,7 @@ first, in the background).
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal, Optional, Union, final, overload
+from typing import Any, Literal, Optional, Union, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +90,24 @@ class Model:
     ) -> npt.NDArray[np.float32]: ...
     @overload
     def logits(self, ids: Sequence[int], *, all: Literal[True]) -> npt.NDArray[np.float32]: ...
+    @overload
+    def embed(
+        self,
+        input: str,
+        *,
+        pooling: Optional[Literal["mean", "last", "cls", "none"]] = None,
+        normalize: bool = True,
+        dimensions: Optional[int] = None,
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def embed(
+        self,
+        input: Sequence[str],
+        *,
+        pooling: Optional[Literal["mean", "last", "cls", "none"]] = None,
+        normalize: bool = True,
+        dimensions: Optional[int] = None,
+    ) -> Any: ...
     def generate(
         self,
         prompt: _Prompt,

@@ -49,7 +49,9 @@ fn error_message(e: &(dyn std::error::Error + 'static)) -> String {
 /// `BitnetError`.
 fn to_py(e: bitnet::Error) -> PyErr {
     match e {
-        bitnet::Error::Sampler(_) | bitnet::Error::InvalidOption { .. } => {
+        bitnet::Error::Sampler(_)
+        | bitnet::Error::InvalidOption { .. }
+        | bitnet::Error::Model(bitnet::model::ModelError::InvalidOption { .. }) => {
             PyValueError::new_err(error_message(&e))
         }
         e => BitnetError::new_err(error_message(&e)),
@@ -497,6 +499,79 @@ impl Model {
         } else {
             Ok(array)
         }
+    }
+
+    /// Embeddings: `input` a string gives one float32 vector, a list of strings a 2-D array
+    /// (one row per text), each pooled as the model's files say (or `pooling`: "mean",
+    /// "last", "cls", "none" for every token's vector) and L2-normalised unless
+    /// `normalize=False`; `dimensions` keeps the first n values (Matryoshka) before that.
+    /// Texts are tokenized as the model asks (BOS, and the EOS Qwen3's embedding models
+    /// append). Ctrl-C raises `KeyboardInterrupt` at once.
+    #[pyo3(signature = (input, *, pooling=None, normalize=true, dimensions=None))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        pooling: Option<&str>,
+        normalize: bool,
+        dimensions: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        const MUST: &str = "a string or a list of strings";
+        let (texts, single): (Vec<String>, bool) = if let Ok(s) = input.extract::<String>() {
+            (vec![s], true)
+        } else {
+            let items = input
+                .try_iter()
+                .map_err(|_| bad_arg("input", MUST, input, true))?;
+            let mut texts = Vec::new();
+            for item in items {
+                texts.push(
+                    item?
+                        .extract::<String>()
+                        .map_err(|_| bad_arg("input", MUST, input, true))?,
+                );
+            }
+            if texts.is_empty() {
+                return Err(PyValueError::new_err("input: the list of texts is empty"));
+            }
+            (texts, false)
+        };
+        let pooling = pooling
+            .map(|p| p.parse::<bitnet::Pooling>())
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("pooling: {e}")))?;
+        let options = bitnet::EmbedOptions {
+            pooling,
+            normalize,
+            dimensions,
+        };
+        let model = self.inner.clone();
+        let vectors =
+            interruptible(py, move |_| model.embed_batch(&texts, &options))?.map_err(to_py)?;
+        let width = dimensions.unwrap_or(self.inner.config().n_embd);
+        let numpy = py.import("numpy")?;
+        let to_array = |v: &[f32]| -> PyResult<Bound<'py, PyAny>> {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+            let array =
+                numpy.call_method1("frombuffer", (PyByteArray::new(py, &bytes), "float32"))?;
+            if pooling == Some(bitnet::Pooling::None) {
+                array.call_method1("reshape", (v.len() / width.max(1), width))
+            } else {
+                Ok(array)
+            }
+        };
+        if single {
+            return to_array(&vectors[0]);
+        }
+        if pooling == Some(bitnet::Pooling::None) {
+            let arrays = vectors
+                .iter()
+                .map(|v| to_array(v))
+                .collect::<PyResult<Vec<_>>>()?;
+            return Ok(PyList::new(py, arrays)?.into_any());
+        }
+        let flat: Vec<f32> = vectors.concat();
+        to_array(&flat)?.call_method1("reshape", (vectors.len(), width))
     }
 
     /// Completes a prompt (text, or token ids) and returns the text.
