@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use bitnet::formats::types::TensorType;
 use bitnet::kernels::Isa;
-use bitnet::model::{BatchEntry, BitnetModel, CacheType, KvCache, Logits, ModelError};
+use bitnet::model::{
+    BatchEntry, BitnetModel, CacheType, EmbedOptions, KvCache, Logits, ModelError,
+};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -67,6 +69,11 @@ pub struct Args {
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
+    /// Time the prompts as embeddings (`embedN`: the forward pass without the output
+    /// product, then pooling and normalisation, as `bitnet embed` runs them); the default for
+    /// a model whose file declares a pooling type (the BitNet embedding models)
+    #[arg(long)]
+    embed: bool,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -195,6 +202,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut rows = Vec::new();
     let mut bandwidth: Vec<(usize, Option<f64>)> = Vec::new();
+    let embed = args.embed || model.config().pooling.is_some();
     for &t in &threads {
         model.set_threads(t);
         // More threads than CPUs are capped (with a warning): report what ran.
@@ -210,13 +218,17 @@ pub fn run(args: Args) -> Result<()> {
                 },
                 |(prompt, cache)| {
                     let start = Instant::now();
-                    model.forward(prompt, cache, Logits::Last)?;
+                    if embed {
+                        model.embed(&[prompt.as_slice()], &EmbedOptions::default())?;
+                    } else {
+                        model.forward(prompt, cache, Logits::Last)?;
+                    }
                     Ok(start.elapsed())
                 },
             )?;
             rows.push(Row {
                 threads: t,
-                test: format!("pp{p}"),
+                test: format!("{}{p}", if embed { "embed" } else { "pp" }),
                 samples,
                 rooflines: Vec::new(),
             });

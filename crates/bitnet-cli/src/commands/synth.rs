@@ -14,7 +14,8 @@ use bitnet::load::{DEMO_MODEL, DEMO_MODEL_NAME};
 #[derive(clap::Args)]
 pub struct Args {
     /// Model shape: 2b-4t (microsoft/bitnet-b1.58-2B-4T), falcon3-1b, falcon3-3b, falcon3-7b,
-    /// falcon3-10b, llama3-8b, bitnet-large, bitnet-3b, 700m, tiny
+    /// falcon3-10b, llama3-8b, bitnet-large, bitnet-3b, bitnet-embedding-0.6b,
+    /// bitnet-embedding-270m, 700m, tiny
     #[arg(long, default_value = "2b-4t")]
     shape: String,
     /// Output GGUF file
@@ -31,6 +32,11 @@ pub struct Args {
     /// Random seed
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write the full-precision baseline of the shape instead: F16 linear weights, without
+    /// BitNet's own norms (what multilingual-e5-0.6b is to BitNet-embedding-0.6B), for timing
+    /// an F16 engine on the same shape. This engine would ternarize its weights at load.
+    #[arg(long)]
+    f16_baseline: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -47,6 +53,10 @@ pub fn run(args: Args) -> Result<()> {
             args.shape,
             names.join(", ")
         );
+    };
+    let shape = Shape {
+        float_weights: args.f16_baseline,
+        ..shape
     };
     let (shape, vocab) = match (&args.vocab_from, args.no_vocab) {
         (Some(path), _) => (shape, Some(GgufFile::open(path)?)),

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::formats::gguf::{GgufFile, GgufWriter, Metadata, TensorSpec, Value, WriteError};
 use crate::formats::types::{i2_s, TensorType};
 
-use super::config::Architecture;
+use super::config::{Architecture, Pooling, QUERY_PRE_ATTN_SCALAR_KEY};
 
 /// A model shape.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,6 +42,11 @@ pub struct Shape {
     pub arch: Architecture,
     /// Whether the output matrix is the embedding (no `output.weight`).
     pub tied: bool,
+    /// Width of one head (0: `n_embd / n_head`).
+    pub head_dim: usize,
+    /// Full-precision F16 linear weights and no BitNet-only norms: the float baseline of the
+    /// same shape (for peers' F16 speed; this engine would ternarize them at load).
+    pub float_weights: bool,
 }
 
 /// A `llama`-architecture ternary shape (Falcon3, Llama 3 1.58): untied, SiLU, no sub-norms.
@@ -71,6 +76,8 @@ const fn llama(
         rms_eps,
         arch: Architecture::Llama,
         tied: false,
+        head_dim: 0,
+        float_weights: false,
     }
 }
 
@@ -95,11 +102,13 @@ const fn one_bit_llm(
         rms_eps: 1e-5,
         arch: Architecture::Bitnet,
         tied: true,
+        head_dim: 0,
+        float_weights: false,
     }
 }
 
 /// The shapes `bitnet synth --shape` knows.
-pub const SHAPES: [Shape; 10] = [
+pub const SHAPES: [Shape; 12] = [
     // microsoft/bitnet-b1.58-2B-4T exactly.
     Shape {
         name: "2b-4t",
@@ -114,6 +123,8 @@ pub const SHAPES: [Shape; 10] = [
         rms_eps: 1e-5,
         arch: Architecture::BitnetB158,
         tied: true,
+        head_dim: 0,
+        float_weights: false,
     },
     // The size class of 1bitLLM/bitnet_b1_58-large, with the b1.58 architecture.
     Shape {
@@ -129,6 +140,8 @@ pub const SHAPES: [Shape; 10] = [
         rms_eps: 1e-5,
         arch: Architecture::BitnetB158,
         tied: true,
+        head_dim: 0,
+        float_weights: false,
     },
     // Small enough for tests.
     Shape {
@@ -144,6 +157,8 @@ pub const SHAPES: [Shape; 10] = [
         rms_eps: 1e-5,
         arch: Architecture::BitnetB158,
         tied: true,
+        head_dim: 0,
+        float_weights: false,
     },
     // tiiuae/Falcon3-{1B,3B,7B,10B}-*-1.58bit (config.json of the 1.58bit uploads: head dim
     // 256, rope θ 1000042, eps 1e-6, 131072-token vocabulary, untied).
@@ -211,6 +226,41 @@ pub const SHAPES: [Shape; 10] = [
     // 1bitLLM/bitnet_b1_58-large (0.7B) and -3B.
     one_bit_llm("bitnet-large", 1536, 24, 4096, 16),
     one_bit_llm("bitnet-3b", 3200, 26, 8640, 32),
+    // microsoft/BitNet's BitNet-embedding-0.6B (Qwen3 backbone; bitnet.cpp's
+    // docs/bitnet-embeddings-gguf-conversion.md), with its per-projection norms.
+    Shape {
+        name: "bitnet-embedding-0.6b",
+        n_vocab: 151936,
+        n_embd: 1024,
+        n_layer: 28,
+        n_ff: 3072,
+        n_head: 16,
+        n_head_kv: 8,
+        n_ctx: 32768,
+        rope_theta: 1000000.0,
+        rms_eps: 1e-6,
+        arch: Architecture::Qwen3,
+        tied: true,
+        head_dim: 128,
+        float_weights: false,
+    },
+    // BitNet-embedding-270M (Gemma 3 backbone).
+    Shape {
+        name: "bitnet-embedding-270m",
+        n_vocab: 262144,
+        n_embd: 640,
+        n_layer: 18,
+        n_ff: 2048,
+        n_head: 4,
+        n_head_kv: 1,
+        n_ctx: 32768,
+        rope_theta: 10000.0,
+        rms_eps: 1e-6,
+        arch: Architecture::Gemma3,
+        tied: true,
+        head_dim: 256,
+        float_weights: false,
+    },
 ];
 
 /// Shapes asked for that this build cannot write, with the reason (shown by `bitnet synth`).
@@ -231,18 +281,39 @@ impl Shape {
         SHAPES.iter().copied().find(|s| s.name == name)
     }
 
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        if self.head_dim == 0 {
+            self.n_embd / self.n_head
+        } else {
+            self.head_dim
+        }
+    }
+
+    /// Whether the shape is one of the BitNet embedding models (per-projection norms, Q/K
+    /// head norms, a pooling type, no output matrix).
+    pub fn is_embedding(&self) -> bool {
+        matches!(self.arch, Architecture::Qwen3 | Architecture::Gemma3)
+    }
+
     /// Every tensor of the model in the order bitnet.cpp writes them.
     pub fn tensors(&self) -> Vec<TensorSpec> {
-        let (h, ff, kv) = (
+        let hd = self.head_dim() as u64;
+        let (h, ff, kv, qd) = (
             self.n_embd as u64,
             self.n_ff as u64,
-            (self.n_embd / self.n_head * self.n_head_kv) as u64,
+            hd * self.n_head_kv as u64,
+            hd * self.n_head as u64,
         );
+        // The BitNet per-projection norms are not part of the float baseline.
+        let embedding = self.is_embedding() && !self.float_weights;
+        let gemma = self.arch == Architecture::Gemma3;
         let spec = |name: String, ty, dims: Vec<u64>| TensorSpec { name, ty, dims };
         // A linear whose rows are not whole I2_S blocks (1bitLLM 3B's ffn_down, 8640 inputs)
         // stays F16, as converters leave it; loading ternarizes it.
+        let float = self.float_weights;
         let linear = |name: String, dims: Vec<u64>| {
-            let ty = if dims[0].is_multiple_of(i2_s::BLOCK_LEN as u64) {
+            let ty = if !float && dims[0].is_multiple_of(i2_s::BLOCK_LEN as u64) {
                 TensorType::I2S
             } else {
                 TensorType::F16
@@ -257,21 +328,42 @@ impl Shape {
         )];
         for i in 0..self.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
+            // A projection, preceded in the embedding models by its own input norm.
+            let proj = |out: &mut Vec<TensorSpec>, name: &str, dims: Vec<u64>| {
+                if embedding {
+                    out.push(spec(
+                        p(&format!("{name}_norm_in")),
+                        TensorType::F32,
+                        vec![dims[0]],
+                    ));
+                }
+                out.push(linear(p(name), dims));
+            };
             out.push(spec(p("attn_norm"), TensorType::F32, vec![h]));
-            out.push(linear(p("attn_q"), vec![h, h]));
-            out.push(linear(p("attn_k"), vec![h, kv]));
-            out.push(linear(p("attn_v"), vec![h, kv]));
-            if sub_norms {
-                out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![h]));
+            proj(&mut out, "attn_q", vec![h, qd]);
+            proj(&mut out, "attn_k", vec![h, kv]);
+            proj(&mut out, "attn_v", vec![h, kv]);
+            if embedding {
+                out.push(spec(p("attn_q_norm"), TensorType::F32, vec![hd]));
+                out.push(spec(p("attn_k_norm"), TensorType::F32, vec![hd]));
             }
-            out.push(linear(p("attn_output"), vec![h, h]));
+            if sub_norms {
+                out.push(spec(p("attn_sub_norm"), TensorType::F32, vec![qd]));
+            }
+            proj(&mut out, "attn_output", vec![qd, h]);
+            if gemma {
+                out.push(spec(p("post_attention_norm"), TensorType::F32, vec![h]));
+            }
             out.push(spec(p("ffn_norm"), TensorType::F32, vec![h]));
-            out.push(linear(p("ffn_gate"), vec![h, ff]));
-            out.push(linear(p("ffn_up"), vec![h, ff]));
+            proj(&mut out, "ffn_gate", vec![h, ff]);
+            proj(&mut out, "ffn_up", vec![h, ff]);
             if sub_norms {
                 out.push(spec(p("ffn_sub_norm"), TensorType::F32, vec![ff]));
             }
-            out.push(linear(p("ffn_down"), vec![ff, h]));
+            proj(&mut out, "ffn_down", vec![ff, h]);
+            if gemma {
+                out.push(spec(p("post_ffw_norm"), TensorType::F32, vec![h]));
+            }
         }
         out.push(spec("output_norm.weight".into(), TensorType::F32, vec![h]));
         if !self.tied {
@@ -293,8 +385,12 @@ impl Shape {
             "general.name",
             Value::String(format!("{arch} {} (random weights)", self.name)),
         );
-        md.set("general.file_type", Value::U32(40));
-        md.set("general.quantization_version", Value::U32(2));
+        if self.float_weights {
+            md.set("general.file_type", Value::U32(1));
+        } else {
+            md.set("general.file_type", Value::U32(40));
+            md.set("general.quantization_version", Value::U32(2));
+        }
         let k = |key: &str| format!("{arch}.{key}");
         md.set(k("vocab_size"), Value::U32(self.n_vocab as u32));
         md.set(k("context_length"), Value::U32(self.n_ctx as u32));
@@ -303,8 +399,31 @@ impl Shape {
         md.set(k("feed_forward_length"), Value::U32(self.n_ff as u32));
         md.set(
             k("rope.dimension_count"),
-            Value::U32((self.n_embd / self.n_head) as u32),
+            Value::U32(self.head_dim() as u32),
         );
+        if self.is_embedding() {
+            md.set(
+                k("attention.key_length"),
+                Value::U32(self.head_dim() as u32),
+            );
+            md.set(
+                k("attention.value_length"),
+                Value::U32(self.head_dim() as u32),
+            );
+            let pooling = if self.arch == Architecture::Qwen3 {
+                Pooling::Last
+            } else {
+                Pooling::Mean
+            };
+            md.set(k("pooling_type"), Value::U32(pooling.gguf_id()));
+        }
+        if self.arch == Architecture::Gemma3 {
+            md.set(
+                k(QUERY_PRE_ATTN_SCALAR_KEY),
+                Value::F32(self.head_dim() as f32),
+            );
+            md.set(k("attention.sliding_window"), Value::U32(512));
+        }
         md.set(k("attention.head_count"), Value::U32(self.n_head as u32));
         md.set(
             k("attention.head_count_kv"),
@@ -506,6 +625,17 @@ mod tests {
             ("falcon3-1b", 1_669_408_768),
             ("falcon3-10b", 10_305_653_760),
             ("llama3-8b", 8_030_261_248),
+            // config.json arithmetic of the two embedding models: Qwen3-0.6B's 596,049,920
+            // (tied) and Gemma 3 270M's 268,098,176, plus the 7 per-projection norms of each
+            // layer (their input widths).
+            (
+                "bitnet-embedding-0.6b",
+                596_049_920 + 28 * (5 * 1024 + 2048 + 3072),
+            ),
+            (
+                "bitnet-embedding-270m",
+                268_098_176 + 18 * (5 * 640 + 1024 + 2048),
+            ),
         ] {
             let shape = Shape::by_name(name).unwrap();
             let n: u64 = shape
@@ -531,6 +661,37 @@ mod tests {
         let mut cache = model.new_cache(0, CacheType::F16).unwrap();
         let logits = model.forward(&[1, 2, 3], &mut cache, Logits::Last).unwrap();
         assert!(logits.iter().all(|v| v.is_finite()));
+    }
+
+    /// Small versions of the two embedding shapes load and embed: every tensor the loader
+    /// wants is written, with the widths of wide heads and per-projection norms.
+    #[test]
+    fn embedding_shapes_load_and_embed() {
+        for name in ["bitnet-embedding-0.6b", "bitnet-embedding-270m"] {
+            let shape = Shape {
+                n_vocab: 1024,
+                n_layer: 2,
+                ..Shape::by_name(name).unwrap()
+            };
+            let bytes = write_random_model(Vec::new(), &shape, None, 5, |_, _| {}).unwrap();
+            let file = GgufFile::from_vec("e.gguf", bytes).unwrap();
+            let model = BitnetModel::from_gguf(Arc::new(file)).unwrap();
+            assert_eq!(model.config().head_dim, shape.head_dim, "{name}");
+            let v = model
+                .embed(&[&[1, 2, 3]], &crate::model::EmbedOptions::default())
+                .unwrap();
+            assert_eq!(v[0].len(), shape.n_embd);
+            let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{name}: {norm}");
+            let float = Shape {
+                float_weights: true,
+                ..shape
+            };
+            assert!(float
+                .tensors()
+                .iter()
+                .all(|t| !t.name.contains("_norm_in") && t.ty != TensorType::I2S));
+        }
     }
 
     #[test]
