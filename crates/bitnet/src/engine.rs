@@ -612,7 +612,7 @@ impl Model {
                 scheduler.shutdown(std::time::Duration::ZERO);
             }
             match event {
-                Event::Prompt { .. } => {}
+                Event::Prompt { .. } | Event::Embedding(_) => {}
                 Event::Token { id, text, .. } => {
                     partial[i].0.push_str(&text);
                     partial[i].1.push(id);

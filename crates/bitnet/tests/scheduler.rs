@@ -399,6 +399,7 @@ fn logprobs_of_generated_and_prompt_tokens() {
             Event::Token { id, logprob, .. } => tokens.push((id, logprob.unwrap())),
             Event::Done(_) => break,
             Event::Failed(e) => panic!("{e}"),
+            Event::Embedding(_) => panic!("an embedding from a generation"),
         }
     }
     let prompt_lp = prompt_lp.unwrap();
@@ -479,4 +480,62 @@ fn a_full_context_shifts_and_generation_goes_on_as_in_a_session() {
     let (ids, _, f, _) = run.collect();
     assert_eq!(f.stop, StopReason::ContextFull);
     assert!(ids.len() < n_ctx);
+}
+
+/// Embedding jobs share the steps of generation requests: the vectors equal the library's
+/// batched `embed` bit for bit (per-sequence results do not depend on the batch), and a
+/// generation running beside them gives the tokens it gives alone.
+#[test]
+fn embedding_jobs_run_beside_generations() {
+    use bitnet::model::EmbedOptions;
+    let (model, tok) = demo();
+    let mut cfg = config(3);
+    cfg.cache_type = CacheType::F32;
+    let alone = {
+        let s = Scheduler::start(Arc::clone(&model), Arc::clone(&tok), cfg.clone()).unwrap();
+        let (sink, run) = collector();
+        let mut job = Job::new(encode(&tok, "ROMEO:"), SamplerConfig::greedy());
+        job.max_tokens = Some(12);
+        let _t = s.submit(job, sink).unwrap();
+        run.collect().0
+    };
+    let s = Scheduler::start(Arc::clone(&model), Arc::clone(&tok), cfg).unwrap();
+    let (sink, gen) = collector();
+    let mut job = Job::new(encode(&tok, "ROMEO:"), SamplerConfig::greedy());
+    job.max_tokens = Some(12);
+    let _g = s.submit(job, sink).unwrap();
+    let texts = [
+        "JULIET:\nO Romeo",
+        "What light",
+        "A plague o' both your houses",
+    ];
+    let options = EmbedOptions {
+        dimensions: Some(32),
+        ..EmbedOptions::default()
+    };
+    let mut runs = Vec::new();
+    for t in texts {
+        let (sink, run) = collector();
+        runs.push((
+            s.submit(Job::embed(encode(&tok, t), options), sink)
+                .unwrap(),
+            run,
+        ));
+    }
+    for (t, (_ticket, run)) in texts.iter().zip(&runs) {
+        let (ids, _, finished, events) = run.collect();
+        assert!(ids.is_empty());
+        assert_eq!(finished.stop, StopReason::Embedded);
+        let vector = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Embedding(v) => Some(v.clone()),
+                _ => None,
+            })
+            .expect("an Embedding event");
+        let ids = encode(&tok, t);
+        let want = model.embed(&[ids.as_slice()], &options).unwrap().remove(0);
+        assert_eq!(vector, want, "{t}");
+    }
+    assert_eq!(gen.collect().0, alone);
 }

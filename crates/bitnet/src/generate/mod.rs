@@ -95,6 +95,8 @@ pub enum StopReason {
     Constraint,
     /// The scheduler was shut down while the request ran or waited.
     Shutdown,
+    /// An embedding job produced its vector.
+    Embedded,
 }
 
 impl StopReason {
@@ -108,6 +110,7 @@ impl StopReason {
             StopReason::Interrupted => "interrupted",
             StopReason::Constraint => "grammar",
             StopReason::Shutdown => "shutdown",
+            StopReason::Embedded => "embedded",
         }
     }
 }

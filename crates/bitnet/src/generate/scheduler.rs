@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplerConfig};
 use super::{find_stop, safe_prefix_len, StopReason};
-use crate::model::{BatchEntry, BitnetModel, CacheType, KvCache, Logits, ModelError};
+use crate::model::embed::pool;
+use crate::model::{BatchEntry, BitnetModel, CacheType, EmbedOptions, KvCache, Logits, ModelError};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// How the scheduler is set up.
@@ -84,6 +85,10 @@ pub struct Job {
     /// When the context fills up: `Some(keep)` drops half of the tokens after the first
     /// `keep` and goes on (llama.cpp's context shift); `None` stops.
     pub context_shift: Option<usize>,
+    /// An embedding instead of a generation: the prompt runs whole in one step (no cached
+    /// prefix: pooling needs every position's state), then [`Event::Embedding`] and
+    /// [`Event::Done`] with [`StopReason::Embedded`].
+    pub embedding: Option<EmbedOptions>,
 }
 
 impl Job {
@@ -100,6 +105,16 @@ impl Job {
             prompt_logprobs: false,
             constraint: None,
             context_shift: None,
+            embedding: None,
+        }
+    }
+
+    /// An embedding job for `prompt` (see [`Job::embedding`]).
+    pub fn embed(prompt: Vec<u32>, options: EmbedOptions) -> Job {
+        Job {
+            max_tokens: Some(0),
+            embedding: Some(options),
+            ..Job::new(prompt, SamplerConfig::default())
         }
     }
 }
@@ -138,6 +153,8 @@ pub enum Event {
         /// With [`Job::logprobs`]: its log-probability and the alternatives.
         logprob: Option<TokenLogprob>,
     },
+    /// An embedding job's vector (before its `Done`).
+    Embedding(Vec<f32>),
     /// The request ended normally.
     Done(Finished),
     /// The request could not run (the model failed).
@@ -680,7 +697,7 @@ impl<'a> Engine<'a> {
             let prompt = &p.job.prompt;
             let candidates: Vec<(usize, usize)> = free
                 .map(|i| {
-                    let common = if p.job.prompt_logprobs {
+                    let common = if p.job.prompt_logprobs || p.job.embedding.is_some() {
                         0
                     } else {
                         common_prefix(&self.slots[i].tokens, prompt)
@@ -772,13 +789,23 @@ impl<'a> Engine<'a> {
                 Some(t) => inputs.push((i, vec![t], Logits::Last)),
                 None => {
                     let rest = a.p.job.prompt.len() - a.fed;
-                    let take = rest.min(budget);
+                    // An embedding runs whole in one pass (its pooling sees every position,
+                    // and a bidirectional model needs them together) when the step has room
+                    // for any prompt tokens.
+                    let embedding = a.p.job.embedding.is_some();
+                    let take = if embedding && budget > 0 {
+                        rest
+                    } else {
+                        rest.min(budget)
+                    };
                     if take == 0 {
                         continue;
                     }
-                    budget -= take;
+                    budget = budget.saturating_sub(take);
                     let tokens = a.p.job.prompt[a.fed..a.fed + take].to_vec();
-                    let which = if a.p.job.prompt_logprobs {
+                    let which = if embedding {
+                        Logits::Hidden
+                    } else if a.p.job.prompt_logprobs {
                         Logits::All
                     } else {
                         Logits::Last
@@ -826,7 +853,23 @@ impl<'a> Engine<'a> {
             let a = &mut self.active[*i];
             self.slots[a.slot].tokens.extend_from_slice(tokens);
             let n_vocab = self.model.config().n_vocab;
-            let outcome = if a.next.is_some() {
+            let outcome = if let Some(options) = a.p.job.embedding {
+                a.fed += tokens.len();
+                let c = self.model.config();
+                let pooling = options
+                    .pooling
+                    .unwrap_or_else(|| self.model.default_pooling());
+                let width = options.dimensions.unwrap_or(c.n_embd).min(c.n_embd);
+                let vector = pool(&logits, c.n_embd, pooling, width, options.normalize);
+                // Its cache holds bidirectional states where the model has no causal mask:
+                // never reused as a prefix.
+                self.slots[a.slot].tokens.clear();
+                if (a.p.sink)(Event::Embedding(vector)).is_break() {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Stop(StopReason::Embedded)
+                }
+            } else if a.next.is_some() {
                 generated += 1;
                 sample(a, &logits, self.tokenizer)
             } else {

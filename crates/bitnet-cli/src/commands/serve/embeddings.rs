@@ -1,10 +1,9 @@
 //! `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings endpoint. `input` is a
 //! string, a list of strings, a list of token ids or a list of such lists; `encoding_format`
 //! `float` (default) or `base64` (little-endian f32, as the `openai` client decodes it);
-//! `dimensions` truncates (Matryoshka) then normalises. The texts of one request run in the
-//! library's batched embedding passes ([`bitnet::model::BitnetModel::embed`]) on a blocking
-//! thread; the model's forward pass is shared with the generation scheduler, one pass at a
-//! time.
+//! `dimensions` truncates (Matryoshka) then normalises. Each input is one job of the
+//! library's scheduler ([`Job::embed`]): embeddings take the slots, queue and batched steps of
+//! the generation requests (continuous batching), each input whole in one step.
 
 use std::sync::Arc;
 
@@ -14,9 +13,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use bitnet::generate::{Event, Job};
 use bitnet::model::EmbedOptions;
 use serde_json::{json, Value};
 
+use super::openai::{submit, submit_error, Submitted};
 use super::ops::error;
 use super::AppState;
 
@@ -145,21 +146,39 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
         Err(r) => return *r,
     };
     let n_tokens: usize = seqs.iter().map(Vec::len).sum();
-    let model = Arc::clone(&state.embedder);
     let options = EmbedOptions {
         pooling: None,
         normalize: true,
         dimensions,
     };
-    let result = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        model.embed(&refs, &options)
-    })
-    .await;
-    let vectors = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+    // One scheduler job per input: they share the steps (and the slots, queue and 503s) of
+    // the generation requests.
+    let jobs: Vec<Job> = seqs.into_iter().map(|s| Job::embed(s, options)).collect();
+    let n = jobs.len();
+    let Submitted { tickets, mut rx } = match submit(&state, jobs) {
+        Ok(s) => s,
+        Err(e) => return submit_error(&e),
+    };
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut remaining = n;
+    while remaining > 0 {
+        let Some((i, event)) = rx.recv().await else {
+            break;
+        };
+        match event {
+            Event::Embedding(v) => vectors[i] = Some(v),
+            Event::Done(_) => remaining -= 1,
+            Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e, None),
+            Event::Prompt { .. } | Event::Token { .. } => {}
+        }
+    }
+    drop(tickets);
+    let Some(vectors) = vectors.into_iter().collect::<Option<Vec<_>>>() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server ended the request before its embedding was computed",
+            None,
+        );
     };
     let data: Vec<Value> = vectors
         .iter()

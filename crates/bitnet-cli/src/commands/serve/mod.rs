@@ -214,6 +214,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     let constraints = ConstraintCompiler::new(Arc::clone(&tokenizer))?;
     let threads = model.threads();
+    // An embedding model's vectors are compared at 1e-3: f16 keys and values move them by
+    // ~6e-3 (measured on the transformers fixtures), so its slots keep f32 caches.
+    let mut cache_type = args.model.cache_type;
+    if model.config().pooling.is_some() && cache_type == bitnet::model::CacheType::F16 {
+        log("note: an embedding model: KV caches in f32 (f16 would move the vectors by ~6e-3)");
+        cache_type = bitnet::model::CacheType::F32;
+    }
     let model = Arc::new(model);
     let embedder = Arc::clone(&model);
     let scheduler = Scheduler::start(
@@ -222,7 +229,7 @@ pub fn run(args: Args) -> Result<()> {
         SchedulerConfig {
             slots: args.parallel,
             n_ctx: args.model.ctx_size,
-            cache_type: args.model.cache_type,
+            cache_type,
             max_queue: args.queue,
             prefill_chunk: args.prefill_chunk,
         },
@@ -233,7 +240,7 @@ pub fn run(args: Args) -> Result<()> {
         args.parallel,
         scheduler.context_size(),
         human_bytes(status.kv_cache_bytes as u64),
-        args.model.cache_type.name(),
+        cache_type.name(),
         args.queue,
         threads,
     ));

@@ -297,6 +297,7 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
                 prompt_logprobs: plan.echo && plan.logprobs.is_some(),
                 constraint,
                 context_shift: state.ctx_shift.then_some(keep),
+                embedding: None,
             });
         }
     }
@@ -305,14 +306,14 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
 
 /// A request's choices in the scheduler: their tickets and their events, tagged with the
 /// choice index.
-struct Submitted {
-    tickets: Vec<Ticket>,
-    rx: mpsc::UnboundedReceiver<(usize, Event)>,
+pub(super) struct Submitted {
+    pub tickets: Vec<Ticket>,
+    pub rx: mpsc::UnboundedReceiver<(usize, Event)>,
 }
 
 /// Submits every job; on a refusal the ones already queued are cancelled (their tickets
 /// dropped).
-fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, SubmitError> {
+pub(super) fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, SubmitError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tickets = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.into_iter().enumerate() {
@@ -327,7 +328,7 @@ fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, SubmitError> {
 }
 
 /// A refusal as HTTP: a full queue or a shutdown is 503 (with Retry-After when busy).
-fn submit_error(e: &SubmitError) -> Response {
+pub(super) fn submit_error(e: &SubmitError) -> Response {
     match e {
         SubmitError::Busy { .. } => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None);
@@ -575,6 +576,8 @@ async fn collect(
         let c = &mut reply.choices[i];
         match event {
             Event::Prompt { logprobs, .. } => c.prompt_logprobs = logprobs.unwrap_or_default(),
+            // Only embedding jobs produce these.
+            Event::Embedding(_) => {}
             Event::Token { text, logprob, .. } => {
                 c.text.push_str(&text);
                 c.logprobs.extend(logprob);
@@ -698,6 +701,7 @@ async fn translate(
         };
         let wants_logprobs = reply.plan.logprobs.is_some();
         let choice = match event {
+            Event::Embedding(_) => continue,
             Event::Prompt { logprobs, .. } => {
                 if !reply.plan.echo {
                     continue;
