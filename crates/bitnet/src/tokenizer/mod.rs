@@ -230,6 +230,13 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Whether a `gpt2` vocabulary is really SentencePiece's: every byte-fallback piece
+/// `<0x00>`..`<0xFF>` and pieces that mark spaces with `▁`.
+fn is_sentencepiece_vocab(tokens: &[String]) -> bool {
+    let bytes = tokens.iter().filter(|t| is_byte_token(t)).count();
+    bytes >= 256 && tokens.iter().any(|t| t.contains(spm::SPACE))
+}
+
 /// `tokenizer.ggml.pre` values that mean the Llama 3 rules (llama.cpp's names). Falcon3's
 /// and Falcon-E's converters name their own vocabularies, whose split is Llama 3's (llama.cpp
 /// `llama-vocab.cpp` maps `falcon3` to `LLAMA_VOCAB_PRE_TYPE_LLAMA3`; bitnet.cpp's fork and
@@ -517,6 +524,59 @@ impl Tokenizer {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let pre_name = md
+            .contains("tokenizer.ggml.pre")
+            .then(|| md.get_str("tokenizer.ggml.pre"))
+            .transpose()
+            .map_err(meta)?;
+        // bitnet.cpp's embedding converter writes Gemma's SentencePiece-style BPE (pieces with
+        // `▁`, byte-fallback pieces `<0x00>`..`<0xFF>`, merges) as `gpt2` with pre `default`:
+        // byte-level BPE would not find a single one of those pieces. It is run as what it is,
+        // SentencePiece BPE, the merges' order giving the pieces' priority (as transformers'
+        // BPE applies them), no dummy prefix (Gemma has none) unless the file asks.
+        if matches!(pre_name, None | Some("default")) && is_sentencepiece_vocab(&tokens) {
+            let mut kinds = kinds;
+            for (kind, t) in kinds.iter_mut().zip(&tokens) {
+                if *kind == TokenKind::Normal && is_byte_token(t) {
+                    *kind = TokenKind::Byte;
+                }
+            }
+            let mut scores = vec![0f32; tokens.len()];
+            let index: rustc_hash::FxHashMap<&str, usize> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i))
+                .collect();
+            let mut seen = vec![false; tokens.len()];
+            for &(rank, a, b) in &merges {
+                if let Some(&id) = index.get(format!("{a}{b}").as_str()) {
+                    if !seen[id] {
+                        seen[id] = true;
+                        scores[id] = -(rank as f32);
+                    }
+                }
+            }
+            let unk = id_key("tokenizer.ggml.unknown_token_id")?
+                .or_else(|| tokens.iter().position(|t| t == "<unk>").map(|i| i as u32));
+            let add_space_prefix = md
+                .opt("tokenizer.ggml.add_space_prefix", Metadata::get_bool)
+                .map_err(meta)?
+                .unwrap_or(false);
+            let parts = Parts {
+                origin: origin.to_string(),
+                tokens,
+                kinds,
+                ignore_merges: false,
+                bos,
+                eos,
+                add_bos: add_bos_key.unwrap_or(true),
+                extra_end_of_generation,
+                pre_source: PreTokenizerSource::SentencePiece,
+                chat_template,
+                split: Split::Llama3,
+            };
+            return Tokenizer::build_spm(parts, scores, unk, add_space_prefix).map(with_eos);
+        }
         let mut split = Split::Llama3;
         let pre_source = match md
             .contains("tokenizer.ggml.pre")
