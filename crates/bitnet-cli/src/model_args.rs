@@ -214,6 +214,49 @@ impl TemplateArgs {
     }
 }
 
+/// Speculative decoding, shared by `generate`, `chat` and `batch`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SpecArgs {
+    /// Speculative decoding: `ngram` drafts from the text so far (prompt lookup, no draft
+    /// model) and verifies the draft in one forward pass; lossless (the same tokens as
+    /// without it), faster where the output repeats its input
+    #[arg(long, default_value = "none", value_parser = ["none", "ngram"])]
+    pub spec: String,
+    /// Most tokens drafted per step
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
+    /// Shortest n-gram looked up for a draft
+    #[arg(long, default_value_t = 2)]
+    pub spec_ngram_min: usize,
+    /// Longest n-gram looked up for a draft
+    #[arg(long, default_value_t = 4)]
+    pub spec_ngram_max: usize,
+}
+
+impl SpecArgs {
+    /// The library's setting, checked.
+    pub fn config(&self) -> Result<Option<bitnet::generate::SpecConfig>> {
+        if self.spec == "none" {
+            return Ok(None);
+        }
+        if !(1..=64).contains(&self.draft_max) {
+            bail!("--draft-max {}: must be between 1 and 64", self.draft_max);
+        }
+        if self.spec_ngram_min == 0 || self.spec_ngram_min > self.spec_ngram_max {
+            bail!(
+                "--spec-ngram-min {} --spec-ngram-max {}: need 1 ≤ min ≤ max",
+                self.spec_ngram_min,
+                self.spec_ngram_max
+            );
+        }
+        Ok(Some(bitnet::generate::SpecConfig {
+            max_draft: self.draft_max,
+            min_ngram: self.spec_ngram_min,
+            max_ngram: self.spec_ngram_max.min(64),
+        }))
+    }
+}
+
 /// Sampling options shared by `generate`, `chat` and `batch` (llama.cpp's names and defaults).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SamplingArgs {

@@ -694,6 +694,9 @@ pub struct GenerateParams {
     /// When the context fills up: `Some(keep)` drops half of the tokens after the first
     /// `keep` and goes on (llama.cpp's context shift); `None` stops.
     pub context_shift: Option<usize>,
+    /// Prompt-lookup speculative decoding: the same tokens, faster where the text repeats
+    /// what came before (see [`crate::generate::speculative`]).
+    pub speculative: Option<crate::generate::SpecConfig>,
 }
 
 impl Default for GenerateParams {
@@ -713,6 +716,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             ignore_eos: false,
             context_shift: None,
+            speculative: None,
         }
     }
 }
@@ -763,6 +767,7 @@ impl GenerateParams {
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             context_shift: self.context_shift,
+            speculative: self.speculative,
         };
         Ok((sampler, generation))
     }
@@ -826,13 +831,17 @@ impl TextStream {
     /// Stops the generation here; returns text still held back (a partial character, the
     /// start of a stop string), which the result includes.
     pub fn stop(&mut self) -> String {
-        self.run.as_mut().map(Run::interrupt).unwrap_or_default()
+        match self.run.as_mut() {
+            Some(run) => run.interrupt(&mut self.session),
+            None => String::new(),
+        }
     }
 
     /// The result so far: the whole text, the token ids, why it stopped
     /// ([`crate::generate::StopReason::Interrupted`] if it had not ended) and the figures.
     /// `None` after an error.
-    pub fn finish(self) -> Option<Generation> {
-        self.run.map(Run::finish)
+    pub fn finish(mut self) -> Option<Generation> {
+        let run = self.run.take()?;
+        Some(run.finish(&mut self.session))
     }
 }

@@ -20,7 +20,7 @@ use bitnet::generate::{
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
-use crate::model_args::{ModelArgs, SamplingArgs, TemplateArgs};
+use crate::model_args::{ModelArgs, SamplingArgs, SpecArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +29,8 @@ pub struct Args {
     /// Defaults for requests that do not set their own sampling fields
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     #[command(flatten)]
     template: TemplateArgs,
     /// Input JSONL file
@@ -68,6 +70,7 @@ pub fn run(args: Args) -> Result<()> {
     // do not need it.
     let template = tokenizer.chat_template().map_err(|e| e.to_string());
     let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
+    let speculative = args.spec.config()?;
 
     let mut out = BufWriter::new(out);
     let written = |e: std::io::Error| {
@@ -81,13 +84,20 @@ pub fn run(args: Args) -> Result<()> {
             Err(e) => Err((Value::Null, format!("line {line_no}: invalid request: {e}"))),
             Ok(req) => {
                 let id = req.id.clone().unwrap_or(Value::Null);
-                run_one(&mut session, &template, &req, &defaults, args.n_predict)
-                    .map(|mut v| {
-                        v["id"] = id.clone();
-                        v["line"] = json!(line_no);
-                        v
-                    })
-                    .map_err(|e| (id, format!("line {line_no}: {e:#}")))
+                run_one(
+                    &mut session,
+                    &template,
+                    &req,
+                    &defaults,
+                    args.n_predict,
+                    speculative,
+                )
+                .map(|mut v| {
+                    v["id"] = id.clone();
+                    v["line"] = json!(line_no);
+                    v
+                })
+                .map_err(|e| (id, format!("line {line_no}: {e:#}")))
             }
         };
         let record = match record {
@@ -123,6 +133,7 @@ fn run_one(
     req: &Request,
     defaults: &SamplerConfig,
     n_predict: usize,
+    speculative: Option<bitnet::generate::SpecConfig>,
 ) -> Result<Value> {
     // Every field is checked before the model runs. What the server honours beyond one
     // completion (several choices, logprobs, constrained output, tools, streaming) is refused
@@ -179,6 +190,7 @@ fn run_one(
         stop: req.stop.clone(),
         ignore_eos: req.ignore_eos,
         context_shift: None,
+        speculative,
     };
     let mut sampler = Sampler::new(sampler_config);
     let g = session.generate(&ids, &config, &mut sampler, |_| ControlFlow::Continue(()))?;

@@ -11,7 +11,7 @@ use anyhow::Result;
 use bitnet::generate::{Chat, GenerateError, GenerationConfig, Session, StopReason};
 use rustyline::error::ReadlineError;
 
-use crate::model_args::{n_predict, ModelArgs, SamplingArgs, TemplateArgs};
+use crate::model_args::{n_predict, ModelArgs, SamplingArgs, SpecArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,6 +19,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     #[command(flatten)]
     template: TemplateArgs,
     /// System prompt
@@ -88,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
         stop: Vec::new(),
         ignore_eos: false,
         context_shift: None,
+        speculative: args.spec.config()?,
     };
     let mut chat = Chat::new(session, args.system.clone(), sampler_config, config)?;
     chat.set_context_shift(!args.no_ctx_shift);

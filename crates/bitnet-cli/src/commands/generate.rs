@@ -11,7 +11,7 @@ use bitnet::generate::{ContextShift, GenerationConfig, Sampler, Session};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::json;
 
-use crate::model_args::{n_predict, unescape, ModelArgs, SamplingArgs};
+use crate::model_args::{n_predict, unescape, ModelArgs, SamplingArgs, SpecArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,6 +19,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// The prompt (escapes like \n are interpreted, as in llama.cpp)
     #[arg(short = 'p', long = "prompt")]
     prompt: Option<String>,
@@ -90,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
     // Everything that can be checked without the model is checked before loading it.
     let sampler_config = args.sampling.config()?;
     let max_tokens = n_predict(args.n_predict)?;
+    let speculative = args.spec.config()?;
     args.model.check()?;
     let file_text = match (&args.tokens, &args.prompt, &args.file) {
         (None, None, Some(f)) => Some(crate::files::read_limited_text(
@@ -134,6 +137,7 @@ pub fn run(args: Args) -> Result<()> {
         context_shift: args
             .ctx_shift
             .then(|| keep_tokens(args.keep, &ids, tokenizer.bos_id())),
+        speculative,
     };
     let mut sampler = Sampler::new(sampler_config);
 
@@ -182,6 +186,12 @@ pub fn run(args: Args) -> Result<()> {
             "peak_rss_bytes": peak_rss,
             "kv_cache_bytes": session.cache_bytes(),
             "context_shifts": result.shifts.len(),
+            "speculative": speculative.map(|_| json!({
+                "drafts": result.speculative.drafts,
+                "drafted_tokens": result.speculative.drafted,
+                "accepted_tokens": result.speculative.accepted,
+                "acceptance": result.speculative.acceptance(),
+            })),
             "threads": model.threads(),
             "isa": model.isa().name(),
         });
@@ -199,6 +209,16 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     crate::stats::print_generation_summary(&result, peak_rss, session.cache_bytes());
+    if speculative.is_some() {
+        let sp = result.speculative;
+        eprintln!(
+            "speculative (ngram): {} drafts, {} tokens drafted, {} accepted ({:.0} %)",
+            sp.drafts,
+            sp.drafted,
+            sp.accepted,
+            100.0 * sp.acceptance()
+        );
+    }
     crate::interrupt::exit_if(interrupted)
 }
 

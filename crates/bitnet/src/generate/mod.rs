@@ -7,6 +7,7 @@ pub mod constraint;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculative;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use chat::{Chat, Turn};
 pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
+pub use speculative::{SpecConfig, SpecStats};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub struct GenerationConfig {
     /// `Some(keep)` shifts the context as llama.cpp does, keeping the first `keep` tokens and
     /// dropping half of the rest, and goes on.
     pub context_shift: Option<usize>,
+    /// Prompt-lookup speculative decoding (lossless: the same tokens as without it).
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for GenerationConfig {
@@ -65,6 +69,7 @@ impl Default for GenerationConfig {
             stop: Vec::new(),
             ignore_eos: false,
             context_shift: None,
+            speculative: None,
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct Generation {
     pub generation_time: Duration,
     /// The whole call.
     pub total_time: Duration,
+    /// Speculative decoding's figures (zero without it).
+    pub speculative: SpecStats,
 }
 
 impl Generation {
@@ -276,13 +283,13 @@ impl<'m> Session<'m> {
         let mut run = Run::start(self, sequence, config.clone(), sampler)?;
         while let Some(piece) = run.next_text(self, sampler)? {
             if !piece.is_empty() && on_text(&piece).is_break() {
-                let rest = run.interrupt();
+                let rest = run.interrupt(self);
                 if !rest.is_empty() {
                     let _ = on_text(&rest);
                 }
             }
         }
-        Ok(run.finish())
+        Ok(run.finish(self))
     }
 }
 
@@ -318,6 +325,12 @@ pub(crate) struct Run {
     logits: Vec<f32>,
     /// A sampled token whose forward pass is still to run (it runs before the next sample).
     pending: Option<u32>,
+    /// Drafted tokens already in the cache beyond the accepted ones, with the logits after
+    /// each (see `speculative`).
+    draft: std::collections::VecDeque<(u32, Vec<f32>)>,
+    /// Cache positions holding accepted tokens (the rest are unverified drafts).
+    accepted_len: usize,
+    spec: SpecStats,
     decoder: PendingUtf8,
     text: String,
     /// Text produced but not yet given out (it may be the start of a stop string).
@@ -379,6 +392,9 @@ impl Run {
             prompt_time: start.elapsed(),
             logits,
             pending: None,
+            draft: std::collections::VecDeque::new(),
+            accepted_len: session.tokens.len(),
+            spec: SpecStats::default(),
             decoder: PendingUtf8::default(),
             text: String::new(),
             held: String::new(),
@@ -413,10 +429,7 @@ impl Run {
                     None => return Ok(Some(self.end(StopReason::ContextFull))),
                 }
             }
-            self.logits = session
-                .model
-                .forward(&[token], &mut session.cache, Logits::Last)?;
-            session.tokens.push(token);
+            self.feed(session, token)?;
         }
         if self
             .config
@@ -429,7 +442,15 @@ impl Run {
         if self.generated.is_empty() {
             self.time_to_first_token = self.start.elapsed();
         }
+        // A drafted token the sampler chose itself is already in the cache, with the logits
+        // after it; any other choice ends the draft, whose tokens leave the cache. A token that
+        // ends the run leaves the cache as a plain run leaves it (without that token).
+        let drafted = match self.draft.pop_front() {
+            Some((t, logits)) if t == token => Some(logits),
+            _ => None,
+        };
         if !self.config.ignore_eos && session.tokenizer.is_end_of_generation(token) {
+            self.drop_draft(session);
             return Ok(Some(self.end(StopReason::EndOfGeneration(token))));
         }
         self.generated.push(token);
@@ -440,23 +461,85 @@ impl Run {
             self.held.truncate(at);
             let last = std::mem::take(&mut self.held);
             self.text.push_str(&last);
+            self.drop_draft(session);
             self.finish_with(StopReason::StopString(s));
             return Ok(Some(last));
         }
         let safe = safe_prefix_len(&self.held, &self.config.stop);
         let ready: String = self.held.drain(..safe).collect();
         self.text.push_str(&ready);
-        self.pending = Some(token);
+        match drafted {
+            Some(logits) => {
+                self.spec.accepted += 1;
+                self.accepted_len += 1;
+                self.logits = logits;
+            }
+            None => {
+                self.drop_draft(session);
+                self.pending = Some(token);
+            }
+        }
         Ok(Some(ready))
+    }
+
+    /// Runs `token` (the last sampled one) and, with speculation, a draft after it in the
+    /// same forward pass.
+    fn feed(&mut self, session: &mut Session, token: u32) -> Result<(), GenerateError> {
+        let mut draft = Vec::new();
+        if let Some(config) = self.config.speculative {
+            // Room in the cache after `token`, and tokens still wanted after the one this
+            // pass's first row gives.
+            let room = self.capacity.saturating_sub(session.tokens.len() + 1);
+            let wanted = self
+                .config
+                .max_tokens
+                .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len() + 1));
+            let mut context = session.tokens.clone();
+            context.push(token);
+            draft = speculative::ngram_draft(&context, &config, room.min(wanted));
+        }
+        if draft.is_empty() {
+            self.logits = session
+                .model
+                .forward(&[token], &mut session.cache, Logits::Last)?;
+            session.tokens.push(token);
+            self.accepted_len = session.tokens.len();
+            return Ok(());
+        }
+        let mut input = Vec::with_capacity(draft.len() + 1);
+        input.push(token);
+        input.extend_from_slice(&draft);
+        let logits = session
+            .model
+            .forward(&input, &mut session.cache, Logits::All)?;
+        session.tokens.extend_from_slice(&input);
+        self.accepted_len = session.tokens.len() - draft.len();
+        let n_vocab = logits.len() / input.len();
+        let mut rows = logits.chunks_exact(n_vocab).map(<[f32]>::to_vec);
+        self.logits = rows.next().unwrap_or_default();
+        self.spec.drafts += 1;
+        self.spec.drafted += draft.len();
+        self.draft = draft.into_iter().zip(rows).collect();
+        Ok(())
+    }
+
+    /// Takes unverified drafted tokens out of the cache.
+    fn drop_draft(&mut self, session: &mut Session) {
+        self.draft.clear();
+        if session.tokens.len() > self.accepted_len {
+            session.cache.truncate(self.accepted_len);
+            session.tokens.truncate(self.accepted_len);
+        }
     }
 
     /// Stops at the caller's request ([`StopReason::Interrupted`]); returns the text held
     /// back, which is part of the result.
-    pub(crate) fn interrupt(&mut self) -> String {
+    pub(crate) fn interrupt(&mut self, session: &mut Session) -> String {
         if self.done {
             return String::new();
         }
         self.pending = None;
+        self.drop_draft(session);
         self.end(StopReason::Interrupted)
     }
 
@@ -481,9 +564,9 @@ impl Run {
     }
 
     /// The result; a run not yet ended counts as interrupted here.
-    pub(crate) fn finish(mut self) -> Generation {
+    pub(crate) fn finish(mut self, session: &mut Session) -> Generation {
         if !self.done {
-            self.interrupt();
+            self.interrupt(session);
         }
         let total_time = self.total_time;
         Generation {
@@ -497,6 +580,7 @@ impl Run {
             time_to_first_token: self.time_to_first_token,
             generation_time: total_time.saturating_sub(self.time_to_first_token),
             total_time,
+            speculative: self.spec,
         }
     }
 }

@@ -1,0 +1,113 @@
+//! Prompt-lookup (n-gram) speculative decoding: drafts come from the text itself, no draft
+//! model. The last few tokens are looked up earlier in the context (the prompt and what was
+//! generated); the tokens that followed them there are the draft. One forward pass then runs
+//! the sampled token and the draft together, and the sampler walks the rows: each draft token
+//! it samples itself is kept, the first it does not ends the draft (its own token is kept
+//! instead), and the cache is cut back to what was kept.
+//!
+//! Lossless: the logits of every position are the ones plain decoding computes (a batched
+//! forward pass is bit-identical per position), and the sampler draws once per emitted
+//! token, in the same order, from the same state. A run with a seed gives the same tokens
+//! with and without speculation.
+
+/// How drafts are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// Most tokens drafted per step (llama.cpp's `--draft-max`).
+    pub max_draft: usize,
+    /// The shortest n-gram looked up: a shorter one matches by chance too often.
+    pub min_ngram: usize,
+    /// The longest n-gram looked up (the longest match is used first).
+    pub max_ngram: usize,
+}
+
+impl Default for SpecConfig {
+    fn default() -> SpecConfig {
+        SpecConfig {
+            max_draft: 8,
+            min_ngram: 2,
+            max_ngram: 4,
+        }
+    }
+}
+
+/// Figures of a speculative run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    /// Verification passes run (forward passes with a draft).
+    pub drafts: usize,
+    /// Tokens drafted.
+    pub drafted: usize,
+    /// Drafted tokens the sampler kept.
+    pub accepted: usize,
+}
+
+impl SpecStats {
+    /// Accepted drafted tokens per drafted token (0 when none were drafted).
+    pub fn acceptance(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+}
+
+/// The draft for `context` (the whole sequence so far, its last token the one about to run):
+/// the tokens that followed the most recent earlier occurrence of its last n tokens, for the
+/// longest n from `max_ngram` down to `min_ngram` that occurs, at most `limit` of them.
+pub fn ngram_draft(context: &[u32], config: &SpecConfig, limit: usize) -> Vec<u32> {
+    let limit = limit.min(config.max_draft);
+    if limit == 0 {
+        return Vec::new();
+    }
+    let len = context.len();
+    for n in (config.min_ngram.max(1)..=config.max_ngram).rev() {
+        if n >= len {
+            continue;
+        }
+        let pattern = &context[len - n..];
+        // The most recent occurrence that ends before the pattern itself does.
+        let found = (0..len - n)
+            .rev()
+            .find(|&start| &context[start..start + n] == pattern);
+        if let Some(start) = found {
+            let from = start + n;
+            let to = (from + limit).min(len);
+            if from < to {
+                return context[from..to].to_vec();
+            }
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drafts_what_followed_the_longest_recent_match() {
+        let c = SpecConfig {
+            max_draft: 3,
+            min_ngram: 2,
+            max_ngram: 3,
+        };
+        // "1 2 3 4 5 ... 1 2 3" → what followed 1 2 3: 4 5 6.
+        assert_eq!(
+            ngram_draft(&[1, 2, 3, 4, 5, 6, 9, 1, 2, 3], &c, 10),
+            vec![4, 5, 6]
+        );
+        // The most recent occurrence wins.
+        assert_eq!(
+            ngram_draft(&[7, 8, 1, 7, 8, 2, 7, 8], &c, 10),
+            vec![2, 7, 8]
+        );
+        // Limited by the caller (tokens left) and by max_draft.
+        assert_eq!(ngram_draft(&[1, 2, 3, 4, 5, 6, 1, 2], &c, 1), vec![3]);
+        // Below min_ngram nothing is drafted; nothing to draft at the very end.
+        assert!(ngram_draft(&[5, 1, 2, 6, 2], &c, 10).is_empty());
+        assert!(ngram_draft(&[1, 2], &c, 10).is_empty());
+        assert!(ngram_draft(&[], &c, 10).is_empty());
+    }
+}
