@@ -330,6 +330,11 @@ pub(crate) struct Run {
     draft: std::collections::VecDeque<(u32, Vec<f32>)>,
     /// Cache positions holding accepted tokens (the rest are unverified drafts).
     accepted_len: usize,
+    /// The next draft's length: the last rejection point + 1, doubled after a draft kept
+    /// whole (drafts that keep failing cost little).
+    draft_len: usize,
+    /// Tokens in the draft under verification.
+    draft_size: usize,
     spec: SpecStats,
     decoder: PendingUtf8,
     text: String,
@@ -383,6 +388,7 @@ impl Run {
             .model
             .forward(new, &mut session.cache, Logits::Last)?;
         session.tokens.extend_from_slice(new);
+        let draft_len = config.speculative.map_or(0, |s| s.max_draft);
         Ok(Run {
             start,
             config,
@@ -394,6 +400,8 @@ impl Run {
             pending: None,
             draft: std::collections::VecDeque::new(),
             accepted_len: session.tokens.len(),
+            draft_len,
+            draft_size: 0,
             spec: SpecStats::default(),
             decoder: PendingUtf8::default(),
             text: String::new(),
@@ -445,10 +453,18 @@ impl Run {
         // A drafted token the sampler chose itself is already in the cache, with the logits
         // after it; any other choice ends the draft, whose tokens leave the cache. A token that
         // ends the run leaves the cache as a plain run leaves it (without that token).
+        let before = self.draft.len();
         let drafted = match self.draft.pop_front() {
             Some((t, logits)) if t == token => Some(logits),
             _ => None,
         };
+        if before > 0 {
+            match drafted {
+                Some(_) if self.draft.is_empty() => self.adapt(self.draft_size, self.draft_size),
+                Some(_) => {}
+                None => self.adapt(self.draft_size - before, self.draft_size),
+            }
+        }
         if !self.config.ignore_eos && session.tokenizer.is_end_of_generation(token) {
             self.drop_draft(session);
             return Ok(Some(self.end(StopReason::EndOfGeneration(token))));
@@ -496,7 +512,8 @@ impl Run {
                 .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len() + 1));
             let mut context = session.tokens.clone();
             context.push(token);
-            draft = speculative::ngram_draft(&context, &config, room.min(wanted));
+            let limit = room.min(wanted).min(self.draft_len.max(1));
+            draft = speculative::ngram_draft(&context, &config, limit);
         }
         if draft.is_empty() {
             self.logits = session
@@ -519,8 +536,19 @@ impl Run {
         self.logits = rows.next().unwrap_or_default();
         self.spec.drafts += 1;
         self.spec.drafted += draft.len();
+        self.draft_size = draft.len();
         self.draft = draft.into_iter().zip(rows).collect();
         Ok(())
+    }
+
+    /// A draft ended: `kept` of its `len` tokens were accepted.
+    fn adapt(&mut self, kept: usize, len: usize) {
+        let max = self.config.speculative.map_or(0, |s| s.max_draft);
+        self.draft_len = if kept == len {
+            (self.draft_len.max(1) * 2).min(max)
+        } else {
+            (kept + 1).min(max)
+        };
     }
 
     /// Takes unverified drafted tokens out of the cache.

@@ -72,11 +72,21 @@ pub fn ngram_draft(context: &[u32], config: &SpecConfig, limit: usize) -> Vec<u3
             .rev()
             .find(|&start| &context[start..start + n] == pattern);
         if let Some(start) = found {
+            // What followed, copied as LZ77 copies: past the end of the context the copy
+            // reads its own output, so text repeating with a short period (a loop, a
+            // list) drafts its continuation in full.
             let from = start + n;
-            let to = (from + limit).min(len);
-            if from < to {
-                return context[from..to].to_vec();
+            let mut draft = Vec::with_capacity(limit);
+            for i in 0..limit {
+                let at = from + i;
+                let t = if at < len {
+                    context[at]
+                } else {
+                    draft[at - len]
+                };
+                draft.push(t);
             }
+            return draft;
         }
     }
     Vec::new()
@@ -105,6 +115,9 @@ mod tests {
         );
         // Limited by the caller (tokens left) and by max_draft.
         assert_eq!(ngram_draft(&[1, 2, 3, 4, 5, 6, 1, 2], &c, 1), vec![3]);
+        // Running into the present, the copy goes on from its own output: a period-2 loop.
+        assert_eq!(ngram_draft(&[9, 1, 2, 1, 2, 1, 2], &c, 10), vec![1, 2, 1]);
+        assert_eq!(ngram_draft(&[5, 5, 5], &c, 10), vec![5, 5, 5]);
         // Below min_ngram nothing is drafted; nothing to draft at the very end.
         assert!(ngram_draft(&[5, 1, 2, 6, 2], &c, 10).is_empty());
         assert!(ngram_draft(&[1, 2], &c, 10).is_empty());
