@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplerConfig};
+use super::speculative::{self, SpecConfig};
 use super::{find_stop, safe_prefix_len, StopReason};
 use crate::model::embed::pool;
 use crate::model::{BatchEntry, BitnetModel, CacheType, EmbedOptions, KvCache, Logits, ModelError};
@@ -47,6 +48,9 @@ pub struct SchedulerConfig {
     /// sequence advances each step): bounds how long a step, and so every running stream,
     /// waits for a new request's prompt.
     pub prefill_chunk: usize,
+    /// Prompt-lookup speculative decoding for every generating sequence (lossless; see
+    /// [`super::speculative`]).
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -57,6 +61,7 @@ impl Default for SchedulerConfig {
             cache_type: CacheType::F16,
             max_queue: 256,
             prefill_chunk: 128,
+            speculative: None,
         }
     }
 }
@@ -326,6 +331,10 @@ pub struct Status {
     pub busy_seconds: f64,
     /// Generated tokens per second over recent steps, all sequences together.
     pub generation_tokens_per_s: f64,
+    /// Speculative decoding: tokens drafted, and those the sampler kept.
+    pub spec_drafted_tokens: u64,
+    /// Drafted tokens accepted.
+    pub spec_accepted_tokens: u64,
     /// Whether [`Scheduler::shutdown`] was called.
     pub shutting_down: bool,
 }
@@ -424,6 +433,7 @@ impl Scheduler {
         let n_vocab = model.config().n_vocab;
         let thread_shared = Arc::clone(&shared);
         let prefill_chunk = config.prefill_chunk.max(1);
+        let speculative = config.speculative;
         let thread = std::thread::Builder::new()
             .name("bitnet-scheduler".into())
             .spawn(move || {
@@ -435,6 +445,7 @@ impl Scheduler {
                     active: Vec::new(),
                     shared: &thread_shared,
                     prefill_chunk,
+                    speculative,
                     clock: 0,
                     deadline: None,
                     rate: 0.0,
@@ -576,6 +587,10 @@ struct Active<'t> {
     cached: usize,
     /// The last sampled token, to run at the next step.
     next: Option<u32>,
+    /// Tokens drafted after `next` in this step (speculative decoding), to verify.
+    draft: Vec<u32>,
+    /// The next draft's length (adapts as in `Run`).
+    draft_len: usize,
     generated: usize,
     prompt_logprobs: Vec<Option<TokenLogprob>>,
     started: Instant,
@@ -590,6 +605,7 @@ struct Engine<'a> {
     active: Vec<Active<'a>>,
     shared: &'a Shared,
     prefill_chunk: usize,
+    speculative: Option<SpecConfig>,
     /// Steps run.
     clock: u64,
     /// Once shutting down: when running requests are ended.
@@ -741,6 +757,8 @@ impl<'a> Engine<'a> {
                 fed: common,
                 cached: common,
                 next: None,
+                draft: Vec::new(),
+                draft_len: self.speculative.map_or(0, |s| s.max_draft),
                 generated: 0,
                 prompt_logprobs: if p.job.prompt_logprobs {
                     vec![None]
@@ -784,9 +802,32 @@ impl<'a> Engine<'a> {
         // order they arrived (the first always gets at least one token).
         let mut budget = self.prefill_chunk;
         let mut inputs: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
-        for (i, a) in self.active.iter().enumerate() {
+        for (i, a) in self.active.iter_mut().enumerate() {
             match a.next {
-                Some(t) => inputs.push((i, vec![t], Logits::Last)),
+                Some(t) => {
+                    // Speculation: a draft from the sequence's own text, run after its token
+                    // (not under a grammar, whose state each token changes).
+                    let slot = &self.slots[a.slot];
+                    a.draft.clear();
+                    if let (Some(config), None) = (self.speculative, &a.p.job.constraint) {
+                        let room = slot.cache.capacity().saturating_sub(slot.tokens.len() + 1);
+                        let wanted =
+                            a.p.job
+                                .max_tokens
+                                .map_or(usize::MAX, |m| m.saturating_sub(a.generated + 1));
+                        let limit = room.min(wanted).min(a.draft_len.max(1));
+                        let mut context = slot.tokens.clone();
+                        context.push(t);
+                        a.draft = speculative::ngram_draft(&context, &config, limit);
+                    }
+                    if a.draft.is_empty() {
+                        inputs.push((i, vec![t], Logits::Last));
+                    } else {
+                        let mut tokens = vec![t];
+                        tokens.extend_from_slice(&a.draft);
+                        inputs.push((i, tokens, Logits::All));
+                    }
+                }
                 None => {
                     let rest = a.p.job.prompt.len() - a.fed;
                     // An embedding runs whole in one pass (its pooling sees every position,
@@ -848,12 +889,46 @@ impl<'a> Engine<'a> {
             }
         };
         let mut generated = 0usize;
+        let (mut spec_drafted, mut spec_accepted) = (0u64, 0u64);
         let mut outcomes = Vec::with_capacity(inputs.len());
         for ((i, tokens, _), logits) in inputs.iter().zip(logits) {
             let a = &mut self.active[*i];
             self.slots[a.slot].tokens.extend_from_slice(tokens);
             let n_vocab = self.model.config().n_vocab;
-            let outcome = if let Some(options) = a.p.job.embedding {
+            let outcome = if !a.draft.is_empty() {
+                // Verification: each row's token is sampled as plain decoding samples it; a
+                // drafted token chosen by the sampler is in the cache already, the first
+                // other choice ends the draft, whose later tokens leave the cache.
+                let n_vocab = self.model.config().n_vocab;
+                let draft = std::mem::take(&mut a.draft);
+                let start = self.slots[a.slot].tokens.len() - tokens.len();
+                let mut kept = 0;
+                let mut outcome = Outcome::Continue;
+                for (j, row) in logits.chunks_exact(n_vocab).enumerate() {
+                    generated += 1;
+                    outcome = sample(a, row, self.tokenizer);
+                    let accepted = matches!(outcome, Outcome::Continue)
+                        && j < draft.len()
+                        && a.next == Some(draft[j]);
+                    if !accepted {
+                        break;
+                    }
+                    kept += 1;
+                    a.next = None;
+                }
+                // The cache keeps the step's first token and the kept drafts.
+                let slot = &mut self.slots[a.slot];
+                slot.cache.truncate(start + 1 + kept);
+                slot.tokens.truncate(start + 1 + kept);
+                a.draft_len = if kept == draft.len() {
+                    (a.draft_len.max(1) * 2).min(self.speculative.map_or(1, |c| c.max_draft))
+                } else {
+                    kept + 1
+                };
+                spec_drafted += draft.len() as u64;
+                spec_accepted += kept as u64;
+                outcome
+            } else if let Some(options) = a.p.job.embedding {
                 a.fed += tokens.len();
                 let c = self.model.config();
                 let pooling = options
@@ -924,6 +999,8 @@ impl<'a> Engine<'a> {
             s.busy_seconds += secs;
             s.generated_tokens += generated as u64;
             s.generation_tokens_per_s = rate;
+            s.spec_drafted_tokens += spec_drafted;
+            s.spec_accepted_tokens += spec_accepted;
         });
         // Leave from the back so the indices stay valid.
         outcomes.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));

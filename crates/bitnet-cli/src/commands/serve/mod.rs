@@ -32,7 +32,7 @@ use bitnet::model::human_bytes;
 use bitnet::tokenizer::{ChatTemplate, Tokenizer};
 use std::io::Write as _;
 
-use crate::model_args::{ModelArgs, SamplingArgs, TemplateArgs};
+use crate::model_args::{ModelArgs, SamplingArgs, SpecArgs, TemplateArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +44,9 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     template: TemplateArgs,
+    /// Speculative decoding for every slot
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -196,6 +199,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let defaults = args.sampling.config()?;
+    let speculative = args.spec.config()?;
     let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
     let crate::model_args::Loaded {
         model,
@@ -232,6 +236,7 @@ pub fn run(args: Args) -> Result<()> {
             cache_type,
             max_queue: args.queue,
             prefill_chunk: args.prefill_chunk,
+            speculative,
         },
     )?;
     let status = scheduler.status();

@@ -467,6 +467,18 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         &one(st.steps.to_string()),
     );
     metric(
+        "bitnet_spec_drafted_tokens_total",
+        "counter",
+        "Speculative decoding (--spec ngram): tokens drafted.",
+        &one(st.spec_drafted_tokens.to_string()),
+    );
+    metric(
+        "bitnet_spec_accepted_tokens_total",
+        "counter",
+        "Speculative decoding: drafted tokens accepted (each one a forward pass saved).",
+        &one(st.spec_accepted_tokens.to_string()),
+    );
+    metric(
         "bitnet_busy_seconds_total",
         "counter",
         "Seconds spent in forward passes.",
