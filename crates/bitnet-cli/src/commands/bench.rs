@@ -74,6 +74,12 @@ pub struct Args {
     /// a model whose file declares a pooling type (the BitNet embedding models)
     #[arg(long)]
     embed: bool,
+    /// Also time greedy generation of the first -n length from a prompt that repeats itself
+    /// (the first -p length of random tokens, three times) with and without prompt-lookup
+    /// speculative decoding (`copyN`, `copyN+spec`, with the drafts' acceptance); needs the
+    /// file's tokenizer
+    #[arg(long)]
+    spec: bool,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -83,6 +89,8 @@ struct Row {
     threads: usize,
     test: String,
     samples: Vec<f64>,
+    /// Speculative rows: drafted tokens accepted per drafted token.
+    acceptance: Option<f64>,
     /// The roofline (t/s) next to each sample: generation runs only, when the probe runs.
     rooflines: Vec<f64>,
 }
@@ -170,6 +178,13 @@ pub fn run(args: Args) -> Result<()> {
     let load_start = Instant::now();
     let (name, file) = crate::model_args::open_gguf(args.model.as_deref())?;
     let size = file.file_len();
+    let tokenizer = if args.spec {
+        Some(bitnet::tokenizer::Tokenizer::from_gguf(&file).map_err(|e| {
+            anyhow::anyhow!("--spec generates text, which needs the file's tokenizer: {e}")
+        })?)
+    } else {
+        None
+    };
     let options = args.residency.residency().load_options(size);
     let in_memory = options.resident;
     let mut model = BitnetModel::from_gguf_with(file, options)?;
@@ -231,6 +246,7 @@ pub fn run(args: Args) -> Result<()> {
                 test: format!("{}{p}", if embed { "embed" } else { "pp" }),
                 samples,
                 rooflines: Vec::new(),
+                acceptance: None,
             });
         }
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
@@ -268,11 +284,63 @@ pub fn run(args: Args) -> Result<()> {
                     .iter()
                     .map(|gbs| gbs * 1e9 / bytes_per_token)
                     .collect(),
+                acceptance: None,
             });
             if !probes.is_empty() {
                 let mean = probes.iter().sum::<f64>() / probes.len() as f64;
                 bandwidth.retain(|(bt, _)| *bt != t);
                 bandwidth.push((t, Some(mean)));
+            }
+        }
+    }
+    if let Some(tokenizer) = &tokenizer {
+        let p = args.n_prompt.iter().copied().find(|&p| p > 0).unwrap_or(64);
+        let n = args.n_gen.iter().copied().find(|&n| n > 0).unwrap_or(128);
+        for &t in &threads {
+            model.set_threads(t);
+            let t = model.threads();
+            for spec in [None, Some(bitnet::generate::SpecConfig::default())] {
+                let mut samples = Vec::new();
+                let mut accepted = (0usize, 0usize);
+                for rep in 0..args.repetitions + 1 {
+                    let part = tokens(p, n_vocab, 200 + rep as u64);
+                    let prompt: Vec<u32> = part.iter().chain(&part).chain(&part).copied().collect();
+                    let mut session = bitnet::generate::Session::new(
+                        &model,
+                        tokenizer,
+                        args.ctx_size.max(prompt.len() + n + 1),
+                        args.cache_type,
+                    )?;
+                    let config = bitnet::generate::GenerationConfig {
+                        max_tokens: Some(n),
+                        ignore_eos: true,
+                        speculative: spec,
+                        ..Default::default()
+                    };
+                    let mut sampler =
+                        bitnet::generate::Sampler::new(bitnet::generate::SamplerConfig::greedy());
+                    let g = session.generate(&prompt, &config, &mut sampler, |_| {
+                        std::ops::ControlFlow::Continue(())
+                    })?;
+                    if rep > 0 {
+                        samples.push(g.generation_tokens_per_s());
+                        accepted.0 += g.speculative.accepted;
+                        accepted.1 += g.speculative.drafted;
+                    }
+                }
+                rows.push(Row {
+                    threads: t,
+                    test: format!("copy{n}{}", if spec.is_some() { "+spec" } else { "" }),
+                    samples,
+                    rooflines: Vec::new(),
+                    acceptance: spec.map(|_| {
+                        if accepted.1 == 0 {
+                            0.0
+                        } else {
+                            accepted.0 as f64 / accepted.1 as f64
+                        }
+                    }),
+                });
             }
         }
     }
@@ -339,6 +407,7 @@ pub fn run(args: Args) -> Result<()> {
                     "roofline_tokens_per_s": r.roofline().map(|(roof, _)| roof),
                     "fraction_of_roofline": r.roofline().map(|(_, f)| f),
                     "sample_rooflines": r.rooflines,
+                    "spec_acceptance": r.acceptance,
                 })
             })
             .collect();
@@ -385,9 +454,10 @@ pub fn run(args: Args) -> Result<()> {
     );
     for r in &rows {
         let (mean, sd) = mean_sd(&r.samples);
-        let roof = match r.roofline() {
-            Some((roof, fraction)) => format!("{:.0} % of {roof:.1}", 100.0 * fraction),
-            None => String::new(),
+        let roof = match (r.roofline(), r.acceptance) {
+            (Some((roof, fraction)), _) => format!("{:.0} % of {roof:.1}", 100.0 * fraction),
+            (None, Some(a)) => format!("drafts {:.0} % accepted", 100.0 * a),
+            (None, None) => String::new(),
         };
         println!(
             "| {model_name} | {:.2} GiB | {:.2} B | CPU {} | {} | {} | {mean:.2} ± {sd:.2} | {roof} |",
