@@ -434,12 +434,17 @@ impl Shape {
             Value::F32(self.rms_eps),
         );
         md.set(k("rope.freq_base"), Value::F32(self.rope_theta));
-        if let Some(vocab) = vocab {
-            for (key, value) in vocab.metadata().iter() {
-                if key.starts_with("tokenizer.") {
-                    md.set(key, value.clone());
+        match vocab {
+            Some(vocab) => {
+                for (key, value) in vocab.metadata().iter() {
+                    if key.starts_with("tokenizer.") {
+                        md.set(key, value.clone());
+                    }
                 }
             }
+            // llama.cpp's marker for a model without a vocabulary: its tools (llama-bench)
+            // then load the file.
+            None => md.set("tokenizer.ggml.model", Value::String("none".into())),
         }
         md
     }

@@ -106,7 +106,7 @@ pub enum TokenizerError {
         found: String,
     },
     /// A GGUF written without a vocabulary.
-    #[error("{origin}: has no tokenizer (no `tokenizer.ggml.model` metadata); models written without a vocabulary can only be benchmarked")]
+    #[error("{origin}: has no tokenizer (`tokenizer.ggml.model` is missing or `none`); models written without a vocabulary can only be benchmarked")]
     NoTokenizer {
         /// The file.
         origin: String,
@@ -370,6 +370,12 @@ impl Tokenizer {
             });
         }
         let model = md.get_str("tokenizer.ggml.model").map_err(meta)?;
+        // llama.cpp's names for a file that has no vocabulary (LLAMA_VOCAB_TYPE_NONE).
+        if model == "none" || model == "no_vocab" {
+            return Err(TokenizerError::NoTokenizer {
+                origin: origin.to_string(),
+            });
+        }
         if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::UnsupportedModel {
                 origin: origin.to_string(),
