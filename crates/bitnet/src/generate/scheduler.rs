@@ -123,6 +123,8 @@ pub struct TokenLogprob {
 pub enum Event {
     /// The prompt has run.
     Prompt {
+        /// The slot the request runs in.
+        slot: usize,
         /// Prompt tokens whose cache was reused from an earlier request.
         cached_tokens: usize,
         /// With [`Job::prompt_logprobs`]: one per prompt token (`None` for the first).
@@ -165,6 +167,8 @@ pub struct Finished {
     pub total: Duration,
     /// The seed the request's sampler used.
     pub seed: u64,
+    /// The slot it ran in (`None`: it ended before reaching one).
+    pub slot: Option<usize>,
 }
 
 impl Finished {
@@ -847,6 +851,7 @@ impl<'a> Engine<'a> {
                 } else {
                     let last = &logits[logits.len() - n_vocab..];
                     let event = Event::Prompt {
+                        slot: a.slot,
                         cached_tokens: a.cached,
                         logprobs: a
                             .p
@@ -943,6 +948,7 @@ impl<'a> Engine<'a> {
                     time_to_first_token: a.first_token.unwrap_or(now),
                     total: now,
                     seed: a.p.job.sampler.seed,
+                    slot: Some(a.slot),
                 };
                 // Counted before the caller hears of the end, so a status read after it
                 // includes this request.
@@ -988,6 +994,7 @@ fn finish_unstarted(mut p: Pending, stop: StopReason) {
         time_to_first_token: total,
         total,
         seed: p.job.sampler.seed,
+        slot: None,
     }));
 }
 

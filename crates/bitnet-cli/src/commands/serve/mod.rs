@@ -6,6 +6,9 @@
 //! sampling are the library's [`Scheduler`]; see its documentation.
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+//! - `responses.rs`: `/v1/responses`, translated to a chat completion.
+//! - `llama.rs`: llama-server's dialect: `/completion`, `/tokenize`, `/detokenize`,
+//!   `/apply-template`, `/props`, `/slots`, and its `timings` and context-overflow error.
 //! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`,
 //!   the request body's deadline.
 //! - `conn.rs`: connections: timeouts, connection and header limits, accept errors.
@@ -14,8 +17,10 @@
 //! [`Job`]: bitnet::generate::Job
 
 mod conn;
+mod llama;
 mod openai;
 mod ops;
+mod responses;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,7 +67,8 @@ pub struct Args {
     /// Model id shown by /v1/models and in responses (default: the model's file name)
     #[arg(long)]
     alias: Option<String>,
-    /// Require `Authorization: Bearer KEY` on the API and /metrics (not on / and /health);
+    /// Require `Authorization: Bearer KEY` (or `X-Api-Key: KEY`) on the API and /metrics
+    /// (not on /, /health and the model list);
     /// also read from the BITNET_API_KEY environment variable, which `ps` does not show
     #[arg(long)]
     api_key: Option<String>,
@@ -243,6 +249,13 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/models/{*id}", get(openai::model))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        // llama-server serves the OpenAI routes without `/v1` too (clients whose base URL
+        // lacks it); its `/completions` is the native endpoint, not OpenAI's.
+        .route("/models", get(openai::models))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(responses::responses))
+        .route("/responses", post(responses::responses))
+        .merge(llama::routes())
         .fallback(ops::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
