@@ -364,6 +364,23 @@ fn tokenize_detokenize_apply_template_props_and_slots() {
     assert_eq!(get(a, "/slots?fail_on_no_slot=1").0, 200);
     let (status, v) = post(a, "/slots/0?action=save", &json!({"filename": "x.bin"}));
     assert_eq!(status, 501, "{v}");
+    // Erasing forgets a slot's cached prompt: the same request then reuses nothing.
+    let body = json!({"prompt": "ROMEO:\nSpeak.", "n_predict": 2});
+    post(a, "/completion", &body);
+    let (_, again) = post(a, "/completion", &body);
+    let slot = again["id_slot"].as_u64().unwrap();
+    assert!(again["tokens_cached"].as_u64().unwrap() > 0, "{again}");
+    let held = get(a, "/slots").1[slot as usize]["cached_tokens"].clone();
+    let (status, v) = post(a, &format!("/slots/{slot}?action=erase"), &json!({}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["n_erased"], held);
+    assert_eq!(get(a, "/slots").1[slot as usize]["cached_tokens"], 0);
+    for (path, want) in [
+        ("/slots/9?action=erase", 400),
+        ("/slots/0?action=melt", 400),
+    ] {
+        assert_eq!(post(a, path, &json!({})).0, want, "{path}");
+    }
 }
 
 #[test]

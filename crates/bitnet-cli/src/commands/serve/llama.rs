@@ -18,7 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use bitnet::generate::scheduler::{Event, SlotState, SlotStatus, TokenLogprob};
+use bitnet::generate::scheduler::{Event, SlotError, SlotState, SlotStatus, TokenLogprob};
 use bitnet::generate::{
     Dialect, Finished, Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat,
     SamplerConfig, StopReason, Ticket,
@@ -362,16 +362,49 @@ pub async fn slots(
     Json(Value::Array(list)).into_response()
 }
 
-/// `POST /slots/{id}?action=save|restore|erase`: not offered (see the README).
-pub async fn slot_action(Path(id): Path<String>) -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "slot {id}: saving, restoring and erasing a slot's cache is not supported by this \
-             server (the slots' caches are kept and reused by prompt prefix on their own)"
-        ),
-        None,
-    )
+/// `POST /slots/{id}?action=erase`: forgets an idle slot's cached prompt. `save` and
+/// `restore` (to files under llama-server's `--slot-save-path`) are not offered.
+pub async fn slot_action(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(slot) = id.parse::<usize>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a slot number"),
+            Some("id_slot"),
+        );
+    };
+    match query.get("action").map(String::as_str) {
+        Some("erase") => {}
+        Some("save" | "restore") => {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "saving and restoring a slot's cache to files is not supported by this server \
+                 (the slots keep their caches and reuse them by prompt prefix on their own)",
+                Some("action"),
+            )
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`action` must be erase, save or restore (?action=erase)",
+                Some("action"),
+            )
+        }
+    }
+    // The scheduler answers between two steps: wait for it off the async threads.
+    let scheduler = Arc::clone(&state);
+    match tokio::task::spawn_blocking(move || scheduler.scheduler.erase_slot(slot)).await {
+        Ok(Ok(n)) => Json(json!({"id_slot": slot, "n_erased": n})).into_response(),
+        Ok(Err(e @ SlotError::NoSuchSlot { .. })) => {
+            error(StatusCode::BAD_REQUEST, e.to_string(), Some("id_slot"))
+        }
+        Ok(Err(e @ SlotError::Busy(_))) => error(StatusCode::CONFLICT, e.to_string(), None),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+    }
 }
 
 /// llama-server's `stop_type`: `eos`, `word` (a stop string), `limit` (`n_predict` or the
