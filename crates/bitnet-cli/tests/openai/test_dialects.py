@@ -164,3 +164,25 @@ def test_gbnf_grammar_through_extra_body(client, model_id):
         assert word.isalpha() and word.islower(), text
         if r.choices[0].finish_reason == "stop":
             assert text.endswith(".")
+
+
+def test_tool_choice_none_and_malformed_tool_calls(client, model_id):
+    user = [{"role": "user", "content": "Speak, Romeo."}]
+    tools = [{"type": "function", "function": {"name": "clock", "parameters": {"type": "object", "properties": {}}}}]
+    # No tool may be called: none is shown, so a template without tools serves it as plain chat.
+    none = client.chat.completions.create(
+        model=model_id, messages=user, tools=tools, tool_choice="none", max_tokens=6, temperature=0
+    )
+    plain = client.chat.completions.create(model=model_id, messages=user, max_tokens=6, temperature=0)
+    assert none.choices[0].message.content == plain.choices[0].message.content
+    broken = [
+        {"role": "user", "content": "What is the hour?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{not json"}}],
+        },
+    ]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_id, messages=broken, max_tokens=2)
+    assert e.value.body["param"] == "messages" and "tool_calls" in e.value.body["message"]

@@ -304,6 +304,9 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
             }
         };
         let tool_calls = m.get("tool_calls").filter(|v| !v.is_null()).cloned();
+        if let Some(calls) = &tool_calls {
+            check_tool_calls(i, calls)?;
+        }
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
             None | Some(Value::Null) if role == "assistant" || tool_calls.is_some() => {
@@ -350,6 +353,42 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
         });
     }
     Ok(out)
+}
+
+/// An assistant message's `tool_calls`: a list of `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` with the arguments a JSON text, as OpenAI sends them back. A
+/// malformed call would otherwise reach the chat template and render as something the model
+/// never wrote.
+fn check_tool_calls(i: usize, calls: &Value) -> Result<(), RequestError> {
+    let bad = |why: &str| RequestError::Unsupported {
+        field: "messages",
+        message: format!("message {i}: `tool_calls` {why}"),
+    };
+    let list = calls.as_array().ok_or_else(|| bad("must be a list"))?;
+    for (j, call) in list.iter().enumerate() {
+        let f = call.get("function");
+        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let args = f.and_then(|f| f.get("arguments")).and_then(Value::as_str);
+        if call.get("type").is_some_and(|t| t != "function") {
+            return Err(bad(&format!("entry {j} must have type \"function\"")));
+        }
+        match (name, args) {
+            (Some(n), Some(a)) if !n.is_empty() => {
+                if serde_json::from_str::<Value>(a).is_err() {
+                    return Err(bad(&format!(
+                        "entry {j}: `function.arguments` must be a JSON text"
+                    )));
+                }
+            }
+            _ => {
+                return Err(bad(&format!(
+                    "entry {j} must be {{\"id\": …, \"type\": \"function\", \"function\": \
+                     {{\"name\": …, \"arguments\": \"{{…}}\"}}}}"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
@@ -831,9 +870,13 @@ impl Request {
             Some(Value::String(g)) => response_format = Some(ResponseFormat::Grammar(g.clone())),
             Some(_) => return Err(field_error("grammar", "a GBNF grammar (a string)")),
         }
+        // `tool_choice: "none"`: no tool may be called, so none is shown to the model (and a
+        // template without tools serves the request).
+        let no_tools = obj.get("tool_choice").is_some_and(|c| c == "none");
         let tools = match obj.get("tools") {
             None | Some(Value::Null) => None,
             Some(Value::Array(a)) if a.is_empty() => None,
+            Some(Value::Array(_)) if no_tools => None,
             Some(v @ Value::Array(_)) => Some(v.clone()),
             Some(_) => return Err(field_error("tools", "a list of tool definitions")),
         };
@@ -1286,6 +1329,35 @@ mod tests {
             refused(r#"{"prompt": "a", "n_keep": -2}"#).field(),
             Some("n_keep")
         );
+    }
+
+    #[test]
+    fn tool_calls_in_history_are_checked_and_tool_choice_none_drops_tools() {
+        let call = |c: &str| {
+            format!(
+                r#"{{"messages": [{{"role": "assistant", "content": null, "tool_calls": {c}}}]}}"#
+            )
+        };
+        parse(&call(
+            r#"[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]"#,
+        ))
+        .unwrap();
+        for bad in [
+            r#"{"id": "c"}"#,
+            r#"[{"id": "c", "type": "function", "function": {"name": "f"}}]"#,
+            r#"[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]"#,
+            r#"[{"id": "c", "type": "custom", "function": {"name": "f", "arguments": "{}"}}]"#,
+            r#"[{"id": "c", "function": {"name": "", "arguments": "{}"}}]"#,
+        ] {
+            let e = parse(&call(bad)).unwrap_err();
+            assert_eq!(e.field(), Some("messages"), "{bad}");
+            assert!(e.to_string().contains("tool_calls"), "{bad}: {e}");
+        }
+        let tools = r#""tools": [{"type": "function", "function": {"name": "f"}}]"#;
+        let r = parse(&format!(r#"{{{CHAT}, {tools}, "tool_choice": "none"}}"#)).unwrap();
+        assert!(r.tools.is_none());
+        let r = parse(&format!(r#"{{{CHAT}, {tools}, "tool_choice": "auto"}}"#)).unwrap();
+        assert!(r.tools.is_some());
     }
 
     #[test]
