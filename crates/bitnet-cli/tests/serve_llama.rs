@@ -137,8 +137,9 @@ fn unprefixed_routes_x_api_key_public_models_and_cors() {
         "8",
         "--api-key",
         "s3cret",
-        "--cors-origin",
-        "http://example.test",
+        // llama-server's spelling: a comma-separated list.
+        "--cors-origins",
+        "http://other.test,http://example.test",
     ]);
     let a = server.addr.as_str();
     // The model list is public, as /health is (llama-server's rule); the rest needs the key.

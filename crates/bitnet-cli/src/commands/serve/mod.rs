@@ -72,8 +72,13 @@ pub struct Args {
     /// also read from the BITNET_API_KEY environment variable, which `ps` does not show
     #[arg(long)]
     api_key: Option<String>,
-    /// Allow browser pages from this origin to call the API (repeatable; `*` for any)
-    #[arg(long = "cors-origin")]
+    /// Allow browser pages from this origin to call the API (repeatable or comma-separated,
+    /// as llama-server's --cors-origins; `*` for any)
+    #[arg(
+        long = "cors-origin",
+        visible_alias = "cors-origins",
+        value_delimiter = ','
+    )]
     cors_origin: Vec<String>,
     /// Default `max_tokens` for requests that do not set it
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
@@ -83,7 +88,7 @@ pub struct Args {
     shutdown_timeout: f64,
     /// When a generation fills its slot's context, keep the first --keep tokens, drop half of
     /// the rest and go on (llama.cpp's context shift) instead of stopping with "length"
-    #[arg(long)]
+    #[arg(long, visible_alias = "context-shift")]
     ctx_shift: bool,
     /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt);
     /// a request's `n_keep` overrides it
