@@ -479,18 +479,14 @@ fn api_key_and_cors() {
         "http://example.test",
     ]);
     let a = server.addr.as_str();
-    let (status, body) = http(a, "GET", "/v1/models", "");
+    // (The model list itself is public, as in llama-server: tests/serve_llama.rs.)
+    let model = "/v1/models/bitnet-shakespeare-7m-i2_s.gguf";
+    let (status, body) = http(a, "GET", model, "");
     assert_eq!(status, 401);
     assert!(body.contains("API key"));
-    let (status, _, _) = http_with(a, "GET", "/v1/models", &["Authorization: Bearer wrong"], "");
+    let (status, _, _) = http_with(a, "GET", model, &["Authorization: Bearer wrong"], "");
     assert_eq!(status, 401);
-    let (status, _, _) = http_with(
-        a,
-        "GET",
-        "/v1/models",
-        &["Authorization: Bearer s3cret"],
-        "",
-    );
+    let (status, _, _) = http_with(a, "GET", model, &["Authorization: Bearer s3cret"], "");
     assert_eq!(status, 200);
     // The page and /health stay open; /metrics needs the key.
     assert_eq!(http(a, "GET", "/health", "").0, 200);

@@ -520,7 +520,10 @@ fn a_failed_request_is_rolled_back_and_the_next_message_succeeds() {
             "the error",
         );
         assert!(
-            error.as_str().unwrap().contains("the context holds 64"),
+            error
+                .as_str()
+                .unwrap()
+                .contains("exceeds the available context size (64 tokens)"),
             "{error}"
         );
         let input = driver.script("return document.getElementById('input').value");

@@ -595,3 +595,48 @@ fn speculative_slots_give_the_same_tokens() {
     assert!(status.spec_drafted_tokens > 0 && status.spec_accepted_tokens > 0);
     assert!(status.spec_accepted_tokens <= status.spec_drafted_tokens);
 }
+
+#[test]
+fn an_erased_slot_forgets_its_prefix() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();
+    let run = |prompt: Vec<u32>| {
+        let mut j = Job::new(prompt, SamplerConfig::greedy());
+        j.max_tokens = Some(4);
+        let (sink, run) = collector();
+        let _t = s.submit(j, sink).unwrap();
+        let (ids, _, f, _) = run.collect();
+        (ids, f)
+    };
+    let prompt = encode(&tokenizer, PROMPTS[1]);
+    let (first, _) = run(prompt.clone());
+    let (again, f) = run(prompt.clone());
+    assert!(f.cached_tokens > 0);
+    let held = s.status().slots[0].cached_tokens;
+    assert!(held > 0);
+    assert_eq!(s.erase_slot(0).unwrap(), held);
+    assert_eq!(s.status().slots[0].cached_tokens, 0);
+    let (after, f) = run(prompt);
+    assert_eq!(f.cached_tokens, 0);
+    // The cache held nothing the output depended on.
+    assert_eq!((&first, &again), (&after, &after));
+    assert!(matches!(
+        s.erase_slot(1),
+        Err(bitnet::generate::scheduler::SlotError::NoSuchSlot { slot: 1, slots: 1 })
+    ));
+    // A slot running a request is not erased.
+    let mut j = Job::new(encode(&tokenizer, PROMPTS[2]), SamplerConfig::greedy());
+    j.max_tokens = Some(500);
+    j.ignore_eos = true;
+    let (sink, running) = collector();
+    let ticket = s.submit(j, sink).unwrap();
+    while !matches!(
+        running.rx.recv_timeout(Duration::from_secs(60)).unwrap(),
+        Event::Token { .. }
+    ) {}
+    assert!(matches!(
+        s.erase_slot(0),
+        Err(bitnet::generate::scheduler::SlotError::Busy(0))
+    ));
+    drop(ticket);
+}

@@ -153,6 +153,10 @@ fn run_one(
         ("echo", req.echo),
         ("logit_bias", !req.logit_bias.is_empty()),
         (
+            "grammar",
+            matches!(req.response_format, Some(ResponseFormat::Grammar(_))),
+        ),
+        (
             "response_format",
             !matches!(req.response_format, None | Some(ResponseFormat::Text)),
         ),

@@ -309,7 +309,7 @@ def test_fields_not_served_are_refused_by_name(client, model_id):
         ({"store": True}, "store"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
-        ({"extra_body": {"grammar": 'root ::= "yes"'}}, "grammar"),
+        ({"extra_body": {"grammar": 'root ::= "yes'}}, "grammar"),
         ({"extra_body": {"mirostat": 2}}, "mirostat"),
         ({"extra_body": {"temprature": 0.5}}, "temprature"),
     ]

@@ -1,5 +1,6 @@
-//! Constrained decoding: output that must match a JSON schema (OpenAI's `response_format`),
-//! through llguidance's Earley parser over our own vocabulary. At each step the constraint
+//! Constrained decoding: output that must match a JSON schema (OpenAI's `response_format`)
+//! or a GBNF grammar (llama-server's `grammar`), through llguidance's Earley parser over our
+//! own vocabulary. At each step the constraint
 //! gives the set of tokens that keep the output a valid prefix, and the sampler only sees
 //! those.
 //!
@@ -29,6 +30,9 @@ pub enum ConstraintError {
     /// The JSON schema could not be compiled (llguidance's message).
     #[error("invalid JSON schema: {0}")]
     Schema(String),
+    /// A GBNF grammar could not be read or compiled.
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
     /// The grammar matcher failed while generating (llguidance's message).
     #[error("constrained decoding failed: {0}")]
     Matcher(String),
@@ -138,14 +142,32 @@ impl ConstraintCompiler {
                 ))
             }
         }
-        let grammar = TopLevelGrammar::from_json_schema(schema);
+        self.build(
+            TopLevelGrammar::from_json_schema(schema),
+            ConstraintError::Schema,
+        )
+    }
+
+    /// Output matching a GBNF grammar (llama-server's `grammar` field), read into
+    /// llguidance's Lark by [`super::gbnf`].
+    pub fn gbnf(&self, grammar: &str) -> Result<Constraint, ConstraintError> {
+        let lark = super::gbnf::gbnf_to_lark(grammar)
+            .map_err(|e| ConstraintError::Grammar(e.to_string()))?;
+        self.build(TopLevelGrammar::from_lark(lark), ConstraintError::Grammar)
+    }
+
+    fn build(
+        &self,
+        grammar: TopLevelGrammar,
+        fail: fn(String) -> ConstraintError,
+    ) -> Result<Constraint, ConstraintError> {
         let parser = self
             .factory
             .create_parser(grammar)
-            .map_err(|e| ConstraintError::Schema(e.to_string()))?;
+            .map_err(|e| fail(e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(ConstraintError::Schema(e));
+            return Err(fail(e));
         }
         Ok(Constraint {
             matcher,

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod constraint;
+pub mod gbnf;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
@@ -17,7 +18,7 @@ use crate::model::{BitnetModel, CacheType, KvCache, Logits, ModelError};
 use crate::tokenizer::{PendingUtf8, Tokenizer, TokenizerError};
 
 pub use chat::{Chat, Turn};
-pub use request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
+pub use request::{Dialect, Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
 pub use speculative::{SpecConfig, SpecStats};

@@ -73,15 +73,29 @@ pub enum RequestError {
     /// The chat template refused the conversation (a template may raise an exception).
     #[error("`messages`: {0}")]
     Template(crate::tokenizer::TokenizerError),
+    /// The prompt does not fit in a slot's context. The wording is llama-server's, which
+    /// clients match to trim their conversations.
+    #[error(
+        "request ({n_prompt_tokens} tokens) exceeds the available context size ({n_ctx} \
+         tokens), try increasing it"
+    )]
+    ExceedsContext {
+        /// The field holding the prompt (`prompt` or `messages`).
+        field: &'static str,
+        /// Tokens in the prompt.
+        n_prompt_tokens: usize,
+        /// Tokens a slot's context holds.
+        n_ctx: usize,
+    },
 }
 
 impl RequestError {
     /// The request field the error is about, if one (OpenAI's `param`).
     pub fn field(&self) -> Option<&str> {
         match self {
-            RequestError::Field { field, .. } | RequestError::Unsupported { field, .. } => {
-                Some(field)
-            }
+            RequestError::Field { field, .. }
+            | RequestError::Unsupported { field, .. }
+            | RequestError::ExceedsContext { field, .. } => Some(field),
             RequestError::UnknownField(field) => Some(field),
             RequestError::Sampler(e) => Some(e.param.field()),
             RequestError::Template(_) => Some("messages"),
@@ -127,6 +141,24 @@ pub enum ResponseFormat {
     JsonObject,
     /// JSON valid against this schema.
     JsonSchema(Value),
+    /// llama-server's `grammar`: output matching this GBNF grammar.
+    Grammar(String),
+}
+
+/// Whose conventions a request body follows where OpenAI's API and llama-server's native
+/// `/completion` differ. The fields and their checks are otherwise the same: one parser,
+/// two dialects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's: `temperature` from 0 to 2, `logit_bias` as an object, `n_probs` and
+    /// `return_tokens` refused (ask with `logprobs`).
+    #[default]
+    OpenAi,
+    /// llama-server's `/completion`: any `temperature` (≤ 0 is greedy), `logit_bias` also as
+    /// a list of `[token id, bias or false]` pairs (false bans the token), `n_probs: k` asks
+    /// for k alternatives per token (as `logprobs: k` does), `return_tokens` asks for the
+    /// generated ids.
+    LlamaServer,
 }
 
 /// Most choices (`n`) or alternatives (`top_logprobs`) one request may ask for.
@@ -190,6 +222,9 @@ pub struct Request {
     /// llama-server's `n_keep`: prompt tokens a context shift keeps (-1: all of them); `None`
     /// takes the server's `--keep`.
     pub n_keep: Option<i64>,
+    /// llama-server's `return_tokens` ([`Dialect::LlamaServer`]): the response lists the
+    /// generated token ids.
+    pub return_tokens: bool,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -269,6 +304,9 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
             }
         };
         let tool_calls = m.get("tool_calls").filter(|v| !v.is_null()).cloned();
+        if let Some(calls) = &tool_calls {
+            check_tool_calls(i, calls)?;
+        }
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
             None | Some(Value::Null) if role == "assistant" || tool_calls.is_some() => {
@@ -317,6 +355,42 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
     Ok(out)
 }
 
+/// An assistant message's `tool_calls`: a list of `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` with the arguments a JSON text, as OpenAI sends them back. A
+/// malformed call would otherwise reach the chat template and render as something the model
+/// never wrote.
+fn check_tool_calls(i: usize, calls: &Value) -> Result<(), RequestError> {
+    let bad = |why: &str| RequestError::Unsupported {
+        field: "messages",
+        message: format!("message {i}: `tool_calls` {why}"),
+    };
+    let list = calls.as_array().ok_or_else(|| bad("must be a list"))?;
+    for (j, call) in list.iter().enumerate() {
+        let f = call.get("function");
+        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let args = f.and_then(|f| f.get("arguments")).and_then(Value::as_str);
+        if call.get("type").is_some_and(|t| t != "function") {
+            return Err(bad(&format!("entry {j} must have type \"function\"")));
+        }
+        match (name, args) {
+            (Some(n), Some(a)) if !n.is_empty() => {
+                if serde_json::from_str::<Value>(a).is_err() {
+                    return Err(bad(&format!(
+                        "entry {j}: `function.arguments` must be a JSON text"
+                    )));
+                }
+            }
+            _ => {
+                return Err(bad(&format!(
+                    "entry {j} must be {{\"id\": …, \"type\": \"function\", \"function\": \
+                     {{\"name\": …, \"arguments\": \"{{…}}\"}}}}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
     v.as_object()?
         .iter()
@@ -324,6 +398,25 @@ fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
             let id: u32 = k.parse().ok()?;
             let b = b.as_f64().filter(|b| (-100.0..=100.0).contains(b))?;
             Some((id, b as f32))
+        })
+        .collect()
+}
+
+/// llama-server's list form of `logit_bias`: `[[id, bias], …]`, where a bias of `false` bans
+/// the token (as OpenAI's -100 does).
+fn logit_bias_pairs(v: &Value) -> Option<Vec<(u32, f32)>> {
+    v.as_array()?
+        .iter()
+        .map(|pair| match pair.as_array()?.as_slice() {
+            [id, bias] => {
+                let id = u32::try_from(id.as_u64()?).ok()?;
+                let bias = match bias {
+                    Value::Bool(false) => -100.0,
+                    b => b.as_f64().filter(|b| (-100.0..=100.0).contains(b))?,
+                };
+                Some((id, bias as f32))
+            }
+            _ => None,
         })
         .collect()
 }
@@ -357,6 +450,7 @@ const READ: &[&str] = &[
     "stream_options",
     "response_format",
     "json_schema",
+    "grammar",
     "tools",
     "ignore_eos",
     "n_keep",
@@ -525,13 +619,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
             ),
         ),
         "n_indent" => ("n_indent", OffOnly(|v| v == 0, "not supported")),
-        "grammar" => (
-            "grammar",
-            OffOnly(
-                is_empty,
-                "GBNF grammars are not supported yet: use `response_format` or `json_schema`",
-            ),
-        ),
         "samplers" => (
             "samplers",
             Refused("not supported: the sampler order is fixed (llama.cpp's default)"),
@@ -582,10 +669,16 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
     Some(rule)
 }
 
+/// The fields [`Request::from_value`] reads in llama-server's dialect only (in OpenAI's,
+/// `other_field` decides them).
+const READ_LLAMA: &[&str] = &["n_probs", "return_tokens"];
+
 /// Checks every field the request gives that [`Request::from_value`] does not read itself.
-fn screen(obj: &Map<String, Value>) -> Result<(), RequestError> {
+fn screen(obj: &Map<String, Value>, dialect: Dialect) -> Result<(), RequestError> {
     for (key, value) in obj {
-        if READ.contains(&key.as_str()) {
+        if READ.contains(&key.as_str())
+            || (dialect == Dialect::LlamaServer && READ_LLAMA.contains(&key.as_str()))
+        {
             continue;
         }
         let Some((field, rule)) = other_field(key) else {
@@ -622,7 +715,15 @@ fn response_format(v: &Value) -> Result<ResponseFormat, RequestError> {
         .ok_or(field_error("response_format", EXPECTED))?;
     match kind {
         "text" => Ok(ResponseFormat::Text),
-        "json_object" => Ok(ResponseFormat::JsonObject),
+        // llama-server reads a schema given beside `json_object` too.
+        "json_object" => match v.get("schema") {
+            None | Some(Value::Null) => Ok(ResponseFormat::JsonObject),
+            Some(s @ Value::Object(_)) => Ok(ResponseFormat::JsonSchema(s.clone())),
+            Some(_) => Err(field_error(
+                "response_format",
+                "a `schema` that is a JSON schema (an object)",
+            )),
+        },
         "json_schema" => {
             let spec = v
                 .get("json_schema")
@@ -643,17 +744,28 @@ fn response_format(v: &Value) -> Result<ResponseFormat, RequestError> {
 impl Request {
     /// Parses one request from raw bytes (a batch line or an HTTP body).
     pub fn from_slice(bytes: &[u8]) -> Result<Request, RequestError> {
+        Request::from_slice_in(bytes, Dialect::OpenAi)
+    }
+
+    /// Parses one request in the given dialect.
+    pub fn from_slice_in(bytes: &[u8], dialect: Dialect) -> Result<Request, RequestError> {
         let text = std::str::from_utf8(bytes).map_err(|e| RequestError::InvalidUtf8 {
             at: e.valid_up_to(),
         })?;
         let value: Value = serde_json::from_str(text)?;
-        Request::from_value(&value)
+        Request::from_value_in(&value, dialect)
     }
 
-    /// Reads the fields of a JSON object.
-    pub(crate) fn from_value(value: &Value) -> Result<Request, RequestError> {
+    /// Reads the fields of a JSON object (OpenAI's dialect).
+    pub fn from_value(value: &Value) -> Result<Request, RequestError> {
+        Request::from_value_in(value, Dialect::OpenAi)
+    }
+
+    /// Reads the fields of a JSON object in the given dialect.
+    pub fn from_value_in(value: &Value, dialect: Dialect) -> Result<Request, RequestError> {
+        let llama = dialect == Dialect::LlamaServer;
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
-        screen(obj)?;
+        screen(obj, dialect)?;
         let prompt = opt(
             obj,
             "prompt",
@@ -745,9 +857,26 @@ impl Request {
             }
             Some(_) => return Err(field_error("json_schema", "a JSON schema (an object)")),
         }
+        match obj.get("grammar") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(g)) if g.is_empty() => {}
+            Some(Value::String(_)) if response_format.is_some() => {
+                return Err(RequestError::Unsupported {
+                    field: "grammar",
+                    message: "give one of `grammar`, `json_schema` and `response_format`"
+                        .to_string(),
+                })
+            }
+            Some(Value::String(g)) => response_format = Some(ResponseFormat::Grammar(g.clone())),
+            Some(_) => return Err(field_error("grammar", "a GBNF grammar (a string)")),
+        }
+        // `tool_choice: "none"`: no tool may be called, so none is shown to the model (and a
+        // template without tools serves the request).
+        let no_tools = obj.get("tool_choice").is_some_and(|c| c == "none");
         let tools = match obj.get("tools") {
             None | Some(Value::Null) => None,
             Some(Value::Array(a)) if a.is_empty() => None,
+            Some(Value::Array(_)) if no_tools => None,
             Some(v @ Value::Array(_)) => Some(v.clone()),
             Some(_) => return Err(field_error("tools", "a list of tool definitions")),
         };
@@ -757,15 +886,65 @@ impl Request {
                 message: "tools are offered in a chat request (`messages`)".to_string(),
             });
         }
+        let mut logprobs = opt(
+            obj,
+            "logprobs",
+            "true or false (chat), or a number of alternatives from 0 to 20 (completions)",
+            |v| match v {
+                Value::Bool(b) => Some(LogprobsRequest::Flag(*b)),
+                v => count(v)
+                    .filter(|&k| k <= MAX_TOP_LOGPROBS)
+                    .map(LogprobsRequest::Count),
+            },
+        )?;
+        if llama {
+            // llama-server's `n_probs: k` is OpenAI's `logprobs: k`; 0 asks for nothing.
+            match opt(obj, "n_probs", "an integer from 0 to 20", |v| {
+                count(v).filter(|&k| k <= MAX_TOP_LOGPROBS)
+            })? {
+                None | Some(0) => {}
+                Some(_) if logprobs.is_some() => {
+                    return Err(RequestError::Unsupported {
+                        field: "n_probs",
+                        message: "give `n_probs` or `logprobs`, not both".to_string(),
+                    })
+                }
+                Some(k) => logprobs = Some(LogprobsRequest::Count(k)),
+            }
+        }
+        let temperature = if llama {
+            // llama-server samples greedily at any temperature ≤ 0.
+            opt(obj, "temperature", "a number", number)?.map(|t| t.max(0.0))
+        } else {
+            // OpenAI's range.
+            opt(obj, "temperature", "a number from 0 to 2", |v| {
+                number(v).filter(|t| (0.0..=2.0).contains(t))
+            })?
+        };
+        let logit_bias = match obj.get("logit_bias") {
+            Some(v @ Value::Array(_)) if llama => {
+                Some(v).and_then(logit_bias_pairs).ok_or(field_error(
+                    "logit_bias",
+                    "an object mapping token ids to numbers from -100 to 100, or a list of \
+                     [token id, bias or false] pairs",
+                ))?
+            }
+            _ => opt(
+                obj,
+                "logit_bias",
+                "an object mapping token ids to numbers from -100 to 100",
+                logit_bias,
+            )?
+            .unwrap_or_default(),
+        };
+        let return_tokens =
+            llama && opt(obj, "return_tokens", "true or false", Value::as_bool)?.unwrap_or(false);
         Ok(Request {
             id: obj.get("id").cloned(),
             prompt,
             messages,
             max_tokens,
-            // OpenAI's range (llama-server takes any number and samples greedily at ≤ 0).
-            temperature: opt(obj, "temperature", "a number from 0 to 2", |v| {
-                number(v).filter(|t| (0.0..=2.0).contains(t))
-            })?,
+            temperature,
             top_k: opt(obj, "top_k", "an integer ≥ 0 (0: off)", count)?,
             top_p: opt(obj, "top_p", "a number between 0 and 1", number)?,
             min_p: opt(obj, "min_p", "a number between 0 and 1", number)?,
@@ -777,28 +956,12 @@ impl Request {
             stop,
             stream: opt(obj, "stream", "true or false", Value::as_bool)?.unwrap_or(false),
             n,
-            logprobs: opt(
-                obj,
-                "logprobs",
-                "true or false (chat), or a number of alternatives from 0 to 20 (completions)",
-                |v| match v {
-                    Value::Bool(b) => Some(LogprobsRequest::Flag(*b)),
-                    v => count(v)
-                        .filter(|&k| k <= MAX_TOP_LOGPROBS)
-                        .map(LogprobsRequest::Count),
-                },
-            )?,
+            logprobs,
             top_logprobs: opt(obj, "top_logprobs", "an integer from 0 to 20", |v| {
                 count(v).filter(|&k| k <= MAX_TOP_LOGPROBS)
             })?,
             echo,
-            logit_bias: opt(
-                obj,
-                "logit_bias",
-                "an object mapping token ids to numbers from -100 to 100",
-                logit_bias,
-            )?
-            .unwrap_or_default(),
+            logit_bias,
             include_usage: opt(
                 obj,
                 "stream_options",
@@ -821,6 +984,7 @@ impl Request {
                 "an integer ≥ -1 (-1: the whole prompt)",
                 |v| v.as_i64().filter(|&k| k >= -1),
             )?,
+            return_tokens,
         })
     }
 
@@ -1052,7 +1216,11 @@ mod tests {
     #[test]
     fn fields_not_served_are_refused_by_name() {
         for (body, field) in [
-            (r#""prompt": "a", "grammar": "root ::= \"x\"""#, "grammar"),
+            (r#""prompt": "a", "grammar": 3"#, "grammar"),
+            (
+                r#""prompt": "a", "grammar": "root ::= \"x\"", "json_schema": {}"#,
+                "grammar",
+            ),
             (r#""prompt": "a", "suffix": "end""#, "suffix"),
             (r#""prompt": "a", "best_of": 2"#, "best_of"),
             (r#""prompt": "a", "n": 2, "best_of": 3"#, "best_of"),
@@ -1103,8 +1271,18 @@ mod tests {
             let e = refused(&format!("{{{CHAT}, {body}}}"));
             assert_eq!(e.field(), Some(field), "{body}: {e}");
         }
-        let e = refused(r#"{"prompt": "a", "grammar": "root ::= \"x\""}"#);
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        let r = parse(r#"{"prompt": "a", "grammar": "root ::= \"x\""}"#).unwrap();
+        assert_eq!(
+            r.response_format,
+            Some(ResponseFormat::Grammar("root ::= \"x\"".into()))
+        );
+        let r = parse(r#"{"prompt": "a", "response_format": {"type": "json_object", "schema": {"type": "array"}}}"#).unwrap();
+        assert_eq!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema(
+                serde_json::json!({"type": "array"})
+            ))
+        );
         let e = refused(r#"{"prompt": "a", "temprature": 0.5}"#);
         assert!(e.to_string().contains("unknown field `temprature`"), "{e}");
     }
@@ -1151,6 +1329,78 @@ mod tests {
             refused(r#"{"prompt": "a", "n_keep": -2}"#).field(),
             Some("n_keep")
         );
+    }
+
+    #[test]
+    fn tool_calls_in_history_are_checked_and_tool_choice_none_drops_tools() {
+        let call = |c: &str| {
+            format!(
+                r#"{{"messages": [{{"role": "assistant", "content": null, "tool_calls": {c}}}]}}"#
+            )
+        };
+        parse(&call(
+            r#"[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]"#,
+        ))
+        .unwrap();
+        for bad in [
+            r#"{"id": "c"}"#,
+            r#"[{"id": "c", "type": "function", "function": {"name": "f"}}]"#,
+            r#"[{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]"#,
+            r#"[{"id": "c", "type": "custom", "function": {"name": "f", "arguments": "{}"}}]"#,
+            r#"[{"id": "c", "function": {"name": "", "arguments": "{}"}}]"#,
+        ] {
+            let e = parse(&call(bad)).unwrap_err();
+            assert_eq!(e.field(), Some("messages"), "{bad}");
+            assert!(e.to_string().contains("tool_calls"), "{bad}: {e}");
+        }
+        let tools = r#""tools": [{"type": "function", "function": {"name": "f"}}]"#;
+        let r = parse(&format!(r#"{{{CHAT}, {tools}, "tool_choice": "none"}}"#)).unwrap();
+        assert!(r.tools.is_none());
+        let r = parse(&format!(r#"{{{CHAT}, {tools}, "tool_choice": "auto"}}"#)).unwrap();
+        assert!(r.tools.is_some());
+    }
+
+    #[test]
+    fn llama_server_dialect_reads_its_own_conventions() {
+        let llama = |s: &str| Request::from_slice_in(s.as_bytes(), Dialect::LlamaServer);
+        let r = llama(
+            r#"{"prompt": "a", "n_probs": 3, "temperature": -1, "return_tokens": true,
+                "logit_bias": [[5, false], [7, 2.5]]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.logprobs, Some(LogprobsRequest::Count(3)));
+        assert_eq!(r.temperature, Some(0.0));
+        assert!(r.return_tokens);
+        assert_eq!(r.logit_bias, vec![(5, -100.0), (7, 2.5)]);
+        // `n_probs: 0` asks for nothing; the object form of `logit_bias` still works.
+        let r = llama(r#"{"prompt": "a", "n_probs": 0, "logit_bias": {"5": 1}}"#).unwrap();
+        assert_eq!(r.logprobs, None);
+        assert_eq!(r.logit_bias, vec![(5, 1.0)]);
+        for (bad, field) in [
+            (r#"{"prompt": "a", "n_probs": 21}"#, "n_probs"),
+            (r#"{"prompt": "a", "n_probs": 2, "logprobs": 2}"#, "n_probs"),
+            (r#"{"prompt": "a", "logit_bias": [[5]]}"#, "logit_bias"),
+            (
+                r#"{"prompt": "a", "logit_bias": [[5, true]]}"#,
+                "logit_bias",
+            ),
+            (r#"{"prompt": "a", "return_tokens": 1}"#, "return_tokens"),
+            (r#"{"prompt": "a", "temperature": "hot"}"#, "temperature"),
+        ] {
+            assert_eq!(llama(bad).unwrap_err().field(), Some(field), "{bad}");
+        }
+        // The same bodies in OpenAI's dialect keep OpenAI's rules.
+        for (body, field) in [
+            (r#"{"prompt": "a", "n_probs": 3}"#, "n_probs"),
+            (r#"{"prompt": "a", "temperature": -1}"#, "temperature"),
+            (r#"{"prompt": "a", "return_tokens": true}"#, "return_tokens"),
+            (
+                r#"{"prompt": "a", "logit_bias": [[5, false]]}"#,
+                "logit_bias",
+            ),
+        ] {
+            assert_eq!(refused(body).field(), Some(field), "{body}");
+        }
     }
 
     /// Every request field of OpenAI's API reference (completions and chat completions) and of

@@ -143,6 +143,8 @@ pub struct TokenLogprob {
 pub enum Event {
     /// The prompt has run.
     Prompt {
+        /// The slot the request runs in.
+        slot: usize,
         /// Prompt tokens whose cache was reused from an earlier request.
         cached_tokens: usize,
         /// With [`Job::prompt_logprobs`]: one per prompt token (`None` for the first).
@@ -187,6 +189,8 @@ pub struct Finished {
     pub total: Duration,
     /// The seed the request's sampler used.
     pub seed: u64,
+    /// The slot it ran in (`None`: it ended before reaching one).
+    pub slot: Option<usize>,
 }
 
 impl Finished {
@@ -232,6 +236,25 @@ pub enum SubmitError {
         /// The vocabulary's size.
         n_vocab: usize,
     },
+}
+
+/// Why a slot's cache could not be erased.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// No slot has this index.
+    #[error("there is no slot {slot}: this scheduler has {slots} (0 to {})", .slots - 1)]
+    NoSuchSlot {
+        /// The index asked for.
+        slot: usize,
+        /// Slots there are.
+        slots: usize,
+    },
+    /// The slot is running a request.
+    #[error("slot {0} is running a request")]
+    Busy(usize),
+    /// The scheduler has stopped.
+    #[error("the scheduler has stopped")]
+    Stopped,
 }
 
 /// Receives a request's events on the scheduler's thread; `Break` cancels the request.
@@ -351,7 +374,14 @@ impl Status {
 
 enum Msg {
     Submit(Box<Pending>),
-    Shutdown { grace: Duration },
+    Shutdown {
+        grace: Duration,
+    },
+    /// Forget an idle slot's cached tokens; the answer is how many.
+    Erase {
+        slot: usize,
+        reply: mpsc::Sender<Result<usize, SlotError>>,
+    },
 }
 
 /// A submitted request, before and while it runs.
@@ -549,6 +579,18 @@ impl Scheduler {
         }
     }
 
+    /// Forgets the tokens an idle slot keeps cached for prefix reuse (llama-server's slot
+    /// `erase`); returns how many there were. Waits for the scheduler's current step.
+    pub fn erase_slot(&self, slot: usize) -> Result<usize, SlotError> {
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .lock()
+            .map_err(|_| SlotError::Stopped)?
+            .send(Msg::Erase { slot, reply })
+            .map_err(|_| SlotError::Stopped)?;
+        answer.recv().map_err(|_| SlotError::Stopped)?
+    }
+
     /// Waits for the scheduler's thread to end (after [`Scheduler::shutdown`]).
     pub fn join(&self) {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -668,6 +710,26 @@ impl<'a> Engine<'a> {
                     self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                     finish_unstarted(p, StopReason::Shutdown);
                 }
+            }
+            Msg::Erase { slot, reply } => {
+                let answer = match self.slots.get_mut(slot) {
+                    None => Err(SlotError::NoSuchSlot {
+                        slot,
+                        slots: self.slots.len(),
+                    }),
+                    Some(_) if self.active.iter().any(|a| a.slot == slot) => {
+                        Err(SlotError::Busy(slot))
+                    }
+                    Some(s) => {
+                        let n = s.tokens.len();
+                        s.tokens.clear();
+                        s.cache.clear();
+                        Ok(n)
+                    }
+                };
+                // The status shows it before the caller hears back.
+                self.publish();
+                let _ = reply.send(answer);
             }
         }
     }
@@ -965,6 +1027,7 @@ impl<'a> Engine<'a> {
                 } else {
                     let last = &logits[logits.len() - n_vocab..];
                     let event = Event::Prompt {
+                        slot: a.slot,
                         cached_tokens: a.cached,
                         logprobs: a
                             .p
@@ -1063,6 +1126,7 @@ impl<'a> Engine<'a> {
                     time_to_first_token: a.first_token.unwrap_or(now),
                     total: now,
                     seed: a.p.job.sampler.seed,
+                    slot: Some(a.slot),
                 };
                 // Counted before the caller hears of the end, so a status read after it
                 // includes this request.
@@ -1108,6 +1172,7 @@ fn finish_unstarted(mut p: Pending, stop: StopReason) {
         time_to_first_token: total,
         total,
         seed: p.job.sampler.seed,
+        slot: None,
     }));
 }
 

@@ -6,6 +6,9 @@
 //! sampling are the library's [`Scheduler`]; see its documentation.
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+//! - `responses.rs`: `/v1/responses`, translated to a chat completion.
+//! - `llama.rs`: llama-server's dialect: `/completion`, `/tokenize`, `/detokenize`,
+//!   `/apply-template`, `/props`, `/slots`, and its `timings` and context-overflow error.
 //! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`,
 //!   the request body's deadline.
 //! - `conn.rs`: connections: timeouts, connection and header limits, accept errors.
@@ -15,8 +18,10 @@
 
 mod conn;
 mod embeddings;
+mod llama;
 mod openai;
 mod ops;
+mod responses;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,12 +71,18 @@ pub struct Args {
     /// Model id shown by /v1/models and in responses (default: the model's file name)
     #[arg(long)]
     alias: Option<String>,
-    /// Require `Authorization: Bearer KEY` on the API and /metrics (not on / and /health);
+    /// Require `Authorization: Bearer KEY` (or `X-Api-Key: KEY`) on the API and /metrics
+    /// (not on /, /health and the model list);
     /// also read from the BITNET_API_KEY environment variable, which `ps` does not show
     #[arg(long)]
     api_key: Option<String>,
-    /// Allow browser pages from this origin to call the API (repeatable; `*` for any)
-    #[arg(long = "cors-origin")]
+    /// Allow browser pages from this origin to call the API (repeatable or comma-separated,
+    /// as llama-server's --cors-origins; `*` for any)
+    #[arg(
+        long = "cors-origin",
+        visible_alias = "cors-origins",
+        value_delimiter = ','
+    )]
     cors_origin: Vec<String>,
     /// Default `max_tokens` for requests that do not set it
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
@@ -81,7 +92,7 @@ pub struct Args {
     shutdown_timeout: f64,
     /// When a generation fills its slot's context, keep the first --keep tokens, drop half of
     /// the rest and go on (llama.cpp's context shift) instead of stopping with "length"
-    #[arg(long)]
+    #[arg(long, visible_alias = "context-shift")]
     ctx_shift: bool,
     /// Prompt tokens the context shift never drops, after BOS (-1: the whole prompt);
     /// a request's `n_keep` overrides it
@@ -281,6 +292,13 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/embeddings", post(embeddings::embeddings))
+        // llama-server serves the OpenAI routes without `/v1` too (clients whose base URL
+        // lacks it); its `/completions` is the native endpoint, not OpenAI's.
+        .route("/models", get(openai::models))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(responses::responses))
+        .route("/responses", post(responses::responses))
+        .merge(llama::routes())
         .fallback(ops::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

@@ -32,7 +32,7 @@ use super::ops::{error, GenStats, RequestLog};
 use super::AppState;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Completions,
     Chat,
 }
@@ -67,7 +67,10 @@ fn finish_reason(stop: &StopReason) -> &'static str {
     }
 }
 
-fn request_error(e: &RequestError) -> Response {
+pub(crate) fn request_error(e: &RequestError) -> Response {
+    if let RequestError::ExceedsContext { .. } = e {
+        return super::llama::exceeds_context(e);
+    }
     let message = match e {
         RequestError::Json(_) | RequestError::InvalidUtf8 { .. } => {
             format!("invalid request: {e}")
@@ -121,10 +124,10 @@ pub async fn chat_completions(
 }
 
 /// One prompt, ready to run.
-struct PromptIds {
-    ids: Vec<u32>,
+pub(crate) struct PromptIds {
+    pub ids: Vec<u32>,
     /// Its text (for `echo`).
-    text: String,
+    pub text: String,
 }
 
 /// What the logprobs of a request's choices should hold.
@@ -134,13 +137,14 @@ struct LogprobsWanted {
     top: usize,
 }
 
-/// A request turned into prompts and per-choice settings.
-struct Plan {
-    prompts: Vec<PromptIds>,
-    n: usize,
+/// A request turned into prompts and per-choice settings (llama-server's `/completion`
+/// plans its requests here too).
+pub(crate) struct Plan {
+    pub prompts: Vec<PromptIds>,
+    pub n: usize,
     logprobs: Option<LogprobsWanted>,
     echo: bool,
-    seed: u64,
+    pub seed: u64,
     include_usage: bool,
 }
 
@@ -151,7 +155,11 @@ fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
     }
 }
 
-fn plan(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Plan, RequestError> {
+pub(crate) fn plan(
+    state: &AppState,
+    req: &Request,
+    endpoint: Endpoint,
+) -> Result<Plan, RequestError> {
     let tokenizer = &state.tokenizer;
     let missing = |field, expected| RequestError::Field { field, expected };
     let prompts = match (endpoint, req.input()) {
@@ -220,13 +228,11 @@ fn plan(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Plan, Req
     }
     let capacity = state.scheduler.context_size();
     if let Some(p) = prompts.iter().find(|p| p.ids.len() > capacity) {
-        return Err(bad(
+        return Err(RequestError::ExceedsContext {
             field,
-            format!(
-                "the prompt has {} tokens but the context holds {capacity} (bitnet serve -c)",
-                p.ids.len()
-            ),
-        ));
+            n_prompt_tokens: p.ids.len(),
+            n_ctx: capacity,
+        });
     }
     if let Some((id, _)) = req.logit_bias.iter().find(|(t, _)| *t as usize >= n_vocab) {
         return Err(bad(
@@ -268,7 +274,7 @@ fn plan(state: &AppState, req: &Request, endpoint: Endpoint) -> Result<Plan, Req
 }
 
 /// The jobs of a plan: one per (prompt, choice), in choice-index order.
-fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, RequestError> {
+pub(crate) fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, RequestError> {
     let mut sampler = req.sampler_config(&state.defaults)?;
     let mut out = Vec::with_capacity(plan.prompts.len() * plan.n);
     for p in &plan.prompts {
@@ -278,9 +284,16 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
                 None | Some(ResponseFormat::Text) => None,
                 Some(ResponseFormat::JsonObject) => Some(state.constraints.json_object()),
                 Some(ResponseFormat::JsonSchema(s)) => Some(state.constraints.json_schema(s)),
+                Some(ResponseFormat::Grammar(g)) => Some(state.constraints.gbnf(g)),
             }
             .transpose()
-            .map_err(|e| bad("response_format", e.to_string()))?;
+            .map_err(|e| {
+                let field = match req.response_format {
+                    Some(ResponseFormat::Grammar(_)) => "grammar",
+                    _ => "response_format",
+                };
+                bad(field, e.to_string())
+            })?;
             let keep = crate::commands::generate::keep_tokens(
                 req.n_keep.unwrap_or(state.keep),
                 &p.ids,
@@ -306,14 +319,14 @@ fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<Job>, Reques
 
 /// A request's choices in the scheduler: their tickets and their events, tagged with the
 /// choice index.
-pub(super) struct Submitted {
+pub(crate) struct Submitted {
     pub tickets: Vec<Ticket>,
     pub rx: mpsc::UnboundedReceiver<(usize, Event)>,
 }
 
 /// Submits every job; on a refusal the ones already queued are cancelled (their tickets
 /// dropped).
-pub(super) fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, SubmitError> {
+pub(crate) fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, SubmitError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tickets = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.into_iter().enumerate() {
@@ -328,7 +341,7 @@ pub(super) fn submit(state: &AppState, jobs: Vec<Job>) -> Result<Submitted, Subm
 }
 
 /// A refusal as HTTP: a full queue or a shutdown is 503 (with Retry-After when busy).
-pub(super) fn submit_error(e: &SubmitError) -> Response {
+pub(crate) fn submit_error(e: &SubmitError) -> Response {
     match e {
         SubmitError::Busy { .. } => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None);
@@ -521,6 +534,16 @@ impl Reply {
         })
     }
 
+    /// llama-server's `timings` over the finished choices.
+    fn timings(&self) -> Value {
+        let done: Vec<&Finished> = self
+            .choices
+            .iter()
+            .filter_map(|c| c.finished.as_ref())
+            .collect();
+        super::llama::timings(&done, self.state.scheduler.context_size())
+    }
+
     fn object(&self, chunk: bool) -> &'static str {
         match (self.endpoint, chunk) {
             (Endpoint::Chat, false) => "chat.completion",
@@ -642,6 +665,7 @@ async fn collect(
     }
     let mut body = reply.envelope(false, choices);
     body["usage"] = reply.usage();
+    body["timings"] = reply.timings();
     Json(body).into_response()
 }
 
@@ -667,10 +691,14 @@ async fn translate(
     out: mpsc::UnboundedSender<String>,
 ) {
     let usage_null = reply.plan.include_usage;
-    let send = |reply: &Reply, choices: Vec<Value>| {
+    // The chunk that ends the last choice carries llama-server's `timings`.
+    let send = |reply: &Reply, choices: Vec<Value>, last: bool| {
         let mut v = reply.envelope(true, choices);
         if usage_null {
             v["usage"] = Value::Null;
+        }
+        if last {
+            v["timings"] = reply.timings();
         }
         out.send(v.to_string()).is_ok()
     };
@@ -683,7 +711,7 @@ async fn translate(
                        "logprobs": null, "finish_reason": null})
             })
             .collect();
-        if !send(&reply, firsts) {
+        if !send(&reply, firsts, false) {
             return;
         }
     }
@@ -776,7 +804,7 @@ async fn translate(
                 return;
             }
         };
-        if !send(&reply, vec![choice]) {
+        if !send(&reply, vec![choice], remaining == 0) {
             return;
         }
     }

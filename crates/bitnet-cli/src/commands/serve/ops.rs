@@ -104,9 +104,24 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether a path needs the API key: the API and the metrics, not the page or /health.
+/// Whether a path needs the API key: everything but the page, /health and the model list
+/// (public in llama-server too, so that clients can probe a server before they have a key).
 fn protected(path: &str) -> bool {
-    path.starts_with("/v1/") || path == "/metrics"
+    !matches!(
+        path,
+        "/" | "/health" | "/v1/health" | "/models" | "/v1/models"
+    )
+}
+
+/// The key a request presents: `Authorization: Bearer KEY`, or `X-Api-Key: KEY` (as
+/// Anthropic-style clients send it, and llama-server accepts).
+fn presented_key(headers: &axum::http::HeaderMap) -> &str {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let x_api_key = || headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    bearer.or_else(x_api_key).unwrap_or("").trim()
 }
 
 /// Runs around every request: CORS, the API key, errors as JSON, the request log and the
@@ -141,7 +156,9 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
             .headers()
             .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
             .cloned()
-            .unwrap_or(HeaderValue::from_static("authorization, content-type"));
+            .unwrap_or(HeaderValue::from_static(
+                "authorization, content-type, x-api-key",
+            ));
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
@@ -149,20 +166,12 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
         );
         r
     } else if state.api_key.as_ref().is_some_and(|key| {
-        protected(&path) && {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            !same_secret(given.trim().as_bytes(), key.as_bytes())
-        }
+        protected(&path) && !same_secret(presented_key(req.headers()).as_bytes(), key.as_bytes())
     }) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
-            "Invalid or missing API key: send `Authorization: Bearer KEY` (the key given to \
-             `bitnet serve --api-key`)",
+            "Invalid or missing API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY` \
+             (the key given to `bitnet serve --api-key`)",
             None,
         );
         r.headers_mut()

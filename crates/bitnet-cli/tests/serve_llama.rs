@@ -1,0 +1,634 @@
+//! `bitnet serve` in llama-server's dialect, over real HTTP on 127.0.0.1: the un-prefixed
+//! OpenAI routes, `X-Api-Key`, the public model list, CORS preflights naming any header,
+//! llama-server's context-overflow error and `timings`, `/tokenize` ↔ `/detokenize`,
+//! `/apply-template`, `/props`, `/slots`, the native `/completion` (whole and streamed)
+//! against `/v1/completions`, and the clear refusals of `/infill` and `/rerank`.
+//! The Responses API is tested with the official `openai` client in `tests/openai/`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `bitnet serve` on a free port with extra arguments; waits for its address.
+fn start_with(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut seen = String::new();
+    while addr.is_none() {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("the server ended before listening: {seen}");
+        }
+        seen.push_str(&line);
+        addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string);
+    }
+    // Keep reading stderr (the request log) so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            line.clear();
+        }
+    });
+    Server {
+        child,
+        addr: addr.unwrap(),
+    }
+}
+
+/// Sends a request with extra header lines; returns the status, the head and the
+/// (de-chunked) body.
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        loop {
+            let (size, tail) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.push_str(&tail[..size]);
+            rest = &tail[size + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, &[], body);
+    (status, body)
+}
+
+/// A POST whose answer is JSON; returns the status and the parsed body.
+fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = http(addr, "POST", path, &body.to_string());
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+    (status, v)
+}
+
+fn get(addr: &str, path: &str) -> (u16, Value) {
+    let (status, text) = http(addr, "GET", path, "");
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// The `data:` payloads of an event stream.
+fn events(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}
+
+#[test]
+fn unprefixed_routes_x_api_key_public_models_and_cors() {
+    let server = start_with(&[
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--api-key",
+        "s3cret",
+        // llama-server's spelling: a comma-separated list.
+        "--cors-origins",
+        "http://other.test,http://example.test",
+    ]);
+    let a = server.addr.as_str();
+    // The model list is public, as /health is (llama-server's rule); the rest needs the key.
+    for path in ["/v1/models", "/models"] {
+        let (status, v) = get(a, path);
+        assert_eq!(status, 200, "{path}: {v}");
+        assert_eq!(v["data"][0]["id"], "bitnet-shakespeare-7m-i2_s.gguf");
+    }
+    let chat = r#"{"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 4}"#;
+    for path in [
+        "/chat/completions",
+        "/tokenize",
+        "/completion",
+        "/props",
+        "/v1/responses",
+    ] {
+        let (status, _) = http(a, "POST", path, chat);
+        assert_eq!(status, 401, "{path} without a key");
+    }
+    let (status, _, _) = http_with(a, "POST", "/chat/completions", &["X-Api-Key: wrong"], chat);
+    assert_eq!(status, 401);
+    // `X-Api-Key` is taken as `Authorization: Bearer` is; the un-prefixed chat route is the
+    // same endpoint as /v1/chat/completions.
+    let (status, _, body) = http_with(a, "POST", "/chat/completions", &["X-Api-Key: s3cret"], chat);
+    assert_eq!(status, 200, "{body}");
+    let unprefixed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(unprefixed["object"], "chat.completion");
+    let (_, _, body) = http_with(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &["Authorization: Bearer s3cret"],
+        chat,
+    );
+    let prefixed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        unprefixed["choices"][0]["message"],
+        prefixed["choices"][0]["message"]
+    );
+    // A preflight is allowed the headers it asks for (here the key's), without the key.
+    let (status, head, _) = http_with(
+        a,
+        "OPTIONS",
+        "/chat/completions",
+        &[
+            "Origin: http://example.test",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: x-api-key, content-type, x-stainless-os",
+        ],
+        "",
+    );
+    assert_eq!(status, 204);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-headers: x-api-key, content-type, x-stainless-os"),
+        "{head}"
+    );
+}
+
+#[test]
+fn context_overflow_is_llama_servers_error_and_responses_carry_timings() {
+    let server = start_with(&["--temp", "0", "-n", "8", "-c", "64", "--parallel", "2"]);
+    let a = server.addr.as_str();
+    let long = "ROMEO: ".repeat(200);
+    for (path, body) in [
+        ("/v1/completions", json!({"prompt": long})),
+        ("/completion", json!({"prompt": long})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+    ] {
+        let (status, v) = post(a, path, &body);
+        assert_eq!(status, 400, "{path}: {v}");
+        let e = &v["error"];
+        assert_eq!(e["type"], "exceed_context_size_error", "{path}: {v}");
+        assert_eq!(e["n_ctx"], 64, "{path}: {v}");
+        assert!(e["n_prompt_tokens"].as_u64().unwrap() > 64, "{path}: {v}");
+        assert!(e["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the available context size"));
+    }
+
+    // `timings` agree with `usage`: prompt tokens run plus those reused are the prompt.
+    let body = json!({"prompt": "ROMEO:\n", "max_tokens": 6});
+    for _ in 0..2 {
+        let (status, v) = post(a, "/v1/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        let t = &v["timings"];
+        assert_eq!(t["predicted_n"], v["usage"]["completion_tokens"], "{v}");
+        assert_eq!(
+            t["prompt_n"].as_u64().unwrap() + t["cache_n"].as_u64().unwrap(),
+            v["usage"]["prompt_tokens"].as_u64().unwrap(),
+            "{v}"
+        );
+        assert!(t["predicted_ms"].as_f64().unwrap() >= 0.0);
+        assert!(t["predicted_per_second"].as_f64().is_some());
+    }
+    // Streamed: the chunk that ends the choice carries them.
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 5, "stream": true}"#,
+    );
+    assert_eq!(status, 200);
+    let chunks: Vec<Value> = events(&body)
+        .into_iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["timings"]["predicted_n"], 5, "{last}");
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c.get("timings").is_none()));
+}
+
+#[test]
+fn tokenize_detokenize_apply_template_props_and_slots() {
+    let server = start_with(&["--temp", "0", "-n", "8", "--parallel", "3"]);
+    let a = server.addr.as_str();
+    let text = "Speak, Romeo: é!";
+    let (status, v) = post(
+        a,
+        "/tokenize",
+        &json!({"content": text, "with_pieces": true}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let pieces = v["tokens"].as_array().unwrap();
+    let ids: Vec<u64> = pieces.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    // The pieces are the text cut into tokens (a piece that is not UTF-8 alone is bytes).
+    let mut bytes = Vec::new();
+    for p in pieces {
+        match &p["piece"] {
+            Value::String(s) => bytes.extend_from_slice(s.as_bytes()),
+            Value::Array(b) => bytes.extend(b.iter().map(|x| x.as_u64().unwrap() as u8)),
+            other => panic!("piece {other}"),
+        }
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), text);
+    let (_, plain) = post(a, "/tokenize", &json!({"content": text}));
+    assert_eq!(plain["tokens"], json!(ids));
+    // The ids are `bitnet tokenize`'s.
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["tokenize", "-p", text, "--json", "--no-bos"])
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["ids"], json!(ids));
+    let (status, v) = post(a, "/detokenize", &json!({"tokens": ids}));
+    assert_eq!(status, 200);
+    assert_eq!(v["content"], text);
+    // The count is the one the completions endpoint bills (it adds BOS where the model
+    // asks, as `add_special` does).
+    let (_, special) = post(
+        a,
+        "/tokenize",
+        &json!({"content": text, "add_special": true}),
+    );
+    let (_, c) = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": text, "max_tokens": 1}),
+    );
+    assert_eq!(
+        special["tokens"].as_array().unwrap().len() as u64,
+        c["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    for (body, field) in [
+        (json!({}), "content"),
+        (json!({"content": 3}), "content"),
+        (json!({"content": "a", "with_piece": true}), "with_piece"),
+    ] {
+        let (status, v) = post(a, "/tokenize", &body);
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    let (status, v) = post(a, "/detokenize", &json!({"tokens": [999999]}));
+    assert_eq!(status, 400, "{v}");
+
+    // /apply-template renders as the chat endpoint does: the rendered prompt run through
+    // /completion gives the chat endpoint's reply.
+    let messages = json!([{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Speak, Romeo."}]);
+    let (status, t) = post(a, "/apply-template", &json!({"messages": messages}));
+    assert_eq!(status, 200, "{t}");
+    let prompt = t["prompt"].as_str().unwrap();
+    assert!(prompt.contains("Speak, Romeo."));
+    let (_, chat) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 8}),
+    );
+    let (_, native) = post(a, "/completion", &json!({"prompt": prompt, "n_predict": 8}));
+    assert_eq!(native["content"], chat["choices"][0]["message"]["content"]);
+    assert_eq!(
+        native["tokens_evaluated"], chat["usage"]["prompt_tokens"],
+        "{native}"
+    );
+    let (status, _) = post(a, "/apply-template", &json!({"prompt": "x"}));
+    assert_eq!(status, 400);
+
+    let (status, p) = get(a, "/props");
+    assert_eq!(status, 200);
+    assert_eq!(p["total_slots"], 3);
+    assert_eq!(p["default_generation_settings"]["params"]["n_predict"], 8);
+    assert_eq!(
+        p["default_generation_settings"]["params"]["temperature"],
+        0.0
+    );
+    assert!(p["chat_template"].is_string());
+    let (status, _) = post(a, "/props", &json!({}));
+    assert_eq!(status, 501);
+    let (status, s) = get(a, "/slots");
+    assert_eq!(status, 200);
+    let slots = s.as_array().unwrap();
+    assert_eq!(slots.len(), 3);
+    assert_eq!(slots[2]["id"], 2);
+    assert_eq!(slots[0]["is_processing"], false);
+    assert_eq!(get(a, "/slots?fail_on_no_slot=1").0, 200);
+    let (status, v) = post(a, "/slots/0?action=save", &json!({"filename": "x.bin"}));
+    assert_eq!(status, 501, "{v}");
+    // Erasing forgets a slot's cached prompt: the same request then reuses nothing.
+    let body = json!({"prompt": "ROMEO:\nSpeak.", "n_predict": 2});
+    post(a, "/completion", &body);
+    let (_, again) = post(a, "/completion", &body);
+    let slot = again["id_slot"].as_u64().unwrap();
+    assert!(again["tokens_cached"].as_u64().unwrap() > 0, "{again}");
+    let held = get(a, "/slots").1[slot as usize]["cached_tokens"].clone();
+    let (status, v) = post(a, &format!("/slots/{slot}?action=erase"), &json!({}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["n_erased"], held);
+    assert_eq!(get(a, "/slots").1[slot as usize]["cached_tokens"], 0);
+    for (path, want) in [
+        ("/slots/9?action=erase", 400),
+        ("/slots/0?action=melt", 400),
+    ] {
+        assert_eq!(post(a, path, &json!({})).0, want, "{path}");
+    }
+}
+
+#[test]
+fn native_completion_matches_openai_completions() {
+    let server = start_with(&["--temp", "0", "-n", "8", "--parallel", "2"]);
+    let a = server.addr.as_str();
+    let (status, oai) = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "ROMEO:\n", "max_tokens": 10, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{oai}");
+    let (status, n) = post(
+        a,
+        "/completion",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 10, "n_probs": 2, "return_tokens": true,
+                "cache_prompt": true}),
+    );
+    assert_eq!(status, 200, "{n}");
+    assert_eq!(n["content"], oai["choices"][0]["text"], "{n}");
+    assert_eq!(n["stop"], true);
+    assert_eq!(n["stop_type"], "limit");
+    assert_eq!(n["truncated"], false);
+    assert_eq!(n["tokens_predicted"], 10);
+    assert_eq!(n["tokens"].as_array().unwrap().len(), 10);
+    assert_eq!(n["tokens_evaluated"], oai["usage"]["prompt_tokens"]);
+    assert_eq!(n["generation_settings"]["n_predict"], 10);
+    assert_eq!(n["generation_settings"]["n_probs"], 2);
+    assert!(n["id_slot"].as_i64().unwrap() >= 0, "{n}");
+    assert_eq!(n["timings"]["predicted_n"], 10);
+    assert_eq!(n["model"], "bitnet-shakespeare-7m-i2_s.gguf");
+    // The probabilities are the OpenAI endpoint's logprobs, in llama-server's shape.
+    let probs = n["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 10);
+    let lps = &oai["choices"][0]["logprobs"];
+    for (i, p) in probs.iter().enumerate() {
+        assert_eq!(p["token"], lps["tokens"][i]);
+        assert_eq!(p["logprob"], lps["token_logprobs"][i]);
+        assert_eq!(p["id"], n["tokens"][i]);
+        assert_eq!(p["top_logprobs"].as_array().unwrap().len(), 2);
+    }
+    // Without `return_tokens` the ids are left out, as llama-server leaves them.
+    let (_, plain) = post(
+        a,
+        "/completion",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 3}),
+    );
+    assert_eq!(plain["tokens"], json!([]));
+    assert!(plain.get("completion_probabilities").is_none());
+
+    // A prompt of token ids, and a stop string: `word` with the word.
+    let ids = n["tokens"].clone();
+    let (_, by_ids) = post(a, "/completion", &json!({"prompt": ids, "n_predict": 3}));
+    assert_eq!(by_ids["tokens_evaluated"], 10);
+    let content = n["content"].as_str().unwrap();
+    let word: String = content.chars().skip(3).take(2).collect();
+    let (_, stopped) = post(
+        a,
+        "/completion",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 10, "stop": [word]}),
+    );
+    assert_eq!(stopped["stop_type"], "word", "{stopped}");
+    assert_eq!(stopped["stopping_word"], word.as_str());
+    assert!(content.starts_with(stopped["content"].as_str().unwrap()));
+
+    // Several prompts: a list, one result each.
+    let (_, many) = post(
+        a,
+        "/completion",
+        &json!({"prompt": ["ROMEO:\n", "JULIET:\n"], "n_predict": 4}),
+    );
+    let many = many.as_array().unwrap();
+    assert_eq!(many.len(), 2);
+    assert_eq!(many[1]["index"], 1);
+    // The un-prefixed /completions is llama-server's native endpoint too.
+    let (_, alias) = post(
+        a,
+        "/completions",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 10}),
+    );
+    assert_eq!(alias["content"], n["content"]);
+
+    // llama-server's conventions: any temperature (≤ 0 greedy), logit_bias as pairs, where
+    // `false` bans the token.
+    let first = n["tokens"][0].as_u64().unwrap();
+    let (status, banned) = post(
+        a,
+        "/completion",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 2, "temperature": -1,
+                "logit_bias": [[first, false]], "return_tokens": true}),
+    );
+    assert_eq!(status, 200, "{banned}");
+    assert_ne!(banned["tokens"][0].as_u64().unwrap(), first);
+    // …which the OpenAI endpoints still refuse.
+    let (status, v) = post(a, "/v1/completions", &json!({"prompt": "a", "n_probs": 2}));
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("n_probs"))
+    );
+    for (body, field) in [
+        (json!({"prompt": "a", "n": 2}), "n"),
+        (json!({"prompt": "a", "n_probs": 99}), "n_probs"),
+        (json!({"prompt": "a", "temprature": 1}), "temprature"),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "messages",
+        ),
+    ] {
+        let (status, v) = post(a, "/completion", &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+    }
+
+    // Streamed: one event per token with its id, then the whole result with `stop: true`;
+    // the pieces add up to the unstreamed content, and no `[DONE]` follows.
+    let (status, body) = http(
+        a,
+        "POST",
+        "/completion",
+        &json!({"prompt": "ROMEO:\n", "n_predict": 10, "stream": true, "n_probs": 1}).to_string(),
+    );
+    assert_eq!(status, 200);
+    let evs: Vec<Value> = events(&body)
+        .into_iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (last, partials) = evs.split_last().unwrap();
+    assert_eq!(last["stop"], true);
+    assert_eq!(last["stop_type"], "limit");
+    assert_eq!(last["content"], "");
+    assert_eq!(last["timings"]["predicted_n"], 10);
+    let mut text = String::new();
+    let mut tokens = Vec::new();
+    for p in partials {
+        assert_eq!(p["stop"], false, "{p}");
+        text.push_str(p["content"].as_str().unwrap());
+        tokens.extend(p["tokens"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(text, content);
+    assert_eq!(Value::Array(tokens), n["tokens"]);
+    assert_eq!(
+        partials[0]["completion_probabilities"][0]["id"],
+        n["tokens"][0]
+    );
+}
+
+#[test]
+fn infill_and_rerank_say_why_not() {
+    let server = start_with(&["-n", "4"]);
+    let a = server.addr.as_str();
+    let (status, v) = post(
+        a,
+        "/infill",
+        &json!({"input_prefix": "a", "input_suffix": "b"}),
+    );
+    assert_eq!(status, 501);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no fill-in-the-middle tokens"));
+    for path in ["/rerank", "/reranking", "/v1/rerank", "/v1/reranking"] {
+        let (status, v) = post(a, path, &json!({"query": "q", "documents": ["d"]}));
+        assert_eq!(status, 501, "{path}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no reranker head"));
+    }
+}
+
+#[test]
+fn gbnf_grammars_constrain_output() {
+    let server = start_with(&["-n", "24", "--parallel", "2"]);
+    let a = server.addr.as_str();
+    let answer = r#"root ::= answer "!"
+answer ::= "yes" | "no" | "maybe-" digit
+digit ::= [0-9]   # one digit
+"#;
+    for seed in 0..4 {
+        let (status, v) = post(
+            a,
+            "/completion",
+            &json!({"prompt": "ROMEO:\n", "grammar": answer, "seed": seed, "temperature": 1.5}),
+        );
+        assert_eq!(status, 200, "{v}");
+        let c = v["content"].as_str().unwrap();
+        let ok = c == "yes!"
+            || c == "no!"
+            || (c.len() == 8
+                && c.starts_with("maybe-")
+                && c.ends_with('!')
+                && c.as_bytes()[6].is_ascii_digit());
+        assert!(ok, "seed {seed}: {c:?}");
+        assert_eq!(v["stop_type"], "eos", "{v}");
+    }
+    // On the OpenAI endpoints too, streamed and not; repetition counts hold.
+    let digits = r#"root ::= [1-9] [0-9]{2,3} ("," [0-9]{3})?"#;
+    let (status, v) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Count."}], "grammar": digits,
+                "seed": 3, "temperature": 1.2}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let c = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let (head, tail) = c.split_once(',').unwrap_or((c, ""));
+    assert!((3..=4).contains(&head.len()), "{c:?}");
+    assert!(
+        head.bytes().all(|b| b.is_ascii_digit()) && !head.starts_with('0'),
+        "{c:?}"
+    );
+    assert!(tail.is_empty() || (tail.len() == 3 && tail.bytes().all(|b| b.is_ascii_digit())));
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": "ROMEO:\n", "grammar": "root ::= \"Ay, \" [a-z]+ \".\"",
+                "seed": 1, "stream": true, "max_tokens": 40})
+        .to_string(),
+    );
+    assert_eq!(status, 200);
+    let text: String = events(&body)
+        .into_iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            let v: Value = serde_json::from_str(e).unwrap();
+            v["choices"][0]["text"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert!(text.starts_with("Ay, "), "{text:?}");
+    let word = text["Ay, ".len()..].trim_end_matches('.');
+    assert!(word.bytes().all(|b| b.is_ascii_lowercase()), "{text:?}");
+    // A grammar that does not parse is a 400 naming the field and the line.
+    for (grammar, text) in [
+        ("root ::= \"a\"\nx ::= [b", "line 2"),
+        ("start ::= \"a\"", "no `root` rule"),
+    ] {
+        let (status, v) = post(
+            a,
+            "/completion",
+            &json!({"prompt": "a", "grammar": grammar}),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "grammar");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{v}"
+        );
+    }
+}
