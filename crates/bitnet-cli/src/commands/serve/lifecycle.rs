@@ -21,7 +21,6 @@
 //! `BITNET_SERVE_HOLD_LOAD=FILE` (for tests only) makes the load wait until FILE exists, so a
 //! test can observe the loading state as long as it needs without timing anything.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -105,39 +104,37 @@ pub fn hold_load_for_tests() {
 /// The server's course after binding, for `conn::serve` (which stops accepting when it
 /// ends): waits for the loaded state (or returns, when the load failed and `loaded` is
 /// dropped), then for a signal, then drains as the module documentation says.
-pub fn course(
+pub async fn course(
     loaded: oneshot::Receiver<Arc<AppState>>,
     grace: Duration,
     mut signals: Signals,
-) -> impl Future<Output = ()> {
-    async move {
-        let state = tokio::select! {
-            s = loaded => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-            () = signals.next() => {
-                // Nothing runs yet: nothing to drain.
-                log("stopped while loading the model");
-                std::process::exit(0);
-            }
-        };
-        signals.next().await;
-        log(&format!(
-            "shutting down: /health and new requests answer 503; running ones end within \
-             {:.1} s (a second signal ends them now)",
-            grace.as_secs_f64()
-        ));
-        state.scheduler.shutdown(grace);
-        let joined = Arc::clone(&state);
-        let mut drained = tokio::task::spawn_blocking(move || joined.scheduler.join());
-        tokio::select! {
-            _ = &mut drained => {}
-            () = signals.next() => {
-                log("second signal: ending running requests now");
-                state.scheduler.shutdown(Duration::ZERO);
-                let _ = drained.await;
-            }
+) {
+    let state = tokio::select! {
+        s = loaded => match s {
+            Ok(s) => s,
+            Err(_) => return,
+        },
+        () = signals.next() => {
+            // Nothing runs yet: nothing to drain.
+            log("stopped while loading the model");
+            std::process::exit(0);
+        }
+    };
+    signals.next().await;
+    log(&format!(
+        "shutting down: /health and new requests answer 503; running ones end within \
+         {:.1} s (a second signal ends them now)",
+        grace.as_secs_f64()
+    ));
+    state.scheduler.shutdown(grace);
+    let joined = Arc::clone(&state);
+    let mut drained = tokio::task::spawn_blocking(move || joined.scheduler.join());
+    tokio::select! {
+        _ = &mut drained => {}
+        () = signals.next() => {
+            log("second signal: ending running requests now");
+            state.scheduler.shutdown(Duration::ZERO);
+            let _ = drained.await;
         }
     }
 }
