@@ -297,7 +297,7 @@ fn sigterm_while_loading_exits_zero_at_once() {
 
 /// The names the Gateway API Inference Extension's endpoint picker reads for vLLM, and
 /// llama-server's, with the values the server's state implies: one request generating in
-/// the only slot and one waiting.
+/// the only slot and two waiting.
 #[test]
 fn router_metrics_show_the_queue_the_running_and_the_kv_cache() {
     let server = start_with(&["--parallel", "1", "--temp", "0", "--ctx-shift"]);
@@ -331,12 +331,14 @@ fn router_metrics_show_the_queue_the_running_and_the_kv_cache() {
     for _ in 0..3 {
         assert!(next_event(&mut running).is_some());
     }
-    // The stream's head comes back once the request is queued: it waits for the only slot.
+    // A stream's head comes back once the request is queued: these two wait for the only
+    // slot.
     let mut waiting = open_stream(a, "/v1/completions", LONG_STREAM);
+    let waiting_too = open_stream(a, "/v1/completions", LONG_STREAM);
     let page = metrics(a);
-    assert_eq!(sample(&page, "vllm:num_requests_waiting"), 1.0, "{page}");
+    assert_eq!(sample(&page, "vllm:num_requests_waiting"), 2.0, "{page}");
     assert_eq!(sample(&page, "vllm:num_requests_running"), 1.0, "{page}");
-    assert_eq!(sample(&page, "llamacpp:requests_deferred"), 1.0);
+    assert_eq!(sample(&page, "llamacpp:requests_deferred"), 2.0);
     assert_eq!(sample(&page, "llamacpp:requests_processing"), 1.0);
     let usage = sample(&page, "vllm:kv_cache_usage_perc");
     assert!(usage > 0.0 && usage <= 1.0, "{usage}");
@@ -351,8 +353,9 @@ fn router_metrics_show_the_queue_the_running_and_the_kv_cache() {
     );
     assert!(sample(&page, "llamacpp:n_busy_slots_per_decode") >= 1.0);
     drop(running);
-    // The waiting one takes the slot.
+    // The first waiting one takes the slot.
     assert!(next_event(&mut waiting).is_some());
+    drop(waiting_too);
     drop(waiting);
     wait_idle(a);
     let page = metrics(a);
