@@ -1,6 +1,6 @@
 //! The continuous-batching scheduler, driven directly (no HTTP): batch invariance, requests
-//! joining and leaving, cancellation, prefix reuse across slots, the queue bound, shutdown,
-//! constrained JSON output and log-probabilities.
+//! joining and leaving, cancellation, KV cache use, prefix reuse across slots, the queue bound,
+//! shutdown, constrained JSON output and log-probabilities.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -218,6 +218,52 @@ fn a_dropped_ticket_cancels_and_frees_the_slot() {
     let rest: Vec<Event> = run.rx.try_iter().collect();
     assert!(!rest.iter().any(|e| matches!(e, Event::Done(_))));
     assert_eq!(s.status().requests_cancelled, 1);
+}
+
+/// The figures routers read: KV cache use counts only what running requests hold (an idle
+/// slot's cached prefix is free to overwrite), and the batch size per step adds up.
+#[test]
+fn kv_cache_usage_counts_running_requests_only() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    let st = s.status();
+    assert_eq!(st.kv_cache_tokens_capacity(), 2 * 256);
+    assert_eq!(st.kv_cache_usage(), 0.0);
+    let prompt = encode(&tokenizer, PROMPTS[1]);
+    let mut j = Job::new(prompt.clone(), SamplerConfig::greedy());
+    j.max_tokens = None;
+    j.ignore_eos = true;
+    let (sink, run) = collector();
+    let ticket = s.submit(j, sink).unwrap();
+    let mut seen = 0;
+    while seen < 3 {
+        if let Event::Token { .. } = run.rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            seen += 1;
+        }
+    }
+    // Published after each step: two steps at least have run since the first token.
+    let st = s.status();
+    let used = st.kv_cache_tokens_used();
+    assert!(used > prompt.len(), "{used} of {}", prompt.len());
+    assert_eq!(st.kv_cache_usage(), used as f64 / 512.0);
+    assert!(st.kv_cache_usage() <= 0.5);
+    assert!(st.sequences_stepped >= st.steps && st.steps > 0);
+    assert!(!s.is_shutting_down());
+    drop(ticket);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.status().slots_busy() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled request kept its slot"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = s.status();
+    assert!(st.slots.iter().any(|slot| slot.cached_tokens > 0));
+    assert_eq!(st.kv_cache_tokens_used(), 0);
+    assert_eq!(st.kv_cache_usage(), 0.0);
+    s.shutdown(Duration::ZERO);
+    assert!(s.is_shutting_down());
 }
 
 #[test]

@@ -350,6 +350,9 @@ pub struct Status {
     pub generated_tokens: u64,
     /// Forward passes run.
     pub steps: u64,
+    /// Sequences run, over all forward passes (a pass's batch size, summed): over `steps`,
+    /// the mean batch (llama-server's `n_busy_slots_per_decode`).
+    pub sequences_stepped: u64,
     /// Seconds spent in forward passes.
     pub busy_seconds: f64,
     /// Generated tokens per second over recent steps, all sequences together.
@@ -369,6 +372,33 @@ impl Status {
             .iter()
             .filter(|s| s.state != SlotState::Idle)
             .count()
+    }
+
+    /// KV cache positions held by running requests. An idle slot's cached tokens are not
+    /// counted: the next request that does not share them overwrites them (as vLLM counts a
+    /// prefix-cached block no running request holds as free).
+    pub fn kv_cache_tokens_used(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != SlotState::Idle)
+            .map(|s| s.cached_tokens)
+            .sum()
+    }
+
+    /// KV cache positions in all slots.
+    pub fn kv_cache_tokens_capacity(&self) -> usize {
+        self.slots.iter().map(|s| s.n_ctx).sum()
+    }
+
+    /// [`Status::kv_cache_tokens_used`] as a fraction of the capacity, 0 to 1 (what routers
+    /// read as vLLM's `kv_cache_usage_perc`).
+    pub fn kv_cache_usage(&self) -> f64 {
+        let capacity = self.kv_cache_tokens_capacity();
+        if capacity == 0 {
+            0.0
+        } else {
+            self.kv_cache_tokens_used() as f64 / capacity as f64
+        }
     }
 }
 
@@ -589,6 +619,11 @@ impl Scheduler {
             .send(Msg::Erase { slot, reply })
             .map_err(|_| SlotError::Stopped)?;
         answer.recv().map_err(|_| SlotError::Stopped)?
+    }
+
+    /// Whether [`Scheduler::shutdown`] was called (cheaper than [`Scheduler::status`]).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Waits for the scheduler's thread to end (after [`Scheduler::shutdown`]).
@@ -1057,8 +1092,10 @@ impl<'a> Engine<'a> {
             };
         }
         let rate = self.rate;
+        let sequences = inputs.len() as u64;
         self.count(|s| {
             s.steps += 1;
+            s.sequences_stepped += sequences;
             s.busy_seconds += secs;
             s.generated_tokens += generated as u64;
             s.generation_tokens_per_s = rate;

@@ -12,16 +12,21 @@
 //! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`,
 //!   the request body's deadline.
 //! - `conn.rs`: connections: timeouts, connection and header limits, accept errors.
+//! - `lifecycle.rs`: binding before the model loads (`/health` 503 "loading"), `/livez`, and
+//!   the drain on SIGTERM.
+//! - `router_metrics.rs`: `/metrics` in vLLM's and llama-server's names, for routers.
 //! - `chat.html`: the web page, compiled into the binary.
 //!
 //! [`Job`]: bitnet::generate::Job
 
 mod conn;
 mod embeddings;
+mod lifecycle;
 mod llama;
 mod openai;
 mod ops;
 mod responses;
+mod router_metrics;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,8 +92,10 @@ pub struct Args {
     /// Default `max_tokens` for requests that do not set it
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n_predict: usize,
-    /// On SIGTERM or Ctrl-C: seconds running requests may go on before they are ended
-    #[arg(long, default_value_t = 5.0)]
+    /// On SIGTERM or Ctrl-C: seconds running requests may go on before they are ended (keep
+    /// it below the orchestrator's grace period, e.g. Kubernetes'
+    /// terminationGracePeriodSeconds, 30 by default)
+    #[arg(long, default_value_t = 25.0)]
     shutdown_timeout: f64,
     /// When a generation fills its slot's context, keep the first --keep tokens, drop half of
     /// the rest and go on (llama.cpp's context shift) instead of stopping with "length"
@@ -212,6 +219,42 @@ pub fn run(args: Args) -> Result<()> {
     let defaults = args.sampling.config()?;
     let speculative = args.spec.config()?;
     let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
+    // The port is bound and served before the model loads, so that probes and routers see
+    // "loading" (503) instead of a refused connection; see lifecycle.rs.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind((
+            args.host.as_str(),
+            args.port,
+        )))
+        .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    let signals = {
+        let _runtime = runtime.enter();
+        lifecycle::Signals::install().context("installing the SIGTERM and SIGINT handlers")?
+    };
+    // (No URL in this line: scripts take the first one as the sign the server is ready.)
+    log(&format!(
+        "bound {addr}; loading the model (/health answers 503 until it is ready)"
+    ));
+    let ready = lifecycle::Ready::default();
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+    let grace = Duration::from_secs_f64(args.shutdown_timeout);
+    let limits = conn::Limits {
+        timeout,
+        max_connections,
+    };
+    let server = runtime.spawn(conn::serve(
+        listener,
+        lifecycle::front(Arc::clone(&ready)),
+        limits,
+        lifecycle::course(loaded_rx, grace, signals),
+    ));
+    lifecycle::hold_load_for_tests();
     let crate::model_args::Loaded {
         model,
         mut tokenizer,
@@ -310,62 +353,17 @@ pub fn run(args: Args) -> Result<()> {
             ops::gate,
         ))
         .with_state(Arc::clone(&state));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let grace = Duration::from_secs_f64(args.shutdown_timeout);
-    let serving = Arc::clone(&state);
-    runtime.block_on(async move {
-        let state = serving;
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
-        let addr = listener.local_addr()?;
-        log(&format!(
-            "listening on http://{addr} (model {}; web chat at http://{addr}/)",
-            state.name
-        ));
-        let signal_state = Arc::clone(&state);
-        let limits = conn::Limits {
-            timeout,
-            max_connections,
-        };
-        conn::serve(listener, app, limits, async move {
-            shutdown_signal().await;
-            log(&format!(
-                "shutting down: no new requests; running ones end within {:.1} s",
-                grace.as_secs_f64()
-            ));
-            signal_state.scheduler.shutdown(grace);
-        })
-        .await;
-        anyhow::Ok(())
-    })?;
+    // The API answers from here on; the course (lifecycle.rs) takes it to the drain.
+    let _ = ready.set(app);
+    let _ = loaded_tx.send(Arc::clone(&state));
+    log(&format!(
+        "listening on http://{addr} (model {}; web chat at http://{addr}/)",
+        state.name
+    ));
+    runtime
+        .block_on(server)
+        .context("the server's task failed")?;
     state.scheduler.join();
     log("stopped");
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -425,6 +425,13 @@ struct ChoiceState {
 }
 
 impl ChoiceState {
+    /// Whether the drain after SIGTERM ended this choice before its own end.
+    fn cut_by_shutdown(&self) -> bool {
+        self.finished
+            .as_ref()
+            .is_some_and(|f| matches!(f.stop, StopReason::Shutdown))
+    }
+
     fn new(plan: &Plan, index: usize) -> ChoiceState {
         ChoiceState {
             text: String::new(),
@@ -624,6 +631,9 @@ async fn collect(
         );
     }
     reply.record();
+    if reply.choices.iter().any(ChoiceState::cut_by_shutdown) {
+        return super::lifecycle::cut_by_shutdown();
+    }
     let mut choices = Vec::with_capacity(reply.choices.len());
     for (i, c) in reply.choices.iter().enumerate() {
         let Some(f) = &c.finished else { continue };
@@ -814,6 +824,9 @@ async fn translate(
         let mut v = reply.envelope(true, Vec::new());
         v["usage"] = reply.usage();
         let _ = out.send(v.to_string());
+    }
+    if reply.choices.iter().any(ChoiceState::cut_by_shutdown) {
+        let _ = out.send(super::lifecycle::cut_by_shutdown_event());
     }
     let _ = out.send("[DONE]".to_string());
 }

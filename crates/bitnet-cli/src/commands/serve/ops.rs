@@ -267,6 +267,12 @@ fn finish(
             .headers_mut()
             .insert(header::VARY, HeaderValue::from_static("Origin"));
     }
+    if state.scheduler.is_shutting_down() {
+        // Draining: a client's pooled connection should take its next request elsewhere.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status().as_u16();
     state.metrics.count(&path, status);
     let guard = LogLine {
@@ -534,6 +540,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ("_count".to_string(), count.to_string()),
         ],
     );
+    super::router_metrics::write(&mut out, &st, &state.name);
     (
         [(
             header::CONTENT_TYPE,
