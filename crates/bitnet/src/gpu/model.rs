@@ -333,7 +333,12 @@ impl GpuModel {
             ops::quantize(g, e, &w.x, h, n, h, layer.w_gate.k, ffn_norm, acts);
             ops::ternary(g, e, &layer.w_gate, acts, n, &w.gate, false);
             ops::ternary(g, e, &layer.w_up, acts, n, &w.up, false);
-            let silu = c.activation == Activation::Silu;
+            // Exhaustive on purpose: a new activation must get a kernel (or a refusal in
+            // `unsupported`) before it compiles.
+            let silu = match c.activation {
+                Activation::Relu2 => false,
+                Activation::Silu => true,
+            };
             ops::gate(g, e, &w.up, &w.gate, n * ff, silu);
             let sub = norm(layer.ffn_sub_norm.as_ref());
             ops::quantize(g, e, &w.up, ff, n, ff, layer.w_down.k, sub, acts);
