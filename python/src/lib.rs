@@ -410,6 +410,8 @@ impl Model {
             },
             context,
             cache_type,
+            // The package is built without the GPU backend (for now).
+            device: bitnet::gpu::Device::Cpu,
         };
         // A path goes through as a path; a string starting with hf: names a Hub model.
         let source = match model {

@@ -25,7 +25,9 @@ tests=(-p bitnet --lib --test kernels_props --test forward_fixtures)
 # x86 clippy never compiles the AArch64 kernels: lint them with Debian's clippy.
 /usr/bin/cargo-clippy clippy --target $triple -p bitnet --all-targets -- -D warnings
 "$CARGO" test --target $triple "${tests[@]}" --no-run
-"$CARGO" build --target $triple --profile test -p bitnet-cli --bin bitnet
+# Without the GPU backend (--no-default-features): wgpu would double the cross build, and the
+# GPU tests run on x86-64 (lavapipe).
+"$CARGO" build --target $triple --profile test -p bitnet-cli --no-default-features --bin bitnet
 bitnet=(qemu-aarch64 "$CARGO_TARGET_DIR/$triple/debug/bitnet")
 echo "aarch64 build: $((SECONDS - start)) s"
 

@@ -1,5 +1,5 @@
-//! The options every command that runs a model shares (`-m -c -t --cache-type --isa`), and
-//! loading: a GGUF file, a Hugging Face folder or hub repo, or the bundled demo model when `-m`
+//! The options every command that runs a model shares (`-m -c -t --cache-type --isa --device`),
+//! and loading: a GGUF file, a Hugging Face folder or hub repo, or the bundled demo model when `-m`
 //! is not given.
 
 use std::sync::Arc;
@@ -38,6 +38,11 @@ pub struct ModelArgs {
     /// generated token, slightly different logits (see README)
     #[arg(long)]
     pub output_type: Option<String>,
+    /// Where the model runs: cpu; gpu (the best GPU adapter, software ones such as Mesa's
+    /// lavapipe included; an error when there is none); auto (a hardware GPU if there is
+    /// one, else the CPU)
+    #[arg(long, default_value = "cpu")]
+    pub device: bitnet::gpu::Device,
 }
 
 /// Where a GGUF file's weights live while the model runs.
@@ -158,6 +163,7 @@ impl ModelArgs {
             residency: self.residency.residency(),
             context: self.ctx_size,
             cache_type: self.cache_type,
+            device: self.device,
         })
     }
 

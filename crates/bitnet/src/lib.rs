@@ -138,6 +138,7 @@ mod engine;
 mod error;
 pub mod formats;
 pub mod generate;
+pub mod gpu;
 pub mod hf;
 pub mod kernels;
 pub mod load;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::formats::gguf::GgufFile;
 use crate::formats::types::TensorType;
+use crate::gpu::Device;
 use crate::kernels::Isa;
 use crate::model::{
     available_memory, cache_bytes, human_bytes, BitnetModel, CacheType, LoadOptions, ModelError,
@@ -212,6 +213,9 @@ pub struct ModelOptions {
     /// The KV cache's element type: F16 (half the memory, ggml's arithmetic) or F32
     /// (transformers').
     pub cache_type: CacheType,
+    /// Where the model runs: the CPU (default), the GPU (an error when there is none), or
+    /// `Auto` (a hardware GPU when there is one). See [`crate::gpu`].
+    pub device: Device,
 }
 
 impl ModelOptions {
@@ -291,6 +295,8 @@ pub fn load_gguf(
         })?;
     }
     check_context(&model, options)?;
+    // Last: the upload takes the weights as the options above left them.
+    model.set_device(options.device)?;
     Ok(Loaded {
         name: source.name(),
         model,

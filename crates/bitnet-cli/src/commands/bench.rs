@@ -66,6 +66,9 @@ pub struct Args {
     output_type: Option<String>,
     #[command(flatten)]
     residency: crate::model_args::Residency,
+    /// Where the model runs: cpu, gpu or auto (see `generate --help`)
+    #[arg(long, default_value = "cpu")]
+    device: bitnet::gpu::Device,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -196,6 +199,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(ty) = output_type {
         model.set_output_type(ty)?;
     }
+    model.set_device(args.device)?;
+    // The backend column: the CPU's kernels, or the GPU adapter's name.
+    let backend = match model.gpu_adapter() {
+        Some(a) => format!("GPU {} ({})", a.name, a.backend),
+        None => format!("CPU {}", model.isa()),
+    };
     let load_s = load_start.elapsed().as_secs_f64();
     let threads = if args.threads.is_empty() {
         vec![model.threads()]
@@ -415,6 +424,7 @@ pub fn run(args: Args) -> Result<()> {
             "model": model_name, "file": name, "file_bytes": size,
             "params": params, "linear_type": linear_type.name(), "output_type": output_type.name(),
             "isa": model.isa().name(),
+            "gpu_adapter": model.gpu_adapter().map(|a| a.to_string()),
             "weight_layouts": model.weight_layouts().iter().map(|(file, layout, n)| json!({
                 "file": file.name(), "layout": layout.name(), "tensors": n,
             })).collect::<Vec<_>>(),
@@ -460,10 +470,9 @@ pub fn run(args: Args) -> Result<()> {
             (None, None) => String::new(),
         };
         println!(
-            "| {model_name} | {:.2} GiB | {:.2} B | CPU {} | {} | {} | {mean:.2} ± {sd:.2} | {roof} |",
+            "| {model_name} | {:.2} GiB | {:.2} B | {backend} | {} | {} | {mean:.2} ± {sd:.2} | {roof} |",
             size as f64 / (1u64 << 30) as f64,
             params as f64 / 1e9,
-            model.isa(),
             r.threads,
             r.test,
         );

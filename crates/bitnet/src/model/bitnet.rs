@@ -34,6 +34,10 @@ use super::weights::{
 };
 use super::ModelError;
 
+/// Running this model on the GPU backend (`crate::gpu`): the upload and the device forward.
+#[cfg(feature = "gpu")]
+mod gpu;
+
 /// A BitLinear layer with its optional output scale (the `bitnet` architecture's per-tensor
 /// `.scale`, multiplied after the product) and bias (added after that, as llama.cpp does).
 struct Linear {
@@ -317,6 +321,9 @@ pub struct BitnetModel {
     workspace: Mutex<Workspace>,
     /// Whether the streamed weights were copied into owned memory at load.
     resident: bool,
+    /// The weights on the GPU, when the model runs there ([`BitnetModel::set_device`]).
+    #[cfg(feature = "gpu")]
+    gpu: Option<crate::gpu::GpuModel>,
 }
 
 impl std::fmt::Debug for BitnetModel {
@@ -570,6 +577,8 @@ impl BitnetModel {
             ones,
             workspace: Mutex::new(Workspace::default()),
             resident: options.resident,
+            #[cfg(feature = "gpu")]
+            gpu: None,
         };
         model.place_weights();
         if options.resident {
@@ -732,6 +741,11 @@ impl BitnetModel {
         } else {
             n_ctx
         };
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = &self.gpu {
+            let device = gpu.new_cache(n_ctx, ty)?;
+            return Ok(KvCache::on_device(self.config.kv_dim(), n_ctx, ty, device));
+        }
         KvCache::new(self.config.n_layer, self.config.kv_dim(), n_ctx, ty)
     }
 
@@ -816,6 +830,15 @@ impl BitnetModel {
                     capacity: entry.cache.capacity(),
                 });
             }
+        }
+        #[cfg(feature = "gpu")]
+        match &self.gpu {
+            Some(gpu) => return self.forward_batch_gpu(gpu, batch),
+            None if batch.iter().any(|e| e.cache.device().is_some()) => {
+                let what = "a KV cache on the GPU with the model on the CPU".into();
+                return Err(crate::gpu::GpuError::Unsupported(what).into());
+            }
+            None => {}
         }
         let h = c.n_embd;
         let mut spans = Vec::with_capacity(batch.len());

@@ -114,6 +114,9 @@ pub struct KvCache {
     kv_dim: usize,
     len: usize,
     layers: Vec<(Store, Store)>,
+    /// The keys and values on the GPU instead (then `layers` holds nothing).
+    #[cfg(feature = "gpu")]
+    device: Option<crate::gpu::GpuKv>,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -232,7 +235,41 @@ impl KvCache {
             kv_dim,
             len: 0,
             layers,
+            #[cfg(feature = "gpu")]
+            device: None,
         })
+    }
+
+    /// A cache whose keys and values live on the GPU.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn on_device(
+        kv_dim: usize,
+        capacity: usize,
+        ty: CacheType,
+        device: crate::gpu::GpuKv,
+    ) -> KvCache {
+        KvCache {
+            ty,
+            capacity,
+            kv_dim,
+            len: 0,
+            layers: Vec::new(),
+            device: Some(device),
+        }
+    }
+
+    /// The GPU part, for a cache on the device.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn device(&self) -> Option<&crate::gpu::GpuKv> {
+        self.device.as_ref()
+    }
+
+    fn on_host(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        if self.device.is_some() {
+            return false;
+        }
+        true
     }
 
     /// The element type.
@@ -257,7 +294,11 @@ impl KvCache {
 
     /// Bytes allocated for keys and values.
     pub fn bytes(&self) -> usize {
-        2 * self.layers.len() * self.capacity * self.kv_dim * self.ty.element_bytes()
+        let n_layer = match self.on_host() {
+            true => self.layers.len(),
+            false => 0,
+        };
+        2 * n_layer * self.capacity * self.kv_dim * self.ty.element_bytes()
     }
 
     /// Forgets positions from `len` on (the next token goes to position `len`).
@@ -295,6 +336,11 @@ impl KvCache {
         mut rotate_key: impl FnMut(&mut [f32]),
     ) -> Result<(), ModelError> {
         let len = self.len;
+        if !self.on_host() {
+            return Err(ModelError::Gpu(crate::gpu::GpuError::Unsupported(
+                "a context shift of a cache on the GPU".into(),
+            )));
+        }
         if keep.checked_add(n).is_none_or(|end| end > len) {
             return Err(ModelError::BadShift { keep, n, len });
         }

@@ -132,6 +132,9 @@ pub enum ModelError {
         /// Bytes it needs.
         bytes: u64,
     },
+    /// The GPU backend could not open a device or run the model.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
     /// A context shift outside the cached positions.
     #[error("cannot drop cache positions {keep}..{} of {len}", .keep + .n)]
     BadShift {

@@ -249,6 +249,13 @@ pub(crate) trait TernaryLinear: Send + Sync {
     /// same layout.
     fn place(&mut self, _isa: Isa, _resident: bool) {}
 
+    /// The weights as I2_S bytes in the file's row layout (`out × in/4`) with the per-tensor
+    /// scale, for the GPU backend; None for per-block formats, which it does not take.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    fn i2s_file_layout(&self) -> Option<(std::borrow::Cow<'_, [u8]>, f32)> {
+        None
+    }
+
     /// Seconds [`TernaryLinear::matmul`] takes on `isa` for `n_tokens` tokens over the first
     /// `rows` output rows (best of three runs after a warm-up), to choose kernels per shape.
     fn time_matmul(&self, isa: Isa, n_tokens: usize, rows: usize) -> f64 {
@@ -516,6 +523,15 @@ impl TernaryLinear for I2sLinear {
         self.bytes.replace(new);
         self.rows_interleaved = rows;
     }
+    fn i2s_file_layout(&self) -> Option<(std::borrow::Cow<'_, [u8]>, f32)> {
+        let src = &self.bytes.as_slice()[..self.weight_bytes()];
+        if self.rows_interleaved == 1 {
+            return Some((std::borrow::Cow::Borrowed(src), self.scale));
+        }
+        let mut out = vec![0u8; src.len()];
+        kernels::i2s_relayout(src, self.in_features, self.rows_interleaved, 1, &mut out);
+        Some((std::borrow::Cow::Owned(out), self.scale))
+    }
     fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]) {
         // The model places the weights for the ISAs it uses (see `place`); row ranges start
         // at a whole group (the model's chunks are multiples of 16 rows).
@@ -721,6 +737,9 @@ pub(crate) trait DenseMatrix: Send + Sync {
     fn release_rows(&self, _rows: Range<usize>) {}
     /// Copies mapped bytes into owned huge-page memory (see [`WeightBytes::make_resident`]).
     fn make_resident(&mut self) {}
+    /// The encoded bytes of every row (the GPU backend uploads them).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    fn raw(&self) -> &[u8];
 }
 
 /// A dense matrix stored as F32, F16, BF16 or Q8_0 bytes.
@@ -838,6 +857,9 @@ impl DenseTensor {
 }
 
 impl DenseMatrix for DenseTensor {
+    fn raw(&self) -> &[u8] {
+        self.data()
+    }
     fn make_resident(&mut self) {
         self.bytes.make_resident();
     }

@@ -1,0 +1,376 @@
+//! The forward pass on the device: the model's weights uploaded once, and the steps of
+//! `model::bitnet`'s layer run as kernels over device buffers, one submission per chunk of
+//! tokens. Per call the host sends the new tokens' embedding rows and RoPE angles and reads
+//! back only the logits asked for.
+
+use std::sync::{Arc, Mutex};
+
+use super::context::Gpu;
+use super::ops::{
+    self, AttnShape, DenseMatrix, DenseScratch, KvLayer, NormSpec, Quantized, Ternary,
+};
+use super::GpuError;
+use crate::formats::types::TensorType;
+use crate::model::{Activation, CacheType, Config, RopeStyle};
+
+/// Tokens run per submission (bounds the attention scores' scratch, `chunk × heads × ctx`).
+const CHUNK: usize = 128;
+
+/// One BitLinear layer as the model hands it over: I2_S bytes in the file's row layout.
+pub(crate) struct LinearSource<'a> {
+    pub packed: std::borrow::Cow<'a, [u8]>,
+    pub k: usize,
+    pub rows: usize,
+    pub wscale: f32,
+    pub lscale: Option<f32>,
+    pub bias: Option<&'a [f32]>,
+}
+
+/// One layer as the model hands it over.
+pub(crate) struct LayerSource<'a> {
+    pub attn_norm: &'a [f32],
+    /// q, k, v, o, gate, up, down.
+    pub linears: [LinearSource<'a>; 7],
+    pub attn_sub_norm: Option<&'a [f32]>,
+    pub ffn_norm: &'a [f32],
+    pub ffn_sub_norm: Option<&'a [f32]>,
+}
+
+struct GpuLayer {
+    attn_norm: wgpu::Buffer,
+    wq: Ternary,
+    wk: Ternary,
+    wv: Ternary,
+    attn_sub_norm: Option<wgpu::Buffer>,
+    wo: Ternary,
+    ffn_norm: wgpu::Buffer,
+    w_gate: Ternary,
+    w_up: Ternary,
+    ffn_sub_norm: Option<wgpu::Buffer>,
+    w_down: Ternary,
+}
+
+/// One sequence's KV cache on the device.
+pub(crate) struct GpuKv {
+    layers: Vec<KvLayer>,
+    f16: bool,
+    capacity: usize,
+}
+
+/// Device buffers of the forward pass for up to `CHUNK` tokens (the scores' scratch for a
+/// cache of `capacity`), kept between calls.
+struct Work {
+    capacity: usize,
+    x: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    proj: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    acts: Quantized,
+    scores: wgpu::Buffer,
+    last: wgpu::Buffer,
+    normed: wgpu::Buffer,
+    dense: DenseScratch,
+    logits: wgpu::Buffer,
+}
+
+/// A model's weights on the device, and how to run them.
+pub(crate) struct GpuModel {
+    gpu: Arc<Gpu>,
+    c: Config,
+    layers: Vec<GpuLayer>,
+    output: DenseMatrix,
+    output_norm: wgpu::Buffer,
+    work: Mutex<Option<Work>>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("adapter", self.gpu.adapter())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What of a configuration the device's forward pass does not run, if anything. Every
+/// option the CPU's forward pass gains must be refused here until the GPU runs it.
+pub(crate) fn unsupported(c: &Config) -> Option<String> {
+    if !c.head_dim.is_multiple_of(2) {
+        return Some(format!("an odd head dimension ({})", c.head_dim));
+    }
+    if c.n_head * c.head_dim != c.n_embd {
+        return Some(format!(
+            "heads × head_dim ({} × {}) different from the embedding width {}",
+            c.n_head, c.head_dim, c.n_embd
+        ));
+    }
+    None
+}
+
+impl GpuModel {
+    /// Uploads the weights. `output` is the output matrix: its type, bytes, rows.
+    pub(crate) fn upload(
+        gpu: Arc<Gpu>,
+        c: &Config,
+        layers: Vec<LayerSource<'_>>,
+        output: (TensorType, &[u8]),
+        output_norm: &[f32],
+    ) -> Result<GpuModel, GpuError> {
+        if let Some(what) = unsupported(c) {
+            return Err(GpuError::Unsupported(what));
+        }
+        let (ty, bytes) = output;
+        if bytes.len() as u64 > gpu.max_binding() {
+            return Err(GpuError::Unsupported(format!(
+                "an output matrix of {} bytes (the device binds at most {})",
+                bytes.len(),
+                gpu.max_binding()
+            )));
+        }
+        let output = DenseMatrix::upload(&gpu, ty, bytes, c.n_embd, c.n_vocab)
+            .ok_or_else(|| GpuError::Unsupported(format!("a {ty} output matrix")))?;
+        let mut uploaded = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let [q, k, v, o, g, u, d] = layer
+                .linears
+                .map(|l| Ternary::upload(&gpu, &l.packed, l.k, l.rows, l.wscale, l.lscale, l.bias));
+            uploaded.push(GpuLayer {
+                attn_norm: gpu.upload(layer.attn_norm),
+                wq: q,
+                wk: k,
+                wv: v,
+                attn_sub_norm: layer.attn_sub_norm.map(|n| gpu.upload(n)),
+                wo: o,
+                ffn_norm: gpu.upload(layer.ffn_norm),
+                w_gate: g,
+                w_up: u,
+                ffn_sub_norm: layer.ffn_sub_norm.map(|n| gpu.upload(n)),
+                w_down: d,
+            });
+        }
+        let model = GpuModel {
+            output_norm: gpu.upload(output_norm),
+            gpu,
+            c: c.clone(),
+            layers: uploaded,
+            output,
+            work: Mutex::new(None),
+        };
+        model.gpu.submit(model.gpu.encoder())?;
+        Ok(model)
+    }
+
+    /// The device.
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// A cache of `capacity` positions on the device.
+    pub(crate) fn new_cache(&self, capacity: usize, ty: CacheType) -> Result<GpuKv, GpuError> {
+        let f16 = ty == CacheType::F16;
+        let bytes = (capacity * self.c.kv_dim() * if f16 { 2 } else { 4 }) as u64;
+        if bytes > self.gpu.max_binding() {
+            return Err(GpuError::Unsupported(format!(
+                "a KV cache of {capacity} positions ({bytes} bytes per layer; the device binds \
+                 at most {})",
+                self.gpu.max_binding()
+            )));
+        }
+        let layers = (0..self.c.n_layer)
+            .map(|_| KvLayer {
+                k: self.gpu.buffer(bytes),
+                v: self.gpu.buffer(bytes),
+            })
+            .collect();
+        self.gpu.submit(self.gpu.encoder())?;
+        Ok(GpuKv {
+            layers,
+            f16,
+            capacity,
+        })
+    }
+
+    fn work(&self, capacity: usize) -> Work {
+        let c = &self.c;
+        let g = &self.gpu;
+        let n = CHUNK as u64;
+        let (h, kv, ff, v) = (
+            c.n_embd as u64,
+            c.kv_dim() as u64,
+            c.n_ff as u64,
+            c.n_vocab as u64,
+        );
+        let widest = self
+            .layers
+            .iter()
+            .flat_map(|l| [l.wq.k, l.wo.k, l.w_gate.k, l.w_down.k])
+            .max()
+            .unwrap_or(0)
+            .max(c.n_embd.max(c.n_ff));
+        Work {
+            capacity,
+            x: g.buffer(4 * n * h),
+            q: g.buffer(4 * n * h),
+            k: g.buffer(4 * n * kv),
+            v: g.buffer(4 * n * kv),
+            attn: g.buffer(4 * n * h),
+            proj: g.buffer(4 * n * h),
+            gate: g.buffer(4 * n * ff),
+            up: g.buffer(4 * n * ff),
+            acts: Quantized::new(g, CHUNK, widest),
+            scores: g.buffer(4 * n * c.n_head as u64 * capacity as u64),
+            last: g.buffer(4 * h),
+            normed: g.buffer(4 * n * h),
+            dense: DenseScratch::new(g, CHUNK, c.n_embd),
+            logits: g.buffer(4 * n * v),
+        }
+    }
+
+    /// Runs `x` (the new tokens' embedding rows, `n × n_embd`) at positions `pos0..` of
+    /// `cache`, with RoPE's `cos` and `sin` (`n × head_dim/2` each), and returns the logits
+    /// of every position (`all`) or of the last.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        pos0: usize,
+        cache: &GpuKv,
+        all: bool,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (h, half) = (self.c.n_embd, self.c.head_dim / 2);
+        let n = x.len() / h;
+        let mut guard = self.work.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|w| w.capacity < cache.capacity) {
+            *guard = Some(self.work(cache.capacity));
+        }
+        let Some(work) = guard.as_ref() else {
+            return Err(GpuError::Backend("no work buffers".into()));
+        };
+        let mut logits = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = CHUNK.min(n - start);
+            let last_chunk = start + len == n;
+            let want = match (all, last_chunk) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            };
+            let mut table = cos[start * half..(start + len) * half].to_vec();
+            table.extend_from_slice(&sin[start * half..(start + len) * half]);
+            let out = self.chunk(
+                work,
+                &x[start * h..(start + len) * h],
+                &table,
+                pos0 + start,
+                cache,
+                want,
+            )?;
+            logits.extend(out);
+            start += len;
+        }
+        Ok(logits)
+    }
+
+    /// One chunk; `want`: the logits of every row (Some(true)), of the last (Some(false)),
+    /// or none.
+    fn chunk(
+        &self,
+        w: &Work,
+        x: &[f32],
+        table: &[f32],
+        pos0: usize,
+        cache: &GpuKv,
+        want: Option<bool>,
+    ) -> Result<Vec<f32>, GpuError> {
+        let (g, c) = (&*self.gpu, &self.c);
+        let (h, ff) = (c.n_embd, c.n_ff);
+        let n = x.len() / h;
+        g.queue.write_buffer(&w.x, 0, bytemuck::cast_slice(x));
+        let table = g.upload(table);
+        let shape = AttnShape {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            hd: c.head_dim,
+            capacity: cache.capacity,
+            f16: cache.f16,
+        };
+        let interleaved = c.rope_style == RopeStyle::Interleaved;
+        fn spec<'a>(gain: Option<&'a wgpu::Buffer>, c: &Config) -> NormSpec<'a> {
+            NormSpec {
+                gain,
+                eps: c.rms_eps,
+                act_eps: c.act_norm_eps,
+            }
+        }
+        let norm = |gain| spec(gain, c);
+        let mut enc = g.encoder();
+        let e = &mut enc;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let kvl = &cache.layers[l];
+            // Attention.
+            let acts = &w.acts;
+            let attn_norm = norm(Some(&layer.attn_norm));
+            ops::quantize(g, e, &w.x, h, n, h, layer.wq.k, attn_norm, acts);
+            ops::ternary(g, e, &layer.wq, acts, n, &w.q, false);
+            ops::ternary(g, e, &layer.wk, acts, n, &w.k, false);
+            ops::ternary(g, e, &layer.wv, acts, n, &w.v, false);
+            ops::rope(g, e, &w.q, &table, n, c.n_head, c.head_dim, interleaved);
+            ops::rope(g, e, &w.k, &table, n, c.n_head_kv, c.head_dim, interleaved);
+            ops::kv_write(g, e, shape, kvl, &w.k, &w.v, pos0, n);
+            ops::attention(g, e, shape, kvl, &w.q, pos0, n, &w.scores, &w.attn);
+            let sub = norm(layer.attn_sub_norm.as_ref());
+            ops::quantize(g, e, &w.attn, h, n, h, layer.wo.k, sub, acts);
+            ops::ternary(g, e, &layer.wo, acts, n, &w.proj, false);
+            ops::add(g, e, &w.x, &w.proj, n * h);
+            // Feed-forward: gated activation.
+            let ffn_norm = norm(Some(&layer.ffn_norm));
+            ops::quantize(g, e, &w.x, h, n, h, layer.w_gate.k, ffn_norm, acts);
+            ops::ternary(g, e, &layer.w_gate, acts, n, &w.gate, false);
+            ops::ternary(g, e, &layer.w_up, acts, n, &w.up, false);
+            // Exhaustive on purpose: a new activation must get a kernel (or a refusal in
+            // `unsupported`) before it compiles.
+            let silu = match c.activation {
+                Activation::Relu2 => false,
+                Activation::Silu => true,
+            };
+            ops::gate(g, e, &w.up, &w.gate, n * ff, silu);
+            let sub = norm(layer.ffn_sub_norm.as_ref());
+            ops::quantize(g, e, &w.up, ff, n, ff, layer.w_down.k, sub, acts);
+            ops::ternary(g, e, &layer.w_down, acts, n, &w.proj, false);
+            ops::add(g, e, &w.x, &w.proj, n * h);
+        }
+        let Some(all) = want else {
+            g.submit(enc)?;
+            return Ok(Vec::new());
+        };
+        let rows = if all { n } else { 1 };
+        let src = if all {
+            &w.x
+        } else {
+            let row = (4 * (n - 1) * h) as u64;
+            enc.copy_buffer_to_buffer(&w.x, row, &w.last, 0, (4 * h) as u64);
+            &w.last
+        };
+        let round = cache.f16;
+        let e = &mut enc;
+        ops::rms_norm(
+            g,
+            e,
+            src,
+            &self.output_norm,
+            rows,
+            h,
+            c.rms_eps,
+            round,
+            &w.normed,
+        );
+        ops::dense(g, e, &self.output, &w.normed, rows, &w.dense, &w.logits);
+        g.read(enc, &w.logits, rows * c.n_vocab)
+    }
+}

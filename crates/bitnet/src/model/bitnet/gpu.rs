@@ -1,0 +1,105 @@
+//! The model on the GPU backend: uploading its weights, and the forward pass on the device.
+//! The steps are those of `layer_forward` (see `crate::gpu::GpuModel`); here the model hands
+//! over its weights and the per-call inputs the host computes (embedding rows, RoPE angles).
+
+use crate::gpu::{AdapterSummary, Device, Gpu, GpuError, GpuModel, LayerSource, LinearSource};
+
+use super::{BatchEntry, BitnetModel, Linear, Logits, ModelError};
+
+impl BitnetModel {
+    /// Runs the model on `device` from now on: [`Device::Gpu`] uploads the weights to the best
+    /// adapter (a software one included) or fails naming why; [`Device::Auto`] does so only
+    /// for a hardware GPU, and keeps the CPU otherwise (also when the GPU backend cannot run
+    /// this model, with a warning in the log); [`Device::Cpu`] drops any upload. Caches made
+    /// before belong to the old device: make new ones with [`BitnetModel::new_cache`].
+    pub fn set_device(&mut self, device: Device) -> Result<(), ModelError> {
+        self.gpu = None;
+        let Some(gpu) = Gpu::open(device)? else {
+            return Ok(());
+        };
+        match self.upload(gpu) {
+            Ok(m) => self.gpu = Some(m),
+            Err(GpuError::Unsupported(what)) if device == Device::Auto => {
+                log::warn!("running on the CPU: the GPU backend does not support {what}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The GPU adapter the model runs on, if it runs on one.
+    pub fn gpu_adapter(&self) -> Option<AdapterSummary> {
+        self.gpu.as_ref().map(|g| g.gpu().adapter().clone())
+    }
+
+    fn upload(&self, gpu: std::sync::Arc<Gpu>) -> Result<GpuModel, GpuError> {
+        fn linear(lin: &Linear) -> Result<LinearSource<'_>, GpuError> {
+            let w = lin.weight.as_ref();
+            let (packed, wscale) = w.i2s_file_layout().ok_or_else(|| {
+                GpuError::Unsupported(format!(
+                    "{} ternary weights with a scale per block",
+                    w.file_format()
+                ))
+            })?;
+            Ok(LinearSource {
+                packed,
+                k: w.in_features(),
+                rows: w.out_features(),
+                wscale,
+                lscale: lin.scale,
+                bias: lin.bias.as_deref(),
+            })
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let linears = layer
+                .linears()
+                .into_iter()
+                .map(linear)
+                .collect::<Result<Vec<_>, _>>()?;
+            let Ok(linears) = <[LinearSource<'_>; 7]>::try_from(linears) else {
+                return Err(GpuError::Backend("a layer without seven linears".into()));
+            };
+            layers.push(LayerSource {
+                attn_norm: &layer.attn_norm,
+                linears,
+                attn_sub_norm: layer.attn_sub_norm.as_deref(),
+                ffn_norm: &layer.ffn_norm,
+                ffn_sub_norm: layer.ffn_sub_norm.as_deref(),
+            });
+        }
+        let output = (self.output.format(), self.output.raw());
+        GpuModel::upload(gpu, &self.config, layers, output, &self.output_norm)
+    }
+
+    /// [`BitnetModel::forward_batch`] on the device, one sequence after another (inputs
+    /// already checked).
+    pub(super) fn forward_batch_gpu(
+        &self,
+        gpu: &GpuModel,
+        batch: &mut [BatchEntry<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let h = self.config.n_embd;
+        let mut out = Vec::with_capacity(batch.len());
+        for entry in batch.iter_mut() {
+            let Some(device) = entry.cache.device() else {
+                return Err(GpuError::Unsupported(
+                    "a KV cache made before the model moved to the GPU".into(),
+                )
+                .into());
+            };
+            let (pos0, n) = (entry.cache.len(), entry.tokens.len());
+            let mut x = vec![0f32; n * h];
+            for (&t, row) in entry.tokens.iter().zip(x.chunks_exact_mut(h)) {
+                self.token_embd.row_to_f32(t as usize, row);
+            }
+            let positions: Vec<usize> = (pos0..pos0 + n).collect();
+            let (cos, sin) = self.rope_tables(&positions);
+            let all = entry.logits == Logits::All;
+            let logits = gpu.forward(&x, &cos, &sin, pos0, device, all)?;
+            entry.cache.set_len(pos0 + n);
+            out.push(logits);
+        }
+        Ok(out)
+    }
+}
