@@ -475,7 +475,7 @@ impl Model {
     ///             break;
     ///         }
     ///         Event::Failed(message) => panic!("{message}"),
-    ///         Event::Prompt { .. } => {}
+    ///         Event::Prompt { .. } | Event::Embedding(_) => {}
     ///     }
     /// }
     /// drop(ticket); // dropping a ticket before the end cancels its request

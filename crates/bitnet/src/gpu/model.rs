@@ -101,6 +101,21 @@ pub(crate) fn unsupported(c: &Config) -> Option<String> {
     if !c.head_dim.is_multiple_of(2) {
         return Some(format!("an odd head dimension ({})", c.head_dim));
     }
+    if c.activation == Activation::GeluTanh {
+        return Some("the tanh-GELU gate (Gemma)".into());
+    }
+    if c.embd_scale.is_some() {
+        return Some("a scaled token embedding (Gemma)".into());
+    }
+    if c.sliding_window.is_some() {
+        return Some("sliding-window attention".into());
+    }
+    if !c.causal {
+        return Some("attention without a causal mask".into());
+    }
+    if (c.attn_scale - 1.0 / (c.head_dim as f32).sqrt()).abs() > 1e-7 {
+        return Some("an attention scale other than 1/√head_dim".into());
+    }
     if c.n_head * c.head_dim != c.n_embd {
         return Some(format!(
             "heads × head_dim ({} × {}) different from the embedding width {}",
@@ -338,6 +353,10 @@ impl GpuModel {
             let silu = match c.activation {
                 Activation::Relu2 => false,
                 Activation::Silu => true,
+                // Refused at upload (`unsupported`); never runs here.
+                Activation::GeluTanh => {
+                    return Err(GpuError::Unsupported("the tanh-GELU gate".into()))
+                }
             };
             ops::gate(g, e, &w.up, &w.gate, n * ff, silu);
             let sub = norm(layer.ffn_sub_norm.as_ref());

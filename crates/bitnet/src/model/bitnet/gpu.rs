@@ -52,6 +52,21 @@ impl BitnetModel {
         }
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
+            // The embedding models' extra norms have no GPU kernels yet: refused by name
+            // rather than silently skipped.
+            if layer.linears().iter().any(|l| l.norm_in.is_some()) {
+                return Err(GpuError::Unsupported(
+                    "per-projection input norms (BitNet embedding models)".into(),
+                ));
+            }
+            if layer.q_norm.is_some() || layer.k_norm.is_some() {
+                return Err(GpuError::Unsupported("Q/K head norms".into()));
+            }
+            if layer.post_attn_norm.is_some() || layer.post_ffn_norm.is_some() {
+                return Err(GpuError::Unsupported(
+                    "norms after attention and the FFN (Gemma)".into(),
+                ));
+            }
             let linears = layer
                 .linears()
                 .into_iter()
@@ -82,6 +97,12 @@ impl BitnetModel {
         let h = self.config.n_embd;
         let mut out = Vec::with_capacity(batch.len());
         for entry in batch.iter_mut() {
+            if entry.logits == Logits::Hidden {
+                return Err(GpuError::Unsupported(
+                    "hidden states (embeddings) on the GPU backend".into(),
+                )
+                .into());
+            }
             let Some(device) = entry.cache.device() else {
                 return Err(GpuError::Unsupported(
                     "a KV cache made before the model moved to the GPU".into(),
@@ -94,7 +115,7 @@ impl BitnetModel {
                 self.token_embd.row_to_f32(t as usize, row);
             }
             let positions: Vec<usize> = (pos0..pos0 + n).collect();
-            let (cos, sin) = self.rope_tables(&positions);
+            let (cos, sin) = self.rope_tables(&self.inv_freq, &positions);
             let all = entry.logits == Logits::All;
             let logits = gpu.forward(&x, &cos, &sin, pos0, device, all)?;
             entry.cache.set_len(pos0 + n);
