@@ -343,7 +343,7 @@ impl Shape {
             proj(&mut out, "attn_q", vec![h, qd]);
             proj(&mut out, "attn_k", vec![h, kv]);
             proj(&mut out, "attn_v", vec![h, kv]);
-            if embedding {
+            if self.is_embedding() {
                 out.push(spec(p("attn_q_norm"), TensorType::F32, vec![hd]));
                 out.push(spec(p("attn_k_norm"), TensorType::F32, vec![hd]));
             }
