@@ -637,8 +637,14 @@ digit ::= [0-9]   # one digit
 /// tools/llama-server-tests/run.sh) showed we answered differently from llama-server.
 #[test]
 fn llama_server_test_suite_findings() {
-    let server = start_with(&["--cors-origin", "*", "-n", "4"]);
+    let server = start_with(&["--cors-origin", "*", "-n", "4", "--alias", "tinyllama-2"]);
     let a = server.addr.as_str();
+
+    // `/props` names the model file whatever `--alias` says (test_basic.py::test_server_props).
+    let (status, p) = get(a, "/props");
+    assert_eq!(status, 200);
+    assert_eq!(p["model_path"], "bitnet-shakespeare-7m-i2_s.gguf", "{p}");
+    assert_eq!(get(a, "/v1/models").1["data"][0]["id"], "tinyllama-2");
 
     // A preflight answers 200 with llama-server's methods, and allows credentials for the
     // echoed origin (test_security.py::test_cors_options).
