@@ -504,7 +504,7 @@ fn api_key_and_cors() {
         ],
         "",
     );
-    assert_eq!(status, 204);
+    assert_eq!(status, 200);
     let head = head.to_ascii_lowercase();
     assert!(
         head.contains("access-control-allow-origin: http://example.test"),

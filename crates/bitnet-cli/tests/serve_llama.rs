@@ -191,7 +191,7 @@ fn unprefixed_routes_x_api_key_public_models_and_cors() {
         ],
         "",
     );
-    assert_eq!(status, 204);
+    assert_eq!(status, 200);
     let head = head.to_ascii_lowercase();
     assert!(
         head.contains("access-control-allow-headers: x-api-key, content-type, x-stainless-os"),
@@ -631,4 +631,103 @@ digit ::= [0-9]   # one digit
             "{v}"
         );
     }
+}
+
+/// What llama.cpp's own server tests (tools/server/tests, run in external mode by
+/// tools/llama-server-tests/run.sh) showed we answered differently from llama-server.
+#[test]
+fn llama_server_test_suite_findings() {
+    let server = start_with(&["--cors-origin", "*", "-n", "4", "--alias", "tinyllama-2"]);
+    let a = server.addr.as_str();
+
+    // `/props` names the model file whatever `--alias` says (test_basic.py::test_server_props).
+    let (status, p) = get(a, "/props");
+    assert_eq!(status, 200);
+    assert_eq!(p["model_path"], "bitnet-shakespeare-7m-i2_s.gguf", "{p}");
+    assert_eq!(get(a, "/v1/models").1["data"][0]["id"], "tinyllama-2");
+
+    // A preflight answers 200 with llama-server's methods, and allows credentials for the
+    // echoed origin (test_security.py::test_cors_options).
+    let (status, head, _) = http_with(
+        a,
+        "OPTIONS",
+        "/completions",
+        &[
+            "Origin: web.mydomain.fr",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: Authorization",
+        ],
+        "",
+    );
+    assert_eq!(status, 200, "{head}");
+    // Header names are written Title-Case, as llama-server writes them.
+    assert!(
+        head.contains("\r\nAccess-Control-Allow-Origin: web.mydomain.fr"),
+        "{head}"
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-methods: get, post\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+
+    // A stream's first chunk carries the role and a null content (the openai client and
+    // llama-server's tests read `delta.content is None` there); `timings_per_token` is
+    // accepted, and the usage chunk carries `timings` as llama-server's does.
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                "stream": true, "stream_options": {"include_usage": true},
+                "timings_per_token": true})
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let chunks: Vec<Value> = events(&body)
+        .into_iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let first = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(first["role"], "assistant", "{first}");
+    assert!(first["content"].is_null(), "{first}");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64().is_some(),
+        "{usage}"
+    );
+    assert!(
+        usage["timings"]["predicted_n"].as_u64().is_some(),
+        "{usage}"
+    );
+    assert!(
+        usage["timings"]["prompt_per_second"].as_f64().is_some(),
+        "{usage}"
+    );
+
+    // Two assistant messages in a row at the end are refused, naming `messages`
+    // (test_chat_completion.py::test_invalid_chat_completion_req).
+    let (status, v) = post(
+        a,
+        "/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "test"},
+                             {"role": "assistant", "content": "test"},
+                             {"role": "assistant", "content": "test"}]}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages", "{v}");
+    // One assistant message after the user's is still a conversation.
+    let (status, v) = post(
+        a,
+        "/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "test"},
+                             {"role": "assistant", "content": "test"}], "max_tokens": 1}),
+    );
+    assert_eq!(status, 200, "{v}");
 }

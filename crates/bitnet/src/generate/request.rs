@@ -352,6 +352,14 @@ fn messages(v: &Value) -> Result<Vec<ChatMessage>, RequestError> {
                 .map(str::to_string),
         });
     }
+    // Two assistant turns in a row at the end are a client's bookkeeping error (a reply
+    // appended twice); llama-server refuses them, and so do we rather than render both.
+    if out.len() >= 2 && out[out.len() - 2..].iter().all(|m| m.role == "assistant") {
+        return Err(field_error(
+            "messages",
+            "a conversation that does not end with two assistant messages in a row",
+        ));
+    }
     Ok(out)
 }
 
@@ -633,10 +641,8 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
         ),
         "lora" => ("lora", OffOnly(is_empty, "LoRA adapters are not supported")),
         "return_tokens" => ("return_tokens", OffOnly(|v| v == false, "not supported")),
-        "timings_per_token" => (
-            "timings_per_token",
-            OffOnly(|v| v == false, "not supported"),
-        ),
+        // Every stream already ends with `timings` (in its last chunk and its usage chunk).
+        "timings_per_token" => ("timings_per_token", Harmless(is_bool, "true or false")),
         "post_sampling_probs" => (
             "post_sampling_probs",
             OffOnly(|v| v == false, "not supported"),

@@ -101,7 +101,11 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.timeout)
                 .max_buf_size(MAX_BUF_BYTES)
-                .max_header_size(MAX_HEADER_BYTES);
+                .max_header_size(MAX_HEADER_BYTES)
+                // Header names go out as `Content-Type`, not `content-type`, as llama-server
+                // and most servers write them: names are case-insensitive, but some clients
+                // (llama.cpp's own server tests among them) look them up case-sensitively.
+                .title_case_headers(true);
             let mut conn = pin!(builder.serve_connection(io, service));
             tokio::select! {
                 // Errors here are the client's (reset, timed out, malformed): the connection

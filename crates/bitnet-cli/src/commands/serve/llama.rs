@@ -315,7 +315,7 @@ pub async fn props(State(state): State<Arc<AppState>>) -> Response {
         "default_generation_settings": first,
         "total_slots": st.slots.len(),
         "model_alias": state.name,
-        "model_path": state.name,
+        "model_path": state.model_path,
         "chat_template": state.tokenizer.chat_template_source().unwrap_or(""),
         "chat_template_caps": {
             "supports_tools": state.template.as_ref().is_ok_and(|t| t.supports_tools()),

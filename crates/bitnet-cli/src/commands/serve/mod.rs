@@ -120,6 +120,9 @@ pub struct Args {
 pub(crate) struct AppState {
     /// The model id.
     pub name: String,
+    /// What `-m` named (the demo model's file name without `-m`): `/props`' `model_path`,
+    /// which llama-server reports whatever `--alias` says.
+    pub model_path: String,
     pub tokenizer: Arc<Tokenizer>,
     /// The chat template, or why it does not compile (then only the chat endpoint fails).
     pub template: Result<ChatTemplate, String>,
@@ -169,6 +172,9 @@ pub(crate) fn log(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// The bundled demo model's file name.
+const DEMO_FILE_NAME: &str = "bitnet-shakespeare-7m-i2_s.gguf";
+
 /// The model id: `--alias`, else the file name of what `-m` names (the demo model's file name
 /// without `-m`; `hf:` specs as given).
 fn model_id(args: &Args) -> String {
@@ -176,7 +182,7 @@ fn model_id(args: &Args) -> String {
         return a.clone();
     }
     match &args.model.model {
-        None => "bitnet-shakespeare-7m-i2_s.gguf".to_string(),
+        None => DEMO_FILE_NAME.to_string(),
         Some(m) if !m.starts_with("hf:") => Path::new(m)
             .file_name()
             .map_or_else(|| m.clone(), |f| f.to_string_lossy().into_owned()),
@@ -262,6 +268,11 @@ pub fn run(args: Args) -> Result<()> {
     } = args.model.load()?;
     args.template.apply(&mut tokenizer)?;
     let name = model_id(&args);
+    let model_path = args
+        .model
+        .model
+        .clone()
+        .unwrap_or_else(|| DEMO_FILE_NAME.to_string());
     let tokenizer = Arc::new(tokenizer);
     let template = tokenizer.chat_template().map_err(|e| e.to_string());
     if let Err(e) = &template {
@@ -305,6 +316,7 @@ pub fn run(args: Args) -> Result<()> {
     ));
     let state = Arc::new(AppState {
         name,
+        model_path,
         tokenizer,
         template,
         scheduler,

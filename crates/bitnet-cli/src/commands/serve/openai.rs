@@ -717,7 +717,7 @@ async fn translate(
     if reply.endpoint == Endpoint::Chat {
         let firsts = (0..remaining)
             .map(|i| {
-                json!({"index": i, "delta": {"role": "assistant", "content": ""},
+                json!({"index": i, "delta": {"role": "assistant", "content": null},
                        "logprobs": null, "finish_reason": null})
             })
             .collect();
@@ -823,6 +823,8 @@ async fn translate(
     if reply.plan.include_usage {
         let mut v = reply.envelope(true, Vec::new());
         v["usage"] = reply.usage();
+        // llama-server's usage chunk carries `timings` too; its clients read them there.
+        v["timings"] = reply.timings();
         let _ = out.send(v.to_string());
     }
     if reply.choices.iter().any(ChoiceState::cut_by_shutdown) {

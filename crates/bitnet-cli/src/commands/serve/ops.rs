@@ -145,12 +145,18 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
     });
 
     let mut response = if method == Method::OPTIONS && allowed_origin.is_some() {
-        // A CORS preflight: answered here, before the API key (browsers send none).
-        let mut r = StatusCode::NO_CONTENT.into_response();
+        // A CORS preflight: answered here, before the API key (browsers send none). 200 and
+        // `GET, POST` as llama-server answers (its test suite checks both; browsers take
+        // either status). Credentials are allowed because the origin is echoed, never `*`.
+        let mut r = StatusCode::OK.into_response();
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
         );
         let asked = req
             .headers()
