@@ -253,11 +253,7 @@ impl Model {
     /// EOS where the model ends every text with it (`tokenizer.ggml.add_eos_token`, as the
     /// Qwen3 embedding models do).
     pub fn embedding_tokens(&self, text: &str) -> Vec<u32> {
-        let mut ids = self.tokenize(text);
-        if let (true, Some(eos)) = (self.tokenizer.add_eos_token(), self.tokenizer.eos_id()) {
-            ids.push(eos);
-        }
-        ids
+        self.tokenizer.encode_for_embedding(text)
     }
 
     /// The embedding of `text` with the model's own pooling, L2-normalised.

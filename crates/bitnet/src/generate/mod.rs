@@ -545,11 +545,7 @@ impl Run {
     /// A draft ended: `kept` of its `len` tokens were accepted.
     fn adapt(&mut self, kept: usize, len: usize) {
         let max = self.config.speculative.map_or(0, |s| s.max_draft);
-        self.draft_len = if kept == len {
-            (self.draft_len.max(1) * 2).min(max)
-        } else {
-            (kept + 1).min(max)
-        };
+        self.draft_len = speculative::next_draft_len(self.draft_len, kept, len, max);
     }
 
     /// Takes unverified drafted tokens out of the cache.

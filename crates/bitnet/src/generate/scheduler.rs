@@ -1017,11 +1017,8 @@ impl<'a> Engine<'a> {
                 let slot = &mut self.slots[a.slot];
                 slot.cache.truncate(start + 1 + kept);
                 slot.tokens.truncate(start + 1 + kept);
-                a.draft_len = if kept == draft.len() {
-                    (a.draft_len.max(1) * 2).min(self.speculative.map_or(1, |c| c.max_draft))
-                } else {
-                    kept + 1
-                };
+                let max = self.speculative.map_or(1, |c| c.max_draft);
+                a.draft_len = speculative::next_draft_len(a.draft_len, kept, draft.len(), max);
                 spec_drafted += draft.len() as u64;
                 spec_accepted += kept as u64;
                 outcome

@@ -53,6 +53,17 @@ impl SpecStats {
     }
 }
 
+/// The next draft's length after one of `len` tokens kept `kept`: the rejection point + 1, or
+/// double the last length after a draft kept whole, at most `max` (drafts that keep failing
+/// cost little, drafts that keep holding grow).
+pub fn next_draft_len(current: usize, kept: usize, len: usize, max: usize) -> usize {
+    if kept == len {
+        (current.max(1) * 2).min(max)
+    } else {
+        (kept + 1).min(max)
+    }
+}
+
 /// The draft for `context` (the whole sequence so far, its last token the one about to run):
 /// the tokens that followed the most recent earlier occurrence of its last n tokens, for the
 /// longest n from `max_ngram` down to `min_ngram` that occurs, at most `limit` of them.

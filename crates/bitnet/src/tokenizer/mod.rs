@@ -1151,6 +1151,22 @@ impl Tokenizer {
         self.add_eos
     }
 
+    /// A text's ids for an embedding: BOS where the file asks for it, the text, and EOS
+    /// where the model ends every text with it ([`Tokenizer::add_eos_token`]).
+    pub fn encode_for_embedding(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.encode(
+            text,
+            EncodeOptions {
+                add_bos: self.add_bos,
+                parse_special: false,
+            },
+        );
+        if let (true, Some(eos)) = (self.add_eos, self.eos) {
+            ids.push(eos);
+        }
+        ids
+    }
+
     /// Tokens that end a generation: eos, `<|eot_id|>`, `<|eom_id|>` (those present).
     pub fn end_of_generation(&self) -> &[u32] {
         &self.end_of_generation

@@ -36,7 +36,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Box<Response
             .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
             .collect()
     };
-    let text = |s: &str| state.embedding_tokens(s);
+    let text = |s: &str| state.tokenizer.encode_for_embedding(s);
     let seqs = match input {
         Value::String(s) => vec![text(s)],
         Value::Array(items) if items.is_empty() => {

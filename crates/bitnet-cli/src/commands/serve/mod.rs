@@ -145,24 +145,6 @@ pub(crate) struct AppState {
     pub embedder: Arc<bitnet::model::BitnetModel>,
 }
 
-impl AppState {
-    /// A text's token ids for an embedding: BOS as the file asks, EOS where the model
-    /// appends it (as `bitnet::Model::embedding_tokens`).
-    pub fn embedding_tokens(&self, text: &str) -> Vec<u32> {
-        let mut ids = self.tokenizer.encode(
-            text,
-            bitnet::tokenizer::EncodeOptions {
-                add_bos: self.tokenizer.add_bos_token(),
-                parse_special: false,
-            },
-        );
-        if let (true, Some(eos)) = (self.tokenizer.add_eos_token(), self.tokenizer.eos_id()) {
-            ids.push(eos);
-        }
-        ids
-    }
-}
-
 /// Descriptors kept free of connections: the listener, the model file, stdio, the runtime's.
 const RESERVED_FDS: usize = 64;
 
