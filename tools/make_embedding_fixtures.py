@@ -22,13 +22,27 @@ Writes testdata/embedding/<name>/: config.json, model.safetensors, modules.json,
 pooled embeddings, and every position's final hidden state of the longest sequence). Needs
 torch, transformers (>= 4.53), safetensors (PyPI); CI does not run it.
 
-  python tools/make_embedding_fixtures.py --out testdata/embedding
+With --bitnet PATH it also writes <name>-wide/: the same architectures 512 wide (head widths
+128 / 256, as the real models; FFN 1536), kept in the repository as the GGUF that
+`bitnet convert` writes from transformers' folder (2 bits a weight instead of 32; the token
+embedding is drawn f16-exact, so the converter's F16 copy of it is transformers' table) and
+its fixture.json. Why wider: the models' int8 activation rounding makes a float32 engine
+differ from another by a few rounding flips per sequence whatever it does (transformers in
+float64 vs float32 differ by 3.8e-3 on the 128-wide models); the change one flip makes to a
+normalised component shrinks as 1/sqrt(width), so the issue's 2e-3 bar, meant for the real
+1024 / 640-wide models, is checked on these. The tool prints, for each wide case,
+transformers' own float64-vs-float32 difference beside it.
+
+  python tools/make_embedding_fixtures.py --out testdata/embedding [--bitnet target/release/bitnet [--wide-only]]
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 
 import torch
 import torch.nn as nn
@@ -46,7 +60,7 @@ class BitLinear(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        xf = x.float()
+        xf = x.to(self.weight.dtype)
         x = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm_weight
         s = 127.0 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
         xq = (x * s).round().clamp(-128, 127) / s
@@ -59,12 +73,17 @@ PROJ = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
-def build(kind: str, seed: int, vocab_size: int):
+def build(kind: str, seed: int, vocab_size: int, wide: bool = False):
     g = torch.Generator().manual_seed(seed)
     common = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                   max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   attention_bias=False)
+    if wide:
+        common.update(hidden_size=512, intermediate_size=1536, num_attention_heads=8,
+                      head_dim=128 if kind == "qwen3" else 256)
+        if kind == "gemma3":
+            common["num_attention_heads"] = 4
     if kind == "qwen3":
         from transformers import Qwen3Config, Qwen3Model
         cfg = Qwen3Config(**common, rope_theta=1000000.0, hidden_act="silu")
@@ -89,6 +108,9 @@ def build(kind: str, seed: int, vocab_size: int):
             if p.dim() == 2:
                 std = 1.0 if "embed" in name else 1.0 / p.shape[1] ** 0.5
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+                if wide and "embed" in name:
+                    # f16-exact: the GGUF's F16 token embedding is then transformers' own.
+                    p.copy_(p.half().float())
             elif kind == "gemma3":
                 # Gemma's norms compute (1 + g): gains around 0.
                 p.copy_(torch.rand(p.shape, generator=g) - 0.5)
@@ -121,65 +143,100 @@ def pool(hidden, mode):
     return F.normalize(v, dim=-1)
 
 
+def run(model, ids, pooling):
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    return hidden, pool(hidden, pooling)
+
+
+def write_case(name, seed, tokdir, d, texts, wide=False, bitnet=None):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(tokdir, "tokenizer.json"))
+    model, cfg, pooling = build(name, seed, tok.get_vocab_size(with_added_tokens=True), wide)
+    # The wide models' folder is only the converter's input; the repository keeps the GGUF.
+    folder = tempfile.mkdtemp() if wide else d
+    os.makedirs(os.path.join(folder, "1_Pooling"), exist_ok=True)
+    os.makedirs(d, exist_ok=True)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        src = os.path.join(tokdir, f)
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(folder, f))
+    save_file(state_dict(model), os.path.join(folder, "model.safetensors"))
+    cfg_dict = cfg.to_dict()
+    cfg_dict["architectures"] = [type(model).__name__]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=1, sort_keys=True)
+    with open(os.path.join(folder, "modules.json"), "w") as f:
+        json.dump([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ], f, indent=1)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": cfg.hidden_size,
+                   "pooling_mode_cls_token": False,
+                   "pooling_mode_mean_tokens": pooling == "mean",
+                   "pooling_mode_max_tokens": False,
+                   "pooling_mode_lasttoken": pooling == "lasttoken"}, f, indent=1)
+    # transformers' own float64 run, to print the rounding-noise floor beside each case.
+    model64 = copy.deepcopy(model).double() if wide else None
+    g = torch.Generator().manual_seed(seed + 100)
+    seqs = []
+    cases = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in [1, 3, 9, 17]]
+    if wide:
+        cases.append(torch.randint(0, cfg.vocab_size, (64,), generator=g).tolist())
+    for ids in cases:
+        hidden, emb = run(model, ids, pooling)
+        seq = {"ids": ids, "embedding": emb.tolist(),
+               "hidden": hidden.tolist() if len(ids) == 17 and not wide else None}
+        if model64 is not None:
+            _, emb64 = run(model64, ids, pooling)
+            print(f"{name}-wide {len(ids)} tokens: float64 vs float32 max |d| "
+                  f"{(emb64.float() - emb).abs().max().item():.2e}")
+            seq["embedding_f64"] = emb64.tolist()
+        seqs.append(seq)
+    text_cases = []
+    for text in texts:
+        # The tokenizer's own specials (BOS for the SentencePiece one); the Qwen3
+        # embedding models end every text with <|endoftext|>.
+        ids = tok.encode(text).ids
+        if name == "qwen3":
+            ids.append(tok.token_to_id("<|endoftext|>"))
+        _, emb = run(model, ids, pooling)
+        case = {"text": text, "ids": ids, "embedding": emb.tolist()}
+        if model64 is not None:
+            _, emb64 = run(model64, ids, pooling)
+            print(f"{name}-wide {text!r}: float64 vs float32 max |d| "
+                  f"{(emb64.float() - emb).abs().max().item():.2e}")
+            case["embedding_f64"] = emb64.tolist()
+        text_cases.append(case)
+    with open(os.path.join(d, "fixture.json"), "w") as f:
+        json.dump({"pooling": {"lasttoken": "last"}.get(pooling, pooling),
+                   "sequences": seqs, "texts": text_cases}, f)
+    if wide:
+        subprocess.run([bitnet, "convert", folder, "-o", os.path.join(d, "model.gguf"),
+                        "--name", f"{name}-wide"], check=True)
+        shutil.rmtree(folder)
+    print(name, "wide" if wide else "", "written to", d)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="testdata/embedding")
+    ap.add_argument("--bitnet", help="the bitnet binary, to write the wide models' GGUF")
+    ap.add_argument("--wide-only", action="store_true", help="leave the 128-wide folders as they are")
     args = ap.parse_args()
-    from tokenizers import Tokenizer
     here = os.path.dirname(os.path.abspath(__file__))
     tokdirs = {"qwen3": os.path.join(here, "../testdata/tokenizer/qwen2-small"),
                "gemma3": os.path.join(here, "../testdata/tokenizer/spm-small")}
     texts = ["Hello world", "The quick brown fox jumps over the lazy dog.",
              "  spaces, digits 12345 and ünïcödé"]
     for name, seed in [("qwen3", 11), ("gemma3", 12)]:
-        tok = Tokenizer.from_file(os.path.join(tokdirs[name], "tokenizer.json"))
-        model, cfg, pooling = build(name, seed, tok.get_vocab_size(with_added_tokens=True))
-        d = os.path.join(args.out, name)
-        os.makedirs(os.path.join(d, "1_Pooling"), exist_ok=True)
-        for f in ["tokenizer.json", "tokenizer_config.json"]:
-            src = os.path.join(tokdirs[name], f)
-            if os.path.exists(src):
-                shutil.copy(src, os.path.join(d, f))
-        save_file(state_dict(model), os.path.join(d, "model.safetensors"))
-        cfg_dict = cfg.to_dict()
-        cfg_dict["architectures"] = [type(model).__name__]
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(cfg_dict, f, indent=1, sort_keys=True)
-        with open(os.path.join(d, "modules.json"), "w") as f:
-            json.dump([
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ], f, indent=1)
-        with open(os.path.join(d, "1_Pooling", "config.json"), "w") as f:
-            json.dump({"word_embedding_dimension": cfg.hidden_size,
-                       "pooling_mode_cls_token": False,
-                       "pooling_mode_mean_tokens": pooling == "mean",
-                       "pooling_mode_max_tokens": False,
-                       "pooling_mode_lasttoken": pooling == "lasttoken"}, f, indent=1)
-        g = torch.Generator().manual_seed(seed + 100)
-        seqs = []
-        for n in [1, 3, 9, 17]:
-            ids = torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist()
-            with torch.no_grad():
-                hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
-            seqs.append({"ids": ids, "embedding": pool(hidden, pooling).tolist(),
-                         "hidden": hidden.tolist() if n == 17 else None})
-        text_cases = []
-        for text in texts:
-            # The tokenizer's own specials (BOS for the SentencePiece one); the Qwen3
-            # embedding models end every text with <|endoftext|>.
-            ids = tok.encode(text).ids
-            if name == "qwen3":
-                ids.append(tok.token_to_id("<|endoftext|>"))
-            with torch.no_grad():
-                hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]
-            text_cases.append({"text": text, "ids": ids,
-                               "embedding": pool(hidden, pooling).tolist()})
-        with open(os.path.join(d, "fixture.json"), "w") as f:
-            json.dump({"pooling": {"lasttoken": "last"}.get(pooling, pooling),
-                       "sequences": seqs, "texts": text_cases}, f)
-        print(name, "written to", d)
+        if not args.wide_only:
+            write_case(name, seed, tokdirs[name], os.path.join(args.out, name), texts)
+        if args.bitnet:
+            write_case(name, seed + 20, tokdirs[name], os.path.join(args.out, name + "-wide"),
+                       texts, wide=True, bitnet=args.bitnet)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,67 @@ fn models(name: &str) -> Vec<(&'static str, Model)> {
 }
 
 fn check(name: &str, pooling: Pooling) {
+    check_models(name, models(name), pooling, EMBEDDING_BOUND);
+}
+
+/// The 512-wide models (head widths and FFN ratio of the real ones), kept as the GGUF `convert`
+/// wrote from transformers' folder, against transformers run in float32 and in float64.
+///
+/// What these show: where no int8 activation rounding flips, ours equals transformers' float64
+/// run to ~1e-7; where one does (a value within float32 noise of a rounding boundary), the
+/// embedding moves by up to ~4e-3 whoever computes it: transformers' own float32 run differs
+/// from its float64 run by more than the issue's 2e-3 on 3 of the 8 Qwen3 cases (last-token
+/// pooling; up to 3.8e-3). So: every case within 5e-3 of both runs, and no more cases beyond
+/// 2e-3 of the float64 run than transformers' float32 run has.
+fn check_wide(name: &str, pooling: Pooling) {
     let fx = fixture(name);
     assert_eq!(fx["pooling"], pooling.name());
-    for (how, model) in models(name) {
+    let model = Model::load(folder(name).join("model.gguf").as_path()).unwrap();
+    assert_eq!(model.inner().default_pooling(), pooling);
+    let mut cases: Vec<(String, Vec<f32>, &Value)> = Vec::new();
+    for (i, s) in fx["sequences"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = s["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        let got = model
+            .embed_tokens(&[ids], &EmbedOptions::default())
+            .unwrap()
+            .remove(0);
+        cases.push((format!("sequence {i}"), got, s));
+    }
+    for case in fx["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        cases.push((format!("{text:?}"), model.embed(text).unwrap(), case));
+    }
+    let (mut ours_off, mut theirs_off) = (0, 0);
+    for (what, got, case) in &cases {
+        let f32_run = floats(&case["embedding"]);
+        let f64_run = floats(&case["embedding_f64"]);
+        let d32 = max_diff(got, &f32_run);
+        let d64 = max_diff(got, &f64_run);
+        let theirs = max_diff(&f32_run, &f64_run);
+        eprintln!(
+            "{name} {what}: max |Δ| {d32:.2e} from float32, {d64:.2e} from float64 \
+             (transformers float32 vs float64: {theirs:.2e})"
+        );
+        assert!(d32.max(d64) <= 5e-3, "{name} {what}: {d32} / {d64}");
+        ours_off += usize::from(d64 > 2e-3);
+        theirs_off += usize::from(theirs > 2e-3);
+    }
+    assert!(
+        ours_off <= theirs_off,
+        "{name}: {ours_off} cases beyond 2e-3 of transformers' float64 run, its float32 run \
+         has {theirs_off}"
+    );
+}
+
+fn check_models(name: &str, models: Vec<(&'static str, Model)>, pooling: Pooling, bound: f32) {
+    let fx = fixture(name);
+    assert_eq!(fx["pooling"], pooling.name());
+    for (how, model) in models {
         assert_eq!(model.inner().default_pooling(), pooling, "{name} {how}");
         let seqs: Vec<Vec<u32>> = fx["sequences"]
             .as_array()
@@ -89,10 +147,13 @@ fn check(name: &str, pooling: Pooling) {
         for (i, s) in fx["sequences"].as_array().unwrap().iter().enumerate() {
             let want = floats(&s["embedding"]);
             let d = max_diff(&together[i], &want);
-            assert!(
-                d <= EMBEDDING_BOUND,
-                "{name} {how} sequence {i}: max |Δ| {d}"
-            );
+            let d64 = if s["embedding_f64"].is_null() {
+                f32::NAN
+            } else {
+                max_diff(&together[i], &floats(&s["embedding_f64"]))
+            };
+            eprintln!("{name} {how} sequence {i}: max |Δ| {d:.2e} (vs float64 {d64:.2e})");
+            assert!(d <= bound, "{name} {how} sequence {i}: max |Δ| {d}");
             let alone = model
                 .embed_tokens(&seqs[i..i + 1], &EmbedOptions::default())
                 .unwrap();
@@ -117,6 +178,10 @@ fn check(name: &str, pooling: Pooling) {
                     .filter(|(a, b)| (*a - *b).abs() <= 1e-3)
                     .count();
                 let d = max_diff(&hidden[0], &want);
+                eprintln!(
+                    "{name} {how} hidden states: {close} of {} within 1e-3, max |Δ| {d:.2e}",
+                    want.len()
+                );
                 assert!(
                     close as f64 >= 0.9 * want.len() as f64 && d <= 0.01 * big,
                     "{name} {how} hidden states: {close} of {} within 1e-3, max |Δ| {d}",
@@ -137,7 +202,8 @@ fn check(name: &str, pooling: Pooling) {
             assert_eq!(model.embedding_tokens(text), ids, "{name} {how} {text:?}");
             let got = model.embed(text).unwrap();
             let d = max_diff(&got, &floats(&case["embedding"]));
-            assert!(d <= EMBEDDING_BOUND, "{name} {how} {text:?}: max |Δ| {d}");
+            eprintln!("{name} {how} {text:?}: max |Δ| {d:.2e}");
+            assert!(d <= bound, "{name} {how} {text:?}: max |Δ| {d}");
         }
     }
 }
@@ -150,6 +216,16 @@ fn qwen3_embedding_model_matches_transformers() {
 #[test]
 fn gemma3_embedding_model_matches_transformers() {
     check("gemma3", Pooling::Mean);
+}
+
+#[test]
+fn wide_qwen3_embedding_model_matches_transformers_to_its_rounding_noise() {
+    check_wide("qwen3-wide", Pooling::Last);
+}
+
+#[test]
+fn wide_gemma3_embedding_model_matches_transformers_to_its_rounding_noise() {
+    check_wide("gemma3-wide", Pooling::Mean);
 }
 
 #[test]
