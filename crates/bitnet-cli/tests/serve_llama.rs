@@ -731,3 +731,113 @@ fn llama_server_test_suite_findings() {
     );
     assert_eq!(status, 200, "{v}");
 }
+
+/// llama-server's `/completion` fields its own tests exercise (test_completion.py,
+/// test_ignore_eos.py): text keys in `logit_bias`, one prompt mixing ids and texts,
+/// `ignore_eos` banning the end-of-generation tokens (listed in `generation_settings` with a
+/// null bias), `response_fields` and `post_sampling_probs`.
+#[test]
+fn native_completion_fields_of_llama_servers_tests() {
+    let server = start_with(&["-n", "24", "--temp", "0"]);
+    let a = server.addr.as_str();
+    let complete = |body: Value| {
+        let (status, v) = post(a, "/completion", &body);
+        assert_eq!(status, 200, "{body} → {v}");
+        v
+    };
+    let prompt = "ROMEO: What say you";
+    // The greedy continuation's words, banned by text (a list of pairs, and an object):
+    // none of them comes back.
+    let plain = complete(json!({"prompt": prompt}));
+    let text = plain["content"].as_str().unwrap().to_string();
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .collect();
+    assert!(!words.is_empty(), "{text:?}");
+    for style in ["pairs", "object"] {
+        let keys: Vec<String> = words.iter().map(|w| format!(" {w}")).collect();
+        let bias = if style == "pairs" {
+            json!(keys.iter().map(|k| json!([k, false])).collect::<Vec<_>>())
+        } else {
+            Value::Object(keys.iter().map(|k| (k.clone(), json!(-100))).collect())
+        };
+        let v = complete(json!({"prompt": prompt, "logit_bias": bias}));
+        let out = v["content"].as_str().unwrap();
+        assert_ne!(out, text, "{style}");
+        let settings = &v["generation_settings"]["logit_bias"];
+        assert!(
+            settings.as_array().is_some_and(|l| !l.is_empty()),
+            "{settings}"
+        );
+        // The first word's first token is banned: the text cannot start the same way.
+        let first = &text[..text.find(&words[0]).unwrap() + words[0].len()];
+        assert!(
+            !out.starts_with(first),
+            "{style}: {out:?} starts with {first:?}"
+        );
+    }
+
+    // A mixed prompt is one prompt: ids, then text tokenized where it stands.
+    let (_, t) = post(
+        a,
+        "/tokenize",
+        &json!({"content": "ROMEO:", "add_special": true}),
+    );
+    let mut mixed: Vec<Value> = t["tokens"].as_array().unwrap().clone();
+    mixed.push(json!(" What say you"));
+    let v = complete(json!({"prompt": mixed}));
+    assert!(v.is_object(), "{v}");
+    assert_eq!(v["content"], plain["content"], "{v}");
+    assert_eq!(v["tokens_evaluated"], plain["tokens_evaluated"], "{v}");
+
+    // ignore_eos: the end-of-generation tokens banned, reported with a null bias; without
+    // it, no bias at all.
+    let v = complete(json!({"prompt": prompt, "ignore_eos": true, "n_predict": 8}));
+    let list = v["generation_settings"]["logit_bias"].as_array().unwrap();
+    assert!(
+        !list.is_empty() && list.iter().all(|e| e["bias"].is_null()),
+        "{v}"
+    );
+    assert_eq!(v["tokens_predicted"], 8, "{v}");
+    let v = complete(json!({"prompt": prompt, "ignore_eos": false, "n_predict": 8}));
+    assert_eq!(v["generation_settings"]["logit_bias"], json!([]), "{v}");
+
+    // response_fields: only those, nested ones under their path.
+    let v = complete(json!({"prompt": prompt, "n_predict": 5,
+        "response_fields": ["content", "generation_settings/n_predict", "prompt"]}));
+    let o = v.as_object().unwrap();
+    assert_eq!(o.len(), 3, "{v}");
+    assert_eq!(v["generation_settings/n_predict"], 5, "{v}");
+    assert!(v["prompt"].as_str().unwrap().ends_with(prompt), "{v}");
+
+    // post_sampling_probs: greedy gives the pick probability 1, and n_probs entries.
+    let v = complete(json!({"prompt": prompt, "n_predict": 3, "n_probs": 4,
+        "post_sampling_probs": true}));
+    let probs = v["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 3, "{v}");
+    for p in probs {
+        assert_eq!(p["prob"], 1.0, "{p}");
+        let top = p["top_probs"].as_array().unwrap();
+        assert_eq!(top.len(), 4, "{p}");
+        assert_eq!(top[0]["id"], p["id"], "{p}");
+        assert!(top[1..].iter().all(|t| t["prob"] == 0.0), "{p}");
+    }
+    // Sampled: the probabilities after top-k sum to 1 over the kept candidates.
+    let v = complete(
+        json!({"prompt": prompt, "n_predict": 3, "n_probs": 3, "top_k": 3,
+        "temperature": 1.0, "seed": 5, "post_sampling_probs": true}),
+    );
+    for p in v["completion_probabilities"].as_array().unwrap() {
+        let sum: f64 = p["top_probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["prob"].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{p}");
+        assert!(p["prob"].as_f64().unwrap() > 0.0, "{p}");
+    }
+}

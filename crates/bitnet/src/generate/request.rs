@@ -111,6 +111,39 @@ pub enum Prompt {
     Text(String),
     /// Token ids, run as given.
     Tokens(Vec<u32>),
+    /// llama-server's mixed prompt (its dialect only): token ids and texts in one list, run
+    /// as one prompt, each text tokenized where it stands (BOS only before a leading text).
+    Mixed(Vec<PromptPart>),
+}
+
+/// One piece of a [`Prompt::Mixed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptPart {
+    /// A token id.
+    Token(u32),
+    /// Text, tokenized in place.
+    Text(String),
+}
+
+impl Prompt {
+    /// The prompt's tokens: text with `encode` (given whether it starts the prompt), ids as
+    /// they are.
+    pub fn ids(&self, mut encode: impl FnMut(&str, bool) -> Vec<u32>) -> Vec<u32> {
+        match self {
+            Prompt::Text(t) => encode(t, true),
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Mixed(parts) => {
+                let mut ids = Vec::new();
+                for (i, part) in parts.iter().enumerate() {
+                    match part {
+                        PromptPart::Token(t) => ids.push(*t),
+                        PromptPart::Text(t) => ids.extend(encode(t, i == 0)),
+                    }
+                }
+                ids
+            }
+        }
+    }
 }
 
 /// What the request asks the model to continue.
@@ -210,6 +243,9 @@ pub struct Request {
     pub echo: bool,
     /// `(token id, bias)`: added to the token's logit before sampling, -100..=100.
     pub logit_bias: Vec<(u32, f32)>,
+    /// llama-server's text keys of `logit_bias` (its dialect only): every token of the text,
+    /// tokenized without BOS, gets the bias. See [`Request::token_logit_bias`].
+    pub logit_bias_text: Vec<(String, f32)>,
     /// `stream_options.include_usage`: a last chunk with the token counts.
     pub include_usage: bool,
     /// `response_format`, or llama-server's `json_schema` (the same as a `json_schema`
@@ -225,6 +261,13 @@ pub struct Request {
     /// llama-server's `return_tokens` ([`Dialect::LlamaServer`]): the response lists the
     /// generated token ids.
     pub return_tokens: bool,
+    /// llama-server's `post_sampling_probs` ([`Dialect::LlamaServer`]): the alternatives'
+    /// probabilities after the sampler chain (top-k, top-p, min-p, temperature; greedy: 1 for
+    /// the pick), not the model's.
+    pub post_sampling_probs: bool,
+    /// llama-server's `response_fields` ([`Dialect::LlamaServer`]): the response keeps only
+    /// these fields, nested ones named by their path (`generation_settings/n_predict`).
+    pub response_fields: Vec<String>,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -250,6 +293,24 @@ fn number(v: &Value) -> Option<f32> {
 
 fn count(v: &Value) -> Option<usize> {
     v.as_u64().and_then(|x| usize::try_from(x).ok())
+}
+
+/// llama-server's mixed prompt: one list of token ids and texts, with at least one of each.
+fn mixed_prompt(v: &Value) -> Option<Vec<Prompt>> {
+    let a = v.as_array()?;
+    if !a.iter().any(Value::is_number) || !a.iter().any(Value::is_string) {
+        return None;
+    }
+    a.iter()
+        .map(|p| match p {
+            Value::String(s) => Some(PromptPart::Text(s.clone())),
+            t => t
+                .as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .map(PromptPart::Token),
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|parts| vec![Prompt::Mixed(parts)])
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
@@ -399,7 +460,7 @@ fn check_tool_calls(i: usize, calls: &Value) -> Result<(), RequestError> {
     Ok(())
 }
 
-fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
+fn logit_bias_object(v: &Value) -> Option<Vec<(u32, f32)>> {
     v.as_object()?
         .iter()
         .map(|(k, b)| {
@@ -410,23 +471,51 @@ fn logit_bias(v: &Value) -> Option<Vec<(u32, f32)>> {
         .collect()
 }
 
-/// llama-server's list form of `logit_bias`: `[[id, bias], …]`, where a bias of `false` bans
+/// A `logit_bias` key in llama-server's dialect: a token id, or a text whose tokens all get
+/// the bias.
+enum BiasKey {
+    Id(u32),
+    Text(String),
+}
+
+/// A bias value in llama-server's dialect: a number from -100 to 100, or `false`, which bans
 /// the token (as OpenAI's -100 does).
-fn logit_bias_pairs(v: &Value) -> Option<Vec<(u32, f32)>> {
-    v.as_array()?
-        .iter()
-        .map(|pair| match pair.as_array()?.as_slice() {
-            [id, bias] => {
-                let id = u32::try_from(id.as_u64()?).ok()?;
-                let bias = match bias {
-                    Value::Bool(false) => -100.0,
-                    b => b.as_f64().filter(|b| (-100.0..=100.0).contains(b))?,
-                };
-                Some((id, bias as f32))
-            }
-            _ => None,
-        })
-        .collect()
+fn llama_bias(b: &Value) -> Option<f32> {
+    match b {
+        Value::Bool(false) => Some(-100.0),
+        b => b
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .map(|b| b as f32),
+    }
+}
+
+/// llama-server's `logit_bias`: `[[id or text, bias], …]` or `{"id or text": bias}`.
+fn llama_logit_bias(v: &Value) -> Option<Vec<(BiasKey, f32)>> {
+    let key = |k: &str| match k.parse::<u32>() {
+        Ok(id) => BiasKey::Id(id),
+        Err(_) => BiasKey::Text(k.to_string()),
+    };
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, b)| Some((key(k), llama_bias(b)?)))
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|pair| match pair.as_array()?.as_slice() {
+                [Value::String(text), bias] => {
+                    Some((BiasKey::Text(text.clone()), llama_bias(bias)?))
+                }
+                [id, bias] => Some((
+                    BiasKey::Id(u32::try_from(id.as_u64()?).ok()?),
+                    llama_bias(bias)?,
+                )),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
 }
 
 /// The fields [`Request::from_value`] reads itself.
@@ -677,7 +766,12 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
 
 /// The fields [`Request::from_value`] reads in llama-server's dialect only (in OpenAI's,
 /// `other_field` decides them).
-const READ_LLAMA: &[&str] = &["n_probs", "return_tokens"];
+const READ_LLAMA: &[&str] = &[
+    "n_probs",
+    "return_tokens",
+    "post_sampling_probs",
+    "response_fields",
+];
 
 /// Checks every field the request gives that [`Request::from_value`] does not read itself.
 fn screen(obj: &Map<String, Value>, dialect: Dialect) -> Result<(), RequestError> {
@@ -772,12 +866,22 @@ impl Request {
         let llama = dialect == Dialect::LlamaServer;
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
         screen(obj, dialect)?;
-        let prompt = opt(
-            obj,
-            "prompt",
-            "a string, a list of strings, a list of token ids or a list of such lists",
-            prompts,
-        )?;
+        let prompt = if llama {
+            opt(
+                obj,
+                "prompt",
+                "a string, a list of strings, a list of token ids, a list of such lists, or \
+                 one list mixing token ids and strings",
+                |v| mixed_prompt(v).or_else(|| prompts(v)),
+            )?
+        } else {
+            opt(
+                obj,
+                "prompt",
+                "a string, a list of strings, a list of token ids or a list of such lists",
+                prompts,
+            )?
+        };
         let messages = match obj.get("messages") {
             None | Some(Value::Null) => None,
             Some(v) => Some(messages(v)?),
@@ -927,24 +1031,45 @@ impl Request {
                 number(v).filter(|t| (0.0..=2.0).contains(t))
             })?
         };
-        let logit_bias = match obj.get("logit_bias") {
-            Some(v @ Value::Array(_)) if llama => {
-                Some(v).and_then(logit_bias_pairs).ok_or(field_error(
-                    "logit_bias",
-                    "an object mapping token ids to numbers from -100 to 100, or a list of \
-                     [token id, bias or false] pairs",
-                ))?
+        let (mut logit_bias, mut logit_bias_text) = (Vec::new(), Vec::new());
+        if llama {
+            let entries = opt(
+                obj,
+                "logit_bias",
+                "an object mapping token ids or texts to numbers from -100 to 100 (or false), \
+                 or a list of [token id or text, bias or false] pairs",
+                llama_logit_bias,
+            )?;
+            for (key, bias) in entries.unwrap_or_default() {
+                match key {
+                    BiasKey::Id(id) => logit_bias.push((id, bias)),
+                    BiasKey::Text(text) => logit_bias_text.push((text, bias)),
+                }
             }
-            _ => opt(
+        } else {
+            logit_bias = opt(
                 obj,
                 "logit_bias",
                 "an object mapping token ids to numbers from -100 to 100",
-                logit_bias,
+                logit_bias_object,
             )?
-            .unwrap_or_default(),
-        };
+            .unwrap_or_default();
+        }
         let return_tokens =
             llama && opt(obj, "return_tokens", "true or false", Value::as_bool)?.unwrap_or(false);
+        let post_sampling_probs = llama
+            && opt(obj, "post_sampling_probs", "true or false", Value::as_bool)?.unwrap_or(false);
+        let response_fields = if llama {
+            opt(obj, "response_fields", "a list of field names", |v| {
+                v.as_array()?
+                    .iter()
+                    .map(|f| f.as_str().map(str::to_string))
+                    .collect()
+            })?
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Ok(Request {
             id: obj.get("id").cloned(),
             prompt,
@@ -968,6 +1093,7 @@ impl Request {
             })?,
             echo,
             logit_bias,
+            logit_bias_text,
             include_usage: opt(
                 obj,
                 "stream_options",
@@ -991,7 +1117,33 @@ impl Request {
                 |v| v.as_i64().filter(|&k| k >= -1),
             )?,
             return_tokens,
+            post_sampling_probs,
+            response_fields,
         })
+    }
+
+    /// The logit biases by token id: `logit_bias`'s ids, every token of its texts (tokenized
+    /// without BOS, special-token text read as the special token, as llama-server does), and
+    /// with `ignore_eos` every end-of-generation token banned (-∞), as llama-server bans them
+    /// (it then reports them with a `null` bias).
+    pub fn token_logit_bias(&self, tokenizer: &crate::tokenizer::Tokenizer) -> Vec<(u32, f32)> {
+        let mut bias = self.logit_bias.clone();
+        for (text, b) in &self.logit_bias_text {
+            let options = crate::tokenizer::EncodeOptions {
+                add_bos: false,
+                parse_special: true,
+            };
+            bias.extend(tokenizer.encode(text, options).into_iter().map(|t| (t, *b)));
+        }
+        if self.ignore_eos {
+            bias.extend(
+                tokenizer
+                    .end_of_generation()
+                    .iter()
+                    .map(|&t| (t, f32::NEG_INFINITY)),
+            );
+        }
+        bias
     }
 
     /// The prompt or the messages (exactly one must be given).

@@ -220,6 +220,41 @@ impl Sampler {
         self.recent.clear();
     }
 
+    /// The probabilities [`Sampler::sample`] draws the next token from, after penalties,
+    /// top-k, top-p, min-p and temperature, most likely first (greedy: the pick with 1).
+    /// Tokens the chain dropped are not listed. The RNG is not touched.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        let c = &self.config;
+        let mut cands: Vec<Candidate> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| Candidate {
+                id: id as u32,
+                logit,
+            })
+            .collect();
+        apply_penalties(
+            &mut cands,
+            &self.recent,
+            c.repeat_penalty,
+            c.presence_penalty,
+            c.frequency_penalty,
+        );
+        if c.temperature <= 0.0 {
+            return vec![(argmax(&cands), 1.0)];
+        }
+        top_k(&mut cands, c.top_k);
+        top_p(&mut cands, c.top_p);
+        min_p(&mut cands, c.min_p);
+        for cand in &mut cands {
+            cand.logit /= c.temperature;
+        }
+        let probs = softmax(&cands);
+        let mut out: Vec<(u32, f32)> = cands.iter().map(|c| c.id).zip(probs).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
     /// Picks the next token from a row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let c = &self.config;

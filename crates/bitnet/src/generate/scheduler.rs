@@ -82,6 +82,10 @@ pub struct Job {
     pub logit_bias: Vec<(u32, f32)>,
     /// Report each generated token's log-probability and this many most likely alternatives.
     pub logprobs: Option<usize>,
+    /// With `logprobs`: report them after the sampler chain (penalties, top-k, top-p, min-p,
+    /// temperature; greedy gives the pick 1), llama-server's `post_sampling_probs`, instead of
+    /// the model's.
+    pub post_sampling_probs: bool,
     /// Report every prompt token's log-probability (the prompt is then run whole, not taken
     /// from a cached prefix).
     pub prompt_logprobs: bool,
@@ -107,6 +111,7 @@ impl Job {
             ignore_eos: false,
             logit_bias: Vec::new(),
             logprobs: None,
+            post_sampling_probs: false,
             prompt_logprobs: false,
             constraint: None,
             context_shift: None,
@@ -1253,6 +1258,45 @@ fn logprob_of(logits: &[f32], token: u32, bias: &[(u32, f32)], k: usize) -> Toke
     }
 }
 
+/// A token's log-probability after the sampler chain and the `k` most likely alternatives
+/// (tokens the chain dropped follow, by logit, with probability 0, so that there are `k`).
+fn post_sampling_logprob(sampler: &Sampler, logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let dist = sampler.distribution(logits);
+    let p = dist.iter().find(|(t, _)| *t == token).map_or(0.0, |d| d.1);
+    let mut top: Vec<(u32, f32)> = dist.iter().take(k).map(|&(t, p)| (t, p.ln())).collect();
+    if top.len() < k {
+        let mut listed = vec![false; logits.len()];
+        for &(t, _) in &top {
+            if let Some(l) = listed.get_mut(t as usize) {
+                *l = true;
+            }
+        }
+        let mut rest: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&t| !listed[t as usize])
+            .collect();
+        let need = (k - top.len()).min(rest.len());
+        if need > 0 {
+            rest.select_nth_unstable_by(need - 1, |&a, &b| {
+                logits[b as usize]
+                    .total_cmp(&logits[a as usize])
+                    .then(a.cmp(&b))
+            });
+            rest.truncate(need);
+            rest.sort_by(|&a, &b| {
+                logits[b as usize]
+                    .total_cmp(&logits[a as usize])
+                    .then(a.cmp(&b))
+            });
+            top.extend(rest.into_iter().map(|t| (t, f32::NEG_INFINITY)));
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: p.ln(),
+        top,
+    }
+}
+
 fn with_bias(logits: &[f32], bias: &[(u32, f32)]) -> Vec<f32> {
     let mut l = logits.to_vec();
     for &(t, b) in bias {
@@ -1282,9 +1326,13 @@ fn sample(a: &mut Active<'_>, logits: &[f32], tokenizer: &Tokenizer) -> Outcome 
     if !job.ignore_eos && tokenizer.is_end_of_generation(token) {
         return Outcome::Stop(StopReason::EndOfGeneration(token));
     }
-    let logprob = job
-        .logprobs
-        .map(|k| logprob_of(logits, token, &job.logit_bias, k));
+    let logprob = job.logprobs.map(|k| {
+        if job.post_sampling_probs {
+            post_sampling_logprob(&a.sampler, &l, token, k)
+        } else {
+            logprob_of(logits, token, &job.logit_bias, k)
+        }
+    });
     a.generated += 1;
     a.sampler.accept(token);
     if let Some(c) = job.constraint.as_mut() {

@@ -436,6 +436,10 @@ struct Native {
     return_tokens: bool,
     /// `n_probs` (or `logprobs`) asked for alternatives: `completion_probabilities`.
     probs: bool,
+    /// `post_sampling_probs`: probabilities (`prob`, `top_probs`) after the sampler chain.
+    post_sampling: bool,
+    /// `response_fields`: the only fields of a whole (not streamed) result.
+    response_fields: Vec<String>,
     settings: Value,
     results: Vec<NativeResult>,
     log: Arc<RequestLog>,
@@ -444,17 +448,27 @@ struct Native {
 impl Native {
     fn token_entry(&self, id: u32, logprob: f32) -> Value {
         let bytes = self.state.tokenizer.token_bytes(id).unwrap_or_default();
-        json!({"id": id, "token": String::from_utf8_lossy(bytes), "logprob": logprob,
-               "bytes": bytes})
+        let mut e = json!({"id": id, "token": String::from_utf8_lossy(bytes), "bytes": bytes});
+        if self.post_sampling {
+            e["prob"] = json!(logprob.exp());
+        } else {
+            e["logprob"] = json!(logprob);
+        }
+        e
     }
 
     /// `completion_probabilities` entries.
     fn probabilities(&self, probs: &[TokenLogprob]) -> Value {
+        let top = if self.post_sampling {
+            "top_probs"
+        } else {
+            "top_logprobs"
+        };
         probs
             .iter()
             .map(|lp| {
                 let mut e = self.token_entry(lp.token, lp.logprob);
-                e["top_logprobs"] = lp
+                e[top] = lp
                     .top
                     .iter()
                     .map(|&(t, l)| self.token_entry(t, l))
@@ -462,6 +476,22 @@ impl Native {
                 e
             })
             .collect()
+    }
+
+    /// llama-server's `response_fields`: only the named fields, a nested one under its path
+    /// (`generation_settings/n_predict`); fields the result lacks are left out.
+    fn select(&self, v: Value) -> Value {
+        if self.response_fields.is_empty() {
+            return v;
+        }
+        let mut out = Map::new();
+        for path in &self.response_fields {
+            let found = path.split('/').try_fold(&v, |at, key| at.get(key));
+            if let Some(found) = found {
+                out.insert(path.clone(), found.clone());
+            }
+        }
+        Value::Object(out)
     }
 
     /// A streamed token: only what llama-server sends before the end.
@@ -518,7 +548,11 @@ impl Native {
         if self.probs && !streamed {
             v["completion_probabilities"] = self.probabilities(&r.probs);
         }
-        v
+        if streamed {
+            v
+        } else {
+            self.select(v)
+        }
     }
 
     /// The request's figures for its log line and the metrics.
@@ -562,9 +596,24 @@ pub async fn completion(
     // llama-server reads special-token text in a native prompt as the special token (a
     // prompt from /apply-template runs as the chat endpoint would run it), and adds BOS
     // where the model asks for it unless the prompt starts with it.
+    // A mixed prompt's texts after the first piece are tokenized where they stand, without
+    // BOS.
+    let tokenizer = &state.tokenizer;
     for p in req.prompt.iter_mut().flatten() {
-        if let Prompt::Text(text) = p {
-            *p = Prompt::Tokens(state.tokenizer.encode_chat(text));
+        if matches!(p, Prompt::Text(_) | Prompt::Mixed(_)) {
+            *p = Prompt::Tokens(p.ids(|text, first| {
+                if first {
+                    tokenizer.encode_chat(text)
+                } else {
+                    tokenizer.encode(
+                        text,
+                        EncodeOptions {
+                            add_bos: false,
+                            parse_special: true,
+                        },
+                    )
+                }
+            }));
         }
     }
     let refuse = |field: &'static str, message: &str| {
@@ -606,6 +655,16 @@ pub async fn completion(
     settings["stop"] = json!(req.stop);
     settings["stream"] = json!(req.stream);
     settings["ignore_eos"] = json!(req.ignore_eos);
+    // llama-server's shape; a ban (-∞) is `null`.
+    settings["logit_bias"] = jobs.first().map_or(json!([]), |j| {
+        j.logit_bias
+            .iter()
+            .map(|&(token, bias)| {
+                json!({"token": token, "bias": if bias.is_finite() { json!(bias) } else { Value::Null }})
+            })
+            .collect()
+    });
+    settings["post_sampling_probs"] = json!(req.post_sampling_probs);
     if let Some(ResponseFormat::Grammar(g)) = &req.response_format {
         settings["grammar"] = json!(g);
     }
@@ -625,6 +684,8 @@ pub async fn completion(
         plan,
         return_tokens: req.return_tokens,
         probs: req.logprobs.is_some(),
+        post_sampling: req.post_sampling_probs,
+        response_fields: req.response_fields.clone(),
         settings,
         log,
     };

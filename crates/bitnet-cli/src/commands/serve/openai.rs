@@ -180,6 +180,22 @@ pub(crate) fn plan(
                     text: tokenizer.decode(&ids).unwrap_or_default(),
                     ids,
                 },
+                // llama-server's dialect: `/completion` has made it tokens already.
+                mixed @ Prompt::Mixed(_) => {
+                    let ids = mixed.ids(|text, first| {
+                        tokenizer.encode(
+                            text,
+                            EncodeOptions {
+                                add_bos: first && tokenizer.add_bos_token(),
+                                parse_special: false,
+                            },
+                        )
+                    });
+                    PromptIds {
+                        text: tokenizer.decode(&ids).unwrap_or_default(),
+                        ids,
+                    }
+                }
             })
             .collect::<Vec<_>>(),
         (Endpoint::Chat, Ok(Input::Messages(messages))) => {
@@ -305,8 +321,9 @@ pub(crate) fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<J
                 max_tokens: req.max_tokens.unwrap_or(Some(state.n_predict)),
                 stop: req.stop.clone(),
                 ignore_eos: req.ignore_eos,
-                logit_bias: req.logit_bias.clone(),
+                logit_bias: req.token_logit_bias(&state.tokenizer),
                 logprobs: plan.logprobs.map(|l| l.top),
+                post_sampling_probs: req.post_sampling_probs,
                 prompt_logprobs: plan.echo && plan.logprobs.is_some(),
                 constraint,
                 context_shift: state.ctx_shift.then_some(keep),
