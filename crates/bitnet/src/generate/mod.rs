@@ -511,10 +511,8 @@ impl Run {
                 .config
                 .max_tokens
                 .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len() + 1));
-            let mut context = session.tokens.clone();
-            context.push(token);
             let limit = room.min(wanted).min(self.draft_len.max(1));
-            draft = speculative::ngram_draft(&context, &config, limit);
+            draft = speculative::ngram_draft_after(&session.tokens, token, &config, limit);
         }
         if draft.is_empty() {
             self.logits = session

@@ -918,9 +918,7 @@ impl<'a> Engine<'a> {
                                 .max_tokens
                                 .map_or(usize::MAX, |m| m.saturating_sub(a.generated + 1));
                         let limit = room.min(wanted).min(a.draft_len.max(1));
-                        let mut context = slot.tokens.clone();
-                        context.push(t);
-                        a.draft = speculative::ngram_draft(&context, &config, limit);
+                        a.draft = speculative::ngram_draft_after(&slot.tokens, t, &config, limit);
                     }
                     if a.draft.is_empty() {
                         inputs.push((i, vec![t], Logits::Last));

@@ -68,20 +68,29 @@ pub fn next_draft_len(current: usize, kept: usize, len: usize, max: usize) -> us
 /// the tokens that followed the most recent earlier occurrence of its last n tokens, for the
 /// longest n from `max_ngram` down to `min_ngram` that occurs, at most `limit` of them.
 pub fn ngram_draft(context: &[u32], config: &SpecConfig, limit: usize) -> Vec<u32> {
+    match context.split_last() {
+        Some((&last, prefix)) => ngram_draft_after(prefix, last, config, limit),
+        None => Vec::new(),
+    }
+}
+
+/// [`ngram_draft`] for the context `prefix` followed by `last`, as callers hold it (a
+/// sequence's cached tokens and the token about to run), without copying the context.
+pub fn ngram_draft_after(prefix: &[u32], last: u32, config: &SpecConfig, limit: usize) -> Vec<u32> {
     let limit = limit.min(config.max_draft);
     if limit == 0 {
         return Vec::new();
     }
-    let len = context.len();
+    let len = prefix.len() + 1;
+    let at = |i: usize| if i < prefix.len() { prefix[i] } else { last };
     for n in (config.min_ngram.max(1)..=config.max_ngram).rev() {
         if n >= len {
             continue;
         }
-        let pattern = &context[len - n..];
-        // The most recent occurrence that ends before the pattern itself does.
+        // The most recent occurrence that ends before the pattern (the last n tokens) does.
         let found = (0..len - n)
             .rev()
-            .find(|&start| &context[start..start + n] == pattern);
+            .find(|&start| (0..n).all(|k| at(start + k) == at(len - n + k)));
         if let Some(start) = found {
             // What followed, copied as LZ77 copies: past the end of the context the copy
             // reads its own output, so text repeating with a short period (a loop, a
@@ -89,12 +98,8 @@ pub fn ngram_draft(context: &[u32], config: &SpecConfig, limit: usize) -> Vec<u3
             let from = start + n;
             let mut draft = Vec::with_capacity(limit);
             for i in 0..limit {
-                let at = from + i;
-                let t = if at < len {
-                    context[at]
-                } else {
-                    draft[at - len]
-                };
+                let j = from + i;
+                let t = if j < len { at(j) } else { draft[j - len] };
                 draft.push(t);
             }
             return draft;
