@@ -147,6 +147,13 @@ pub(crate) fn unsupported(c: &Config) -> Option<String> {
     None
 }
 
+impl GpuKv {
+    /// Layers it holds keys and values for.
+    pub(crate) fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+}
+
 impl GpuModel {
     /// Uploads the weights. `output` is the output matrix: its type, bytes, rows.
     pub(crate) fn upload(
