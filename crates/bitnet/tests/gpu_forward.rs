@@ -6,7 +6,7 @@
 #![cfg(feature = "gpu")]
 
 use bitnet::gpu::Device;
-use bitnet::model::{BitnetModel, CacheType, Logits};
+use bitnet::model::{BatchEntry, BitnetModel, CacheType, Logits};
 
 mod common;
 use common::{ids, json, repo};
@@ -123,4 +123,130 @@ fn gpu_prefill_and_stepwise_decode_agree() {
         assert!(d <= 1e-4, "position {t}: {d}");
     }
     assert_eq!(a.len(), tokens.len());
+}
+
+/// `serve`'s continuous batching on the device: sequences that join at different steps, one
+/// with a long prompt crossing a chunk of the device's pass while the others decode, run
+/// through `forward_batch` together. Each one's greedy tokens equal the CPU's for it alone,
+/// and its logits equal, bit for bit, the device's for it alone (a sequence's results do not
+/// depend on the rest of the batch).
+#[test]
+fn gpu_batched_greedy_equals_the_cpu_alone() {
+    let path = "models/bitnet-shakespeare-7m-i2_s.gguf";
+    let Some(gpu) = on_gpu(path) else {
+        return;
+    };
+    let cpu = BitnetModel::open(repo(path)).unwrap();
+    let cpp = json("testdata/demo/bitnetcpp-greedy.json");
+    let mut prompts: Vec<Vec<u32>> = cpp["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["prompt_ids"]))
+        .collect();
+    // A long prompt (the CPU's own continuation of the first): more than one device chunk.
+    let mut long = prompts[0].clone();
+    long.extend(greedy(&cpu, &prompts[0], 150, CacheType::F16));
+    prompts.push(long);
+    let n_new = 24;
+    for ty in [CacheType::F16, CacheType::F32] {
+        struct Seq {
+            prompt: Vec<u32>,
+            cache: bitnet::model::KvCache,
+            out: Vec<u32>,
+            next: Option<u32>,
+            logits: Vec<Vec<f32>>,
+        }
+        let mut seqs: Vec<Seq> = prompts
+            .iter()
+            .map(|p| Seq {
+                prompt: p.clone(),
+                cache: gpu.new_cache(0, ty).unwrap(),
+                out: Vec::new(),
+                next: None,
+                logits: Vec::new(),
+            })
+            .collect();
+        // Sequence i joins at step i; one step runs every joined, unfinished sequence.
+        let mut step = 0;
+        while seqs.iter().any(|s| s.out.len() < n_new) {
+            let mut inputs = Vec::new();
+            for (i, s) in seqs.iter().enumerate() {
+                if i <= step && s.out.len() < n_new {
+                    let tokens = match s.next {
+                        Some(t) => vec![t],
+                        None => s.prompt.clone(),
+                    };
+                    inputs.push((i, tokens));
+                }
+            }
+            let mut batch: Vec<BatchEntry<'_>> = Vec::new();
+            let mut caches: Vec<Option<&mut bitnet::model::KvCache>> =
+                seqs.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            for (i, tokens) in &inputs {
+                batch.push(BatchEntry {
+                    tokens,
+                    cache: caches[*i].take().unwrap(),
+                    logits: Logits::Last,
+                });
+            }
+            let out = gpu.forward_batch(&mut batch).unwrap();
+            drop(batch);
+            for ((i, _), logits) in inputs.iter().zip(out) {
+                let s = &mut seqs[*i];
+                let t = argmax(&logits) as u32;
+                s.out.push(t);
+                s.next = Some(t);
+                s.logits.push(logits);
+            }
+            step += 1;
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            let want = greedy(&cpu, &s.prompt, n_new, ty);
+            assert_eq!(s.out, want, "sequence {i}, {ty:?} cache: the CPU alone");
+            // The device alone, step by step.
+            let mut cache = gpu.new_cache(0, ty).unwrap();
+            let mut alone = gpu.forward(&s.prompt, &mut cache, Logits::Last).unwrap();
+            for (j, &t) in s.out.iter().enumerate() {
+                assert!(alone == s.logits[j], "sequence {i} token {j}, {ty:?} cache");
+                alone = gpu.forward(&[t], &mut cache, Logits::Last).unwrap();
+            }
+        }
+    }
+}
+
+/// Hidden states (what `/v1/embeddings` pools) on the device against the CPU's. Not to a
+/// float tolerance: where a norm's summation order moves a value across an int8 rounding
+/// boundary, that row's later layers differ by a quantization step (0.6% of the largest value
+/// here, at one of 20 rows); every row stays the same direction.
+#[test]
+fn gpu_hidden_states_match_the_cpu() {
+    let path = "models/bitnet-shakespeare-7m-i2_s.gguf";
+    let Some(gpu) = on_gpu(path) else {
+        return;
+    };
+    let cpu = BitnetModel::open(repo(path)).unwrap();
+    let tokens: Vec<u32> = (0..20u32).map(|i| (i * 11 + 5) % 200).collect();
+    let run = |m: &BitnetModel| {
+        let mut cache = m.new_cache(0, CacheType::F32).unwrap();
+        m.forward(&tokens, &mut cache, Logits::Hidden).unwrap()
+    };
+    let (ours, theirs) = (run(&gpu), run(&cpu));
+    let h = gpu.config().n_embd;
+    assert_eq!(ours.len(), tokens.len() * h);
+    let big = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (t, (a, b)) in ours.chunks_exact(h).zip(theirs.chunks_exact(h)).enumerate() {
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos = dot / (norm(a) * norm(b));
+        assert!(
+            d <= 0.02 * big && cos >= 0.999,
+            "row {t}: max |Δ| {d}, cosine {cos}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 """Starts a real `bitnet serve` (the bundled demo model) on 127.0.0.1 for the OpenAI-client tests.
 
-The binary is $BITNET_BIN, else target/debug/bitnet (what `cargo test` builds).
+The binary is $BITNET_BIN, else target/debug/bitnet (what `cargo test` builds). With
+$BITNET_DEVICE set (`gpu`), every server runs on that device (`--device`): CI runs the suite
+once more on the GPU backend (Mesa's lavapipe).
 """
 
 import os
@@ -13,6 +15,7 @@ import openai
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[4]
+DEVICE = os.environ.get("BITNET_DEVICE")
 
 
 def binary() -> str:
@@ -24,8 +27,9 @@ def binary() -> str:
 
 class Server:
     def __init__(self, *args: str):
+        device = ["--device", DEVICE] if DEVICE else []
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--port", "0", *args],
+            [binary(), "serve", "--port", "0", *device, *args],
             stderr=subprocess.PIPE,
             text=True,
         )

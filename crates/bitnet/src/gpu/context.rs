@@ -88,14 +88,20 @@ fn kv_k(i: u32) -> f32 { let w = unpack2x16float(kc[i / 2u]); return select(w.x,
 fn kv_v(i: u32) -> f32 { let w = unpack2x16float(vc[i / 2u]); return select(w.x, w.y, (i & 1u) == 1u); }\n";
 const STORE_F32: &str = "alias CACHE_T = f32;
 fn store(i: u32) {
-    if (i < p.n_tokens * p.kv_dim) { let at = p.pos0 * p.kv_dim + i; kc[at] = k[i]; vc[at] = v[i]; }
+    if (i < p.n_tokens * p.kv_dim) {
+        let at = p.pos0 * p.kv_dim + i;
+        let src = p.row0 * p.kv_dim + i;
+        kc[at] = k[src];
+        vc[at] = v[src];
+    }
 }\n";
 const STORE_F16: &str = "alias CACHE_T = u32;
 fn store(i: u32) {
     if (i < p.n_tokens * p.kv_dim / 2u) {
         let at = p.pos0 * p.kv_dim / 2u + i;
-        kc[at] = pack2x16float(vec2<f32>(k[2u * i], k[2u * i + 1u]));
-        vc[at] = pack2x16float(vec2<f32>(v[2u * i], v[2u * i + 1u]));
+        let src = p.row0 * p.kv_dim + 2u * i;
+        kc[at] = pack2x16float(vec2<f32>(k[src], k[src + 1u]));
+        vc[at] = pack2x16float(vec2<f32>(v[src], v[src + 1u]));
     }
 }\n";
 

@@ -23,7 +23,7 @@ mod tests;
 #[cfg(feature = "gpu")]
 pub use context::{adapters, Gpu};
 #[cfg(feature = "gpu")]
-pub(crate) use model::{GpuKv, GpuModel, LayerSource, LinearSource};
+pub(crate) use model::{GpuKv, GpuModel, LayerSource, LinearSource, SeqIn, Want};
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

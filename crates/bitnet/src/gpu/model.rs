@@ -1,13 +1,14 @@
 //! The forward pass on the device: the model's weights uploaded once, and the steps of
 //! `model::bitnet`'s layer run as kernels over device buffers, one submission per chunk of
-//! tokens. Per call the host sends the new tokens' embedding rows and RoPE angles and reads
-//! back only the logits asked for.
+//! tokens, the tokens of a batch's sequences together (each with its own cache). Per call the
+//! host sends the new tokens' embedding rows and RoPE angles and reads back only the logits
+//! asked for.
 
 use std::sync::{Arc, Mutex};
 
 use super::context::Gpu;
 use super::ops::{
-    self, AttnShape, DenseMatrix, DenseScratch, KvLayer, NormSpec, Quantized, Ternary,
+    self, AttnShape, DenseMatrix, DenseScratch, KvLayer, NormSpec, Quantized, Rows, Ternary,
 };
 use super::GpuError;
 use crate::formats::types::TensorType;
@@ -50,6 +51,26 @@ struct GpuLayer {
     w_down: Ternary,
 }
 
+/// What a sequence of a batch wants back ([`GpuModel::forward_batch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The logits of its last row.
+    Last,
+    /// The logits of every row.
+    All,
+    /// Every row's final hidden state after the output norm.
+    Hidden,
+}
+
+/// One sequence of a batch: `len` rows of the batch's input, at positions `pos0 ..` of
+/// `cache`.
+pub(crate) struct SeqIn<'a> {
+    pub cache: &'a GpuKv,
+    pub pos0: usize,
+    pub len: usize,
+    pub want: Want,
+}
+
 /// One sequence's KV cache on the device.
 pub(crate) struct GpuKv {
     layers: Vec<KvLayer>,
@@ -71,7 +92,8 @@ struct Work {
     up: wgpu::Buffer,
     acts: Quantized,
     scores: wgpu::Buffer,
-    last: wgpu::Buffer,
+    /// The rows whose logits (or hidden states) are wanted, gathered.
+    gather: wgpu::Buffer,
     normed: wgpu::Buffer,
     dense: DenseScratch,
     logits: wgpu::Buffer,
@@ -123,6 +145,13 @@ pub(crate) fn unsupported(c: &Config) -> Option<String> {
         ));
     }
     None
+}
+
+impl GpuKv {
+    /// Layers it holds keys and values for.
+    pub(crate) fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
 }
 
 impl GpuModel {
@@ -237,82 +266,108 @@ impl GpuModel {
             up: g.buffer(4 * n * ff),
             acts: Quantized::new(g, CHUNK, widest),
             scores: g.buffer(4 * n * c.n_head as u64 * capacity as u64),
-            last: g.buffer(4 * h),
+            gather: g.buffer(4 * n * h),
             normed: g.buffer(4 * n * h),
             dense: DenseScratch::new(g, CHUNK, c.n_embd),
             logits: g.buffer(4 * n * v),
         }
     }
 
-    /// Runs `x` (the new tokens' embedding rows, `n × n_embd`) at positions `pos0..` of
-    /// `cache`, with RoPE's `cos` and `sin` (`n × head_dim/2` each), and returns the logits
-    /// of every position (`all`) or of the last.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward(
+    /// Runs one forward pass over several sequences at once (`serve`'s continuous batching):
+    /// `x` holds every sequence's new embedding rows, `seqs` in order (`n × n_embd` in all),
+    /// with RoPE's `cos` and `sin` for each row (`n × head_dim/2` each). The rows go through
+    /// the layers together, in chunks of at most `CHUNK`, so each weight is read once per
+    /// chunk for all sequences; each sequence's keys and values go to its own cache and its
+    /// queries attend only over it. Returns what each sequence wants: the logits of its last
+    /// row or of every row, or its rows' final hidden states after the output norm.
+    ///
+    /// A sequence's results do not depend on the rest of the batch: the quantization, the
+    /// products and the norms work row by row and attention per (row, head).
+    pub(crate) fn forward_batch(
         &self,
         x: &[f32],
         cos: &[f32],
         sin: &[f32],
-        pos0: usize,
-        cache: &GpuKv,
-        all: bool,
-    ) -> Result<Vec<f32>, GpuError> {
+        seqs: &[SeqIn<'_>],
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
         let (h, half) = (self.c.n_embd, self.c.head_dim / 2);
         let n = x.len() / h;
+        if seqs.iter().map(|s| s.len).sum::<usize>() != n || cos.len() != n * half {
+            return Err(GpuError::Backend(
+                "a batch whose rows do not match its sequences".into(),
+            ));
+        }
+        let capacity = seqs.iter().map(|s| s.cache.capacity).max().unwrap_or(0);
         let mut guard = self.work.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|w| w.capacity < cache.capacity) {
-            *guard = Some(self.work(cache.capacity));
+        if guard.as_ref().is_none_or(|w| w.capacity < capacity) {
+            *guard = Some(self.work(capacity));
         }
         let Some(work) = guard.as_ref() else {
             return Err(GpuError::Backend("no work buffers".into()));
         };
-        let mut logits = Vec::new();
+        // The sequence of every row, and its index in that sequence.
+        let owner: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(s, seq)| (0..seq.len).map(move |i| (s, i)))
+            .collect();
+        let mut out = vec![Vec::new(); seqs.len()];
         let mut start = 0;
         while start < n {
             let len = CHUNK.min(n - start);
-            let last_chunk = start + len == n;
-            let want = match (all, last_chunk) {
-                (true, _) => Some(true),
-                (false, true) => Some(false),
-                (false, false) => None,
-            };
+            // Each sequence's run of rows in this chunk (a long prompt spans chunks: its
+            // later rows attend over what the earlier chunks wrote to its cache).
+            let mut spans: Vec<(usize, Rows)> = Vec::new();
+            for (r, &(s, i)) in owner[start..start + len].iter().enumerate() {
+                match spans.last_mut() {
+                    Some((last, rows)) if *last == s => rows.n_tokens += 1,
+                    _ => spans.push((
+                        s,
+                        Rows {
+                            row0: r,
+                            pos0: seqs[s].pos0 + i,
+                            n_tokens: 1,
+                        },
+                    )),
+                }
+            }
             let mut table = cos[start * half..(start + len) * half].to_vec();
             table.extend_from_slice(&sin[start * half..(start + len) * half]);
-            let out = self.chunk(
+            self.chunk(
                 work,
                 &x[start * h..(start + len) * h],
                 &table,
-                pos0 + start,
-                cache,
-                want,
+                &spans,
+                seqs,
+                &mut out,
             )?;
-            logits.extend(out);
             start += len;
         }
-        Ok(logits)
+        Ok(out)
     }
 
-    /// One chunk; `want`: the logits of every row (Some(true)), of the last (Some(false)),
-    /// or none.
+    /// One chunk of a batch: `spans` are its sequences' runs of rows; appends what each
+    /// sequence wants of these rows to `out`.
     fn chunk(
         &self,
         w: &Work,
         x: &[f32],
         table: &[f32],
-        pos0: usize,
-        cache: &GpuKv,
-        want: Option<bool>,
-    ) -> Result<Vec<f32>, GpuError> {
+        spans: &[(usize, Rows)],
+        seqs: &[SeqIn<'_>],
+        out: &mut [Vec<f32>],
+    ) -> Result<(), GpuError> {
         let (g, c) = (&*self.gpu, &self.c);
         let (h, ff) = (c.n_embd, c.n_ff);
         let n = x.len() / h;
         g.queue.write_buffer(&w.x, 0, bytemuck::cast_slice(x));
         let table = g.upload(table);
-        let shape = AttnShape {
+        // The scores' stride is the work buffers' capacity, at least every cache's.
+        let shape = |cache: &GpuKv| AttnShape {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             hd: c.head_dim,
-            capacity: cache.capacity,
+            capacity: w.capacity,
             f16: cache.f16,
         };
         let interleaved = c.rope_style == RopeStyle::Interleaved;
@@ -327,7 +382,6 @@ impl GpuModel {
         let mut enc = g.encoder();
         let e = &mut enc;
         for (l, layer) in self.layers.iter().enumerate() {
-            let kvl = &cache.layers[l];
             // Attention.
             let acts = &w.acts;
             let attn_norm = norm(Some(&layer.attn_norm));
@@ -337,8 +391,12 @@ impl GpuModel {
             ops::ternary(g, e, &layer.wv, acts, n, &w.v, false);
             ops::rope(g, e, &w.q, &table, n, c.n_head, c.head_dim, interleaved);
             ops::rope(g, e, &w.k, &table, n, c.n_head_kv, c.head_dim, interleaved);
-            ops::kv_write(g, e, shape, kvl, &w.k, &w.v, pos0, n);
-            ops::attention(g, e, shape, kvl, &w.q, pos0, n, &w.scores, &w.attn);
+            for &(s, rows) in spans {
+                let cache = seqs[s].cache;
+                let kvl = &cache.layers[l];
+                ops::kv_write(g, e, shape(cache), kvl, &w.k, &w.v, rows);
+                ops::attention(g, e, shape(cache), kvl, &w.q, rows, &w.scores, &w.attn);
+            }
             let sub = norm(layer.attn_sub_norm.as_ref());
             ops::quantize(g, e, &w.attn, h, n, h, layer.wo.k, sub, acts);
             ops::ternary(g, e, &layer.wo, acts, n, &w.proj, false);
@@ -364,32 +422,61 @@ impl GpuModel {
             ops::ternary(g, e, &layer.w_down, acts, n, &w.proj, false);
             ops::add(g, e, &w.x, &w.proj, n * h);
         }
-        let Some(all) = want else {
+        // The rows wanted back, in three groups: hidden states, logits after an f32 cache,
+        // logits after an f16 one (whose normed rows are rounded to f16 first, as the CPU's
+        // f16 mode does): (sequence, row in the chunk).
+        let mut groups: [Vec<(usize, usize)>; 3] = Default::default();
+        for &(s, rows) in spans {
+            let seq = &seqs[s];
+            let end = rows.row0 + rows.n_tokens;
+            let wanted = match seq.want {
+                Want::All | Want::Hidden => rows.row0..end,
+                // Its last row, if this chunk holds it.
+                Want::Last if rows.pos0 + rows.n_tokens == seq.pos0 + seq.len => end - 1..end,
+                Want::Last => end..end,
+            };
+            let group = match seq.want {
+                Want::Hidden => 0,
+                Want::All | Want::Last => 1 + seq.cache.f16 as usize,
+            };
+            groups[group].extend(wanted.map(|r| (s, r)));
+        }
+        let mut pending = Some(enc);
+        for (group, rows) in groups.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut enc = pending.take().unwrap_or_else(|| g.encoder());
+            // Gathered into consecutive rows, one copy per run of consecutive rows.
+            let row_bytes = (4 * h) as u64;
+            let mut i = 0;
+            while i < rows.len() {
+                let mut j = i + 1;
+                while j < rows.len() && rows[j].1 == rows[j - 1].1 + 1 {
+                    j += 1;
+                }
+                let (src, dst) = (rows[i].1 as u64 * row_bytes, i as u64 * row_bytes);
+                enc.copy_buffer_to_buffer(&w.x, src, &w.gather, dst, (j - i) as u64 * row_bytes);
+                i = j;
+            }
+            let k = rows.len();
+            let round = group == 2;
+            let e = &mut enc;
+            let gain = &self.output_norm;
+            ops::rms_norm(g, e, &w.gather, gain, k, h, c.rms_eps, round, &w.normed);
+            let (data, width): (Vec<f32>, usize) = if group == 0 {
+                (g.read(enc, &w.normed, k * h)?, h)
+            } else {
+                ops::dense(g, e, &self.output, &w.normed, k, &w.dense, &w.logits);
+                (g.read(enc, &w.logits, k * c.n_vocab)?, c.n_vocab)
+            };
+            for (&(s, _), row) in rows.iter().zip(data.chunks_exact(width)) {
+                out[s].extend_from_slice(row);
+            }
+        }
+        if let Some(enc) = pending {
             g.submit(enc)?;
-            return Ok(Vec::new());
-        };
-        let rows = if all { n } else { 1 };
-        let src = if all {
-            &w.x
-        } else {
-            let row = (4 * (n - 1) * h) as u64;
-            enc.copy_buffer_to_buffer(&w.x, row, &w.last, 0, (4 * h) as u64);
-            &w.last
-        };
-        let round = cache.f16;
-        let e = &mut enc;
-        ops::rms_norm(
-            g,
-            e,
-            src,
-            &self.output_norm,
-            rows,
-            h,
-            c.rms_eps,
-            round,
-            &w.normed,
-        );
-        ops::dense(g, e, &self.output, &w.normed, rows, &w.dense, &w.logits);
-        g.read(enc, &w.logits, rows * c.n_vocab)
+        }
+        Ok(())
     }
 }

@@ -389,12 +389,22 @@ pub(crate) struct AttnShape {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub hd: usize,
+    /// The scores' scratch stride: at least the cache's positions.
     pub capacity: usize,
     /// Whether the cache holds f16 (two to a word), else f32.
     pub f16: bool,
 }
 
-/// Writes `n_tokens` key and value rows at positions `pos0..` of `layer`.
+/// Where one sequence's new tokens are: rows `row0 .. row0 + n_tokens` of the batch's
+/// activations, at positions `pos0 ..` of its cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rows {
+    pub row0: usize,
+    pub pos0: usize,
+    pub n_tokens: usize,
+}
+
+/// Writes the key and value rows `rows` of `k` and `v` at their positions in `layer`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kv_write(
     gpu: &Gpu,
@@ -403,9 +413,13 @@ pub(crate) fn kv_write(
     layer: &KvLayer,
     k: &wgpu::Buffer,
     v: &wgpu::Buffer,
-    pos0: usize,
-    n_tokens: usize,
+    rows: Rows,
 ) {
+    let Rows {
+        row0,
+        pos0,
+        n_tokens,
+    } = rows;
     let kv_dim = shape.n_head_kv * shape.hd;
     let n = if shape.f16 {
         n_tokens * kv_dim / 2
@@ -415,14 +429,24 @@ pub(crate) fn kv_write(
     gpu.dispatch(
         enc,
         &gpu.pipelines.kv_write[shape.f16 as usize],
-        [kv_dim as u32, pos0 as u32, n_tokens as u32, 0, 0, 0, 0, 0],
+        [
+            kv_dim as u32,
+            pos0 as u32,
+            n_tokens as u32,
+            row0 as u32,
+            0,
+            0,
+            0,
+            0,
+        ],
         &[k, v, &layer.k, &layer.v],
         (n.div_ceil(64) as u32, 1, 1),
     );
 }
 
-/// Causal attention of `n_tokens` queries at positions `pos0..` over `layer` (which already
-/// holds their keys and values); `scratch` holds `n_tokens × n_head × capacity` scores.
+/// Causal attention of the queries `rows` of `q` over `layer` (which already holds their keys
+/// and values), into the same rows of `out`; `scratch` holds `rows × n_head × capacity`
+/// scores for every row of the batch (`shape.capacity` at least the cache's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     gpu: &Gpu,
@@ -430,11 +454,15 @@ pub(crate) fn attention(
     shape: AttnShape,
     layer: &KvLayer,
     q: &wgpu::Buffer,
-    pos0: usize,
-    n_tokens: usize,
+    rows: Rows,
     scratch: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) {
+    let Rows {
+        row0,
+        pos0,
+        n_tokens,
+    } = rows;
     let scale = 1.0 / (shape.hd as f32).sqrt();
     gpu.dispatch(
         enc,
@@ -443,7 +471,7 @@ pub(crate) fn attention(
             shape.n_head as u32,
             (shape.n_head / shape.n_head_kv) as u32,
             shape.hd as u32,
-            (shape.n_head_kv * shape.hd) as u32,
+            row0 as u32,
             shape.capacity as u32,
             pos0 as u32,
             n_tokens as u32,

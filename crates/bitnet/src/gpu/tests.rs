@@ -292,7 +292,8 @@ proptest! {
     }
 
     /// Attention over an f32 and an f16 cache (grouped query heads, several new tokens at
-    /// once after earlier positions), against the CPU's kernels.
+    /// once after earlier positions, as rows `row0 ..` of a batch's queries), against the
+    /// CPU's kernels.
     #[test]
     fn attention_matches(
         n_head_kv in 1usize..3,
@@ -300,6 +301,7 @@ proptest! {
         half in 1usize..20,
         pos0 in 0usize..40,
         tokens in 1usize..4,
+        row0 in 0usize..3,
         seed in 1u64..u64::MAX,
     ) {
         let Some(gpu) = test_gpu() else { return Ok(()) };
@@ -309,7 +311,9 @@ proptest! {
         let capacity = pos0 + tokens + 3;
         let keys = rng.f32s(capacity * kv, 2.0);
         let values = rng.f32s(capacity * kv, 2.0);
-        let q = rng.f32s(tokens * h, 2.0);
+        // The batch's rows before this sequence's hold other queries.
+        let q_all = rng.f32s((row0 + tokens) * h, 2.0);
+        let q = &q_all[row0 * h..];
         for f16_cache in [false, true] {
             let (kc, vc) = if f16_cache {
                 (gpu.upload(&ops::f16_bits(&keys)), gpu.upload(&ops::f16_bits(&values)))
@@ -318,12 +322,16 @@ proptest! {
             };
             let layer = KvLayer { k: kc, v: vc };
             let shape = AttnShape { n_head, n_head_kv, hd, capacity, f16: f16_cache };
-            let scratch = gpu.buffer((4 * tokens * n_head * capacity) as u64);
-            let out = gpu.buffer((4 * tokens * h) as u64);
-            let qb = gpu.upload(&q);
+            let scratch = gpu.buffer((4 * (row0 + tokens) * n_head * capacity) as u64);
+            let out = gpu.buffer((4 * (row0 + tokens) * h) as u64);
+            let qb = gpu.upload(&q_all);
             let mut enc = gpu.encoder();
-            ops::attention(&gpu, &mut enc, shape, &layer, &qb, pos0, tokens, &scratch, &out);
-            let got: Vec<f32> = gpu.read(enc, &out, tokens * h).unwrap();
+            let rows = ops::Rows { row0, pos0, n_tokens: tokens };
+            ops::attention(&gpu, &mut enc, shape, &layer, &qb, rows, &scratch, &out);
+            let got: Vec<f32> = gpu.read(enc, &out, (row0 + tokens) * h).unwrap();
+            // Only this sequence's rows are written.
+            prop_assert_eq!(&got[..row0 * h], &vec![0f32; row0 * h][..]);
+            let got = &got[row0 * h..];
             let round = |v: &f32| if f16_cache { f16::from_f32(*v).to_f32() } else { *v };
             let (k32, v32): (Vec<f32>, Vec<f32>) =
                 (keys.iter().map(round).collect(), values.iter().map(round).collect());
@@ -341,25 +349,35 @@ proptest! {
                     scalar::f32_rows_axpy(&v32, kv, off, &scores, o);
                 }
             }
-            close(&got, &want, 1e-5)?;
+            close(got, &want, 1e-5)?;
         }
     }
 
-    /// The cache writes: f32 exact, f16 as the CPU rounds.
+    /// The cache writes (of rows `row0 ..` of a batch's keys and values): f32 exact, f16 as
+    /// the CPU rounds.
     #[test]
-    fn kv_write_matches(kv_half in 1usize..40, pos0 in 0usize..8, tokens in 1usize..4, seed in 1u64..u64::MAX) {
+    fn kv_write_matches(
+        kv_half in 1usize..40,
+        pos0 in 0usize..8,
+        tokens in 1usize..4,
+        row0 in 0usize..3,
+        seed in 1u64..u64::MAX,
+    ) {
         let Some(gpu) = test_gpu() else { return Ok(()) };
         let mut rng = Rng(seed);
         let hd = 2 * kv_half;
         let capacity = pos0 + tokens;
-        let (k, v) = (rng.f32s(tokens * hd, 3.0), rng.f32s(tokens * hd, 3.0));
-        let (kb, vb) = (gpu.upload(&k), gpu.upload(&v));
+        let rows = row0 + tokens;
+        let (k_all, v_all) = (rng.f32s(rows * hd, 3.0), rng.f32s(rows * hd, 3.0));
+        let (kb, vb) = (gpu.upload(&k_all), gpu.upload(&v_all));
+        let (k, v) = (k_all[row0 * hd..].to_vec(), v_all[row0 * hd..].to_vec());
         for f16_cache in [false, true] {
             let bytes = (capacity * hd * if f16_cache { 2 } else { 4 }) as u64;
             let layer = KvLayer { k: gpu.buffer(bytes), v: gpu.buffer(bytes) };
             let shape = AttnShape { n_head: 1, n_head_kv: 1, hd, capacity, f16: f16_cache };
             let mut enc = gpu.encoder();
-            ops::kv_write(&gpu, &mut enc, shape, &layer, &kb, &vb, pos0, tokens);
+            let rows = ops::Rows { row0, pos0, n_tokens: tokens };
+            ops::kv_write(&gpu, &mut enc, shape, &layer, &kb, &vb, rows);
             gpu.submit(enc).unwrap();
             for (buf, src) in [(&layer.k, &k), (&layer.v, &v)] {
                 let got: Vec<f32> = if f16_cache {

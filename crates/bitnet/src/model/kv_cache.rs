@@ -292,12 +292,16 @@ impl KvCache {
         self.capacity
     }
 
-    /// Bytes allocated for keys and values.
+    /// Bytes allocated for keys and values, in host memory or, for a cache on the GPU, in
+    /// the device's.
     pub fn bytes(&self) -> usize {
-        let n_layer = match self.on_host() {
-            true => self.layers.len(),
-            false => 0,
+        #[cfg(feature = "gpu")]
+        let n_layer = match &self.device {
+            Some(device) => device.n_layer(),
+            None => self.layers.len(),
         };
+        #[cfg(not(feature = "gpu"))]
+        let n_layer = self.layers.len();
         2 * n_layer * self.capacity * self.kv_dim * self.ty.element_bytes()
     }
 

@@ -1,14 +1,16 @@
 // Causal attention of p.n_tokens queries (positions pos0 ..) over one sequence's cache of one
-// layer (`capacity × kv_dim`, keys already rotated), as the CPU: scores = q·k / sqrt(hd),
-// softmax (max-subtracted), out = Σ_j p_j v_j. One workgroup per (token, head); the scores go
-// through `scratch` (n_tokens × n_head × capacity). CACHE_T and `kv` are prepended: f32, or
-// f16 two to a word. Also `kv_write`, which stores the new rows.
+// layer (`kv_dim` wide rows, keys already rotated), as the CPU: scores = q·k / sqrt(hd),
+// softmax (max-subtracted), out = Σ_j p_j v_j. The queries are rows row0 .. of `q` (and
+// their results the same rows of `out`): in a batch of sequences each sequence's rows are one
+// dispatch. One workgroup per (token, head); the scores go through `scratch` (rows × n_head ×
+// capacity, capacity at least every cache's). CACHE_T and `kv` are prepended: f32, or f16 two
+// to a word. Also `kv_write`, which stores the new rows.
 
 struct P {
     n_head: u32,
     group: u32,
     hd: u32,
-    kv_dim: u32,
+    row0: u32,
     capacity: u32,
     pos0: u32,
     n_tokens: u32,
@@ -27,14 +29,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let t = wg.y;
     let visible = p.pos0 + t + 1u;
     let h = p.n_head * p.hd;
-    let qb = t * h + head * p.hd;
+    let kv_dim = (p.n_head / p.group) * p.hd;
+    let row = p.row0 + t;
+    let qb = row * h + head * p.hd;
     let off = (head / p.group) * p.hd;
-    let sb = (t * p.n_head + head) * p.capacity;
+    let sb = (row * p.n_head + head) * p.capacity;
     var m = -3.4028235e38;
     for (var j = lid; j < visible; j += WG) {
         var s = 0.0;
         for (var d = 0u; d < p.hd; d++) {
-            s += kv_k(j * p.kv_dim + off + d) * q[qb + d];
+            s += kv_k(j * kv_dim + off + d) * q[qb + d];
         }
         s = s * p.scale;
         scratch[sb + j] = s;
@@ -53,7 +57,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var d = lid; d < p.hd; d += WG) {
         var o = 0.0;
         for (var j = 0u; j < visible; j++) {
-            o += (scratch[sb + j] * inv) * kv_v(j * p.kv_dim + off + d);
+            o += (scratch[sb + j] * inv) * kv_v(j * kv_dim + off + d);
         }
         out[qb + d] = o;
     }

@@ -2,7 +2,9 @@
 //! The steps are those of `layer_forward` (see `crate::gpu::GpuModel`); here the model hands
 //! over its weights and the per-call inputs the host computes (embedding rows, RoPE angles).
 
-use crate::gpu::{AdapterSummary, Device, Gpu, GpuError, GpuModel, LayerSource, LinearSource};
+use crate::gpu::{
+    AdapterSummary, Device, Gpu, GpuError, GpuModel, LayerSource, LinearSource, SeqIn, Want,
+};
 
 use super::{BatchEntry, BitnetModel, Linear, Logits, ModelError};
 
@@ -87,39 +89,50 @@ impl BitnetModel {
         GpuModel::upload(gpu, &self.config, layers, output, &self.output_norm)
     }
 
-    /// [`BitnetModel::forward_batch`] on the device, one sequence after another (inputs
-    /// already checked).
+    /// [`BitnetModel::forward_batch`] on the device (inputs already checked): one pass over
+    /// every entry's tokens together, each with its own cache on the device; the host
+    /// computes the embedding rows and RoPE angles and reads back only what is wanted.
     pub(super) fn forward_batch_gpu(
         &self,
         gpu: &GpuModel,
         batch: &mut [BatchEntry<'_>],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let h = self.config.n_embd;
-        let mut out = Vec::with_capacity(batch.len());
-        for entry in batch.iter_mut() {
-            if entry.logits == Logits::Hidden {
-                return Err(GpuError::Unsupported(
-                    "hidden states (embeddings) on the GPU backend".into(),
-                )
-                .into());
-            }
-            let Some(device) = entry.cache.device() else {
+        let mut x = Vec::new();
+        let mut positions = Vec::new();
+        let mut seqs = Vec::with_capacity(batch.len());
+        for entry in batch.iter() {
+            let Some(cache) = entry.cache.device() else {
                 return Err(GpuError::Unsupported(
                     "a KV cache made before the model moved to the GPU".into(),
                 )
                 .into());
             };
             let (pos0, n) = (entry.cache.len(), entry.tokens.len());
-            let mut x = vec![0f32; n * h];
-            for (&t, row) in entry.tokens.iter().zip(x.chunks_exact_mut(h)) {
-                self.token_embd.row_to_f32(t as usize, row);
+            for &t in entry.tokens {
+                let at = x.len();
+                x.resize(at + h, 0.0);
+                self.token_embd.row_to_f32(t as usize, &mut x[at..]);
             }
-            let positions: Vec<usize> = (pos0..pos0 + n).collect();
-            let (cos, sin) = self.rope_tables(&self.inv_freq, &positions);
-            let all = entry.logits == Logits::All;
-            let logits = gpu.forward(&x, &cos, &sin, pos0, device, all)?;
-            entry.cache.set_len(pos0 + n);
-            out.push(logits);
+            positions.extend(pos0..pos0 + n);
+            let want = match entry.logits {
+                Logits::Last => Want::Last,
+                Logits::All => Want::All,
+                Logits::Hidden => Want::Hidden,
+            };
+            seqs.push(SeqIn {
+                cache,
+                pos0,
+                len: n,
+                want,
+            });
+        }
+        let (cos, sin) = self.rope_tables(&self.inv_freq, &positions);
+        let out = gpu.forward_batch(&x, &cos, &sin, &seqs)?;
+        drop(seqs);
+        for entry in batch.iter_mut() {
+            let len = entry.cache.len() + entry.tokens.len();
+            entry.cache.set_len(len);
         }
         Ok(out)
     }
