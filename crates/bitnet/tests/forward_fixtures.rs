@@ -155,6 +155,72 @@ fn demo_greedy_matches_both_references() {
     }
 }
 
+/// Decoding from the 1.6-bit layout (T1_6) on every ISA: bitnet.cpp's greedy tokens, and
+/// logits bit-identical to decoding from I2_S (the same integer products), from 20 % fewer
+/// ternary weight bytes per token.
+#[test]
+fn t16_decode_matches_bitnet_cpp_and_i2s_bit_for_bit() {
+    use bitnet::kernels::DecodeLayout;
+    let mut model = BitnetModel::open(repo("models/bitnet-shakespeare-7m-i2_s.gguf")).unwrap();
+    let cpp = json("testdata/demo/bitnetcpp-greedy.json");
+    let sample = cpp["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["prompt"] == "ROMEO:\n")
+        .unwrap();
+    let prompt_ids = ids(&sample["prompt_ids"]);
+    let expected = ids(&sample["generated_ids"]);
+    model.set_decode_layout(Some(DecodeLayout::I2s));
+    let i2s_bytes = model.bytes_read_per_token();
+    let decode = |model: &BitnetModel| {
+        let mut cache = model.new_cache(0, CacheType::F32).unwrap();
+        model
+            .forward(&prompt_ids, &mut cache, Logits::Last)
+            .unwrap();
+        let mut logits = Vec::new();
+        for &t in &expected[..20] {
+            logits.extend(model.forward(&[t], &mut cache, Logits::Last).unwrap());
+        }
+        logits
+    };
+    model.set_decode_layout(Some(DecodeLayout::T16));
+    assert!(model
+        .decode_layouts()
+        .iter()
+        .all(|(_, _, _, l)| *l == DecodeLayout::T16));
+    // Every BitLinear (in → out) in I2_S (in/4 bytes a row) and in T1_6 (32 bytes per 160
+    // values, 2 bits a value in the tail).
+    let c = model.config();
+    let (h, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+    let shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, ff), (h, ff), (ff, h)];
+    let bytes = |row: fn(usize) -> usize| -> usize {
+        shapes.iter().map(|&(i, o)| o * row(i)).sum::<usize>() * c.n_layer
+    };
+    let (i2s, t16) = (bytes(|k| k / 4), bytes(|k| k / 160 * 32 + k % 160 / 4));
+    assert!(t16 * 10 < i2s * 9, "{t16} vs {i2s}");
+    assert_eq!(i2s_bytes - model.bytes_read_per_token(), i2s - t16);
+    // The float parts of the forward pass add in each ISA's order: compare per ISA.
+    for isa in Isa::available() {
+        model.set_isa(isa);
+        assert_eq!(
+            greedy(&model, &prompt_ids, expected.len(), CacheType::F16),
+            expected,
+            "{isa}"
+        );
+        let ours = decode(&model);
+        model.set_decode_layout(Some(DecodeLayout::I2s));
+        let reference = decode(&model);
+        model.set_decode_layout(Some(DecodeLayout::T16));
+        assert!(
+            ours.iter()
+                .zip(&reference)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa}"
+        );
+    }
+}
+
 /// One token at a time through the KV cache equals one prefill of the whole sequence.
 #[test]
 fn kv_cache_decode_equals_prefill() {

@@ -69,6 +69,12 @@ pub struct Args {
     /// Where the model runs: cpu, gpu or auto (see `generate --help`)
     #[arg(long, default_value = "cpu")]
     device: bitnet::gpu::Device,
+    /// Decode layouts of the I2_S weights to time generation with, comma-separated, each run
+    /// in turn per thread count: i2_s, t1_6 (five trits a byte, 20 % fewer bytes; a second
+    /// copy next to I2_S's, which prefill keeps) or auto (the faster per layer shape, timed at
+    /// load: the default)
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    decode_layout: Vec<String>,
     /// Skip the memory-bandwidth probe
     #[arg(long)]
     no_bandwidth: bool,
@@ -91,6 +97,8 @@ pub struct Args {
 struct Row {
     threads: usize,
     test: String,
+    /// Generation runs: the decode layout and the bytes each token read.
+    decode: Option<(String, f64)>,
     samples: Vec<f64>,
     /// Speculative rows: drafted tokens accepted per drafted token.
     acceptance: Option<f64>,
@@ -152,6 +160,23 @@ fn measure<S>(
     Ok(samples)
 }
 
+/// The layout the ternary weights decode from: one name when every I2_S-based shape uses the
+/// same, "mixed" when they differ (`auto` chose per shape), "own" for per-block formats.
+fn decode_layout_name(model: &BitnetModel) -> String {
+    let mut names: Vec<&str> = model
+        .decode_layouts()
+        .iter()
+        .map(|(_, _, _, l)| l.name())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    match names.as_slice() {
+        [] => "own".into(),
+        [one] => (*one).into(),
+        _ => "mixed".into(),
+    }
+}
+
 /// Deterministic "random" token ids, as llama-bench uses random prompts.
 fn tokens(n: usize, n_vocab: usize, salt: u64) -> Vec<u32> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
@@ -173,6 +198,15 @@ pub fn run(args: Args) -> Result<()> {
         args.repetitions >= 1,
         "-r 0: at least one repetition is needed"
     );
+    let layouts = args
+        .decode_layout
+        .iter()
+        .map(|l| match l.as_str() {
+            "auto" => Ok(None),
+            l => l.parse::<bitnet::kernels::DecodeLayout>().map(Some),
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("--decode-layout: {e}"))?;
     let output_type = args
         .output_type
         .as_deref()
@@ -253,12 +287,21 @@ pub fn run(args: Args) -> Result<()> {
             rows.push(Row {
                 threads: t,
                 test: format!("{}{p}", if embed { "embed" } else { "pp" }),
+                decode: None,
                 samples,
                 rooflines: Vec::new(),
                 acceptance: None,
             });
         }
-        for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+        for (&n, layout) in args
+            .n_gen
+            .iter()
+            .filter(|&&n| n > 0)
+            .flat_map(|n| layouts.iter().map(move |l| (n, l)))
+        {
+            model.set_decode_layout(*layout);
+            let bytes_per_token = model.bytes_read_per_token() as f64;
+            let layout_name = decode_layout_name(&model);
             let mut probes = Vec::new();
             let samples = measure(
                 args.repetitions,
@@ -287,7 +330,12 @@ pub fn run(args: Args) -> Result<()> {
             )?;
             rows.push(Row {
                 threads: t,
-                test: format!("tg{n}"),
+                test: if layouts.len() > 1 {
+                    format!("tg{n} {layout_name}")
+                } else {
+                    format!("tg{n}")
+                },
+                decode: Some((layout_name, bytes_per_token)),
                 samples,
                 rooflines: probes
                     .iter()
@@ -340,6 +388,7 @@ pub fn run(args: Args) -> Result<()> {
                 rows.push(Row {
                     threads: t,
                     test: format!("copy{n}{}", if spec.is_some() { "+spec" } else { "" }),
+                    decode: None,
                     samples,
                     rooflines: Vec::new(),
                     acceptance: spec.map(|_| {
@@ -417,6 +466,8 @@ pub fn run(args: Args) -> Result<()> {
                     "fraction_of_roofline": r.roofline().map(|(_, f)| f),
                     "sample_rooflines": r.rooflines,
                     "spec_acceptance": r.acceptance,
+                    "decode_layout": r.decode.as_ref().map(|d| d.0.clone()),
+                    "decode_bytes_per_token": r.decode.as_ref().map(|d| d.1),
                 })
             })
             .collect();
@@ -518,6 +569,19 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             eprintln!("linear weights: {n} × {file}, ternarized at load to {layout}");
         }
+    }
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    for (name, bytes) in rows.iter().filter_map(|r| r.decode.clone()) {
+        if !seen.iter().any(|(n, _)| *n == name) {
+            eprintln!(
+                "decode layout {name}: {:.3} GB read per token (ternary weights and output matrix)",
+                bytes / 1e9,
+            );
+            seen.push((name, bytes));
+        }
+    }
+    for (ty, i, o, l) in model.decode_layouts() {
+        eprintln!("decode layout for {ty} {i}→{o}: {l} (last one run)");
     }
     for (ty, i, o, isas) in model.kernel_plan() {
         eprintln!(

@@ -169,6 +169,43 @@ impl std::fmt::Display for Isa {
     }
 }
 
+/// The layout a ternary layer's weights are read in when decoding (one token at a time, where
+/// every weight byte is read once per token and memory bandwidth sets the speed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeLayout {
+    /// The I2_S bytes the prefill kernels read too (2 bits a weight).
+    I2s,
+    /// T1_6: five trits a byte, 1.6 bits a weight (see [`t16_pack_i2s`]), a second copy next to
+    /// the I2_S one, which prefill keeps reading.
+    T16,
+}
+
+impl DecodeLayout {
+    /// The name `--decode-layout` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeLayout::I2s => "i2_s",
+            DecodeLayout::T16 => "t1_6",
+        }
+    }
+}
+
+impl std::str::FromStr for DecodeLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DecodeLayout, String> {
+        [DecodeLayout::I2s, DecodeLayout::T16]
+            .into_iter()
+            .find(|l| l.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown decode layout `{s}` (i2_s, t1_6)"))
+    }
+}
+
+impl std::fmt::Display for DecodeLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A ternary product: `(weights, k, int8 activations, activation sums, out)`.
 type TernaryMatmul<O> = unsafe fn(&[u8], usize, &[i8], &[i32], &mut [O]);
 
@@ -185,6 +222,8 @@ pub struct KernelTable {
     pub(crate) quantize_row_i8: unsafe fn(&[f32], &mut [i8]) -> f32,
     pub(crate) i2s_matmul: TernaryMatmul<i32>,
     pub(crate) tq2_0_matmul: TernaryMatmul<f32>,
+    /// The 1.6-bit decode layout's product (see [`t16_matmul`]).
+    pub(crate) t16_matmul: TernaryMatmul<i32>,
     pub(crate) f16_matmul: unsafe fn(&[f16], usize, &[f32], &mut [f32]),
     /// Q8_0 rows against one row of Q8_0-quantized activations.
     pub(crate) q8_0_rows: unsafe fn(&[u8], &scalar::Q8Blocks, &mut [f32]),
@@ -282,6 +321,126 @@ pub fn i2s_matmul(isa: Isa, w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out:
     assert!(acts.len() >= qsums.len() * k && out.len() >= qsums.len() * n_rows);
     // SAFETY: as in `quantize_row_i8`.
     unsafe { (isa.kernels().i2s_matmul)(w, k, acts, qsums, out) }
+}
+
+/// Values in one block of the 1.6-bit decode layout ("T1_6"): 32 bytes of five trits each.
+pub const T16_BLOCK_LEN: usize = 160;
+/// Bytes of one T1_6 block.
+pub const T16_BLOCK_BYTES: usize = 32;
+/// Rows T1_6 interleaves (on every ISA, so the layout never changes with the ISA): block `b` of
+/// row `g·4 + i` sits at `g·4·row_bytes + (b·4 + i)·32`, then the four rows' tails one after
+/// another, so a GEMV over four rows reads one sequential stream and shares each activation
+/// load between them, as x86's I2_S layout does. Rows after the last whole group keep plain
+/// row order.
+pub const T16_ROWS: usize = 4;
+
+/// Bytes of one T1_6 row of `k` values (`k` a multiple of 32): whole 160-value blocks of 32
+/// bytes, then the tail of `k mod 160` values at 2 bits each (see [`t16_pack_i2s`]), so a row
+/// is never longer than in I2_S and 20 % shorter when `k` is a multiple of 160.
+pub fn t16_row_bytes(k: usize) -> usize {
+    k / T16_BLOCK_LEN * T16_BLOCK_BYTES + t16_tail_bytes(k)
+}
+
+/// Bytes of a T1_6 row's 2-bit tail: 8 per 32 values.
+pub fn t16_tail_bytes(k: usize) -> usize {
+    k % T16_BLOCK_LEN / 4
+}
+
+/// The byte holding `digits.len()` (at most 5) base-3 digits `d_0 d_1 …` (each 0, 1 or 2,
+/// `d_0` most significant) as a base-3 fraction scaled to 256 and rounded up:
+/// `q = ⌈v · 256 / 3^n⌉` with `v = Σ d_i 3^(n−1−i)`. Digit `i` comes back as
+/// `((q · 3^i) mod 256) · 3 >> 8` ([`t16_digit`]): the rounding error `q·3^n/256 − v` is below
+/// `3^n / 256 < 1`, so every digit survives (llama.cpp's TQ1_0 packs its five trits this way).
+pub fn t16_encode_byte(digits: &[u8]) -> u8 {
+    let n = digits.len() as u32;
+    debug_assert!(n <= 5);
+    let v = digits.iter().fold(0u32, |v, &d| v * 3 + d as u32);
+    let p = 3u32.pow(n);
+    ((v * 256).div_ceil(p)) as u8
+}
+
+/// Digit `i` of a T1_6 byte (see [`t16_encode_byte`]): multiply by `3^i` modulo 256 (the
+/// digits above `i` fall off the top), then the top "trit" of the fraction is `x·3 >> 8`.
+#[inline(always)]
+pub fn t16_digit(q: u8, i: usize) -> u8 {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let x = q.wrapping_mul(POW3[i]) as u16;
+    ((x * 3) >> 8) as u8
+}
+
+/// Packs I2_S rows in the file's layout (`k/4` bytes each, codes `t + 1`) as T1_6 rows
+/// (see [`T16_ROWS`], [`t16_row_bytes`]). Value `160b + 32i + m` of a row is digit `i`
+/// ([`t16_encode_byte`]) of byte `m` of its block `b`, as the code `t + 1`. The tail's value
+/// `32g + 8j + m` (m < 8) is bits `2j..2j+2` of its byte `8g + m`: one 8-byte load per 32 values,
+/// broadcast and shifted by 0, 2, 4, 6, lines the codes up with 32 consecutive activations.
+/// Works 32 values at a time in loops the compiler vectorizes: a 2B model packs in well under
+/// a second.
+pub fn t16_pack_i2s(w: &[u8], k: usize, out: &mut [u8]) {
+    let (src_row, dst_row) = (k / 4, t16_row_bytes(k));
+    assert!(k.is_multiple_of(128) && k > 0);
+    let n_rows = w.len() / src_row;
+    assert!(w.len() == n_rows * src_row && out.len() == n_rows * dst_row);
+    let grouped = n_rows / T16_ROWS * T16_ROWS;
+    let full = k / T16_BLOCK_LEN;
+    // The 32 codes of value group `g` of a row (field `g mod 4` of I2_S block `g / 4`).
+    let codes = |row: &[u8], g: usize| -> [u8; 32] {
+        let (src, shift) = (&row[(g / 4) * 32..(g / 4) * 32 + 32], 6 - 2 * (g % 4));
+        std::array::from_fn(|m| (src[m] >> shift) & 3)
+    };
+    for r in 0..n_rows {
+        let row = &w[r * src_row..(r + 1) * src_row];
+        for b in 0..full {
+            let mut v = [0u16; T16_BLOCK_BYTES];
+            for g in 5 * b..5 * b + 5 {
+                for (v, c) in v.iter_mut().zip(codes(row, g)) {
+                    *v = *v * 3 + c as u16;
+                }
+            }
+            // ⌈v · 256 / 243⌉ (see `t16_encode_byte`): below 62450, inside u16.
+            let dst = t16_block_offset(k, grouped, r, b);
+            for (o, &v) in out[dst..dst + T16_BLOCK_BYTES].iter_mut().zip(&v) {
+                *o = (v * 256).div_ceil(243) as u8;
+            }
+        }
+        let tail = t16_block_offset(k, grouped, r, full);
+        for g in 5 * full..k / 32 {
+            let c = codes(row, g);
+            let dst = &mut out[tail + 8 * (g - 5 * full)..][..8];
+            for (m, o) in dst.iter_mut().enumerate() {
+                *o = (0..4).fold(0, |o, j| o | c[8 * j + m] << (2 * j));
+            }
+        }
+    }
+}
+
+/// Where block `b` of row `r` starts in T1_6 rows of `k` values whose first `grouped` rows are
+/// interleaved by [`T16_ROWS`]; `b = k / 160` is the row's 2-bit tail.
+#[inline(always)]
+pub(crate) fn t16_block_offset(k: usize, grouped: usize, r: usize, b: usize) -> usize {
+    let row_bytes = t16_row_bytes(k);
+    if r >= grouped {
+        return r * row_bytes + b * T16_BLOCK_BYTES;
+    }
+    let (group, i) = (r - r % T16_ROWS, r % T16_ROWS);
+    let full = k / T16_BLOCK_LEN;
+    if b < full {
+        group * row_bytes + (b * T16_ROWS + i) * T16_BLOCK_BYTES
+    } else {
+        group * row_bytes + full * T16_ROWS * T16_BLOCK_BYTES + i * t16_tail_bytes(k)
+    }
+}
+
+/// The exact ternary × int8 products of [`i2s_matmul`] on T1_6 rows ([`t16_pack_i2s`]): the
+/// same integers, from 20 % fewer weight bytes, for decoding (the kernels are GEMVs, one token
+/// at a time; prefill keeps the I2_S copy). `k` must be a multiple of 32; bit-identical on
+/// every ISA.
+pub fn t16_matmul(isa: Isa, w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    assert!(k.is_multiple_of(32) && k > 0);
+    let n_rows = w.len() / t16_row_bytes(k);
+    assert!(w.len() == n_rows * t16_row_bytes(k));
+    assert!(acts.len() >= qsums.len() * k && out.len() >= qsums.len() * n_rows);
+    // SAFETY: as in `quantize_row_i8`.
+    unsafe { (isa.kernels().t16_matmul)(w, k, acts, qsums, out) }
 }
 
 /// Ternary × int8 products for TQ2_0 rows (a f16 scale per 256 values):

@@ -14,6 +14,7 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     quantize_row_i8,
     i2s_matmul: |w, k, acts, _qsums, out| i2s_matmul(w, k, acts, out),
     tq2_0_matmul: |w, k, acts, _block_qsums, out| tq2_0_matmul(w, k, acts, out),
+    t16_matmul: |w, k, acts, _qsums, out| t16_matmul(w, k, acts, out),
     f16_matmul,
     q8_0_rows,
     q6_k_rows,
@@ -88,6 +89,34 @@ pub fn i2s_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [i32]) {
     for (t, q) in acts.chunks_exact(k).enumerate() {
         for (r, row) in w.chunks_exact(row_bytes).enumerate() {
             out[t * n_rows + r] = i2s_dot(row, q);
+        }
+    }
+}
+
+/// All T1_6 rows of `w` (see [`super::t16_pack_i2s`]) against every int8 activation row:
+/// the same `out` as [`i2s_matmul`] on the rows they were packed from. Each trit is decoded on
+/// its own, by [`super::t16_digit`] in the 160-value blocks and by its two bits in the tail.
+pub fn t16_matmul(w: &[u8], k: usize, acts: &[i8], out: &mut [i32]) {
+    let n_rows = w.len() / super::t16_row_bytes(k);
+    let grouped = n_rows / super::T16_ROWS * super::T16_ROWS;
+    let full = k / super::T16_BLOCK_LEN;
+    for (t, q) in acts.chunks_exact(k).enumerate() {
+        for r in 0..n_rows {
+            let mut sum = 0i32;
+            for b in 0..full {
+                let block = &w[super::t16_block_offset(k, grouped, r, b)..];
+                for (j, &qj) in q[b * 160..(b + 1) * 160].iter().enumerate() {
+                    let code = super::t16_digit(block[j % 32], j / 32);
+                    sum += (code as i32 - 1) * qj as i32;
+                }
+            }
+            let tail = &w[super::t16_block_offset(k, grouped, r, full)..];
+            for (j, &qj) in q[full * 160..].iter().enumerate() {
+                let (g, j8, m) = (j / 32, j % 32 / 8, j % 8);
+                let code = (tail[8 * g + m] >> (2 * j8)) & 3;
+                sum += (code as i32 - 1) * qj as i32;
+            }
+            out[t * n_rows + r] = sum;
         }
     }
 }

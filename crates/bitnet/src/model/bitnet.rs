@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::formats::types::TensorType;
 use crate::kernels::threads::{self, SharedOut, ThreadPool};
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, DecodeLayout, Isa};
 
 use super::config::{Activation, Architecture, Config, RopeStyle};
 use super::kv_cache::{CacheType, KvCache, KvSlice};
@@ -251,6 +251,11 @@ const TUNE_ROWS: usize = 256;
 
 impl Exec {
     fn ternary_isa(&self, w: &dyn TernaryLinear, n_tokens: usize) -> Isa {
+        // The shapes were tuned on I2_S's kernels; T1_6's GEMV does more arithmetic per byte
+        // and wants the richest ISA.
+        if n_tokens == 1 && w.decode_layout() == Some(DecodeLayout::T16) {
+            return self.isa;
+        }
         let key = (w.format(), w.in_features(), w.out_features());
         match self.shapes.iter().find(|(k, _)| *k == key) {
             Some((_, isas)) if n_tokens == 1 => isas.decode,
@@ -299,6 +304,46 @@ impl Exec {
             }
         }
     }
+}
+
+/// Seconds one decode pass (one token through every ternary layer, as `linear_group` runs it)
+/// spends in each layer shape, summed over the layers.
+fn time_decode_pass(exec: &Exec, layers: &[Layer]) -> Vec<(ShapeKey, f64)> {
+    let mut acts: Vec<(usize, QuantizedBuffers)> = Vec::new();
+    let mut times: Vec<(ShapeKey, f64)> = Vec::new();
+    let mut out = Vec::new();
+    for layer in layers {
+        for lin in layer.linears() {
+            let w = lin.weight.as_ref();
+            let k = w.in_features();
+            if !acts.iter().any(|(n, _)| *n == k) {
+                let mut b = QuantizedBuffers::default();
+                b.fit(1, k);
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ k as u64;
+                for q in b.q.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *q = x as i8;
+                }
+                b.qsums[0] = b.q.iter().map(|&v| v as i32).sum();
+                b.scales[0] = 1.0;
+                acts.push((k, b));
+            }
+            let x = acts.iter().find(|(n, _)| *n == k).map(|(_, b)| b.view());
+            let Some(x) = x else { continue };
+            out.resize(w.out_features(), 0.0);
+            let start = std::time::Instant::now();
+            linear_group(exec, &x, [(lin, &mut out[..])]);
+            let secs = start.elapsed().as_secs_f64();
+            let key = (w.format(), k, w.out_features());
+            match times.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, t)) => *t += secs,
+                None => times.push((key, secs)),
+            }
+        }
+    }
+    times
 }
 
 /// A loaded BitNet b1.58 model.
@@ -587,6 +632,11 @@ impl BitnetModel {
         if std::env::var_os("BITNET_ISA").is_none() {
             model.exec.tune(&model.layers);
         }
+        // `BITNET_DECODE_LAYOUT=i2_s|t1_6` forces one decode layout; otherwise it is timed.
+        let forced = std::env::var("BITNET_DECODE_LAYOUT")
+            .ok()
+            .and_then(|v| v.parse::<DecodeLayout>().ok());
+        model.set_decode_layout(forced);
         Ok(model)
     }
 
@@ -639,6 +689,86 @@ impl BitnetModel {
             .collect()
     }
 
+    /// Reads every I2_S layer in `layout` when decoding (one token at a time), or (None) in the
+    /// layout that decodes it fastest: each I2_S shape is timed in both layouts over one
+    /// decode pass of every layer (one token, this model's threads, so the weights stream from
+    /// memory as they do when generating), best of three passes each, and T1_6 is kept where
+    /// it wins. T1_6 is a second copy (1.6 bits a weight, 80 % of the I2_S bytes) beside the
+    /// I2_S one, which prefill keeps reading: prefill speed is unchanged, and the ternary
+    /// weights take 1.8× the memory. Products are bit-identical in both.
+    pub fn set_decode_layout(&mut self, layout: Option<DecodeLayout>) {
+        let all = |layers: &mut [Layer], l: DecodeLayout| -> bool {
+            let mut any = false;
+            for layer in layers.iter_mut() {
+                for lin in layer.linears_mut() {
+                    any |= lin.weight.set_decode_layout(l).is_some();
+                }
+            }
+            any
+        };
+        if let Some(l) = layout {
+            all(&mut self.layers, l);
+        } else if all(&mut self.layers, DecodeLayout::T16) {
+            let mut best: Vec<(ShapeKey, [f64; 2])> = Vec::new();
+            for _ in 0..3 {
+                for (i, l) in [DecodeLayout::I2s, DecodeLayout::T16]
+                    .into_iter()
+                    .enumerate()
+                {
+                    all(&mut self.layers, l);
+                    for (key, secs) in time_decode_pass(&self.exec, &self.layers) {
+                        match best.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, b)) => b[i] = b[i].min(secs),
+                            None => {
+                                let mut b = [f64::INFINITY; 2];
+                                b[i] = secs;
+                                best.push((key, b));
+                            }
+                        }
+                    }
+                }
+            }
+            for layer in &mut self.layers {
+                for lin in layer.linears_mut() {
+                    let w = &mut lin.weight;
+                    let key = (w.format(), w.in_features(), w.out_features());
+                    let faster = best
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .is_some_and(|(_, [i2s, t16])| t16 < i2s);
+                    if faster {
+                        w.set_decode_layout(DecodeLayout::T16);
+                    } else {
+                        w.set_decode_layout(DecodeLayout::I2s);
+                    }
+                }
+            }
+        }
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                lin.weight.release_unused();
+            }
+        }
+    }
+
+    /// The layout each I2_S-based layer shape decodes from:
+    /// `(format, in_features, out_features, layout)`.
+    pub fn decode_layouts(&self) -> Vec<(TensorType, usize, usize, DecodeLayout)> {
+        let mut out: Vec<(TensorType, usize, usize, DecodeLayout)> = Vec::new();
+        for layer in &self.layers {
+            for lin in layer.linears() {
+                let w = lin.weight.as_ref();
+                let key = (w.format(), w.in_features(), w.out_features());
+                if let Some(l) = w.decode_layout() {
+                    if !out.iter().any(|e| (e.0, e.1, e.2) == key) {
+                        out.push((key.0, key.1, key.2, l));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The instruction set the kernels use: the one forced with [`BitnetModel::set_isa`], else
     /// the best this CPU has (each layer shape may run another: see `kernel_plan`).
     pub fn isa(&self) -> Isa {
@@ -662,13 +792,14 @@ impl BitnetModel {
         Ok(())
     }
 
-    /// Bytes a one-token decode step reads: every linear weight and the output matrix.
+    /// Bytes a one-token decode step reads: every linear weight (in the layout decoding reads)
+    /// and the output matrix.
     pub fn bytes_read_per_token(&self) -> usize {
         let linears: usize = self
             .layers
             .iter()
             .flat_map(|l| l.linears())
-            .map(|lin| lin.weight.weight_bytes())
+            .map(|lin| lin.weight.decode_bytes())
             .sum();
         linears + self.output.weight_bytes()
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::formats::types::{self, i2_s, q6_k, q8_0, tq1_0, tq2_0, TensorType};
 use crate::kernels::threads::with_scratch_i32;
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, DecodeLayout, Isa};
 
 use super::ModelError;
 
@@ -237,8 +237,26 @@ pub(crate) trait TernaryLinear: Send + Sync {
     fn file_format(&self) -> TensorType {
         self.format()
     }
-    /// Bytes of weight data (read once per token when decoding).
+    /// Bytes of weight data in the layout prefill reads.
     fn weight_bytes(&self) -> usize;
+    /// Bytes a one-token product reads (less than [`TernaryLinear::weight_bytes`] when a
+    /// smaller decode copy is used).
+    fn decode_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
+    /// Decodes (one-token products) from `layout` where the format has it: T1_6 builds the
+    /// copy the first time (kept, unused, after a switch back until
+    /// [`TernaryLinear::release_unused`]). Returns the layout one-token products now read;
+    /// None when the format has only its own.
+    fn set_decode_layout(&mut self, _layout: DecodeLayout) -> Option<DecodeLayout> {
+        None
+    }
+    /// The layout one-token products read (None: the format's own, not I2_S-based).
+    fn decode_layout(&self) -> Option<DecodeLayout> {
+        None
+    }
+    /// Frees a decode copy that is not in use.
+    fn release_unused(&mut self) {}
     /// `out[t * rows.len() + (r - rows.start)] = Σ_k w[r, k] · x[t, k]` for the output rows in
     /// `rows` and every token `t` of `x`, with `x` dequantized as `q / scale`.
     fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]);
@@ -291,6 +309,10 @@ pub(crate) trait TernaryLinear: Send + Sync {
 pub(crate) struct I2sLinear {
     /// The packed values (no trailer), rows interleaved in groups of `rows_interleaved`.
     bytes: WeightBytes,
+    /// The same values in the T1_6 decode layout, once built.
+    t16: Option<WeightBytes>,
+    /// Whether one-token products read `t16`.
+    decode_t16: bool,
     rows_interleaved: usize,
     in_features: usize,
     out_features: usize,
@@ -322,6 +344,8 @@ impl I2sLinear {
         }
         Ok(I2sLinear {
             bytes,
+            t16: None,
+            decode_t16: false,
             rows_interleaved: 1,
             in_features,
             out_features,
@@ -342,6 +366,8 @@ impl I2sLinear {
         packed.truncate(in_features * out_features / 4);
         I2sLinear {
             bytes: WeightBytes::owned(packed),
+            t16: None,
+            decode_t16: false,
             rows_interleaved: 1,
             in_features,
             out_features,
@@ -426,6 +452,8 @@ impl I2sLinear {
         }
         Some(I2sLinear {
             bytes,
+            t16: None,
+            decode_t16: false,
             rows_interleaved: 1,
             in_features,
             out_features,
@@ -532,7 +560,60 @@ impl TernaryLinear for I2sLinear {
         kernels::i2s_relayout(src, self.in_features, self.rows_interleaved, 1, &mut out);
         Some((std::borrow::Cow::Owned(out), self.scale))
     }
+    fn decode_bytes(&self) -> usize {
+        match &self.t16 {
+            Some(t16) if self.decode_t16 => t16.as_slice().len(),
+            _ => self.weight_bytes(),
+        }
+    }
+    fn set_decode_layout(&mut self, layout: DecodeLayout) -> Option<DecodeLayout> {
+        if layout == DecodeLayout::T16 && self.t16.is_none() {
+            let (k, n) = (self.in_features, self.out_features);
+            let src = self.i2s_file_layout().map(|(b, _)| b)?;
+            let row_bytes = kernels::t16_row_bytes(k);
+            let t16 = WeightBytes::owned_with(n * row_bytes, |out| {
+                // In parallel over groups of rows (whole interleaved groups per thread).
+                let threads = crate::kernels::threads::ThreadPool::default_threads().max(1);
+                let per = n.div_ceil(threads).next_multiple_of(kernels::T16_ROWS);
+                std::thread::scope(|scope| {
+                    for (o, w) in out.chunks_mut(per * row_bytes).zip(src.chunks(per * k / 4)) {
+                        scope.spawn(move || kernels::t16_pack_i2s(w, k, o));
+                    }
+                });
+            });
+            self.t16 = Some(t16);
+        }
+        self.decode_t16 = layout == DecodeLayout::T16;
+        self.decode_layout()
+    }
+    fn decode_layout(&self) -> Option<DecodeLayout> {
+        Some(if self.decode_t16 {
+            DecodeLayout::T16
+        } else {
+            DecodeLayout::I2s
+        })
+    }
+    fn release_unused(&mut self) {
+        if !self.decode_t16 {
+            self.t16 = None;
+        }
+    }
     fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]) {
+        if let (Some(t16), true, 1) = (&self.t16, self.decode_t16, x.n_tokens()) {
+            // Row ranges start at a whole group of T16_ROWS (the model's chunks are multiples
+            // of 16 rows), so the slice is in the layout the kernels expect.
+            assert!(rows.start.is_multiple_of(kernels::T16_ROWS));
+            let row_bytes = kernels::t16_row_bytes(self.in_features);
+            let w = &t16.as_slice()[rows.start * row_bytes..rows.end * row_bytes];
+            with_scratch_i32(rows.len(), |dots| {
+                kernels::t16_matmul(isa, w, self.in_features, x.q, x.qsums, dots);
+                let s = x.scales[0];
+                for (o, &d) in out.iter_mut().zip(dots.iter()) {
+                    *o = d as f32 / s * self.scale;
+                }
+            });
+            return;
+        }
         // The model places the weights for the ISAs it uses (see `place`); row ranges start
         // at a whole group (the model's chunks are multiples of 16 rows).
         assert_eq!(

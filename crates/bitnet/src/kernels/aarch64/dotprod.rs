@@ -11,15 +11,16 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::{prefetch, PREFETCH_BYTES};
+use super::{prefetch, t16_next, t16_tail_trits, t16_trits, PREFETCH_BYTES};
 use crate::kernels::scalar::{Q8Blocks, Q8K};
-use crate::kernels::{Isa, KernelTable};
+use crate::kernels::{t16_tail_bytes, Isa, KernelTable, T16_BLOCK_LEN};
 
 /// The dotprod kernels: the ternary products, Q8_0 and Q6_K; the rest are plain NEON's.
 pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Dotprod,
     i2s_matmul,
     tq2_0_matmul,
+    t16_matmul,
     q8_0_rows,
     q6_k_rows,
     ..super::neon::TABLE
@@ -144,6 +145,61 @@ unsafe fn tile<const R: usize, const T: usize>(
         }
     }
     acc.map(|row| row.map(|a| vaddvq_s32(a)))
+}
+
+/// See [`crate::kernels::t16_matmul`].
+///
+/// # Safety
+/// Requires NEON and dotprod; slice lengths as documented there (checked by the caller).
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    super::t16_matmul_with(
+        w,
+        k,
+        acts,
+        qsums.len(),
+        out,
+        |p, q| unsafe { t16_rows::<4>(p, k, q) },
+        |p, q| unsafe { t16_rows::<1>(p, k, q) },
+    );
+}
+
+/// `Σ t·q` for `R` interleaved T1_6 rows: per 16 bytes and digit, the trits (two compares and
+/// a NOT, see `t16_trits`), one `sdot`, and the byte multiply by 3 for the next digit.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const i8) -> [i32; R] {
+    let mut acc = [vdupq_n_s32(0); R];
+    let full = k / T16_BLOCK_LEN;
+    let block = |p: *const u8, qb: *const i8, n: usize, acc: &mut int32x4_t| {
+        let mut x = [vld1q_u8(p), vld1q_u8(p.add(16))];
+        for i in 0..n {
+            for (h, xh) in x.iter_mut().enumerate() {
+                *acc = sdot(*acc, t16_trits(*xh), vld1q_s8(qb.add(32 * i + 16 * h)));
+                *xh = t16_next(*xh);
+            }
+        }
+    };
+    for blk in 0..full {
+        let qb = q.add(blk * T16_BLOCK_LEN);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = wp.add((blk * R + r) * 32);
+            prefetch(p.wrapping_add(PREFETCH_BYTES));
+            block(p, qb, 5, a);
+        }
+    }
+    let tail_bytes = t16_tail_bytes(k);
+    let tp = wp.add(full * R * 32);
+    for g in 0..tail_bytes / 8 {
+        let qg = q.add(full * T16_BLOCK_LEN + 32 * g);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let trits = t16_tail_trits(tp.add(r * tail_bytes + 8 * g));
+            for (h, th) in trits.into_iter().enumerate() {
+                *a = sdot(*a, th, vld1q_s8(qg.add(16 * h)));
+            }
+        }
+    }
+    acc.map(|a| vaddvq_s32(a))
 }
 
 /// See [`crate::kernels::tq2_0_matmul`].

@@ -91,6 +91,69 @@ unsafe fn i2s_field(b: uint8x16_t, field: usize) -> int8x16_t {
     })
 }
 
+/// The ternary values (−1, 0, 1) of 16 T1_6 bytes' current digit, given `x` = each byte times
+/// `3^i` modulo 256 (see [`crate::kernels::t16_digit`]): the digit `⌊3x/256⌋` is
+/// `[x ≥ 86] + [x ≥ 171]`; the two compares give `−d` (masks are −1), and `!(−d) = d − 1`.
+#[inline(always)]
+unsafe fn t16_trits(x: uint8x16_t) -> int8x16_t {
+    let s = vaddq_u8(vcgeq_u8(x, vdupq_n_u8(86)), vcgeq_u8(x, vdupq_n_u8(171)));
+    vreinterpretq_s8_u8(vmvnq_u8(s))
+}
+
+/// The 32 ternary values of a T1_6 tail's 8 bytes at `p`, in value order (value `8j + m` is bits
+/// `2j..2j+2` of byte `m`, as the code `t + 1`): values 0..16, then 16..32.
+#[inline(always)]
+unsafe fn t16_tail_trits(p: *const u8) -> [int8x16_t; 2] {
+    let (x, m3) = (vld1_u8(p), vdup_n_u8(3));
+    let f = [
+        vand_u8(x, m3),
+        vand_u8(vshr_n_u8::<2>(x), m3),
+        vand_u8(vshr_n_u8::<4>(x), m3),
+        vshr_n_u8::<6>(x),
+    ];
+    let one = vdupq_n_s8(1);
+    [
+        vsubq_s8(vreinterpretq_s8_u8(vcombine_u8(f[0], f[1])), one),
+        vsubq_s8(vreinterpretq_s8_u8(vcombine_u8(f[2], f[3])), one),
+    ]
+}
+
+/// `x · 3` modulo 256: the next digit moves to the top of each byte.
+#[inline(always)]
+unsafe fn t16_next(x: uint8x16_t) -> uint8x16_t {
+    vaddq_u8(x, vaddq_u8(x, x))
+}
+
+/// The T1_6 product ([`crate::kernels::t16_matmul`]) one token at a time, with `four` and
+/// `one` computing `Σ t·q` over four interleaved rows and over one row (each ISA's own, inlined
+/// into its caller), then the ragged last rows.
+#[inline(always)]
+unsafe fn t16_matmul_with(
+    w: &[u8],
+    k: usize,
+    acts: &[i8],
+    n_tokens: usize,
+    out: &mut [i32],
+    four: impl Fn(*const u8, *const i8) -> [i32; 4],
+    one: impl Fn(*const u8, *const i8) -> [i32; 1],
+) {
+    use crate::kernels::{t16_row_bytes, T16_ROWS};
+    let row_bytes = t16_row_bytes(k);
+    let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / T16_ROWS * T16_ROWS;
+    for t in 0..n_tokens {
+        let q = acts.as_ptr().add(t * k);
+        let out = &mut out[t * n_rows..(t + 1) * n_rows];
+        for g in (0..grouped).step_by(T16_ROWS) {
+            let dots = four(w.as_ptr().add(g * row_bytes), q);
+            out[g..g + T16_ROWS].copy_from_slice(&dots);
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(grouped) {
+            [*o] = one(w.as_ptr().add(r * row_bytes), q);
+        }
+    }
+}
+
 /// Unpacks I2_S rows into one code byte (0..=2) per weight, in the same order (whole 128-value
 /// blocks, so rows follow each other), for the GEMMs that reuse each row's codes for many
 /// tokens.

@@ -7,9 +7,9 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{i2s_field, load_f16x8, prefetch, PREFETCH_BYTES};
+use super::{i2s_field, load_f16x8, prefetch, t16_next, t16_tail_trits, t16_trits, PREFETCH_BYTES};
 use crate::kernels::scalar::{Q8Blocks, Q8K};
-use crate::kernels::{Isa, KernelTable};
+use crate::kernels::{t16_tail_bytes, Isa, KernelTable, T16_BLOCK_LEN};
 
 /// The NEON kernels: a path for every operation.
 pub(crate) static TABLE: KernelTable = KernelTable {
@@ -19,6 +19,7 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     quantize_row_i8,
     i2s_matmul,
     tq2_0_matmul,
+    t16_matmul,
     f16_matmul,
     q8_0_rows,
     q6_k_rows,
@@ -111,6 +112,66 @@ unsafe fn rows_dot<const N: usize>(w: [*const u8; N], q: *const i8, k: usize) ->
             *a = vpadalq_s16(*a, a16);
         }
         start = end;
+    }
+    acc.map(|a| vaddvq_s32(a))
+}
+
+/// See [`crate::kernels::t16_matmul`].
+///
+/// # Safety
+/// Requires NEON; slice lengths as documented there (checked by the caller).
+#[target_feature(enable = "neon")]
+pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    super::t16_matmul_with(
+        w,
+        k,
+        acts,
+        qsums.len(),
+        out,
+        |p, q| unsafe { t16_rows::<4>(p, k, q) },
+        |p, q| unsafe { t16_rows::<1>(p, k, q) },
+    );
+}
+
+/// `Σ t·q` for `R` interleaved T1_6 rows: per 16 bytes and digit, the trits (two compares),
+/// then `smlal` into i16 lanes (a lane gains at most 2 · 128 per digit and 16-byte half, so
+/// 2560 per block), flushed into i32 lanes every block.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const i8) -> [i32; R] {
+    let mut acc = [vdupq_n_s32(0); R];
+    let full = k / T16_BLOCK_LEN;
+    let block = |p: *const u8, qb: *const i8, n: usize, acc: &mut int32x4_t| {
+        let mut x = [vld1q_u8(p), vld1q_u8(p.add(16))];
+        let mut a16 = vdupq_n_s16(0);
+        for i in 0..n {
+            for (h, xh) in x.iter_mut().enumerate() {
+                a16 = mlal16(a16, t16_trits(*xh), vld1q_s8(qb.add(32 * i + 16 * h)));
+                *xh = t16_next(*xh);
+            }
+        }
+        *acc = vpadalq_s16(*acc, a16);
+    };
+    for blk in 0..full {
+        let qb = q.add(blk * T16_BLOCK_LEN);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = wp.add((blk * R + r) * 32);
+            prefetch(p.wrapping_add(PREFETCH_BYTES));
+            block(p, qb, 5, a);
+        }
+    }
+    let tail_bytes = t16_tail_bytes(k);
+    let tp = wp.add(full * R * 32);
+    for g in 0..tail_bytes / 8 {
+        let qg = q.add(full * T16_BLOCK_LEN + 32 * g);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let trits = t16_tail_trits(tp.add(r * tail_bytes + 8 * g));
+            let mut a16 = vdupq_n_s16(0);
+            for (h, th) in trits.into_iter().enumerate() {
+                a16 = mlal16(a16, th, vld1q_s8(qg.add(16 * h)));
+            }
+            *a = vpadalq_s16(*a, a16);
+        }
     }
     acc.map(|a| vaddvq_s32(a))
 }

@@ -9,7 +9,7 @@ use half::f16;
 use super::{hsum_epi32_256, i2s_block, prefetch_rows, GEMM_PREFETCH_BLOCKS, I2S_ROWS};
 use crate::formats::types::{tq2_0, TernaryBlock};
 use crate::kernels::scalar::{Q8Blocks, Q8K};
-use crate::kernels::{Isa, KernelTable};
+use crate::kernels::{t16_row_bytes, t16_tail_bytes, Isa, KernelTable, T16_BLOCK_LEN, T16_ROWS};
 
 /// The AVX2 kernels.
 pub(crate) static TABLE: KernelTable = KernelTable {
@@ -18,6 +18,7 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     quantize_row_i8,
     i2s_matmul,
     tq2_0_matmul,
+    t16_matmul,
     f16_matmul,
     q8_0_rows,
     q6_k_rows,
@@ -292,6 +293,85 @@ fn store<const R: usize, const T: usize>(
 unsafe fn dot_group(codes: __m256i, q: __m256i, ones: __m256i) -> __m256i {
     // |code·q + code·q| ≤ 2·2·128: no i16 saturation.
     _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones)
+}
+
+/// See [`crate::kernels::t16_matmul`]: one token at a time, [`T16_ROWS`] interleaved rows at
+/// once (see [`t16_rows`]), then the ragged last rows.
+///
+/// # Safety
+/// Requires AVX2; slice lengths as documented there.
+#[target_feature(enable = "avx2")]
+pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    let row_bytes = t16_row_bytes(k);
+    let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / T16_ROWS * T16_ROWS;
+    for (t, &qsum) in qsums.iter().enumerate() {
+        let q = acts.as_ptr().add(t * k) as *const u8;
+        let out = &mut out[t * n_rows..(t + 1) * n_rows];
+        for g in (0..grouped).step_by(T16_ROWS) {
+            let dots = t16_rows::<T16_ROWS>(w.as_ptr().add(g * row_bytes), k, q);
+            for (o, d) in out[g..g + T16_ROWS].iter_mut().zip(dots) {
+                *o = d - qsum;
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(grouped) {
+            let [dot] = t16_rows::<1>(w.as_ptr().add(r * row_bytes), k, q);
+            *o = dot - qsum;
+        }
+    }
+}
+
+/// `Σ d·q` (codes `d = t + 1`) for `R` interleaved T1_6 rows. AVX2 has no u8 × i8 product
+/// wide enough for the bytes themselves (`maddubs` saturates), so each digit is formed:
+/// `d = ⌊3x/256⌋ = [x ≥ 86] + [x ≥ 171]`, two signed compares on `x − 128`, which follows the
+/// same recurrence `x ← 3x mod 256` as `x` (`3·(x − 128) ≡ 3x − 128` modulo 256). The
+/// compares give `−d`; its absolute value goes to `maddubs` (at most 2 · 2 · 128 per i16 lane
+/// and digit: five digits stay far inside i16), widened once per block.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
+    let bias = _mm256_set1_epi8(-128);
+    let (lo, hi) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); R];
+    let full = k / T16_BLOCK_LEN;
+    let digits = |x: __m256i| -> __m256i {
+        let s = _mm256_add_epi8(_mm256_cmpgt_epi8(x, lo), _mm256_cmpgt_epi8(x, hi));
+        _mm256_abs_epi8(s)
+    };
+    let block = |p: *const u8, qb: *const u8, n: usize, acc: &mut __m256i| {
+        let mut x = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), bias);
+        let mut sum16 = _mm256_setzero_si256();
+        for i in 0..n {
+            let qi = _mm256_loadu_si256(qb.add(32 * i) as *const __m256i);
+            sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(digits(x), qi));
+            x = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+        }
+        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(sum16, ones));
+    };
+    for blk in 0..full {
+        let qb = q.add(blk * T16_BLOCK_LEN);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = wp.add((blk * R + r) * 32);
+            if r % 2 == 0 {
+                // One prefetch per 64-byte line; prefetches never fault.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+            }
+            block(p, qb, 5, a);
+        }
+    }
+    let tail_bytes = t16_tail_bytes(k);
+    let tp = wp.add(full * R * 32);
+    for (r, a) in acc.iter_mut().enumerate() {
+        let mut sum16 = _mm256_setzero_si256();
+        for g in 0..tail_bytes / 8 {
+            let qg = _mm256_loadu_si256(q.add(full * T16_BLOCK_LEN + 32 * g) as *const __m256i);
+            let codes = super::t16_tail_codes(tp.add(r * tail_bytes + 8 * g));
+            sum16 = _mm256_add_epi16(sum16, _mm256_maddubs_epi16(codes, qg));
+        }
+        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(sum16, ones));
+    }
+    acc.map(|a| hsum_epi32_256(a))
 }
 
 /// See [`crate::kernels::tq2_0_matmul`]. Per block: an exact i32 dot, then `sum += d · dot` in

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use super::{hsum_epi32_256, i2s_block, prefetch_rows, GEMM_PREFETCH_BLOCKS, I2S_ROWS};
 use crate::kernels::scalar::Q8K;
-use crate::kernels::{Isa, KernelTable};
+use crate::kernels::{t16_row_bytes, t16_tail_bytes, Isa, KernelTable, T16_BLOCK_LEN, T16_ROWS};
 use half::f16;
 
 /// The AVX-512 VNNI kernels: the ternary product, the batched f16 product and the Q6_K
@@ -21,6 +21,7 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx512Vnni,
     i2s_rows: I2S_ROWS,
     i2s_matmul,
+    t16_matmul,
     f16_matmul,
     q6_k_rows,
     ..super::avx2::TABLE
@@ -130,6 +131,84 @@ unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i
         let hi = _mm256_add_epi32(_mm256_srai_epi32::<6>(a0), _mm256_srai_epi32::<4>(a1));
         let lo = _mm256_add_epi32(_mm256_srai_epi32::<2>(a2), a3);
         hsum_epi32_256(_mm256_add_epi32(hi, lo))
+    })
+}
+
+/// See [`crate::kernels::t16_matmul`]: one token at a time, [`T16_ROWS`] interleaved rows at
+/// once (see [`t16_rows`]), then the ragged last rows.
+///
+/// # Safety
+/// Requires AVX2, AVX512F/BW/VL and AVX512-VNNI; slice lengths as documented there.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &mut [i32]) {
+    let row_bytes = t16_row_bytes(k);
+    let n_rows = w.len() / row_bytes;
+    let grouped = n_rows / T16_ROWS * T16_ROWS;
+    for (t, &qsum) in qsums.iter().enumerate() {
+        let q = acts.as_ptr().add(t * k) as *const u8;
+        let out = &mut out[t * n_rows..(t + 1) * n_rows];
+        for g in (0..grouped).step_by(T16_ROWS) {
+            let dots = t16_rows::<T16_ROWS>(w.as_ptr().add(g * row_bytes), k, q);
+            for (o, d) in out[g..g + T16_ROWS].iter_mut().zip(dots) {
+                *o = d - qsum;
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(grouped) {
+            let [dot] = t16_rows::<1>(w.as_ptr().add(r * row_bytes), k, q);
+            *o = dot - qsum;
+        }
+    }
+}
+
+/// `Σ d·q` (codes `d = t + 1`) for `R` interleaved T1_6 rows, without ever forming a digit.
+/// With `x_0` = a byte and `x_{i+1} = 3·x_i mod 256` (two byte adds), digit `i` is
+/// `d_i = ⌊3·x_i / 256⌋`, so `256·d_i = 3·x_i − x_{i+1}` exactly, and
+/// `256 · Σ_i d_i·q_i = 3 · Σ_i x_i·q_i − Σ_i x_{i+1}·q_i`: two `vpdpbusd` (u8 `x` × i8 `q`)
+/// per digit into two accumulators, scaled and shifted once at the end. Every lane of
+/// `3·acc3 − accm` is 256 times that lane's exact digit sum, so wrapping in the accumulators is
+/// harmless and the shift is exact.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
+    let mut acc3 = [_mm256_setzero_si256(); R];
+    let mut accm = [_mm256_setzero_si256(); R];
+    let full = k / T16_BLOCK_LEN;
+    for blk in 0..full {
+        let qb = q.add(blk * T16_BLOCK_LEN);
+        let qv: [__m256i; 5] = std::array::from_fn(|i| load(qb.add(32 * i)));
+        for r in 0..R {
+            let p = wp.add((blk * R + r) * 32);
+            if r % 2 == 0 {
+                // One prefetch per 64-byte line; prefetches never fault.
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+            }
+            let mut x = load(p);
+            for qi in qv {
+                let next = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+                acc3[r] = _mm256_dpbusd_epi32(acc3[r], x, qi);
+                accm[r] = _mm256_dpbusd_epi32(accm[r], next, qi);
+                x = next;
+            }
+        }
+    }
+    // The 2-bit tail: codes themselves, into their own accumulator.
+    let mut acc_tail = [_mm256_setzero_si256(); R];
+    let tail_bytes = t16_tail_bytes(k);
+    let tp = wp.add(full * R * 32);
+    for g in 0..tail_bytes / 8 {
+        let qg = load(q.add(full * T16_BLOCK_LEN + 32 * g));
+        for (r, a) in acc_tail.iter_mut().enumerate() {
+            *a = _mm256_dpbusd_epi32(
+                *a,
+                super::t16_tail_codes(tp.add(r * tail_bytes + 8 * g)),
+                qg,
+            );
+        }
+    }
+    std::array::from_fn(|r| {
+        let a3 = acc3[r];
+        let v = _mm256_sub_epi32(_mm256_add_epi32(a3, _mm256_add_epi32(a3, a3)), accm[r]);
+        hsum_epi32_256(_mm256_add_epi32(_mm256_srai_epi32::<8>(v), acc_tail[r]))
     })
 }
 

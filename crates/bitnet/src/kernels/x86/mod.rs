@@ -73,3 +73,13 @@ unsafe fn i2s_block(
         w.add(r * row_bytes + b * 32)
     }
 }
+
+/// The 32 codes (0..=2) of a T1_6 tail's 8 bytes at `p`, in value order: value `8j + m` is bits
+/// `2j..2j+2` of byte `m`, so the bytes broadcast to four 64-bit lanes, lane `j` shifted right
+/// by `2j` and masked, line up with 32 consecutive activations.
+#[inline(always)]
+unsafe fn t16_tail_codes(p: *const u8) -> __m256i {
+    let b = _mm256_set1_epi64x(std::ptr::read_unaligned(p as *const i64));
+    let shifted = _mm256_srlv_epi64(b, _mm256_set_epi64x(6, 4, 2, 0));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(3))
+}
