@@ -632,11 +632,16 @@ impl BitnetModel {
         if std::env::var_os("BITNET_ISA").is_none() {
             model.exec.tune(&model.layers);
         }
-        // `BITNET_DECODE_LAYOUT=i2_s|t1_6` forces one decode layout; otherwise it is timed.
-        let forced = std::env::var("BITNET_DECODE_LAYOUT")
-            .ok()
-            .and_then(|v| v.parse::<DecodeLayout>().ok());
-        model.set_decode_layout(forced);
+        // Decoding reads I2_S unless `BITNET_DECODE_LAYOUT` says `t1_6` or `auto` (timed per
+        // shape). T1_6 lost to I2_S on every shape measured (Zen 4, 1 and 2 threads: 0.4-0.9x,
+        // its unpacking is compute-bound there), and timing it costs every load a second copy
+        // of the ternary weights and six decode passes, so it is asked for, not tried.
+        let layout = match std::env::var("BITNET_DECODE_LAYOUT").as_deref() {
+            Ok("auto") => None,
+            Ok(v) => Some(v.parse::<DecodeLayout>().unwrap_or(DecodeLayout::I2s)),
+            Err(_) => Some(DecodeLayout::I2s),
+        };
+        model.set_decode_layout(layout);
         Ok(model)
     }
 
