@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod constraint;
 pub mod gbnf;
+pub mod openai;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;

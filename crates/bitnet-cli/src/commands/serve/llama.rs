@@ -33,41 +33,7 @@ use super::openai::{self, request_error, Endpoint, Plan, Submitted};
 use super::ops::{error, GenStats, RequestLog};
 use super::AppState;
 
-/// llama-server's `timings` over finished generations: prompt figures count the tokens run
-/// (not those reused from a slot's cache, which are `cache_n`); times are the longest
-/// choice's, in milliseconds.
-pub(crate) fn timings(done: &[&Finished], n_ctx: usize) -> Value {
-    let cache_n: usize = done.iter().map(|f| f.cached_tokens).sum();
-    let prompt_n: usize = done
-        .iter()
-        .map(|f| f.prompt_tokens.saturating_sub(f.cached_tokens))
-        .sum();
-    let predicted_n: usize = done.iter().map(|f| f.generated_tokens).sum();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let prompt_ms = done
-        .iter()
-        .map(|f| ms(f.time_to_first_token.saturating_sub(f.queued)))
-        .fold(0.0, f64::max);
-    let predicted_ms = done
-        .iter()
-        .map(|f| ms(f.total.saturating_sub(f.time_to_first_token)))
-        .fold(0.0, f64::max);
-    // A rate over nothing is 0, not NaN (JSON has no NaN).
-    let per_token = |ms: f64, n: usize| if n == 0 { 0.0 } else { ms / n as f64 };
-    let per_second = |ms: f64, n: usize| if ms <= 0.0 { 0.0 } else { n as f64 * 1e3 / ms };
-    json!({
-        "cache_n": cache_n,
-        "prompt_n": prompt_n,
-        "prompt_ms": prompt_ms,
-        "prompt_per_token_ms": per_token(prompt_ms, prompt_n),
-        "prompt_per_second": per_second(prompt_ms, prompt_n),
-        "predicted_n": predicted_n,
-        "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": per_token(predicted_ms, predicted_n),
-        "predicted_per_second": per_second(predicted_ms, predicted_n),
-        "n_ctx": n_ctx,
-    })
-}
+pub(crate) use bitnet::generate::openai::timings;
 
 /// A prompt longer than a slot's context: 400, with llama-server's error type and the two
 /// numbers clients use to trim (`n_prompt_tokens`, `n_ctx`) beside OpenAI's fields.
