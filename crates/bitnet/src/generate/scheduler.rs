@@ -238,7 +238,7 @@ pub enum SubmitError {
     },
 }
 
-/// Why a slot's cache could not be erased.
+/// Why a slot's cache could not be erased, saved or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     /// No slot has this index.
