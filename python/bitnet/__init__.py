@@ -3,8 +3,25 @@
 >>> import bitnet
 >>> model = bitnet.Model()            # the bundled demo model; or a path, or "hf:OWNER/REPO"
 >>> model.generate("ROMEO:\\n", max_tokens=16, temperature=0)
+>>> model.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], seed=1)
 """
 
-from ._bitnet import DEMO_MODEL_NAME, BitnetError, Completion, Model, Stream, __version__
+from ._bitnet import (
+    DEMO_MODEL_NAME,
+    BitnetError,
+    ChunkStream,
+    Completion,
+    Model,
+    Stream,
+    __version__,
+)
 
-__all__ = ["Model", "Stream", "Completion", "BitnetError", "DEMO_MODEL_NAME", "__version__"]
+__all__ = [
+    "Model",
+    "Stream",
+    "ChunkStream",
+    "Completion",
+    "BitnetError",
+    "DEMO_MODEL_NAME",
+    "__version__",
+]

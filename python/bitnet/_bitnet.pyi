@@ -13,6 +13,13 @@ Ctrl-C: every call that runs the model (``generate``, ``complete``, ``chat``,
 iterators) raises ``KeyboardInterrupt`` within a few tens of milliseconds and stops the
 generation at its next token (a forward pass under way, such as a long prompt's, finishes
 first, in the background).
+
+``create_completion`` and ``create_chat_completion`` take llama-cpp-python's (OpenAI's)
+keyword arguments, read by the same parser as ``bitnet serve``'s endpoints, and return the
+dicts the server sends (``text_completion``, ``chat.completion``), or with ``stream=True``
+an iterator of its chunk dicts. Their errors are the server's: an argument neither API
+documents is a ``TypeError``, a bad value a ``ValueError``, each with the server's message.
+Defaults are the server's (``max_tokens`` 256, temperature 0.8, a fresh seed per call).
 """
 
 import os
@@ -23,12 +30,24 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import TypeAlias
 
-__all__ = ["BitnetError", "Completion", "DEMO_MODEL_NAME", "Model", "Stream", "__version__"]
+__all__ = [
+    "BitnetError",
+    "ChunkStream",
+    "Completion",
+    "DEMO_MODEL_NAME",
+    "Model",
+    "Stream",
+    "__version__",
+]
 __version__: str
 DEMO_MODEL_NAME: str
 
 _Prompt: TypeAlias = Union[str, Sequence[int]]
 _Messages: TypeAlias = Sequence[Mapping[str, str]]
+# OpenAI's: a string, strings, token ids, or lists of token ids.
+_CompletionPrompt: TypeAlias = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]]]
+# OpenAI's messages: `content` a string, a list of text parts, or None beside `tool_calls`.
+_ChatMessages: TypeAlias = Sequence[Mapping[str, Any]]
 
 class BitnetError(Exception):
     """An error from the bitnet library; its message is the library's."""
@@ -45,6 +64,15 @@ class Completion:
     generation_tokens_per_s: float
     time_to_first_token_s: float
     total_s: float
+
+@final
+class ChunkStream(Iterator[dict[str, Any]]):
+    """The chunk dicts of a ``stream=True`` completion, as ``bitnet serve`` streams them
+    (without the final ``[DONE]``). Waits run with the GIL released; dropping the iterator
+    stops the generation."""
+
+    def __iter__(self) -> "ChunkStream": ...
+    def __next__(self) -> dict[str, Any]: ...
 
 @final
 class Stream(Iterator[str]):
@@ -239,3 +267,43 @@ class Model:
         ignore_eos: bool = False,
     ) -> Stream: ...
     def chat_prompt(self, messages: _Messages) -> list[int]: ...
+    @overload
+    def create_completion(
+        self,
+        prompt: Optional[_CompletionPrompt] = None,
+        *,
+        stream: Literal[False] = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """llama-cpp-python's ``create_completion``: the ``text_completion`` dict
+        ``bitnet serve``'s ``/v1/completions`` answers the same request with."""
+        ...
+    @overload
+    def create_completion(
+        self,
+        prompt: Optional[_CompletionPrompt] = None,
+        *,
+        stream: Literal[True],
+        **kwargs: Any,
+    ) -> ChunkStream: ...
+    @overload
+    def create_chat_completion(
+        self,
+        messages: Optional[_ChatMessages] = None,
+        *,
+        stream: Literal[False] = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """llama-cpp-python's ``create_chat_completion``: the ``chat.completion`` dict
+        ``bitnet serve``'s ``/v1/chat/completions`` answers the same request with. The last
+        conversation stays in the KV cache: a call that continues it runs only its new
+        tokens."""
+        ...
+    @overload
+    def create_chat_completion(
+        self,
+        messages: Optional[_ChatMessages] = None,
+        *,
+        stream: Literal[True],
+        **kwargs: Any,
+    ) -> ChunkStream: ...

@@ -10,15 +10,21 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bitnet::formats::types::TensorType;
+use bitnet::generate::constraint::ConstraintCompiler;
+use bitnet::generate::openai::{self as shape, Endpoint, Reply, Settings};
+use bitnet::generate::{
+    Event, Request, RequestError, SamplerConfig, Scheduler, SchedulerConfig, Ticket,
+};
 use bitnet::kernels::Isa;
 use bitnet::model::CacheType;
-use bitnet::tokenizer::{ChatMessage, EncodeOptions};
+use bitnet::tokenizer::{ChatMessage, ChatTemplate, EncodeOptions, Tokenizer};
 use bitnet::{GenerateParams, Generation, ModelOptions, Residency};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyDict, PyInt, PyList, PyMapping, PyString};
+use serde_json::Value;
 
 create_exception!(
     bitnet,
@@ -351,6 +357,11 @@ fn messages(list: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
 #[pyclass(module = "bitnet", frozen)]
 struct Model {
     inner: bitnet::Model,
+    /// The model's id in OpenAI-shaped responses (`bitnet serve`'s: the file name).
+    id: String,
+    cache_type: CacheType,
+    /// The OpenAI-shaped API's scheduler, started by its first call.
+    api: Mutex<Option<Arc<Api>>>,
 }
 
 #[pymethods]
@@ -421,10 +432,24 @@ impl Model {
                 None => bitnet::Source::Path(p),
             },
         };
+        // The id `bitnet serve` gives the model without --alias.
+        let id = match &source {
+            bitnet::Source::Demo => DEMO_FILE_NAME.to_string(),
+            bitnet::Source::Path(p) => p.file_name().map_or_else(
+                || p.display().to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            ),
+            bitnet::Source::Hub(spec) => spec.clone(),
+        };
         let inner = py
             .detach(|| bitnet::Model::load_with(source, &options))
             .map_err(to_py)?;
-        Ok(Model { inner })
+        Ok(Model {
+            inner,
+            id,
+            cache_type,
+            api: Mutex::new(None),
+        })
     }
 
     /// The path or hub id the model was loaded from.
@@ -687,6 +712,40 @@ impl Model {
         self.chat_ids(messages)
     }
 
+    /// llama-cpp-python's `create_completion`: OpenAI's completions request as keyword
+    /// arguments (`prompt`, `max_tokens`, `temperature`, `seed`, `stop`, `logprobs`, `echo`,
+    /// `logit_bias`, `response_format`, `n`, `stream`, ... and llama-server's `top_k`, `min_p`,
+    /// `repeat_penalty`, `grammar`, ...), read by the same parser as `bitnet serve` and
+    /// answered with the `text_completion` dict the server sends, or with `stream=True` an
+    /// iterator of its chunk dicts. Unknown arguments are a TypeError, bad values a
+    /// ValueError naming the field.
+    #[pyo3(signature = (prompt=None, **kwargs))]
+    fn create_completion(
+        &self,
+        py: Python<'_>,
+        prompt: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.openai(py, Endpoint::Completions, "prompt", prompt, kwargs)
+    }
+
+    /// llama-cpp-python's `create_chat_completion`: OpenAI's chat completions request as
+    /// keyword arguments (`messages` with string or text-part contents, `tools`,
+    /// `response_format`, `logprobs`, `top_logprobs`, `logit_bias`, `stream`, ...), answered
+    /// as `bitnet serve` answers it: the `chat.completion` dict, or with `stream=True` an
+    /// iterator of `chat.completion.chunk` dicts. The model keeps the last conversation in
+    /// its KV cache: a call whose prompt starts with it runs only the new tokens
+    /// (`usage["prompt_tokens_details"]["cached_tokens"]` counts the others).
+    #[pyo3(signature = (messages=None, **kwargs))]
+    fn create_chat_completion(
+        &self,
+        py: Python<'_>,
+        messages: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.openai(py, Endpoint::Chat, "messages", messages, kwargs)
+    }
+
     fn __repr__(&self) -> String {
         format!("Model({:?})", self.inner.name())
     }
@@ -715,6 +774,107 @@ fn prompts_arg(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 }
 
 impl Model {
+    /// The OpenAI-shaped API's engine, started on first use.
+    fn api(&self) -> PyResult<Arc<Api>> {
+        let mut api = self.api.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = api.as_ref() {
+            return Ok(Arc::clone(a));
+        }
+        let tokenizer = self.inner.shared_tokenizer();
+        let scheduler = self
+            .inner
+            .scheduler(SchedulerConfig {
+                // One slot: its cache keeps the last conversation, as a server slot does.
+                slots: 1,
+                n_ctx: 0,
+                cache_type: self.cache_type,
+                ..SchedulerConfig::default()
+            })
+            .map_err(to_py)?;
+        let constraints = ConstraintCompiler::new(Arc::clone(&tokenizer))
+            .map_err(|e| BitnetError::new_err(error_message(&e)))?;
+        let started = Arc::new(Api {
+            template: tokenizer.chat_template().map_err(|e| e.to_string()),
+            tokenizer,
+            scheduler,
+            constraints,
+            defaults: SamplerConfig::default(),
+            id: self.id.clone(),
+        });
+        *api = Some(Arc::clone(&started));
+        Ok(started)
+    }
+
+    /// `create_completion` and `create_chat_completion`: the arguments as a request object,
+    /// parsed and planned by the library as the server does, then run in the API's slot.
+    fn openai(
+        &self,
+        py: Python<'_>,
+        endpoint: Endpoint,
+        first: &'static str,
+        value: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut body = serde_json::Map::new();
+        if let Some(v) = value {
+            body.insert(first.to_string(), to_json(first, v)?);
+        }
+        if let Some(kwargs) = kwargs {
+            for (key, value) in kwargs.iter() {
+                let key: String = key.extract()?;
+                if let Some(v) = llama_cpp_python_arg(&key, &value)? {
+                    body.insert(v.0, v.1);
+                }
+            }
+        }
+        let req = Request::from_value(&Value::Object(body)).map_err(request_error)?;
+        let api = self.api()?;
+        let settings = api.settings();
+        let plan = shape::plan(&settings, &req, endpoint).map_err(request_error)?;
+        let jobs = shape::jobs(&settings, &req, &plan).map_err(request_error)?;
+        let reply = Reply::new(
+            Arc::clone(&api.tokenizer),
+            endpoint,
+            &api.id,
+            api.scheduler.context_size(),
+            plan,
+        );
+        let (tx, rx) = mpsc::channel();
+        let mut tickets = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            let tx = tx.clone();
+            let sink: bitnet::generate::scheduler::Sink =
+                Box::new(move |e| match tx.send((i, e)) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                });
+            let ticket = api
+                .scheduler
+                .submit(job, sink)
+                .map_err(|e| BitnetError::new_err(error_message(&e)))?;
+            tickets.push(ticket);
+        }
+        let mut run = Running {
+            reply,
+            tickets,
+            rx,
+            pending: std::collections::VecDeque::new(),
+            ended: false,
+        };
+        if req.stream {
+            run.pending.extend(run.reply.role_chunk());
+            return Ok(Py::new(
+                py,
+                ChunkStream {
+                    inner: Mutex::new(run),
+                },
+            )?
+            .into_any());
+        }
+        let response =
+            interruptible(py, move |cancel| run.collect(cancel))?.map_err(BitnetError::new_err)?;
+        from_json(py, &response)
+    }
     /// A prompt's token ids: text is tokenized (BOS added when the model asks for it), ids
     /// are taken as they are.
     fn ids(&self, prompt: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
@@ -761,6 +921,248 @@ impl Model {
         Ok(Stream {
             inner: Mutex::new(inner),
         })
+    }
+}
+
+/// The bundled demo model's file name: its id in OpenAI-shaped responses, as `bitnet serve`
+/// gives it.
+const DEMO_FILE_NAME: &str = "bitnet-shakespeare-7m-i2_s.gguf";
+
+/// `max_tokens` when a request gives none: `bitnet serve`'s default (`-n 256`).
+const N_PREDICT: usize = 256;
+
+/// What `create_completion` and `create_chat_completion` run on: one scheduler slot, whose
+/// KV cache keeps the last prompt and reply, and what the library plans requests against.
+struct Api {
+    tokenizer: Arc<Tokenizer>,
+    template: Result<ChatTemplate, String>,
+    scheduler: Scheduler,
+    constraints: ConstraintCompiler,
+    defaults: SamplerConfig,
+    id: String,
+}
+
+impl Api {
+    /// `bitnet serve`'s defaults: its sampling defaults, a fresh seed per request without one,
+    /// 256 tokens at most, no context shift.
+    fn settings(&self) -> Settings<'_> {
+        Settings {
+            tokenizer: &self.tokenizer,
+            template: self.template.as_ref().map_err(String::as_str),
+            constraints: &self.constraints,
+            defaults: &self.defaults,
+            fixed_seed: false,
+            n_predict: N_PREDICT,
+            context_shift: None,
+            n_ctx: self.scheduler.context_size(),
+        }
+    }
+}
+
+/// A request's error as Python's: a field neither API knows is a TypeError (as an unexpected
+/// keyword argument is), anything else a ValueError; the message is the server's.
+fn request_error(e: RequestError) -> PyErr {
+    match e {
+        RequestError::UnknownField(f) => PyTypeError::new_err(format!(
+            "unexpected keyword argument `{f}`: neither OpenAI's API nor llama-server \
+             documents it (a misspelling?)"
+        )),
+        // The server's hint names its -c; here the model's own option.
+        e @ RequestError::ExceedsContext { .. } => {
+            PyValueError::new_err(format!("{e} (bitnet.Model(context=...))"))
+        }
+        e => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// llama-cpp-python's own argument names: `mirostat_mode` is llama-server's `mirostat`;
+/// `tfs_z`, `logits_processor`, `stopping_criteria` and `logprobs` objects have no field in
+/// the request and are accepted only at the value that asks for nothing. Everything else goes
+/// into the request as it is.
+fn llama_cpp_python_arg(key: &str, value: &Bound<'_, PyAny>) -> PyResult<Option<(String, Value)>> {
+    match key {
+        "mirostat_mode" => Ok(Some(("mirostat".into(), to_json(key, value)?))),
+        "tfs_z" => {
+            if value.is_none() || value.extract::<f64>().is_ok_and(|v| v == 1.0) {
+                Ok(None)
+            } else {
+                Err(PyValueError::new_err(format!(
+                    "tfs_z: tail-free sampling is not implemented here (llama.cpp removed \
+                     it): only 1.0 (off), got {}",
+                    shown(value)
+                )))
+            }
+        }
+        "logits_processor" | "stopping_criteria" => {
+            if value.is_none() {
+                Ok(None)
+            } else {
+                Err(PyTypeError::new_err(format!(
+                    "{key}: Python callbacks are not supported (the model runs without the \
+                     GIL); use `stop`, `logit_bias`, `grammar` or `response_format`"
+                )))
+            }
+        }
+        _ => Ok(Some((key.to_string(), to_json(key, value)?))),
+    }
+}
+
+/// A Python value as JSON: dicts with string keys, lists and tuples, strings, ints, floats,
+/// bools and None; anything else is a TypeError naming where it is.
+fn to_json(path: &str, value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if value.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if value.is_instance_of::<PyInt>() {
+        if let Ok(n) = value.extract::<i64>() {
+            return Ok(Value::from(n));
+        }
+        if let Ok(n) = value.extract::<u64>() {
+            return Ok(Value::from(n));
+        }
+        return Err(PyValueError::new_err(format!(
+            "{path}: the int {} is out of range",
+            shown(value)
+        )));
+    }
+    if let Ok(x) = value.cast::<pyo3::types::PyFloat>() {
+        return serde_json::Number::from_f64(x.value())
+            .map(Value::Number)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("{path}: {} is not a finite number", shown(value)))
+            });
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return Ok(Value::String(s.to_cow()?.into_owned()));
+    }
+    if let Ok(d) = value.cast::<PyDict>() {
+        let mut map = serde_json::Map::new();
+        for (k, v) in d.iter() {
+            let k: String = k.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "{path}: dict keys must be strings, got {}",
+                    shown(&k)
+                ))
+            })?;
+            let v = to_json(&format!("{path}[{k:?}]"), &v)?;
+            map.insert(k, v);
+        }
+        return Ok(Value::Object(map));
+    }
+    if value.is_instance_of::<PyList>() || value.is_instance_of::<pyo3::types::PyTuple>() {
+        let mut items = Vec::new();
+        for (i, v) in value.try_iter()?.enumerate() {
+            items.push(to_json(&format!("{path}[{i}]"), &v?)?);
+        }
+        return Ok(Value::Array(items));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{path}: {} is not a JSON value (dict, list, str, int, float, bool or None)",
+        shown(value)
+    )))
+}
+
+/// JSON as Python objects (through the `json` module, which reads every number as the server's
+/// clients do).
+fn from_json(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
+    Ok(py
+        .import("json")?
+        .call_method1("loads", (value.to_string(),))?
+        .unbind())
+}
+
+/// A request in the API's slot: its events become the reply.
+struct Running {
+    reply: Reply,
+    /// Dropping them cancels the choices.
+    tickets: Vec<Ticket>,
+    rx: mpsc::Receiver<(usize, Event)>,
+    /// Chunks made but not yet handed out.
+    pending: std::collections::VecDeque<Value>,
+    ended: bool,
+}
+
+impl Running {
+    /// Waits for every choice's end; stops early when `cancel` is set.
+    fn collect(mut self, cancel: &AtomicBool) -> Result<Value, String> {
+        while !self.reply.is_done() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err("interrupted".into());
+            }
+            match self.rx.recv_timeout(SIGNAL_CHECK) {
+                Ok((i, event)) => {
+                    self.reply.event(i, event)?;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("generation ended unexpectedly".into())
+                }
+            }
+        }
+        self.tickets.clear();
+        Ok(self.reply.response())
+    }
+
+    /// The next chunk, waiting at most [`SIGNAL_CHECK`]: `Ok(None)` when none came yet.
+    fn next_chunk(&mut self) -> Result<Option<Value>, String> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Ok(Some(chunk));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.recv_timeout(SIGNAL_CHECK) {
+            Ok((i, event)) => {
+                if let Some(chunk) = self.reply.event(i, event)? {
+                    self.pending.push_back(chunk);
+                }
+                if self.reply.is_done() {
+                    self.ended = true;
+                    self.tickets.clear();
+                    self.pending.extend(self.reply.usage_chunk());
+                }
+                Ok(self.pending.pop_front())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("generation ended unexpectedly".into())
+            }
+        }
+    }
+}
+
+/// `stream=True`: the response's chunks as dicts, as `bitnet serve` streams them. Each wait
+/// runs with the GIL released; Ctrl-C raises while waiting, and dropping the iterator stops
+/// the generation.
+#[pyclass(module = "bitnet")]
+struct ChunkStream {
+    inner: Mutex<Running>,
+}
+
+#[pymethods]
+impl ChunkStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        loop {
+            py.check_signals()?;
+            let step = py.detach(|| {
+                let mut run = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let next = run.next_chunk();
+                (next, run.ended && run.pending.is_empty())
+            });
+            match step {
+                (Err(e), _) => return Err(BitnetError::new_err(e)),
+                (Ok(Some(chunk)), _) => return from_json(py, &chunk).map(Some),
+                (Ok(None), true) => return Ok(None),
+                (Ok(None), false) => {}
+            }
+        }
     }
 }
 
@@ -842,6 +1244,7 @@ impl Completion {
 fn _bitnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<Stream>()?;
+    m.add_class::<ChunkStream>()?;
     m.add_class::<Completion>()?;
     m.add("BitnetError", m.py().get_type::<BitnetError>())?;
     m.add("DEMO_MODEL_NAME", bitnet::load::DEMO_MODEL_NAME)?;

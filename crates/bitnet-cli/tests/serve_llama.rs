@@ -384,6 +384,92 @@ fn tokenize_detokenize_apply_template_props_and_slots() {
     }
 }
 
+/// llama-server's slot save and restore: a slot's cache written to a file under
+/// --slot-save-path and read into a fresh server, whose next request with that prompt reuses
+/// it and gives the same text; a file of another cache type or model, a name with a folder and
+/// a missing file are refused with the reason.
+#[test]
+fn a_saved_slot_restores_into_a_new_server() {
+    let dir = std::env::temp_dir().join(format!("bitnet-slot-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let args = [
+        "--temp",
+        "0",
+        "--parallel",
+        "1",
+        "--slot-save-path",
+        dir_arg,
+    ];
+    let body =
+        json!({"prompt": "ROMEO:\nSpeak, and say what light breaks yonder.", "n_predict": 8});
+    let (first, saved) = {
+        let server = start_with(&args);
+        let a = server.addr.as_str();
+        let (status, first) = post(a, "/completion", &body);
+        assert_eq!(status, 200, "{first}");
+        let (status, v) = post(a, "/slots/0?action=save", &json!({"filename": "romeo.bin"}));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["filename"], "romeo.bin");
+        let saved = v["n_saved"].as_u64().unwrap();
+        assert!(saved > 8, "{v}");
+        let file = std::fs::metadata(dir.join("romeo.bin")).unwrap();
+        assert_eq!(v["n_written"].as_u64().unwrap(), file.len());
+        assert!(v["timings"]["save_ms"].is_number(), "{v}");
+        for bad in [
+            json!({"filename": "../romeo.bin"}),
+            json!({"filename": "a/b.bin"}),
+            json!({"filename": ""}),
+            json!({"name": "x"}),
+        ] {
+            let (status, v) = post(a, "/slots/0?action=save", &bad);
+            assert_eq!(status, 400, "{bad}: {v}");
+            assert_eq!(v["error"]["param"], "filename", "{v}");
+        }
+        (first, saved)
+    };
+    assert!(!dir.join("romeo.bin.partial").exists());
+    let server = start_with(&args);
+    let a = server.addr.as_str();
+    let (status, v) = post(
+        a,
+        "/slots/0?action=restore",
+        &json!({"filename": "romeo.bin"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["n_restored"].as_u64().unwrap(), saved);
+    assert_eq!(
+        get(a, "/slots").1[0]["cached_tokens"].as_u64().unwrap(),
+        saved
+    );
+    let (_, again) = post(a, "/completion", &body);
+    assert!(again["tokens_cached"].as_u64().unwrap() > 0, "{again}");
+    assert_eq!(again["content"], first["content"]);
+    let (status, v) = post(
+        a,
+        "/slots/0?action=restore",
+        &json!({"filename": "none.bin"}),
+    );
+    assert_eq!(status, 404, "{v}");
+    drop(server);
+    for (extra, said) in [
+        (["--cache-type", "f32"], "f16 cache but this one is f32"),
+        (["--alias", "other"], "not of `other`"),
+    ] {
+        let server = start_with(&[&args[..], &extra[..]].concat());
+        let (status, v) = post(
+            &server.addr,
+            "/slots/0?action=restore",
+            &json!({"filename": "romeo.bin"}),
+        );
+        assert_eq!(status, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said), "{message}");
+        assert_eq!(get(&server.addr, "/slots").1[0]["cached_tokens"], 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn native_completion_matches_openai_completions() {
     let server = start_with(&["--temp", "0", "-n", "8", "--parallel", "2"]);

@@ -65,15 +65,8 @@ pub struct Args {
     keep: i64,
 }
 
-/// llama.cpp's `--keep`: `n` prompt tokens after BOS (which is always kept), the whole prompt
-/// for -1 or more than it has.
-pub fn keep_tokens(keep: i64, prompt: &[u32], bos: Option<u32>) -> usize {
-    let with_bos = usize::from(bos.is_some() && prompt.first() == bos.as_ref());
-    match usize::try_from(keep) {
-        Ok(k) => (k + with_bos).min(prompt.len()),
-        Err(_) => prompt.len(),
-    }
-}
+/// llama.cpp's `--keep` (the library's rule, which the server's requests use too).
+pub use bitnet::generate::openai::keep_tokens;
 
 /// The one-line note about context shifts, for stderr.
 pub fn shift_note(shifts: &[ContextShift], capacity: usize) -> Option<String> {

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod constraint;
 pub mod gbnf;
+pub mod openai;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;
@@ -20,7 +21,9 @@ use crate::tokenizer::{PendingUtf8, Tokenizer, TokenizerError};
 pub use chat::{Chat, Turn};
 pub use request::{Dialect, Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
-pub use scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError, Ticket};
+pub use scheduler::{
+    Event, Finished, Job, Scheduler, SchedulerConfig, SlotFile, SubmitError, Ticket,
+};
 pub use speculative::{SpecConfig, SpecStats};
 
 /// Why generation could not run.

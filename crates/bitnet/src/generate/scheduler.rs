@@ -243,7 +243,7 @@ pub enum SubmitError {
     },
 }
 
-/// Why a slot's cache could not be erased.
+/// Why a slot's cache could not be erased, saved or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     /// No slot has this index.
@@ -260,6 +260,23 @@ pub enum SlotError {
     /// The scheduler has stopped.
     #[error("the scheduler has stopped")]
     Stopped,
+    /// Saving or restoring the slot's cache failed.
+    #[error("{file}: {source}")]
+    File {
+        /// The file's name.
+        file: String,
+        /// Why.
+        source: crate::model::KvFileError,
+    },
+}
+
+/// What [`Scheduler::save_slot`] or [`Scheduler::restore_slot`] moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotFile {
+    /// Tokens (cache positions) saved or restored.
+    pub tokens: usize,
+    /// Bytes of the file.
+    pub bytes: u64,
 }
 
 /// Receives a request's events on the scheduler's thread; `Break` cancels the request.
@@ -416,6 +433,14 @@ enum Msg {
     Erase {
         slot: usize,
         reply: mpsc::Sender<Result<usize, SlotError>>,
+    },
+    /// Write an idle slot's cache to a file, or read one into it.
+    File {
+        slot: usize,
+        model: String,
+        path: std::path::PathBuf,
+        restore: bool,
+        reply: mpsc::Sender<Result<SlotFile, SlotError>>,
     },
 }
 
@@ -626,6 +651,53 @@ impl Scheduler {
         answer.recv().map_err(|_| SlotError::Stopped)?
     }
 
+    /// Writes an idle slot's cached tokens and their KV cache to `path` (llama-server's slot
+    /// `save`), with `model` in the file's header; the file appears whole or not at all.
+    /// Waits for the scheduler's current step, and blocks the next while it writes.
+    pub fn save_slot(
+        &self,
+        slot: usize,
+        model: &str,
+        path: &std::path::Path,
+    ) -> Result<SlotFile, SlotError> {
+        self.slot_file(slot, model, path, false)
+    }
+
+    /// Reads a file [`Scheduler::save_slot`] wrote into an idle slot (llama-server's slot
+    /// `restore`): a later request whose prompt starts with its tokens reuses them. A file of
+    /// another model (`model` must be the name it was saved with), cache type or shape is
+    /// refused with the reason, and the slot keeps what it had.
+    pub fn restore_slot(
+        &self,
+        slot: usize,
+        model: &str,
+        path: &std::path::Path,
+    ) -> Result<SlotFile, SlotError> {
+        self.slot_file(slot, model, path, true)
+    }
+
+    fn slot_file(
+        &self,
+        slot: usize,
+        model: &str,
+        path: &std::path::Path,
+        restore: bool,
+    ) -> Result<SlotFile, SlotError> {
+        let (reply, answer) = mpsc::channel();
+        self.tx
+            .lock()
+            .map_err(|_| SlotError::Stopped)?
+            .send(Msg::File {
+                slot,
+                model: model.to_string(),
+                path: path.to_path_buf(),
+                restore,
+                reply,
+            })
+            .map_err(|_| SlotError::Stopped)?;
+        answer.recv().map_err(|_| SlotError::Stopped)?
+    }
+
     /// Whether [`Scheduler::shutdown`] was called (cheaper than [`Scheduler::status`]).
     pub fn is_shutting_down(&self) -> bool {
         self.shared.shutting_down.load(Ordering::SeqCst)
@@ -768,6 +840,28 @@ impl<'a> Engine<'a> {
                     }
                 };
                 // The status shows it before the caller hears back.
+                self.publish();
+                let _ = reply.send(answer);
+            }
+            Msg::File {
+                slot,
+                model,
+                path,
+                restore,
+                reply,
+            } => {
+                let answer = if slot >= self.slots.len() {
+                    Err(SlotError::NoSuchSlot {
+                        slot,
+                        slots: self.slots.len(),
+                    })
+                } else if self.active.iter().any(|a| a.slot == slot) {
+                    Err(SlotError::Busy(slot))
+                } else if restore {
+                    restore_slot(&mut self.slots[slot], &model, &path)
+                } else {
+                    save_slot(&self.slots[slot], &model, &path)
+                };
                 self.publish();
                 let _ = reply.send(answer);
             }
@@ -1211,6 +1305,61 @@ fn finish_unstarted(mut p: Pending, stop: StopReason) {
         seed: p.job.sampler.seed,
         slot: None,
     }));
+}
+
+fn file_error(path: &std::path::Path, source: crate::model::KvFileError) -> SlotError {
+    SlotError::File {
+        file: path.file_name().map_or_else(
+            || path.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
+        source,
+    }
+}
+
+/// Writes to a temporary file beside `path`, renamed into place once complete.
+fn save_slot(slot: &Slot, model: &str, path: &std::path::Path) -> Result<SlotFile, SlotError> {
+    let n = slot.tokens.len().min(slot.cache.len());
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::new(file);
+        let bytes = slot.cache.save(model, &slot.tokens[..n], &mut w)?;
+        w.into_inner()
+            .map_err(|e| crate::model::KvFileError::Io(e.into_error()))?
+            .sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok::<u64, crate::model::KvFileError>(bytes)
+    })();
+    match written {
+        Ok(bytes) => Ok(SlotFile { tokens: n, bytes }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(file_error(path, e))
+        }
+    }
+}
+
+fn restore_slot(
+    slot: &mut Slot,
+    model: &str,
+    path: &std::path::Path,
+) -> Result<SlotFile, SlotError> {
+    let read = (|| {
+        let file = std::fs::File::open(path)?;
+        let bytes = file.metadata()?.len();
+        let mut r = std::io::BufReader::new(file);
+        let tokens = slot.cache.restore(model, &mut r)?;
+        Ok::<_, crate::model::KvFileError>((tokens, bytes))
+    })();
+    let (tokens, bytes) = read.map_err(|e| file_error(path, e))?;
+    slot.tokens = tokens;
+    Ok(SlotFile {
+        tokens: slot.tokens.len(),
+        bytes,
+    })
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

@@ -373,6 +373,235 @@ impl KvCache {
     }
 }
 
+/// The first bytes of a saved cache (llama-server's slot save, `bitnet serve --slot-save-path`).
+const FILE_MAGIC: &[u8; 8] = b"BNKVSLOT";
+/// The layout below; a change to it takes a new number, and older files are refused by name.
+const FILE_VERSION: u32 = 1;
+
+/// Why a saved cache could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum KvFileError {
+    /// Reading or writing the file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Not a file [`KvCache::save`] wrote.
+    #[error("not a saved bitnet KV cache (its first bytes are not {FILE_MAGIC:?})")]
+    NotACacheFile,
+    /// Written by a build with another layout.
+    #[error("a saved KV cache of format version {0}: this build reads version {FILE_VERSION}")]
+    Version(u32),
+    /// Saved from another model.
+    #[error("the file holds the cache of model `{saved}`, not of `{current}`")]
+    OtherModel {
+        /// The model named in the file.
+        saved: String,
+        /// The model restoring it.
+        current: String,
+    },
+    /// Saved from a cache of another element type.
+    #[error("the file holds an {saved} cache but this one is {current} (--cache-type)")]
+    OtherCacheType {
+        /// The file's.
+        saved: &'static str,
+        /// This cache's.
+        current: &'static str,
+    },
+    /// Saved from a model of another shape (the same name for another file?).
+    #[error(
+        "the file's cache has {saved_layers} layers of {saved_dim} values per position, this \
+         model's {layers} of {dim}"
+    )]
+    OtherShape {
+        /// Layers in the file.
+        saved_layers: usize,
+        /// Values per position in the file.
+        saved_dim: usize,
+        /// Layers here.
+        layers: usize,
+        /// Values per position here.
+        dim: usize,
+    },
+    /// More positions than this cache holds.
+    #[error("the file holds {saved} positions but this context holds {capacity} (-c)")]
+    TooLong {
+        /// Positions in the file.
+        saved: usize,
+        /// Positions this cache holds.
+        capacity: usize,
+    },
+    /// Ends early or holds more than its header says.
+    #[error("the file is truncated or corrupt")]
+    Corrupt,
+    /// The cache lives on the GPU.
+    #[error("a KV cache on the GPU cannot be saved or restored")]
+    OnDevice,
+}
+
+fn read_u32(r: &mut dyn std::io::Read) -> Result<u32, KvFileError> {
+    let mut b = [0u8; 4];
+    read_exact(r, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut dyn std::io::Read) -> Result<u64, KvFileError> {
+    let mut b = [0u8; 8];
+    read_exact(r, &mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// `read_exact`, with an early end reported as a corrupt file.
+fn read_exact(r: &mut dyn std::io::Read, buf: &mut [u8]) -> Result<(), KvFileError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => KvFileError::Corrupt,
+        _ => KvFileError::Io(e),
+    })
+}
+
+impl KvCache {
+    /// Writes the first `tokens.len()` positions (at most [`KvCache::len`]) with their tokens:
+    /// a header (magic, format version, the model's name, the element type, layers, values per
+    /// position, positions), the token ids, then each layer's keys and values as stored
+    /// (little-endian). Returns the bytes written.
+    pub fn save(
+        &self,
+        model: &str,
+        tokens: &[u32],
+        w: &mut dyn std::io::Write,
+    ) -> Result<u64, KvFileError> {
+        if !self.on_host() {
+            return Err(KvFileError::OnDevice);
+        }
+        let n = tokens.len().min(self.len);
+        let mut out = Vec::with_capacity(64 + model.len() + 4 * n);
+        out.extend_from_slice(FILE_MAGIC);
+        out.extend_from_slice(&FILE_VERSION.to_le_bytes());
+        out.extend_from_slice(&(model.len() as u32).to_le_bytes());
+        out.extend_from_slice(model.as_bytes());
+        out.extend_from_slice(&(self.ty.element_bytes() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.kv_dim as u32).to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        for t in &tokens[..n] {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        w.write_all(&out)?;
+        let mut written = out.len() as u64;
+        let elements = n * self.kv_dim;
+        for (k, v) in &self.layers {
+            for store in [k, v] {
+                let bytes: Vec<u8> = match store {
+                    Store::F16(d) => d[..elements].iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    Store::F32(d) => d[..elements].iter().flat_map(|x| x.to_le_bytes()).collect(),
+                };
+                w.write_all(&bytes)?;
+                written += bytes.len() as u64;
+            }
+        }
+        w.flush()?;
+        Ok(written)
+    }
+
+    /// Reads what [`KvCache::save`] wrote into this cache and returns its tokens (the cache
+    /// then holds that many positions). A file of another model, element type or shape, or
+    /// longer than this cache, is refused with the reason, and the cache is left as it was.
+    pub fn restore(
+        &mut self,
+        model: &str,
+        r: &mut dyn std::io::Read,
+    ) -> Result<Vec<u32>, KvFileError> {
+        if !self.on_host() {
+            return Err(KvFileError::OnDevice);
+        }
+        let mut magic = [0u8; 8];
+        read_exact(r, &mut magic).map_err(|e| match e {
+            KvFileError::Corrupt => KvFileError::NotACacheFile,
+            e => e,
+        })?;
+        if &magic != FILE_MAGIC {
+            return Err(KvFileError::NotACacheFile);
+        }
+        let version = read_u32(r)?;
+        if version != FILE_VERSION {
+            return Err(KvFileError::Version(version));
+        }
+        let name_len = read_u32(r)? as usize;
+        if name_len > 4096 {
+            return Err(KvFileError::Corrupt);
+        }
+        let mut name = vec![0u8; name_len];
+        read_exact(r, &mut name)?;
+        let saved = String::from_utf8_lossy(&name).into_owned();
+        if saved != model {
+            return Err(KvFileError::OtherModel {
+                saved,
+                current: model.to_string(),
+            });
+        }
+        let element = read_u32(r)?;
+        if element as usize != self.ty.element_bytes() {
+            return Err(KvFileError::OtherCacheType {
+                saved: match element {
+                    2 => "f16",
+                    4 => "f32",
+                    _ => return Err(KvFileError::Corrupt),
+                },
+                current: self.ty.name(),
+            });
+        }
+        let layers = read_u32(r)? as usize;
+        let dim = read_u32(r)? as usize;
+        if layers != self.layers.len() || dim != self.kv_dim {
+            return Err(KvFileError::OtherShape {
+                saved_layers: layers,
+                saved_dim: dim,
+                layers: self.layers.len(),
+                dim: self.kv_dim,
+            });
+        }
+        let n = usize::try_from(read_u64(r)?).map_err(|_| KvFileError::Corrupt)?;
+        if n > self.capacity {
+            return Err(KvFileError::TooLong {
+                saved: n,
+                capacity: self.capacity,
+            });
+        }
+        let mut raw = vec![0u8; 4 * n];
+        read_exact(r, &mut raw)?;
+        let tokens: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        // Everything is read before the cache changes, so that a short file leaves it whole.
+        let elements = n * self.kv_dim;
+        let mut data = vec![0u8; 2 * self.layers.len() * elements * self.ty.element_bytes()];
+        read_exact(r, &mut data)?;
+        let mut extra = [0u8; 1];
+        if r.read(&mut extra)? != 0 {
+            return Err(KvFileError::Corrupt);
+        }
+        let mut chunks = data.chunks_exact(elements * self.ty.element_bytes());
+        for (k, v) in &mut self.layers {
+            for store in [k, v] {
+                let bytes = chunks.next().ok_or(KvFileError::Corrupt)?;
+                match store {
+                    Store::F16(d) => {
+                        for (o, c) in d[..elements].iter_mut().zip(bytes.chunks_exact(2)) {
+                            *o = u16::from_le_bytes([c[0], c[1]]);
+                        }
+                    }
+                    Store::F32(d) => {
+                        for (o, c) in d[..elements].iter_mut().zip(bytes.chunks_exact(4)) {
+                            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                        }
+                    }
+                }
+            }
+        }
+        self.len = n;
+        Ok(tokens)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +733,69 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|c| c.capacity())),
         }
+    }
+
+    #[test]
+    fn a_saved_cache_restores_exactly_and_a_mismatched_file_is_refused() {
+        let (model, ids) = demo();
+        let mut cache = model.new_cache(64, CacheType::F16).unwrap();
+        model.forward(&ids, &mut cache, Logits::Last).unwrap();
+        let mut file = Vec::new();
+        let written = cache.save("demo", &ids, &mut file).unwrap();
+        assert_eq!(written as usize, file.len());
+        let mut back = model.new_cache(64, CacheType::F16).unwrap();
+        assert_eq!(back.restore("demo", &mut file.as_slice()).unwrap(), ids);
+        assert_eq!(back.len(), ids.len());
+        let kv = cache.kv_dim;
+        for layer in 0..cache.layers.len() {
+            let ((k0, v0), (k1, v1)) = (cache.layer(layer), back.layer(layer));
+            assert_eq!(rows(k0, 0, ids.len(), kv), rows(k1, 0, ids.len(), kv));
+            assert_eq!(rows(v0, 0, ids.len(), kv), rows(v1, 0, ids.len(), kv));
+        }
+        // Another model's name, another element type, a shorter context, a cut file, not a
+        // cache at all: each refused with its reason, the cache left as it was.
+        let e = back.restore("other", &mut file.as_slice()).unwrap_err();
+        assert!(
+            e.to_string().contains("model `demo`, not of `other`"),
+            "{e}"
+        );
+        let mut f32_cache = model.new_cache(64, CacheType::F32).unwrap();
+        let e = f32_cache.restore("demo", &mut file.as_slice()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KvFileError::OtherCacheType {
+                    saved: "f16",
+                    current: "f32"
+                }
+            ),
+            "{e}"
+        );
+        let mut small = model.new_cache(2, CacheType::F16).unwrap();
+        assert!(matches!(
+            small.restore("demo", &mut file.as_slice()),
+            Err(KvFileError::TooLong { .. })
+        ));
+        let e = back
+            .restore("demo", &mut &file[..file.len() - 1])
+            .unwrap_err();
+        assert!(matches!(e, KvFileError::Corrupt), "{e}");
+        let mut longer = file.clone();
+        longer.push(0);
+        assert!(matches!(
+            back.restore("demo", &mut longer.as_slice()),
+            Err(KvFileError::Corrupt)
+        ));
+        let e = back
+            .restore("demo", &mut &b"GGUF and more bytes"[..])
+            .unwrap_err();
+        assert!(matches!(e, KvFileError::NotACacheFile), "{e}");
+        let mut newer = file.clone();
+        newer[8] = 9;
+        assert!(matches!(
+            back.restore("demo", &mut newer.as_slice()),
+            Err(KvFileError::Version(9))
+        ));
+        assert_eq!(back.len(), ids.len());
     }
 }

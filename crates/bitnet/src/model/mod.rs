@@ -15,7 +15,7 @@ pub use config::{
     Activation, Architecture, Config, Pooling, RopeStyle, SlidingWindow, DEFAULT_CONTEXT_CAP,
 };
 pub use embed::EmbedOptions;
-pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache};
+pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache, KvFileError};
 
 use crate::formats::gguf::{GgufError, MetadataError};
 use config::ConfigError;

@@ -33,41 +33,7 @@ use super::openai::{self, request_error, Endpoint, Plan, Submitted};
 use super::ops::{error, GenStats, RequestLog};
 use super::AppState;
 
-/// llama-server's `timings` over finished generations: prompt figures count the tokens run
-/// (not those reused from a slot's cache, which are `cache_n`); times are the longest
-/// choice's, in milliseconds.
-pub(crate) fn timings(done: &[&Finished], n_ctx: usize) -> Value {
-    let cache_n: usize = done.iter().map(|f| f.cached_tokens).sum();
-    let prompt_n: usize = done
-        .iter()
-        .map(|f| f.prompt_tokens.saturating_sub(f.cached_tokens))
-        .sum();
-    let predicted_n: usize = done.iter().map(|f| f.generated_tokens).sum();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let prompt_ms = done
-        .iter()
-        .map(|f| ms(f.time_to_first_token.saturating_sub(f.queued)))
-        .fold(0.0, f64::max);
-    let predicted_ms = done
-        .iter()
-        .map(|f| ms(f.total.saturating_sub(f.time_to_first_token)))
-        .fold(0.0, f64::max);
-    // A rate over nothing is 0, not NaN (JSON has no NaN).
-    let per_token = |ms: f64, n: usize| if n == 0 { 0.0 } else { ms / n as f64 };
-    let per_second = |ms: f64, n: usize| if ms <= 0.0 { 0.0 } else { n as f64 * 1e3 / ms };
-    json!({
-        "cache_n": cache_n,
-        "prompt_n": prompt_n,
-        "prompt_ms": prompt_ms,
-        "prompt_per_token_ms": per_token(prompt_ms, prompt_n),
-        "prompt_per_second": per_second(prompt_ms, prompt_n),
-        "predicted_n": predicted_n,
-        "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": per_token(predicted_ms, predicted_n),
-        "predicted_per_second": per_second(predicted_ms, predicted_n),
-        "n_ctx": n_ctx,
-    })
-}
+pub(crate) use bitnet::generate::openai::timings;
 
 /// A prompt longer than a slot's context: 400, with llama-server's error type and the two
 /// numbers clients use to trim (`n_prompt_tokens`, `n_ctx`) beside OpenAI's fields.
@@ -363,11 +329,14 @@ pub async fn slots(
 }
 
 /// `POST /slots/{id}?action=erase`: forgets an idle slot's cached prompt. `save` and
-/// `restore` (to files under llama-server's `--slot-save-path`) are not offered.
+/// `restore` with `{"filename": …}` write the slot's cached tokens and KV cache to a file under
+/// `--slot-save-path`, or read one back (llama-server's shapes); a file of another model or
+/// cache type is refused with the reason.
 pub async fn slot_action(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     let Ok(slot) = id.parse::<usize>() else {
         return error(
@@ -376,16 +345,10 @@ pub async fn slot_action(
             Some("id_slot"),
         );
     };
-    match query.get("action").map(String::as_str) {
-        Some("erase") => {}
-        Some("save" | "restore") => {
-            return error(
-                StatusCode::NOT_IMPLEMENTED,
-                "saving and restoring a slot's cache to files is not supported by this server \
-                 (the slots keep their caches and reuse them by prompt prefix on their own)",
-                Some("action"),
-            )
-        }
+    let restore = match query.get("action").map(String::as_str) {
+        Some("erase") => None,
+        Some("save") => Some(false),
+        Some("restore") => Some(true),
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -393,16 +356,102 @@ pub async fn slot_action(
                 Some("action"),
             )
         }
+    };
+    let Some(restore) = restore else {
+        return erase(state, slot).await;
+    };
+    let Some(dir) = state.slot_save_path.clone() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "saving and restoring slots is off: start the server with --slot-save-path DIR",
+            Some("action"),
+        );
+    };
+    let filename = match slot_filename(&body) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message, Some("filename")),
+    };
+    let path = dir.join(&filename);
+    let started = std::time::Instant::now();
+    // The scheduler does it between two steps: wait for it off the async threads.
+    let st = Arc::clone(&state);
+    let done = tokio::task::spawn_blocking(move || {
+        if restore {
+            st.scheduler.restore_slot(slot, &st.name, &path)
+        } else {
+            st.scheduler.save_slot(slot, &st.name, &path)
+        }
+    })
+    .await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match done {
+        Ok(Ok(f)) if restore => Json(json!({
+            "id_slot": slot, "filename": filename, "n_restored": f.tokens, "n_read": f.bytes,
+            "timings": {"restore_ms": ms},
+        }))
+        .into_response(),
+        Ok(Ok(f)) => Json(json!({
+            "id_slot": slot, "filename": filename, "n_saved": f.tokens, "n_written": f.bytes,
+            "timings": {"save_ms": ms},
+        }))
+        .into_response(),
+        Ok(Err(e)) => slot_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     }
+}
+
+/// The body's `filename`: a plain file name, so that every file stays in --slot-save-path.
+fn slot_filename(body: &[u8]) -> Result<String, String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body must be {{\"filename\": …}}: {e}"))?;
+    let name = v
+        .get("filename")
+        .and_then(Value::as_str)
+        .ok_or("the body must be {\"filename\": \"…\"} (a file name under --slot-save-path)")?;
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.ends_with(".partial")
+        && !name
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
+    if !plain {
+        return Err(format!(
+            "`filename` {name:?} must be a plain file name (no folders, no `..`): files stay \
+             under --slot-save-path"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn slot_error(e: SlotError) -> Response {
+    match e {
+        SlotError::NoSuchSlot { .. } => {
+            error(StatusCode::BAD_REQUEST, e.to_string(), Some("id_slot"))
+        }
+        SlotError::Busy(_) => error(StatusCode::CONFLICT, e.to_string(), None),
+        SlotError::File {
+            source: bitnet::model::KvFileError::Io(ref io),
+            ..
+        } if io.kind() == std::io::ErrorKind::NotFound => {
+            error(StatusCode::NOT_FOUND, e.to_string(), Some("filename"))
+        }
+        SlotError::File {
+            source: bitnet::model::KvFileError::Io(_),
+            ..
+        } => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
+        SlotError::File { .. } => error(StatusCode::BAD_REQUEST, e.to_string(), Some("filename")),
+        SlotError::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+    }
+}
+
+async fn erase(state: Arc<AppState>, slot: usize) -> Response {
     // The scheduler answers between two steps: wait for it off the async threads.
     let scheduler = Arc::clone(&state);
     match tokio::task::spawn_blocking(move || scheduler.scheduler.erase_slot(slot)).await {
         Ok(Ok(n)) => Json(json!({"id_slot": slot, "n_erased": n})).into_response(),
-        Ok(Err(e @ SlotError::NoSuchSlot { .. })) => {
-            error(StatusCode::BAD_REQUEST, e.to_string(), Some("id_slot"))
-        }
-        Ok(Err(e @ SlotError::Busy(_))) => error(StatusCode::CONFLICT, e.to_string(), None),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        Ok(Err(e)) => slot_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     }
 }

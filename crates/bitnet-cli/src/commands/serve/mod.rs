@@ -114,6 +114,11 @@ pub struct Args {
     /// open files, whose soft limit is raised to the hard one at start)
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Folder for `POST /slots/{id}?action=save|restore` with `{"filename": ...}` (a slot's
+    /// cached tokens and KV cache, as llama-server's --slot-save-path); without it those
+    /// actions answer 501
+    #[arg(long)]
+    slot_save_path: Option<std::path::PathBuf>,
 }
 
 /// What the handlers share.
@@ -143,6 +148,8 @@ pub(crate) struct AppState {
     pub timeout: Duration,
     /// The model, for `/v1/embeddings` (its forward pass is shared with the scheduler).
     pub embedder: Arc<bitnet::model::BitnetModel>,
+    /// `--slot-save-path`.
+    pub slot_save_path: Option<std::path::PathBuf>,
 }
 
 /// Descriptors kept free of connections: the listener, the model file, stdio, the runtime's.
@@ -192,6 +199,13 @@ pub fn run(args: Args) -> Result<()> {
         args.max_connections >= 1,
         "--max-connections 0: must be at least 1"
     );
+    if let Some(dir) = &args.slot_save_path {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--slot-save-path {}: not a folder (create it first)",
+            dir.display()
+        );
+    }
     let mut max_connections = args.max_connections;
     if let Some(files) = conn::raise_open_file_limit() {
         let room = files.saturating_sub(RESERVED_FDS).max(1);
@@ -318,6 +332,7 @@ pub fn run(args: Args) -> Result<()> {
         started: std::time::SystemTime::now(),
         timeout,
         embedder,
+        slot_save_path: args.slot_save_path.clone(),
     });
     let app = Router::new()
         .route("/", get(ops::page))
