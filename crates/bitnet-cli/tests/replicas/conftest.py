@@ -115,12 +115,14 @@ class Replica:
             out[name] = out.get(name, 0.0) + float(value)
         return out
 
-    def answered(self, path: str = "/v1/completions", status: int = 200) -> int:
-        """Requests to `path` this process answered with `status`, by its own counter."""
+    def answered(self, paths=("/v1/completions", "/v1/chat/completions"), status: int = 200) -> int:
+        """Requests to `paths` this process answered with `status`, by its own counter."""
         code, text = get(self.url + "/metrics")
         assert code == 200, text
-        key = f'bitnet_requests_total{{path="{path}",status="{status}"}} '
-        return sum(int(float(line[len(key):])) for line in text.splitlines() if line.startswith(key))
+        keys = [f'bitnet_requests_total{{path="{path}",status="{status}"}} ' for path in paths]
+        return sum(
+            int(float(line[len(key):])) for line in text.splitlines() for key in keys if line.startswith(key)
+        )
 
 
 class Proxy:
