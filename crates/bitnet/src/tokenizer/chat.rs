@@ -168,7 +168,7 @@ impl ChatTemplate {
                 let template = env.get_template(TEMPLATE_NAME).map_err(template_error)?;
                 template
                     .render(context! {
-                        messages => messages,
+                        messages => template_messages(messages),
                         tools => tools,
                         add_generation_prompt => add_generation_prompt,
                         bos_token => &self.bos_token,
@@ -192,6 +192,30 @@ impl ChatTemplate {
         }
         out
     }
+}
+
+/// The messages as templates read them: OpenAI sends a call's `arguments` as JSON text, but
+/// Hugging Face templates (Llama 3.x's `tool_call.arguments | tojson`, Qwen's) expect the
+/// object, as transformers passes it; text that is not JSON stays text.
+fn template_messages(messages: &[ChatMessage]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            let calls = v.get_mut("tool_calls").and_then(|c| c.as_array_mut());
+            for call in calls.into_iter().flatten() {
+                if let Some(args) = call.pointer_mut("/function/arguments") {
+                    let parsed = args
+                        .as_str()
+                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok());
+                    if let Some(parsed) = parsed {
+                        *args = parsed;
+                    }
+                }
+            }
+            v
+        })
+        .collect()
 }
 
 /// Jinja's `capitalize`: first character upper case, the rest lower case.
@@ -255,6 +279,23 @@ mod tests {
         assert_eq!(
             t.render(&[ChatMessage::user("x")], false).ok().as_deref(),
             Some("ok")
+        );
+    }
+
+    #[test]
+    fn call_arguments_reach_templates_as_objects() {
+        let t = ChatTemplate::new(
+            Some("{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments.city }}|{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}"),
+            "", "", "",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut m = ChatMessage::assistant("");
+        m.tool_calls = Some(serde_json::json!([
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Verona\"}"}}
+        ]));
+        assert_eq!(
+            t.render(&[m], false).ok().as_deref(),
+            Some(r#"Verona|{"city":"Verona"}"#)
         );
     }
 

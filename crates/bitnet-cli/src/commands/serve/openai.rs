@@ -18,6 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bitnet::generate::scheduler::{Event, Finished, Sink, TokenLogprob};
+use bitnet::generate::tools::{parse_reply, CallParser, Delta, Tools};
 use bitnet::generate::{
     random_seed, Input, Job, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat,
     StopReason, SubmitError, Ticket,
@@ -146,6 +147,8 @@ pub(crate) struct Plan {
     echo: bool,
     pub seed: u64,
     include_usage: bool,
+    /// Chat with tools: replies are read into calls.
+    tools: Option<Tools>,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
@@ -196,7 +199,13 @@ pub(crate) fn plan(
                 ));
             }
             let text = template
-                .render_with_tools(&messages, req.tools.as_ref(), true)
+                .render_with_tools(
+                    &messages,
+                    req.tools
+                        .as_ref()
+                        .map(bitnet::generate::tools::Tools::definitions),
+                    true,
+                )
                 .map_err(RequestError::Template)?;
             vec![PromptIds {
                 ids: tokenizer.encode_chat(&text),
@@ -270,6 +279,7 @@ pub(crate) fn plan(
         echo: req.echo && endpoint == Endpoint::Completions,
         seed,
         include_usage: req.include_usage,
+        tools: req.tools.clone().filter(|_| endpoint == Endpoint::Chat),
     })
 }
 
@@ -281,15 +291,21 @@ pub(crate) fn jobs(state: &AppState, req: &Request, plan: &Plan) -> Result<Vec<J
         for i in 0..plan.n {
             sampler.seed = plan.seed.wrapping_add(i as u64);
             let constraint = match &req.response_format {
-                None | Some(ResponseFormat::Text) => None,
+                Some(ResponseFormat::Text) => None,
                 Some(ResponseFormat::JsonObject) => Some(state.constraints.json_object()),
                 Some(ResponseFormat::JsonSchema(s)) => Some(state.constraints.json_schema(s)),
                 Some(ResponseFormat::Grammar(g)) => Some(state.constraints.gbnf(g)),
+                // The calls' grammar (`auto` included: text, or calls that parse).
+                None => plan
+                    .tools
+                    .as_ref()
+                    .map(|t| state.constraints.lark(&t.grammar())),
             }
             .transpose()
             .map_err(|e| {
                 let field = match req.response_format {
                     Some(ResponseFormat::Grammar(_)) => "grammar",
+                    None => "tools",
                     _ => "response_format",
                 };
                 bad(field, e.to_string())
@@ -422,6 +438,8 @@ struct ChoiceState {
     prompt: usize,
     /// Characters of text so far (completions' `text_offset`).
     offset: usize,
+    /// Chat with tools, streamed: the reply read into content and calls as it comes.
+    calls: Option<CallParser>,
 }
 
 impl ChoiceState {
@@ -440,6 +458,7 @@ impl ChoiceState {
             finished: None,
             prompt: index / plan.n,
             offset: 0,
+            calls: plan.tools.as_ref().map(CallParser::new),
         }
     }
 }
@@ -641,9 +660,9 @@ async fn collect(
         let choice = match reply.endpoint {
             Endpoint::Chat => json!({
                 "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": null},
+                "message": chat_message(&c.text, reply.plan.tools.as_ref()),
                 "logprobs": reply.plan.logprobs.map(|_| reply.chat_logprobs(&c.logprobs)),
-                "finish_reason": finish_reason(&f.stop),
+                "finish_reason": chat_finish_reason(&f.stop, &c.text, reply.plan.tools.as_ref()),
                 "stop_reason": stop,
                 "seed": reply.plan.seed.wrapping_add((i % reply.plan.n) as u64),
             }),
@@ -677,6 +696,43 @@ async fn collect(
     body["usage"] = reply.usage();
     body["timings"] = reply.timings();
     Json(body).into_response()
+}
+
+/// A chat reply's message: with tools, text that is calls becomes `tool_calls` (and
+/// `content` null).
+fn chat_message(text: &str, tools: Option<&Tools>) -> Value {
+    let Some(tools) = tools else {
+        return json!({"role": "assistant", "content": text, "refusal": null});
+    };
+    let reply = parse_reply(tools, text);
+    let mut m = json!({"role": "assistant", "content": reply.content, "refusal": null});
+    if !reply.calls.is_empty() {
+        m["tool_calls"] = reply.calls.iter().map(|c| c.to_openai()).collect();
+    }
+    m
+}
+
+/// `tool_calls` when the reply ended by itself after making calls.
+fn chat_finish_reason(stop: &StopReason, text: &str, tools: Option<&Tools>) -> &'static str {
+    let reason = finish_reason(stop);
+    match tools {
+        Some(t) if reason == "stop" && !parse_reply(t, text).calls.is_empty() => "tool_calls",
+        _ => reason,
+    }
+}
+
+/// A streamed piece of a reply with tools, as OpenAI's chunk `delta`: the first piece of a
+/// call carries its id, type and name, the next ones its arguments.
+fn delta(d: &Delta) -> Value {
+    match d {
+        Delta::Content(text) => json!({"content": text}),
+        Delta::CallStart { index, id, name } => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+        Delta::Arguments { index, text } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+        }
+    }
 }
 
 /// Server-sent events: a translating task turns the scheduler's events into chunks; when the
@@ -769,6 +825,21 @@ async fn translate(
                         let lp = logprob
                             .as_ref()
                             .map(|l| reply.chat_logprobs(std::slice::from_ref(l)));
+                        if let Some(parser) = &mut reply.choices[i].calls {
+                            // Calls stream as OpenAI's `delta.tool_calls`, one chunk each.
+                            let chunks: Vec<Value> = parser
+                                .push(&text)
+                                .iter()
+                                .map(|d| {
+                                    json!({"index": i, "delta": delta(d), "logprobs": null,
+                                                "finish_reason": null})
+                                })
+                                .collect();
+                            if !chunks.iter().all(|c| send(&reply, vec![c.clone()], false)) {
+                                return;
+                            }
+                            continue;
+                        }
                         json!({"index": i, "delta": {"content": text}, "logprobs": lp,
                                "finish_reason": null})
                     }
@@ -784,13 +855,30 @@ async fn translate(
             }
             Event::Done(f) => {
                 remaining -= 1;
-                let reason = finish_reason(&f.stop);
+                let mut reason = finish_reason(&f.stop);
                 let stop = f.stop.as_str();
-                let tail = f.tail.clone();
+                let mut tail = f.tail.clone();
                 reply.choices[i].finished = Some(f);
                 let seed = reply.plan.seed.wrapping_add((i % reply.plan.n) as u64);
                 match reply.endpoint {
                     Endpoint::Chat => {
+                        if let Some(mut parser) = reply.choices[i].calls.take() {
+                            let mut chunks = Vec::new();
+                            for d in parser.push(&tail) {
+                                chunks.push(json!({"index": i, "delta": delta(&d),
+                                                   "logprobs": null, "finish_reason": null}));
+                            }
+                            let made_calls = parser.has_calls();
+                            // What was held back (text that only looked like a call) is
+                            // content after all.
+                            tail = parser.finish().content.unwrap_or_default();
+                            if made_calls && reason == "stop" {
+                                reason = "tool_calls";
+                            }
+                            if !chunks.into_iter().all(|c| send(&reply, vec![c], false)) {
+                                return;
+                            }
+                        }
                         let delta = if tail.is_empty() {
                             json!({})
                         } else {

@@ -1,0 +1,199 @@
+"""Tool calling through the official `openai` client, with Llama 3.1's own chat template
+(testdata/templates/llama-3.1-instruct.jinja, Meta's template for Llama-3.1-8B-Instruct)
+given to the demo model with --chat-template-file.
+
+The 7M Shakespeare model never chooses to call a tool by itself, so these tests force calls:
+`tool_choice: "required"` or a named function constrain the reply from its first token, and
+for `auto` a logit bias on `{` makes the reply open like a call (the rest is the model's,
+under the calls' grammar). Arguments are checked against the tools' schemas here, by hand.
+"""
+
+import json
+import pathlib
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import Server
+
+ROOT = pathlib.Path(__file__).resolve().parents[4]
+TEMPLATE = ROOT / "testdata" / "templates" / "llama-3.1-instruct.jinja"
+CITIES = ["Verona", "Mantua", "Padua"]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city over the next days",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "enum": CITIES},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                },
+                "required": ["city", "days"],
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "clock", "description": "The hour"}},
+]
+USER = [{"role": "user", "content": "What weather shall we have in Verona?"}]
+# The demo tokenizer's `{` (a reply that begins with it is a call).
+BRACE = "90"
+
+
+@pytest.fixture(scope="module")
+def tool_server():
+    s = Server("--parallel", "4", "-n", "80", "--chat-template-file", str(TEMPLATE))
+    yield s
+    s.stop()
+    assert s.proc.returncode == 0, "".join(s.log[-20:])
+
+
+@pytest.fixture(scope="module")
+def tc(tool_server):
+    return openai.OpenAI(base_url=tool_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def check_call(call):
+    """A call as OpenAI shapes it, its arguments valid for its function's schema."""
+    assert call.type == "function"
+    assert call.id.startswith("call_")
+    args = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        assert set(args) == {"city", "days"}, args
+        assert args["city"] in CITIES
+        assert isinstance(args["days"], int) and 1 <= args["days"] <= 7
+    else:
+        assert call.function.name == "clock"
+        assert args == {}
+    return call.function.name, args
+
+
+def create(tc, **kw):
+    return tc.chat.completions.create(model="m", messages=kw.pop("messages", USER), tools=TOOLS, temperature=0, **kw)
+
+
+def test_required_and_named_calls_follow_the_schema(tc):
+    r = create(tc, tool_choice="required", parallel_tool_calls=False)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert c.message.content is None
+    assert len(c.message.tool_calls) == 1
+    check_call(c.message.tool_calls[0])
+    for name in ["clock", "get_weather"]:
+        r = create(tc, tool_choice={"type": "function", "function": {"name": name}}, parallel_tool_calls=False)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls"
+        assert [check_call(t)[0] for t in c.message.tool_calls] == [name]
+
+
+def test_parallel_calls(tc):
+    # Allowed several calls, the model goes on calling until its budget ends; every call
+    # before the cut is whole and valid, each with its own id.
+    r = create(tc, tool_choice="required", max_tokens=80)
+    calls = r.choices[0].message.tool_calls
+    assert len(calls) >= 2, r
+    for t in calls[:-1] if r.choices[0].finish_reason == "length" else calls:
+        check_call(t)
+    assert len({t.id for t in calls}) == len(calls)
+    assert r.choices[0].message.content is None
+
+
+def test_streamed_calls_reassemble_to_the_whole_reply(tc):
+    whole = create(tc, tool_choice="required", max_tokens=80, seed=5)
+    stream = create(tc, tool_choice="required", max_tokens=80, seed=5, stream=True)
+    calls, finish, firsts = {}, None, []
+    for chunk in stream:
+        for c in chunk.choices:
+            assert not c.delta.content
+            for d in c.delta.tool_calls or []:
+                if d.index not in calls:
+                    # OpenAI's order: the first delta of a call has its id, type and name.
+                    assert d.id and d.type == "function" and d.function.name
+                    firsts.append(d.index)
+                    calls[d.index] = {"id": d.id, "name": d.function.name, "arguments": ""}
+                else:
+                    assert d.id is None and d.function.name is None
+                calls[d.index]["arguments"] += d.function.arguments or ""
+            finish = c.finish_reason or finish
+    assert firsts == list(range(len(calls)))
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == [
+        (t.function.name, t.function.arguments) for t in whole.choices[0].message.tool_calls
+    ]
+    assert finish == whole.choices[0].finish_reason
+    # The client's own accumulation of the stream agrees.
+    with tc.chat.completions.stream(
+        model="m", messages=USER, tools=TOOLS, temperature=0, tool_choice="required", parallel_tool_calls=False
+    ) as s:
+        final = s.get_final_completion()
+    one = create(tc, tool_choice="required", parallel_tool_calls=False)
+    assert final.choices[0].finish_reason == "tool_calls"
+    got = [(t.function.name, t.function.arguments) for t in final.choices[0].message.tool_calls]
+    assert got == [(t.function.name, t.function.arguments) for t in one.choices[0].message.tool_calls]
+
+
+def test_auto_reads_a_reply_that_is_a_call_and_leaves_text_alone(tc):
+    text = create(tc, max_tokens=12)
+    assert text.choices[0].message.tool_calls is None
+    assert text.choices[0].message.content
+    assert text.choices[0].finish_reason == "length"
+    r = create(tc, logit_bias={BRACE: 100}, parallel_tool_calls=False)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert c.message.content is None
+    assert len(c.message.tool_calls) == 1
+    check_call(c.message.tool_calls[0])
+    # Streamed, the same call.
+    chunks = list(create(tc, logit_bias={BRACE: 100}, parallel_tool_calls=False, stream=True))
+    args = "".join(
+        d.function.arguments or "" for ch in chunks for c in ch.choices for d in c.delta.tool_calls or []
+    )
+    assert args == c.message.tool_calls[0].function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_second_turn_sends_the_result_back(tc, tool_server):
+    first = create(tc, tool_choice={"type": "function", "function": {"name": "get_weather"}}, parallel_tool_calls=False)
+    call = first.choices[0].message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    history = USER + [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Fair, and the wind in the west"},
+    ]
+    r = create(tc, messages=history, max_tokens=12)
+    assert r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > first.usage.prompt_tokens
+    # The template wrote the call back in Llama's format, and the result as ipython's turn.
+    req = urllib.request.Request(
+        tool_server.url + "/apply-template",
+        data=json.dumps({"messages": history, "tools": TOOLS}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        prompt = json.loads(resp.read())["prompt"]
+    # (minijinja's `tojson` is compact where Python's puts spaces.)
+    compact = json.dumps(args, separators=(",", ":"), sort_keys=True)
+    assert '{"name": "get_weather", "parameters": ' + compact + "}<|eot_id|>" in prompt
+    # (Meta's template writes a string result through `tojson` too: strings are iterable in
+    # Jinja, as transformers renders it.)
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n"Fair, and the wind in the west"<|eot_id|>' in prompt
+
+
+def test_tool_refusals(tc):
+    with pytest.raises(openai.BadRequestError) as e:
+        create(tc, tool_choice={"type": "function", "function": {"name": "sundial"}})
+    assert e.value.body["param"] == "tool_choice" and "sundial" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        tc.chat.completions.create(model="m", messages=USER, tool_choice="required")
+    assert e.value.body["param"] == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as e:
+        create(tc, tool_choice="required", response_format={"type": "json_object"})
+    assert e.value.body["param"] == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as e:
+        tc.chat.completions.create(
+            model="m", messages=USER, tools=[{"type": "function", "function": {"description": "no name"}}]
+        )
+    assert e.value.body["param"] == "tools"
