@@ -197,3 +197,41 @@ def test_tool_refusals(tc):
             model="m", messages=USER, tools=[{"type": "function", "function": {"description": "no name"}}]
         )
     assert e.value.body["param"] == "tools"
+
+
+def test_responses_api_function_calls(tc):
+    flat = [{"type": "function", **t["function"]} for t in TOOLS]
+    named = {"type": "function", "name": "get_weather"}
+    r = tc.responses.create(model="m", input=USER[0]["content"], tools=flat, tool_choice=named, parallel_tool_calls=False, temperature=0)
+    assert r.status == "completed"
+    assert [o.type for o in r.output] == ["function_call"]
+    call = r.output[0]
+    assert call.name == "get_weather" and call.call_id.startswith("call_")
+    args = json.loads(call.arguments)
+    assert args["city"] in CITIES and 1 <= args["days"] <= 7
+    # Streamed: the same call, its arguments in the delta events.
+    events = list(
+        tc.responses.create(
+            model="m", input=USER[0]["content"], tools=flat, tool_choice=named, parallel_tool_calls=False, temperature=0, stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert deltas == call.arguments
+    done = events[-1].response.output
+    assert [(o.type, o.name, o.arguments) for o in done] == [("function_call", call.name, call.arguments)]
+    # The second turn: the call and its output go back as items; the model answers in text.
+    again = tc.responses.create(
+        model="m",
+        input=[
+            {"role": "user", "content": USER[0]["content"]},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Fair"},
+        ],
+        tools=flat,
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert [o.type for o in again.output] == ["message"]
+    assert again.output_text

@@ -18,6 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bitnet::generate::scheduler::Event;
+use bitnet::generate::tools::{parse_reply, Tools};
 use bitnet::generate::{Finished, Request, StopReason, Ticket};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -289,6 +290,8 @@ struct Reply {
     prompt_tokens: usize,
     text: String,
     finished: Option<Finished>,
+    /// With tools: a reply that is calls becomes `function_call` items.
+    tools: Option<Tools>,
 }
 
 impl Reply {
@@ -313,10 +316,31 @@ impl Reply {
                "role": "assistant", "content": content})
     }
 
+    /// The output items of a finished reply: the message, or with tools the calls it made
+    /// (`function_call` items, each with its call's id as `call_id`).
+    fn output(&self, status: &str) -> Vec<Value> {
+        let Some(tools) = &self.tools else {
+            return vec![self.message(status, true)];
+        };
+        let reply = parse_reply(tools, &self.text);
+        if reply.calls.is_empty() {
+            return vec![self.message(status, true)];
+        }
+        reply
+            .calls
+            .iter()
+            .map(|c| {
+                json!({"type": "function_call", "id": format!("fc_{}", &c.id[5..]),
+                       "call_id": c.id, "name": c.name, "arguments": c.arguments,
+                       "status": status})
+            })
+            .collect()
+    }
+
     fn object(&self) -> Value {
         let status = self.status();
         let output = if self.finished.is_some() {
-            vec![self.message(status, true)]
+            self.output(status)
         } else {
             vec![]
         };
@@ -459,6 +483,7 @@ pub async fn responses(
         "metadata",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "text",
         "user",
     ] {
@@ -476,6 +501,7 @@ pub async fn responses(
         prompt_tokens: plan.prompts.iter().map(|p| p.ids.len()).sum(),
         text: String::new(),
         finished: None,
+        tools: req.tools.clone(),
     };
     if req.stream {
         let (out, out_rx) = mpsc::unbounded_channel::<(String, String)>();
@@ -518,6 +544,66 @@ async fn collect(
     Json(reply.object()).into_response()
 }
 
+/// The events that give out one finished output item: a message's text, or a function call's
+/// arguments, in one delta.
+fn item_events(reply: &Reply, index: usize, item: Value) -> Vec<(&'static str, Value)> {
+    let id = item["id"].clone();
+    let mut opened = item.clone();
+    opened["status"] = json!("in_progress");
+    let mut events = Vec::new();
+    if item["type"] == "function_call" {
+        opened["arguments"] = json!("");
+        let args = item["arguments"].clone();
+        events.push((
+            "response.output_item.added",
+            json!({"output_index": index, "item": opened}),
+        ));
+        events.push((
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": index, "delta": args}),
+        ));
+        events.push((
+            "response.function_call_arguments.done",
+            json!({"item_id": id, "output_index": index, "arguments": args}),
+        ));
+    } else {
+        opened["content"] = json!([]);
+        let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
+        let at = json!({"item_id": id, "output_index": index, "content_index": 0});
+        let with = |mut v: Value, k: &str, x: Value| {
+            v[k] = x;
+            v
+        };
+        events.push((
+            "response.output_item.added",
+            json!({"output_index": index, "item": opened}),
+        ));
+        events.push((
+            "response.content_part.added",
+            with(at.clone(), "part", part("")),
+        ));
+        let text = reply.text.as_str();
+        if !text.is_empty() {
+            let delta = with(at.clone(), "delta", json!(text));
+            events.push((
+                "response.output_text.delta",
+                with(delta, "logprobs", json!([])),
+            ));
+        }
+        let done = with(at.clone(), "text", json!(text));
+        events.push((
+            "response.output_text.done",
+            with(done, "logprobs", json!([])),
+        ));
+        events.push(("response.content_part.done", with(at, "part", part(text))));
+    }
+    events.push((
+        "response.output_item.done",
+        json!({"output_index": index, "item": item}),
+    ));
+    events
+}
+
 /// The `response.*` events: created, in progress, the message item and its text part
 /// opened, a delta per piece of text, then each closed and `response.completed` (or
 /// `response.incomplete` when the length limit ended it).
@@ -549,7 +635,14 @@ async fn stream(
                    "part": part("")}),
         ),
     ];
-    for (name, data) in opening {
+    // With tools, whether the reply is text or calls is known at its end: the items are
+    // given out then.
+    let n_opening = if reply.tools.is_some() {
+        2
+    } else {
+        opening.len()
+    };
+    for (name, data) in opening.into_iter().take(n_opening) {
         if !send(name, data) {
             return;
         }
@@ -572,6 +665,9 @@ async fn stream(
             Event::Token { text, .. } => {
                 if !text.is_empty() {
                     reply.text.push_str(&text);
+                    if reply.tools.is_some() {
+                        continue;
+                    }
                     if !send("response.output_text.delta", delta(&reply, &text)) {
                         return;
                     }
@@ -582,6 +678,9 @@ async fn stream(
                 reply.finished = Some(f);
                 if !tail.is_empty() {
                     reply.text.push_str(&tail);
+                    if reply.tools.is_some() {
+                        break;
+                    }
                     if !send("response.output_text.delta", delta(&reply, &tail)) {
                         return;
                     }
@@ -603,6 +702,22 @@ async fn stream(
     }
     reply.record();
     let status = reply.status();
+    if reply.tools.is_some() {
+        for (index, item) in reply.output(status).into_iter().enumerate() {
+            for (name, data) in item_events(&reply, index, item) {
+                if !send(name, data) {
+                    return;
+                }
+            }
+        }
+        let end = if status == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        let _ = send(end, json!({"response": reply.object()}));
+        return;
+    }
     let closing = [
         (
             "response.output_text.done",
