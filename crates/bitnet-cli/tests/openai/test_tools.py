@@ -221,6 +221,8 @@ def test_responses_api_function_calls(tc):
     assert deltas == call.arguments
     done = events[-1].response.output
     assert [(o.type, o.name, o.arguments) for o in done] == [("function_call", call.name, call.arguments)]
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    assert [(i.id, i.call_id) for i in added] == [(o.id, o.call_id) for o in done]
     # The second turn: the call and its output go back as items; the model answers in text.
     again = tc.responses.create(
         model="m",

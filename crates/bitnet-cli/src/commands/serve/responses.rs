@@ -292,6 +292,8 @@ struct Reply {
     finished: Option<Finished>,
     /// With tools: a reply that is calls becomes `function_call` items.
     tools: Option<Tools>,
+    /// The finished reply's output items, once read (a call keeps its id in every event).
+    items: std::sync::OnceLock<Vec<Value>>,
 }
 
 impl Reply {
@@ -319,6 +321,10 @@ impl Reply {
     /// The output items of a finished reply: the message, or with tools the calls it made
     /// (`function_call` items, each with its call's id as `call_id`).
     fn output(&self, status: &str) -> Vec<Value> {
+        self.items.get_or_init(|| self.read_output(status)).clone()
+    }
+
+    fn read_output(&self, status: &str) -> Vec<Value> {
         let Some(tools) = &self.tools else {
             return vec![self.message(status, true)];
         };
@@ -502,6 +508,7 @@ pub async fn responses(
         text: String::new(),
         finished: None,
         tools: req.tools.clone(),
+        items: std::sync::OnceLock::new(),
     };
     if req.stream {
         let (out, out_rx) = mpsc::unbounded_channel::<(String, String)>();
