@@ -237,3 +237,26 @@ def test_responses_api_function_calls(tc):
     )
     assert [o.type for o in again.output] == ["message"]
     assert again.output_text
+
+
+# Qwen's and Hermes' way: the template knows tools but asks for calls in <tool_call> tags.
+TAGGED = (
+    "{% if tools %}<tools>{{ tools | tojson }}</tools>\nCall with <tool_call>{\"name\": ..., "
+    "\"arguments\": ...}</tool_call>\n{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n"
+    "{% endfor %}assistant: "
+)
+
+
+def test_templates_with_another_call_format_are_not_forced():
+    s = Server("--parallel", "1", "-n", "8", "--chat-template", TAGGED)
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as e:
+            create(c, tool_choice="required")
+        assert e.value.body["param"] == "tool_choice" and "Llama 3.x" in e.value.body["message"]
+        # `auto`: the tools are shown, the reply is left as text (not read as Llama's calls).
+        r = create(c, logit_bias={BRACE: 100})
+        assert r.choices[0].message.tool_calls is None
+        assert r.choices[0].message.content.startswith("{")
+    finally:
+        s.stop()

@@ -154,6 +154,23 @@ impl ChatTemplate {
         }
     }
 
+    /// Whether the template asks for tool calls in Llama 3.x's format (a reply that is
+    /// `{"name": …, "parameters": …}`, as Meta's Llama 3.1-3.3 templates write calls back),
+    /// the one format [`crate::generate::tools`] constrains and reads. Templates with other
+    /// formats (Qwen's and Hermes' `<tool_call>` tags, Mistral's `[TOOL_CALLS]`) say no.
+    pub fn writes_llama_tool_calls(&self) -> bool {
+        match &self.kind {
+            Kind::Bitnet => false,
+            Kind::Jinja(env) => env.get_template(TEMPLATE_NAME).is_ok_and(|t| {
+                let src = t.source();
+                self.supports_tools()
+                    && src.contains("<|start_header_id|>")
+                    && src.contains("\"parameters\"")
+                    && !src.contains("<tool_call>")
+            }),
+        }
+    }
+
     /// [`ChatTemplate::render`] with the request's tool definitions (OpenAI's `tools`), for
     /// templates that [support them](ChatTemplate::supports_tools).
     pub fn render_with_tools(
@@ -297,6 +314,19 @@ mod tests {
             t.render(&[m], false).ok().as_deref(),
             Some(r#"Verona|{"city":"Verona"}"#)
         );
+    }
+
+    #[test]
+    fn llamas_tool_format_is_recognised() {
+        let llama = include_str!("../../../../testdata/templates/llama-3.1-instruct.jinja");
+        let t = ChatTemplate::new(Some(llama), "<|begin_of_text|>", "", "<|eot_id|>")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.supports_tools() && t.writes_llama_tool_calls());
+        // Qwen 2.5's way: tools known, calls in <tool_call> tags.
+        let qwen = "{% if tools %}<tools>{{ tools | tojson }}</tools> reply with <tool_call>{\"name\": …, \"arguments\": …}</tool_call>{% endif %}";
+        let t = ChatTemplate::new(Some(qwen), "", "", "").unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.supports_tools() && !t.writes_llama_tool_calls());
+        assert!(!ChatTemplate::bitnet("", "", "").writes_llama_tool_calls());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bitnet::generate::scheduler::{Event, Finished, Sink, TokenLogprob};
-use bitnet::generate::tools::{parse_reply, CallParser, Delta, Tools};
+use bitnet::generate::tools::{parse_reply, CallParser, Delta, ToolChoice, Tools};
 use bitnet::generate::{
     random_seed, Input, Job, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat,
     StopReason, SubmitError, Ticket,
@@ -147,8 +147,9 @@ pub(crate) struct Plan {
     echo: bool,
     pub seed: u64,
     include_usage: bool,
-    /// Chat with tools: replies are read into calls.
-    tools: Option<Tools>,
+    /// Chat with tools in a template that writes Llama 3.x calls: replies are constrained
+    /// and read into calls.
+    pub tools: Option<Tools>,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
@@ -165,6 +166,8 @@ pub(crate) fn plan(
 ) -> Result<Plan, RequestError> {
     let tokenizer = &state.tokenizer;
     let missing = |field, expected| RequestError::Field { field, expected };
+    // Whether the chat template writes calls as Llama 3.x does (the format read here).
+    let mut llama_calls = false;
     let prompts = match (endpoint, req.input()) {
         (Endpoint::Completions, Ok(Input::Prompts(prompts))) => prompts
             .into_iter()
@@ -196,6 +199,19 @@ pub(crate) fn plan(
                     "tools",
                     "this model's chat template cannot express tools (function calling): send \
                      the request without `tools`",
+                ));
+            }
+            llama_calls = template.writes_llama_tool_calls();
+            let forced = req
+                .tools
+                .as_ref()
+                .is_some_and(|t| *t.choice() != ToolChoice::Auto);
+            if forced && !llama_calls {
+                return Err(bad(
+                    "tool_choice",
+                    "this model's chat template asks for tool calls in a format other than \
+                     Llama 3.x's `{\"name\": …, \"parameters\": …}`, the one this server can \
+                     force: use `tool_choice: \"auto\"` (the reply is then returned as text)",
                 ));
             }
             let text = template
@@ -279,7 +295,7 @@ pub(crate) fn plan(
         echo: req.echo && endpoint == Endpoint::Completions,
         seed,
         include_usage: req.include_usage,
-        tools: req.tools.clone().filter(|_| endpoint == Endpoint::Chat),
+        tools: req.tools.clone().filter(|_| llama_calls),
     })
 }
 

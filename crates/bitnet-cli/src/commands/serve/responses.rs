@@ -507,7 +507,7 @@ pub async fn responses(
         prompt_tokens: plan.prompts.iter().map(|p| p.ids.len()).sum(),
         text: String::new(),
         finished: None,
-        tools: req.tools.clone(),
+        tools: plan.tools.clone(),
         items: std::sync::OnceLock::new(),
     };
     if req.stream {
