@@ -217,8 +217,15 @@ def test_responses_api_function_calls(tc):
     )
     kinds = [e.type for e in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
-    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
-    assert deltas == call.arguments
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert "".join(pieces) == call.arguments
+    assert len(pieces) > 3  # as generated, not in one piece at the end
+    assert kinds.index("response.output_item.added") < kinds.index("response.function_call_arguments.delta")
+    assert kinds[-4:-1] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
     done = events[-1].response.output
     assert [(o.type, o.name, o.arguments) for o in done] == [("function_call", call.name, call.arguments)]
     added = [e.item for e in events if e.type == "response.output_item.added"]
@@ -237,6 +244,11 @@ def test_responses_api_function_calls(tc):
     )
     assert [o.type for o in again.output] == ["message"]
     assert again.output_text
+    # Text streamed with tools offered: one message item, its text in deltas.
+    events = list(tc.responses.create(model="m", input="Speak.", tools=flat, max_output_tokens=8, temperature=0, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response
+    assert [o.type for o in done.output] == ["message"] and done.output_text == text and text
 
 
 # Qwen's and Hermes' way: the template knows tools but asks for calls in <tool_call> tags.

@@ -18,7 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bitnet::generate::scheduler::Event;
-use bitnet::generate::tools::{parse_reply, Tools};
+use bitnet::generate::tools::{parse_reply, CallParser, Delta, Tools};
 use bitnet::generate::{Finished, Request, StopReason, Ticket};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -551,64 +551,226 @@ async fn collect(
     Json(reply.object()).into_response()
 }
 
-/// The events that give out one finished output item: a message's text, or a function call's
-/// arguments, in one delta.
-fn item_events(reply: &Reply, index: usize, item: Value) -> Vec<(&'static str, Value)> {
-    let id = item["id"].clone();
-    let mut opened = item.clone();
-    opened["status"] = json!("in_progress");
-    let mut events = Vec::new();
-    if item["type"] == "function_call" {
-        opened["arguments"] = json!("");
-        let args = item["arguments"].clone();
-        events.push((
-            "response.output_item.added",
-            json!({"output_index": index, "item": opened}),
-        ));
-        events.push((
-            "response.function_call_arguments.delta",
-            json!({"item_id": id, "output_index": index, "delta": args}),
-        ));
-        events.push((
-            "response.function_call_arguments.done",
-            json!({"item_id": id, "output_index": index, "arguments": args}),
-        ));
-    } else {
-        opened["content"] = json!([]);
-        let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
-        let at = json!({"item_id": id, "output_index": index, "content_index": 0});
-        let with = |mut v: Value, k: &str, x: Value| {
-            v[k] = x;
-            v
-        };
-        events.push((
-            "response.output_item.added",
-            json!({"output_index": index, "item": opened}),
-        ));
-        events.push((
-            "response.content_part.added",
-            with(at.clone(), "part", part("")),
-        ));
-        let text = reply.text.as_str();
-        if !text.is_empty() {
-            let delta = with(at.clone(), "delta", json!(text));
-            events.push((
-                "response.output_text.delta",
-                with(delta, "logprobs", json!([])),
-            ));
+/// The output item a streamed reply with tools has open.
+enum Open {
+    None,
+    Message,
+    /// A function call: its item so far.
+    Call(Value),
+}
+
+/// Closes the open item at `index` with `status`: the events that say so, and the item.
+fn close(
+    open: &mut Open,
+    text: &str,
+    reply: &Reply,
+    index: usize,
+    status: &str,
+) -> Option<(Vec<(&'static str, Value)>, Value)> {
+    match std::mem::replace(open, Open::None) {
+        Open::None => None,
+        Open::Message => {
+            let at = json!({"item_id": reply.message_id, "output_index": index,
+                            "content_index": 0});
+            let mut done = at.clone();
+            done["text"] = json!(text);
+            done["logprobs"] = json!([]);
+            let mut part = at;
+            part["part"] = json!({"type": "output_text", "text": text, "annotations": []});
+            let mut item = reply.message(status, true);
+            item["content"][0]["text"] = json!(text);
+            Some((
+                vec![
+                    ("response.output_text.done", done),
+                    ("response.content_part.done", part),
+                ],
+                item,
+            ))
         }
-        let done = with(at.clone(), "text", json!(text));
-        events.push((
-            "response.output_text.done",
-            with(done, "logprobs", json!([])),
-        ));
-        events.push(("response.content_part.done", with(at, "part", part(text))));
+        Open::Call(mut item) => {
+            item["status"] = json!(status);
+            let done = json!({"item_id": item["id"], "output_index": index,
+                              "arguments": item["arguments"]});
+            Some((vec![("response.function_call_arguments.done", done)], item))
+        }
     }
-    events.push((
-        "response.output_item.done",
-        json!({"output_index": index, "item": item}),
-    ));
-    events
+}
+
+/// A message item opening at `index`.
+fn open_message(reply: &Reply, index: usize) -> Vec<(&'static str, Value)> {
+    let mut item = reply.message("in_progress", false);
+    item["content"] = json!([]);
+    vec![
+        (
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ),
+        (
+            "response.content_part.added",
+            json!({"item_id": reply.message_id, "output_index": index, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ]
+}
+
+/// The `response.*` events of a reply with tools, as OpenAI streams them: text opens a
+/// message item as it comes; each call opens a `function_call` item whose arguments come in
+/// `response.function_call_arguments.delta` events.
+async fn stream_with_tools(
+    mut reply: Reply,
+    tickets: Vec<Ticket>,
+    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    out: mpsc::UnboundedSender<(String, String)>,
+) {
+    let Some(tools) = reply.tools.clone() else {
+        return;
+    };
+    let mut seq = 0u64;
+    let mut send = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        out.send((name.to_string(), data.to_string())).is_ok()
+    };
+    for name in ["response.created", "response.in_progress"] {
+        if !send(name, json!({"response": reply.object()})) {
+            return;
+        }
+    }
+    let mut parser = Some(CallParser::new(&tools));
+    let mut open = Open::None;
+    let mut items: Vec<Value> = Vec::new();
+    let mut text = String::new();
+    let mut finished = None;
+    while finished.is_none() {
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Some((_, e)) => e,
+                None => break,
+            },
+            // The client left: the ticket's drop cancels the generation.
+            _ = out.closed() => return,
+        };
+        let piece = match event {
+            Event::Prompt { .. } | Event::Embedding(_) => continue,
+            Event::Token { text, .. } => text,
+            Event::Done(f) => {
+                let tail = f.tail.clone();
+                finished = Some(f);
+                tail
+            }
+            Event::Failed(e) => {
+                let _ = send(
+                    "error",
+                    json!({"code": "server_error", "message": e, "param": null}),
+                );
+                return;
+            }
+        };
+        reply.text.push_str(&piece);
+        let Some(p) = parser.as_mut() else { break };
+        let mut deltas = p.push(&piece);
+        if finished.is_some() {
+            // What was held back (text that only looked like a call) is content after all.
+            if let Some(rest) = parser.take().and_then(|p| p.finish().content) {
+                deltas.push(Delta::Content(rest));
+            }
+        }
+        for d in deltas {
+            let mut index = items.len();
+            let mut events: Vec<(&str, Value)> = Vec::new();
+            match d {
+                Delta::Content(t) if t.is_empty() => {}
+                Delta::Content(t) => {
+                    if !matches!(open, Open::Message) {
+                        events.extend(open_message(&reply, index));
+                        open = Open::Message;
+                    }
+                    text.push_str(&t);
+                    events.push((
+                        "response.output_text.delta",
+                        json!({"item_id": reply.message_id, "output_index": index,
+                               "content_index": 0, "delta": t, "logprobs": []}),
+                    ));
+                }
+                Delta::CallStart { id, name, .. } => {
+                    if let Some((closing, item)) =
+                        close(&mut open, &text, &reply, index, "completed")
+                    {
+                        events.extend(closing);
+                        events.push((
+                            "response.output_item.done",
+                            json!({"output_index": index, "item": item}),
+                        ));
+                        items.push(item);
+                        index += 1;
+                    }
+                    let item = json!({"type": "function_call",
+                        "id": format!("fc_{}", id.trim_start_matches("call_")),
+                        "call_id": id, "name": name, "arguments": "",
+                        "status": "in_progress"});
+                    events.push((
+                        "response.output_item.added",
+                        json!({"output_index": index, "item": item}),
+                    ));
+                    open = Open::Call(item);
+                }
+                Delta::Arguments { text: piece, .. } => {
+                    if let Open::Call(item) = &mut open {
+                        let args = format!("{}{piece}", item["arguments"].as_str().unwrap_or(""));
+                        item["arguments"] = json!(args);
+                        events.push((
+                            "response.function_call_arguments.delta",
+                            json!({"item_id": item["id"], "output_index": index,
+                                   "delta": piece}),
+                        ));
+                    }
+                }
+            }
+            for (name, data) in events {
+                if !send(name, data) {
+                    return;
+                }
+            }
+        }
+    }
+    drop(tickets);
+    let Some(f) = finished else { return };
+    reply.finished = Some(f);
+    reply.record();
+    let status = reply.status();
+    let index = items.len();
+    if matches!(open, Open::None) && items.is_empty() {
+        // An empty reply is an empty message, as without tools.
+        for (name, data) in open_message(&reply, index) {
+            if !send(name, data) {
+                return;
+            }
+        }
+        open = Open::Message;
+    }
+    if let Some((closing, item)) = close(&mut open, &text, &reply, index, status) {
+        for (name, data) in closing {
+            if !send(name, data) {
+                return;
+            }
+        }
+        if !send(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ) {
+            return;
+        }
+        items.push(item);
+    }
+    // The response object lists the items as streamed (same ids).
+    let _ = reply.items.set(items);
+    let end = if status == "incomplete" {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    let _ = send(end, json!({"response": reply.object()}));
 }
 
 /// The `response.*` events: created, in progress, the message item and its text part
@@ -620,6 +782,9 @@ async fn stream(
     mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
     out: mpsc::UnboundedSender<(String, String)>,
 ) {
+    if reply.tools.is_some() {
+        return stream_with_tools(reply, tickets, rx, out).await;
+    }
     let mut seq = 0u64;
     let mut send = |name: &str, mut data: Value| {
         data["type"] = json!(name);
@@ -642,14 +807,7 @@ async fn stream(
                    "part": part("")}),
         ),
     ];
-    // With tools, whether the reply is text or calls is known at its end: the items are
-    // given out then.
-    let n_opening = if reply.tools.is_some() {
-        2
-    } else {
-        opening.len()
-    };
-    for (name, data) in opening.into_iter().take(n_opening) {
+    for (name, data) in opening {
         if !send(name, data) {
             return;
         }
@@ -672,9 +830,6 @@ async fn stream(
             Event::Token { text, .. } => {
                 if !text.is_empty() {
                     reply.text.push_str(&text);
-                    if reply.tools.is_some() {
-                        continue;
-                    }
                     if !send("response.output_text.delta", delta(&reply, &text)) {
                         return;
                     }
@@ -685,9 +840,6 @@ async fn stream(
                 reply.finished = Some(f);
                 if !tail.is_empty() {
                     reply.text.push_str(&tail);
-                    if reply.tools.is_some() {
-                        break;
-                    }
                     if !send("response.output_text.delta", delta(&reply, &tail)) {
                         return;
                     }
@@ -709,22 +861,6 @@ async fn stream(
     }
     reply.record();
     let status = reply.status();
-    if reply.tools.is_some() {
-        for (index, item) in reply.output(status).into_iter().enumerate() {
-            for (name, data) in item_events(&reply, index, item) {
-                if !send(name, data) {
-                    return;
-                }
-            }
-        }
-        let end = if status == "incomplete" {
-            "response.incomplete"
-        } else {
-            "response.completed"
-        };
-        let _ = send(end, json!({"response": reply.object()}));
-        return;
-    }
     let closing = [
         (
             "response.output_text.done",
