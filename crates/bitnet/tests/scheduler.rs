@@ -425,6 +425,64 @@ fn constrained_output_follows_the_json_schema() {
 }
 
 #[test]
+fn forced_tool_calls_parse_as_calls_valid_for_their_schemas() {
+    use bitnet::generate::tools::{parse_reply, Tools};
+    let (model, tokenizer) = demo();
+    let compiler = ConstraintCompiler::new(Arc::clone(&tokenizer)).unwrap();
+    let defs = serde_json::json!([
+        {"type": "function", "function": {"name": "duel", "parameters": {
+            "type": "object",
+            "properties": {"with": {"type": "string", "enum": ["Tybalt", "Paris"]},
+                           "rounds": {"type": "integer", "minimum": 1, "maximum": 3}},
+            "required": ["with", "rounds"]}}},
+        {"type": "function", "function": {"name": "flee"}}
+    ]);
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    for (choice, parallel) in [
+        (serde_json::json!("required"), false),
+        (
+            serde_json::json!({"type": "function", "function": {"name": "duel"}}),
+            false,
+        ),
+        (serde_json::json!("required"), true),
+    ] {
+        let tools = Tools::new(&defs, Some(&choice), parallel).unwrap();
+        let mut j = Job::new(encode(&tokenizer, "ROMEO:\n"), SamplerConfig::greedy());
+        j.max_tokens = Some(60);
+        j.constraint = Some(compiler.lark(&tools.grammar()).unwrap());
+        let (sink, run) = collector();
+        let _t = s.submit(j, sink).unwrap();
+        let (_, text, f, _) = run.collect();
+        let reply = parse_reply(&tools, &text);
+        assert_eq!(reply.content, None, "{text:?}");
+        // Without parallel calls the grammar ends after one; with them, all whole ones count.
+        let whole = match f.stop {
+            StopReason::MaxTokens => reply.calls.len() - 1,
+            _ => reply.calls.len(),
+        };
+        assert!(whole >= 1, "{choice} {text:?}");
+        if !parallel {
+            assert_eq!(reply.calls.len(), 1, "{text:?}");
+            assert!(!matches!(f.stop, StopReason::MaxTokens), "{text:?}");
+        }
+        for c in &reply.calls[..whole] {
+            let args: serde_json::Value = serde_json::from_str(&c.arguments).unwrap();
+            match c.name.as_str() {
+                "duel" => {
+                    assert!(["Tybalt", "Paris"].contains(&args["with"].as_str().unwrap()));
+                    assert!((1..=3).contains(&args["rounds"].as_u64().unwrap()));
+                }
+                "flee" => assert_eq!(args, serde_json::json!({})),
+                other => panic!("{other}"),
+            }
+            if choice.is_object() {
+                assert_eq!(c.name, "duel");
+            }
+        }
+    }
+}
+
+#[test]
 fn logprobs_of_generated_and_prompt_tokens() {
     let (model, tokenizer) = demo();
     let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();

@@ -156,6 +156,14 @@ impl ConstraintCompiler {
         self.build(TopLevelGrammar::from_lark(lark), ConstraintError::Grammar)
     }
 
+    /// Output matching a grammar in llguidance's Lark dialect (tool calls: [`super::tools`]).
+    pub fn lark(&self, grammar: &str) -> Result<Constraint, ConstraintError> {
+        self.build(
+            TopLevelGrammar::from_lark(grammar.to_string()),
+            ConstraintError::Grammar,
+        )
+    }
+
     fn build(
         &self,
         grammar: TopLevelGrammar,

@@ -10,6 +10,7 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod speculative;
+pub mod tools;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -24,6 +24,7 @@ use super::constraint::ConstraintCompiler;
 use super::request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 use super::sampler::{random_seed, SamplerConfig};
 use super::scheduler::{Event, Finished, Job, TokenLogprob};
+use super::tools::{parse_reply, CallParser, Delta, ToolChoice, Tools};
 use super::StopReason;
 use crate::tokenizer::{ChatTemplate, EncodeOptions, TokenKind, Tokenizer};
 
@@ -162,6 +163,9 @@ pub struct Plan {
     pub seed: u64,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Chat with tools in a template that writes Llama 3.x calls: replies are constrained
+    /// and read into calls.
+    pub tools: Option<Tools>,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
@@ -180,6 +184,8 @@ pub fn plan(
 ) -> Result<Plan, RequestError> {
     let tokenizer = settings.tokenizer;
     let missing = |field, expected| RequestError::Field { field, expected };
+    // Whether the chat template writes calls as Llama 3.x does (the format read here).
+    let mut llama_calls = false;
     let prompts = match (endpoint, req.input()) {
         (Endpoint::Completions, Ok(Input::Prompts(prompts))) => prompts
             .into_iter()
@@ -227,8 +233,21 @@ pub fn plan(
                      the request without `tools`",
                 ));
             }
+            llama_calls = template.writes_llama_tool_calls();
+            let forced = req
+                .tools
+                .as_ref()
+                .is_some_and(|t| *t.choice() != ToolChoice::Auto);
+            if forced && !llama_calls {
+                return Err(bad(
+                    "tool_choice",
+                    "this model's chat template asks for tool calls in a format other than \
+                     Llama 3.x's `{\"name\": …, \"parameters\": …}`, the one this server can \
+                     force: use `tool_choice: \"auto\"` (the reply is then returned as text)",
+                ));
+            }
             let text = template
-                .render_with_tools(&messages, req.tools.as_ref(), true)
+                .render_with_tools(&messages, req.tools.as_ref().map(Tools::definitions), true)
                 .map_err(RequestError::Template)?;
             vec![PromptIds {
                 ids: tokenizer.encode_chat(&text),
@@ -296,6 +315,7 @@ pub fn plan(
         echo: req.echo && endpoint == Endpoint::Completions,
         seed,
         include_usage: req.include_usage,
+        tools: req.tools.clone().filter(|_| llama_calls),
     })
 }
 
@@ -308,15 +328,18 @@ pub fn jobs(settings: &Settings<'_>, req: &Request, plan: &Plan) -> Result<Vec<J
             sampler.seed = plan.seed.wrapping_add(i as u64);
             let constraints = settings.constraints;
             let constraint = match &req.response_format {
-                None | Some(ResponseFormat::Text) => None,
+                Some(ResponseFormat::Text) => None,
                 Some(ResponseFormat::JsonObject) => Some(constraints.json_object()),
                 Some(ResponseFormat::JsonSchema(s)) => Some(constraints.json_schema(s)),
                 Some(ResponseFormat::Grammar(g)) => Some(constraints.gbnf(g)),
+                // The calls' grammar (`auto` included: text, or calls that parse).
+                None => plan.tools.as_ref().map(|t| constraints.lark(&t.grammar())),
             }
             .transpose()
             .map_err(|e| {
                 let field = match req.response_format {
                     Some(ResponseFormat::Grammar(_)) => "grammar",
+                    None => "tools",
                     _ => "response_format",
                 };
                 bad(field, e.to_string())
@@ -360,6 +383,8 @@ struct ChoiceState {
     prompt: usize,
     /// Characters of text streamed so far (completions' `text_offset`).
     offset: usize,
+    /// Chat with tools, streamed: the reply read into content and calls as it comes.
+    calls: Option<CallParser>,
 }
 
 /// A request's response being built from its choices' events: [`Reply::event`] takes each
@@ -395,6 +420,7 @@ impl Reply {
         let choices = (0..count)
             .map(|i| ChoiceState {
                 prompt: i / plan.n.max(1),
+                calls: plan.tools.as_ref().map(CallParser::new),
                 ..ChoiceState::default()
             })
             .collect();
@@ -606,8 +632,22 @@ impl Reply {
                             let lp = logprob
                                 .as_ref()
                                 .map(|l| self.chat_logprobs(std::slice::from_ref(l)));
-                            json!({"index": i, "delta": {"content": text}, "logprobs": lp,
-                                   "finish_reason": null})
+                            match self.choices[i].calls.as_mut() {
+                                // With tools: what the reader can tell so far, as content
+                                // and `delta.tool_calls` (nothing while it cannot tell).
+                                Some(parser) => match tool_delta(&parser.push(&text)) {
+                                    Some(delta) => json!({"index": i, "delta": delta,
+                                                          "logprobs": lp, "finish_reason": null}),
+                                    None => {
+                                        let c = &mut self.choices[i];
+                                        c.text.push_str(&text);
+                                        c.logprobs.extend(logprob);
+                                        return Ok(None);
+                                    }
+                                },
+                                None => json!({"index": i, "delta": {"content": text},
+                                               "logprobs": lp, "finish_reason": null}),
+                            }
                         }
                         Endpoint::Completions => {
                             let mut offset = self.choices[i].offset;
@@ -633,19 +673,31 @@ impl Reply {
                     return Ok(None);
                 }
                 self.remaining -= 1;
-                let reason = finish_reason(&f.stop);
+                let mut reason = finish_reason(&f.stop);
                 let stop = f.stop.as_str();
                 let tail = f.tail.clone();
                 let c = &mut self.choices[i];
                 c.text.push_str(&f.tail);
                 c.finished = Some(f);
+                let calls = c.calls.take();
                 let seed = self.choice_seed(i);
                 match self.endpoint {
                     Endpoint::Chat => {
-                        let delta = if tail.is_empty() {
-                            json!({})
-                        } else {
-                            json!({"content": tail})
+                        let delta = match calls {
+                            Some(mut parser) => {
+                                let mut deltas = parser.push(&tail);
+                                if parser.has_calls() && reason == "stop" {
+                                    reason = "tool_calls";
+                                }
+                                // What was held back (text that only looked like a call) is
+                                // content after all.
+                                if let Some(rest) = parser.finish().content {
+                                    deltas.push(Delta::Content(rest));
+                                }
+                                tool_delta(&deltas).unwrap_or_else(|| json!({}))
+                            }
+                            None if tail.is_empty() => json!({}),
+                            None => json!({"content": tail}),
                         };
                         json!({"index": i, "delta": delta, "logprobs": null,
                                "finish_reason": reason, "stop_reason": stop, "seed": seed})
@@ -673,9 +725,29 @@ impl Reply {
         Some(v)
     }
 
-    /// Chat: the assistant's message of a finished choice.
+    /// Chat: the assistant's message of a finished choice; with tools, text that is calls
+    /// becomes `tool_calls` (and `content` null).
     fn chat_message(&self, c: &ChoiceState) -> Value {
-        json!({"role": "assistant", "content": c.text, "refusal": null})
+        let Some(tools) = &self.plan.tools else {
+            return json!({"role": "assistant", "content": c.text, "refusal": null});
+        };
+        let reply = parse_reply(tools, &c.text);
+        let mut m = json!({"role": "assistant", "content": reply.content, "refusal": null});
+        if !reply.calls.is_empty() {
+            m["tool_calls"] = reply.calls.iter().map(|c| c.to_openai()).collect();
+        }
+        m
+    }
+
+    /// Chat: `tool_calls` when the reply ended by itself after making calls.
+    fn chat_finish_reason(&self, c: &ChoiceState, stop: &StopReason) -> &'static str {
+        let reason = finish_reason(stop);
+        match &self.plan.tools {
+            Some(t) if reason == "stop" && !parse_reply(t, &c.text).calls.is_empty() => {
+                "tool_calls"
+            }
+            _ => reason,
+        }
     }
 
     /// The whole response (`chat.completion` or `text_completion`) over the finished
@@ -690,7 +762,7 @@ impl Reply {
                     "index": i,
                     "message": self.chat_message(c),
                     "logprobs": self.plan.logprobs.map(|_| self.chat_logprobs(&c.logprobs)),
-                    "finish_reason": finish_reason(&f.stop),
+                    "finish_reason": self.chat_finish_reason(c, &f.stop),
                     "stop_reason": stop,
                     "seed": self.choice_seed(i),
                 }),
@@ -725,4 +797,41 @@ impl Reply {
         body["timings"] = self.timings();
         body
     }
+}
+
+/// Streamed pieces of a reply with tools as one OpenAI chunk `delta`: content, and
+/// `tool_calls` entries whose first piece carries the call's id, type and name and the next
+/// ones its arguments (pieces of one call in a row are joined). `None` for no pieces.
+fn tool_delta(deltas: &[Delta]) -> Option<Value> {
+    if deltas.is_empty() {
+        return None;
+    }
+    let mut content: Option<String> = None;
+    let mut calls: Vec<Value> = Vec::new();
+    for d in deltas {
+        match d {
+            Delta::Content(text) => content.get_or_insert_with(String::new).push_str(text),
+            Delta::CallStart { index, id, name } => calls.push(json!({
+                "index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""}})),
+            Delta::Arguments { index, text } => match calls.last_mut() {
+                Some(last) if last["index"] == json!(index) => {
+                    let joined = format!(
+                        "{}{text}",
+                        last["function"]["arguments"].as_str().unwrap_or("")
+                    );
+                    last["function"]["arguments"] = json!(joined);
+                }
+                _ => calls.push(json!({"index": index, "function": {"arguments": text}})),
+            },
+        }
+    }
+    let mut delta = json!({});
+    if let Some(c) = content {
+        delta["content"] = json!(c);
+    }
+    if !calls.is_empty() {
+        delta["tool_calls"] = json!(calls);
+    }
+    Some(delta)
 }

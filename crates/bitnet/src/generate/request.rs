@@ -26,6 +26,7 @@
 use serde_json::{Map, Value};
 
 use super::sampler::{random_seed, SamplerConfig, SamplerError};
+use super::tools::{ToolChoice, Tools};
 use crate::tokenizer::ChatMessage;
 
 /// Why a request was refused.
@@ -251,8 +252,9 @@ pub struct Request {
     /// `response_format`, or llama-server's `json_schema` (the same as a `json_schema`
     /// response format).
     pub response_format: Option<ResponseFormat>,
-    /// OpenAI's `tools` (function definitions), when given and not empty.
-    pub tools: Option<Value>,
+    /// OpenAI's `tools` (function definitions) with `tool_choice` and `parallel_tool_calls`,
+    /// when given, not empty and not `tool_choice: "none"`.
+    pub tools: Option<Tools>,
     /// llama-server's `ignore_eos`: generation goes on past the end-of-generation token.
     pub ignore_eos: bool,
     /// llama-server's `n_keep`: prompt tokens a context shift keeps (-1: all of them); `None`
@@ -549,6 +551,8 @@ const READ: &[&str] = &[
     "json_schema",
     "grammar",
     "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "ignore_eos",
     "n_keep",
 ];
@@ -613,7 +617,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
         ),
         // Predicted output only makes a response faster; the text is the same without it.
         "prediction" => ("prediction", Harmless(Value::is_object, "an object")),
-        "parallel_tool_calls" => ("parallel_tool_calls", Harmless(is_bool, "true or false")),
         "store" => (
             "store",
             OffOnly(
@@ -626,13 +629,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
             OffOnly(
                 |v| v.as_array().is_some_and(|a| a.iter().all(|m| m == "text")),
                 "this model writes text only: [\"text\"]",
-            ),
-        ),
-        "tool_choice" => (
-            "tool_choice",
-            OffOnly(
-                |v| matches!(v.as_str(), Some("auto" | "none")),
-                "only \"auto\" or \"none\": this server cannot force a tool call",
             ),
         ),
         "functions" => (
@@ -983,13 +979,45 @@ impl Request {
         // `tool_choice: "none"`: no tool may be called, so none is shown to the model (and a
         // template without tools serves the request).
         let no_tools = obj.get("tool_choice").is_some_and(|c| c == "none");
+        let parallel = opt(obj, "parallel_tool_calls", "true or false", Value::as_bool)?;
         let tools = match obj.get("tools") {
             None | Some(Value::Null) => None,
             Some(Value::Array(a)) if a.is_empty() => None,
             Some(Value::Array(_)) if no_tools => None,
-            Some(v @ Value::Array(_)) => Some(v.clone()),
+            Some(v @ Value::Array(_)) => Some(
+                Tools::new(v, obj.get("tool_choice"), parallel.unwrap_or(true)).map_err(|e| {
+                    RequestError::Unsupported {
+                        field: e.field(),
+                        message: e.to_string(),
+                    }
+                })?,
+            ),
             Some(_) => return Err(field_error("tools", "a list of tool definitions")),
         };
+        if tools.is_none() && !no_tools {
+            // A choice that calls a tool needs tools to call.
+            if let Some(c) = obj
+                .get("tool_choice")
+                .filter(|c| !c.is_null() && *c != "auto")
+            {
+                return Err(RequestError::Unsupported {
+                    field: "tool_choice",
+                    message: format!("`tool_choice` {c} needs `tools` to choose from"),
+                });
+            }
+        }
+        if tools
+            .as_ref()
+            .is_some_and(|t| *t.choice() != ToolChoice::Auto)
+            && response_format.is_some()
+        {
+            return Err(RequestError::Unsupported {
+                field: "tool_choice",
+                message: "a forced tool call and `response_format` (or `grammar`) would both \
+                          constrain the reply: give one"
+                    .to_string(),
+            });
+        }
         if tools.is_some() && !messages_given {
             return Err(RequestError::Unsupported {
                 field: "tools",
@@ -1516,6 +1544,36 @@ mod tests {
         assert!(r.tools.is_none());
         let r = parse(&format!(r#"{{{CHAT}, {tools}, "tool_choice": "auto"}}"#)).unwrap();
         assert!(r.tools.is_some());
+        let named = r#""tool_choice": {"type": "function", "function": {"name": "f"}}"#;
+        let r = parse(&format!(r#"{{{CHAT}, {tools}, {named}}}"#)).unwrap();
+        let choice = r.tools.as_ref().map(|t| t.choice().clone());
+        assert_eq!(choice, Some(ToolChoice::Function("f".into())));
+        for (body, field) in [
+            (
+                format!(
+                    r#"{tools}, "tool_choice": {{"type": "function", "function": {{"name": "g"}}}}"#
+                ),
+                "tool_choice",
+            ),
+            (r#""tool_choice": "required""#.to_string(), "tool_choice"),
+            (
+                format!(
+                    r#"{tools}, "tool_choice": "required", "response_format": {{"type": "json_object"}}"#
+                ),
+                "tool_choice",
+            ),
+            (
+                format!(r#"{tools}, "parallel_tool_calls": 1"#),
+                "parallel_tool_calls",
+            ),
+            (
+                r#""tools": [{"type": "function", "function": {"name": ""}}]"#.to_string(),
+                "tools",
+            ),
+        ] {
+            let e = parse(&format!("{{{CHAT}, {body}}}")).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{body}: {e}");
+        }
     }
 
     #[test]

@@ -154,6 +154,23 @@ impl ChatTemplate {
         }
     }
 
+    /// Whether the template asks for tool calls in Llama 3.x's format (a reply that is
+    /// `{"name": …, "parameters": …}`, as Meta's Llama 3.1-3.3 templates write calls back),
+    /// the one format [`crate::generate::tools`] constrains and reads. Templates with other
+    /// formats (Qwen's and Hermes' `<tool_call>` tags, Mistral's `[TOOL_CALLS]`) say no.
+    pub fn writes_llama_tool_calls(&self) -> bool {
+        match &self.kind {
+            Kind::Bitnet => false,
+            Kind::Jinja(env) => env.get_template(TEMPLATE_NAME).is_ok_and(|t| {
+                let src = t.source();
+                self.supports_tools()
+                    && src.contains("<|start_header_id|>")
+                    && src.contains("\"parameters\"")
+                    && !src.contains("<tool_call>")
+            }),
+        }
+    }
+
     /// [`ChatTemplate::render`] with the request's tool definitions (OpenAI's `tools`), for
     /// templates that [support them](ChatTemplate::supports_tools).
     pub fn render_with_tools(
@@ -168,7 +185,7 @@ impl ChatTemplate {
                 let template = env.get_template(TEMPLATE_NAME).map_err(template_error)?;
                 template
                     .render(context! {
-                        messages => messages,
+                        messages => template_messages(messages),
                         tools => tools,
                         add_generation_prompt => add_generation_prompt,
                         bos_token => &self.bos_token,
@@ -192,6 +209,30 @@ impl ChatTemplate {
         }
         out
     }
+}
+
+/// The messages as templates read them: OpenAI sends a call's `arguments` as JSON text, but
+/// Hugging Face templates (Llama 3.x's `tool_call.arguments | tojson`, Qwen's) expect the
+/// object, as transformers passes it; text that is not JSON stays text.
+fn template_messages(messages: &[ChatMessage]) -> Vec<serde_json::Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            let calls = v.get_mut("tool_calls").and_then(|c| c.as_array_mut());
+            for call in calls.into_iter().flatten() {
+                if let Some(args) = call.pointer_mut("/function/arguments") {
+                    let parsed = args
+                        .as_str()
+                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok());
+                    if let Some(parsed) = parsed {
+                        *args = parsed;
+                    }
+                }
+            }
+            v
+        })
+        .collect()
 }
 
 /// Jinja's `capitalize`: first character upper case, the rest lower case.
@@ -256,6 +297,36 @@ mod tests {
             t.render(&[ChatMessage::user("x")], false).ok().as_deref(),
             Some("ok")
         );
+    }
+
+    #[test]
+    fn call_arguments_reach_templates_as_objects() {
+        let t = ChatTemplate::new(
+            Some("{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments.city }}|{{ c.function.arguments | tojson }}{% endfor %}{% endfor %}"),
+            "", "", "",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut m = ChatMessage::assistant("");
+        m.tool_calls = Some(serde_json::json!([
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Verona\"}"}}
+        ]));
+        assert_eq!(
+            t.render(&[m], false).ok().as_deref(),
+            Some(r#"Verona|{"city":"Verona"}"#)
+        );
+    }
+
+    #[test]
+    fn llamas_tool_format_is_recognised() {
+        let llama = include_str!("../../../../testdata/templates/llama-3.1-instruct.jinja");
+        let t = ChatTemplate::new(Some(llama), "<|begin_of_text|>", "", "<|eot_id|>")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.supports_tools() && t.writes_llama_tool_calls());
+        // Qwen 2.5's way: tools known, calls in <tool_call> tags.
+        let qwen = "{% if tools %}<tools>{{ tools | tojson }}</tools> reply with <tool_call>{\"name\": …, \"arguments\": …}</tool_call>{% endif %}";
+        let t = ChatTemplate::new(Some(qwen), "", "", "").unwrap_or_else(|e| panic!("{e}"));
+        assert!(t.supports_tools() && !t.writes_llama_tool_calls());
+        assert!(!ChatTemplate::bitnet("", "", "").writes_llama_tool_calls());
     }
 
     #[test]

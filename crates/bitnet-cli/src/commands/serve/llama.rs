@@ -215,7 +215,13 @@ pub async fn apply_template(State(state): State<Arc<AppState>>, body: Bytes) -> 
             Some("tools"),
         );
     }
-    match template.render_with_tools(&messages, req.tools.as_ref(), true) {
+    match template.render_with_tools(
+        &messages,
+        req.tools
+            .as_ref()
+            .map(bitnet::generate::tools::Tools::definitions),
+        true,
+    ) {
         Ok(prompt) => Json(json!({"prompt": prompt})).into_response(),
         Err(e) => request_error(&RequestError::Template(e)),
     }

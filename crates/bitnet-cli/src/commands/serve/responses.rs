@@ -18,6 +18,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bitnet::generate::scheduler::Event;
+use bitnet::generate::tools::{parse_reply, CallParser, Delta, Tools};
 use bitnet::generate::{Finished, Request, StopReason, Ticket};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -289,6 +290,10 @@ struct Reply {
     prompt_tokens: usize,
     text: String,
     finished: Option<Finished>,
+    /// With tools: a reply that is calls becomes `function_call` items.
+    tools: Option<Tools>,
+    /// The finished reply's output items, once read (a call keeps its id in every event).
+    items: std::sync::OnceLock<Vec<Value>>,
 }
 
 impl Reply {
@@ -313,10 +318,35 @@ impl Reply {
                "role": "assistant", "content": content})
     }
 
+    /// The output items of a finished reply: the message, or with tools the calls it made
+    /// (`function_call` items, each with its call's id as `call_id`).
+    fn output(&self, status: &str) -> Vec<Value> {
+        self.items.get_or_init(|| self.read_output(status)).clone()
+    }
+
+    fn read_output(&self, status: &str) -> Vec<Value> {
+        let Some(tools) = &self.tools else {
+            return vec![self.message(status, true)];
+        };
+        let reply = parse_reply(tools, &self.text);
+        if reply.calls.is_empty() {
+            return vec![self.message(status, true)];
+        }
+        reply
+            .calls
+            .iter()
+            .map(|c| {
+                json!({"type": "function_call", "id": format!("fc_{}", &c.id[5..]),
+                       "call_id": c.id, "name": c.name, "arguments": c.arguments,
+                       "status": status})
+            })
+            .collect()
+    }
+
     fn object(&self) -> Value {
         let status = self.status();
         let output = if self.finished.is_some() {
-            vec![self.message(status, true)]
+            self.output(status)
         } else {
             vec![]
         };
@@ -459,6 +489,7 @@ pub async fn responses(
         "metadata",
         "tools",
         "tool_choice",
+        "parallel_tool_calls",
         "text",
         "user",
     ] {
@@ -476,6 +507,8 @@ pub async fn responses(
         prompt_tokens: plan.prompts.iter().map(|p| p.ids.len()).sum(),
         text: String::new(),
         finished: None,
+        tools: plan.tools.clone(),
+        items: std::sync::OnceLock::new(),
     };
     if req.stream {
         let (out, out_rx) = mpsc::unbounded_channel::<(String, String)>();
@@ -518,6 +551,228 @@ async fn collect(
     Json(reply.object()).into_response()
 }
 
+/// The output item a streamed reply with tools has open.
+enum Open {
+    None,
+    Message,
+    /// A function call: its item so far.
+    Call(Value),
+}
+
+/// Closes the open item at `index` with `status`: the events that say so, and the item.
+fn close(
+    open: &mut Open,
+    text: &str,
+    reply: &Reply,
+    index: usize,
+    status: &str,
+) -> Option<(Vec<(&'static str, Value)>, Value)> {
+    match std::mem::replace(open, Open::None) {
+        Open::None => None,
+        Open::Message => {
+            let at = json!({"item_id": reply.message_id, "output_index": index,
+                            "content_index": 0});
+            let mut done = at.clone();
+            done["text"] = json!(text);
+            done["logprobs"] = json!([]);
+            let mut part = at;
+            part["part"] = json!({"type": "output_text", "text": text, "annotations": []});
+            let mut item = reply.message(status, true);
+            item["content"][0]["text"] = json!(text);
+            Some((
+                vec![
+                    ("response.output_text.done", done),
+                    ("response.content_part.done", part),
+                ],
+                item,
+            ))
+        }
+        Open::Call(mut item) => {
+            item["status"] = json!(status);
+            let done = json!({"item_id": item["id"], "output_index": index,
+                              "arguments": item["arguments"]});
+            Some((vec![("response.function_call_arguments.done", done)], item))
+        }
+    }
+}
+
+/// A message item opening at `index`.
+fn open_message(reply: &Reply, index: usize) -> Vec<(&'static str, Value)> {
+    let mut item = reply.message("in_progress", false);
+    item["content"] = json!([]);
+    vec![
+        (
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ),
+        (
+            "response.content_part.added",
+            json!({"item_id": reply.message_id, "output_index": index, "content_index": 0,
+                   "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ),
+    ]
+}
+
+/// The `response.*` events of a reply with tools, as OpenAI streams them: text opens a
+/// message item as it comes; each call opens a `function_call` item whose arguments come in
+/// `response.function_call_arguments.delta` events.
+async fn stream_with_tools(
+    mut reply: Reply,
+    tickets: Vec<Ticket>,
+    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    out: mpsc::UnboundedSender<(String, String)>,
+) {
+    let Some(tools) = reply.tools.clone() else {
+        return;
+    };
+    let mut seq = 0u64;
+    let mut send = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        out.send((name.to_string(), data.to_string())).is_ok()
+    };
+    for name in ["response.created", "response.in_progress"] {
+        if !send(name, json!({"response": reply.object()})) {
+            return;
+        }
+    }
+    let mut parser = Some(CallParser::new(&tools));
+    let mut open = Open::None;
+    let mut items: Vec<Value> = Vec::new();
+    let mut text = String::new();
+    let mut finished = None;
+    while finished.is_none() {
+        let event = tokio::select! {
+            e = rx.recv() => match e {
+                Some((_, e)) => e,
+                None => break,
+            },
+            // The client left: the ticket's drop cancels the generation.
+            _ = out.closed() => return,
+        };
+        let piece = match event {
+            Event::Prompt { .. } | Event::Embedding(_) => continue,
+            Event::Token { text, .. } => text,
+            Event::Done(f) => {
+                let tail = f.tail.clone();
+                finished = Some(f);
+                tail
+            }
+            Event::Failed(e) => {
+                let _ = send(
+                    "error",
+                    json!({"code": "server_error", "message": e, "param": null}),
+                );
+                return;
+            }
+        };
+        reply.text.push_str(&piece);
+        let Some(p) = parser.as_mut() else { break };
+        let mut deltas = p.push(&piece);
+        if finished.is_some() {
+            // What was held back (text that only looked like a call) is content after all.
+            if let Some(rest) = parser.take().and_then(|p| p.finish().content) {
+                deltas.push(Delta::Content(rest));
+            }
+        }
+        for d in deltas {
+            let mut index = items.len();
+            let mut events: Vec<(&str, Value)> = Vec::new();
+            match d {
+                Delta::Content(t) if t.is_empty() => {}
+                Delta::Content(t) => {
+                    if !matches!(open, Open::Message) {
+                        events.extend(open_message(&reply, index));
+                        open = Open::Message;
+                    }
+                    text.push_str(&t);
+                    events.push((
+                        "response.output_text.delta",
+                        json!({"item_id": reply.message_id, "output_index": index,
+                               "content_index": 0, "delta": t, "logprobs": []}),
+                    ));
+                }
+                Delta::CallStart { id, name, .. } => {
+                    if let Some((closing, item)) =
+                        close(&mut open, &text, &reply, index, "completed")
+                    {
+                        events.extend(closing);
+                        events.push((
+                            "response.output_item.done",
+                            json!({"output_index": index, "item": item}),
+                        ));
+                        items.push(item);
+                        index += 1;
+                    }
+                    let item = json!({"type": "function_call",
+                        "id": format!("fc_{}", id.trim_start_matches("call_")),
+                        "call_id": id, "name": name, "arguments": "",
+                        "status": "in_progress"});
+                    events.push((
+                        "response.output_item.added",
+                        json!({"output_index": index, "item": item}),
+                    ));
+                    open = Open::Call(item);
+                }
+                Delta::Arguments { text: piece, .. } => {
+                    if let Open::Call(item) = &mut open {
+                        let args = format!("{}{piece}", item["arguments"].as_str().unwrap_or(""));
+                        item["arguments"] = json!(args);
+                        events.push((
+                            "response.function_call_arguments.delta",
+                            json!({"item_id": item["id"], "output_index": index,
+                                   "delta": piece}),
+                        ));
+                    }
+                }
+            }
+            for (name, data) in events {
+                if !send(name, data) {
+                    return;
+                }
+            }
+        }
+    }
+    drop(tickets);
+    let Some(f) = finished else { return };
+    reply.finished = Some(f);
+    reply.record();
+    let status = reply.status();
+    let index = items.len();
+    if matches!(open, Open::None) && items.is_empty() {
+        // An empty reply is an empty message, as without tools.
+        for (name, data) in open_message(&reply, index) {
+            if !send(name, data) {
+                return;
+            }
+        }
+        open = Open::Message;
+    }
+    if let Some((closing, item)) = close(&mut open, &text, &reply, index, status) {
+        for (name, data) in closing {
+            if !send(name, data) {
+                return;
+            }
+        }
+        if !send(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ) {
+            return;
+        }
+        items.push(item);
+    }
+    // The response object lists the items as streamed (same ids).
+    let _ = reply.items.set(items);
+    let end = if status == "incomplete" {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    let _ = send(end, json!({"response": reply.object()}));
+}
+
 /// The `response.*` events: created, in progress, the message item and its text part
 /// opened, a delta per piece of text, then each closed and `response.completed` (or
 /// `response.incomplete` when the length limit ended it).
@@ -527,6 +782,9 @@ async fn stream(
     mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
     out: mpsc::UnboundedSender<(String, String)>,
 ) {
+    if reply.tools.is_some() {
+        return stream_with_tools(reply, tickets, rx, out).await;
+    }
     let mut seq = 0u64;
     let mut send = |name: &str, mut data: Value| {
         data["type"] = json!(name);
