@@ -1,8 +1,8 @@
-//! The forward pass on the device: the model's weights uploaded once, and the steps of
-//! `model::bitnet`'s layer run as kernels over device buffers, one submission per chunk of
-//! tokens, the tokens of a batch's sequences together (each with its own cache). Per call the
-//! host sends the new tokens' embedding rows and RoPE angles and reads back only the logits
-//! asked for.
+//! The forward pass on the device: the model's weights uploaded once, and the block that
+//! `model::backend` describes run by `GpuBackend` as kernels over device buffers, one
+//! submission per chunk of tokens, the tokens of a batch's sequences together (each with its
+//! own cache). Per call the host sends the new tokens' embedding rows and RoPE angles and
+//! reads back only the logits asked for.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +12,7 @@ use super::ops::{
 };
 use super::GpuError;
 use crate::formats::types::TensorType;
+use crate::model::backend::{layer_forward, Backend, LayerWeights, Scratch};
 use crate::model::{Activation, CacheType, Config, RopeStyle};
 
 /// Tokens run per submission (bounds the attention scores' scratch, `chunk × heads × ctx`).
@@ -37,19 +38,8 @@ pub(crate) struct LayerSource<'a> {
     pub ffn_sub_norm: Option<&'a [f32]>,
 }
 
-struct GpuLayer {
-    attn_norm: wgpu::Buffer,
-    wq: Ternary,
-    wk: Ternary,
-    wv: Ternary,
-    attn_sub_norm: Option<wgpu::Buffer>,
-    wo: Ternary,
-    ffn_norm: wgpu::Buffer,
-    w_gate: Ternary,
-    w_up: Ternary,
-    ffn_sub_norm: Option<wgpu::Buffer>,
-    w_down: Ternary,
-}
+/// One layer on the device (no Q/K head norms or post-norms: refused at upload).
+type GpuLayer = LayerWeights<Ternary, wgpu::Buffer>;
 
 /// What a sequence of a batch wants back ([`GpuModel::forward_batch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +183,10 @@ impl GpuModel {
                 w_up: u,
                 ffn_sub_norm: layer.ffn_sub_norm.map(|n| gpu.upload(n)),
                 w_down: d,
+                q_norm: None,
+                k_norm: None,
+                post_attn_norm: None,
+                post_ffn_norm: None,
             });
         }
         let model = GpuModel {
@@ -302,7 +296,7 @@ impl GpuModel {
         if guard.as_ref().is_none_or(|w| w.capacity < capacity) {
             *guard = Some(self.work(capacity));
         }
-        let Some(work) = guard.as_ref() else {
+        let Some(work) = guard.as_mut() else {
             return Err(GpuError::Backend("no work buffers".into()));
         };
         // The sequence of every row, and its index in that sequence.
@@ -334,7 +328,7 @@ impl GpuModel {
             let mut table = cos[start * half..(start + len) * half].to_vec();
             table.extend_from_slice(&sin[start * half..(start + len) * half]);
             self.chunk(
-                work,
+                &mut *work,
                 &x[start * h..(start + len) * h],
                 &table,
                 &spans,
@@ -350,7 +344,7 @@ impl GpuModel {
     /// sequence wants of these rows to `out`.
     fn chunk(
         &self,
-        w: &Work,
+        w: &mut Work,
         x: &[f32],
         table: &[f32],
         spans: &[(usize, Rows)],
@@ -358,69 +352,48 @@ impl GpuModel {
         out: &mut [Vec<f32>],
     ) -> Result<(), GpuError> {
         let (g, c) = (&*self.gpu, &self.c);
-        let (h, ff) = (c.n_embd, c.n_ff);
+        let h = c.n_embd;
         let n = x.len() / h;
         g.queue.write_buffer(&w.x, 0, bytemuck::cast_slice(x));
         let table = g.upload(table);
-        // The scores' stride is the work buffers' capacity, at least every cache's.
-        let shape = |cache: &GpuKv| AttnShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            hd: c.head_dim,
-            capacity: w.capacity,
-            f16: cache.f16,
-        };
-        let interleaved = c.rope_style == RopeStyle::Interleaved;
-        fn spec<'a>(gain: Option<&'a wgpu::Buffer>, c: &Config) -> NormSpec<'a> {
-            NormSpec {
-                gain,
-                eps: c.rms_eps,
-                act_eps: c.act_norm_eps,
-            }
-        }
-        let norm = |gain| spec(gain, c);
         let mut enc = g.encoder();
-        let e = &mut enc;
+        let Work {
+            capacity,
+            x: wx,
+            q,
+            k,
+            v,
+            attn,
+            proj,
+            gate,
+            up,
+            acts,
+            scores,
+            ..
+        } = &mut *w;
+        let mut gpu = GpuBackend {
+            g,
+            c,
+            enc: &mut enc,
+            n,
+            acts,
+            scores,
+            capacity: *capacity,
+            table: &table,
+            spans,
+            seqs,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
-            // Attention.
-            let acts = &w.acts;
-            let attn_norm = norm(Some(&layer.attn_norm));
-            ops::quantize(g, e, &w.x, h, n, h, layer.wq.k, attn_norm, acts);
-            ops::ternary(g, e, &layer.wq, acts, n, &w.q, false);
-            ops::ternary(g, e, &layer.wk, acts, n, &w.k, false);
-            ops::ternary(g, e, &layer.wv, acts, n, &w.v, false);
-            ops::rope(g, e, &w.q, &table, n, c.n_head, c.head_dim, interleaved);
-            ops::rope(g, e, &w.k, &table, n, c.n_head_kv, c.head_dim, interleaved);
-            for &(s, rows) in spans {
-                let cache = seqs[s].cache;
-                let kvl = &cache.layers[l];
-                ops::kv_write(g, e, shape(cache), kvl, &w.k, &w.v, rows);
-                ops::attention(g, e, shape(cache), kvl, &w.q, rows, &w.scores, &w.attn);
-            }
-            let sub = norm(layer.attn_sub_norm.as_ref());
-            ops::quantize(g, e, &w.attn, h, n, h, layer.wo.k, sub, acts);
-            ops::ternary(g, e, &layer.wo, acts, n, &w.proj, false);
-            ops::add(g, e, &w.x, &w.proj, n * h);
-            // Feed-forward: gated activation.
-            let ffn_norm = norm(Some(&layer.ffn_norm));
-            ops::quantize(g, e, &w.x, h, n, h, layer.w_gate.k, ffn_norm, acts);
-            ops::ternary(g, e, &layer.w_gate, acts, n, &w.gate, false);
-            ops::ternary(g, e, &layer.w_up, acts, n, &w.up, false);
-            // Exhaustive on purpose: a new activation must get a kernel (or a refusal in
-            // `unsupported`) before it compiles.
-            let silu = match c.activation {
-                Activation::Relu2 => false,
-                Activation::Silu => true,
-                // Refused at upload (`unsupported`); never runs here.
-                Activation::GeluTanh => {
-                    return Err(GpuError::Unsupported("the tanh-GELU gate".into()))
-                }
+            let scratch = Scratch {
+                q,
+                k,
+                v,
+                attn,
+                proj,
+                gate,
+                up,
             };
-            ops::gate(g, e, &w.up, &w.gate, n * ff, silu);
-            let sub = norm(layer.ffn_sub_norm.as_ref());
-            ops::quantize(g, e, &w.up, ff, n, ff, layer.w_down.k, sub, acts);
-            ops::ternary(g, e, &layer.w_down, acts, n, &w.proj, false);
-            ops::add(g, e, &w.x, &w.proj, n * h);
+            layer_forward(&mut gpu, c, l, layer, wx, scratch)?;
         }
         // The rows wanted back, in three groups: hidden states, logits after an f32 cache,
         // logits after an f16 one (whose normed rows are rounded to f16 first, as the CPU's
@@ -477,6 +450,123 @@ impl GpuModel {
         if let Some(enc) = pending {
             g.submit(enc)?;
         }
+        Ok(())
+    }
+}
+
+/// The device's steps of a block (`model::backend`): each records its kernels into one
+/// command encoder, over the `n` rows of a chunk whose sequences' runs are `spans`.
+struct GpuBackend<'a> {
+    g: &'a Gpu,
+    c: &'a Config,
+    enc: &'a mut wgpu::CommandEncoder,
+    n: usize,
+    acts: &'a Quantized,
+    scores: &'a wgpu::Buffer,
+    /// The scores' row stride: the work buffers' capacity, at least every cache's.
+    capacity: usize,
+    /// RoPE's cosines then sines for every row.
+    table: &'a wgpu::Buffer,
+    spans: &'a [(usize, Rows)],
+    seqs: &'a [SeqIn<'a>],
+}
+
+impl Backend for GpuBackend<'_> {
+    type Linear = Ternary;
+    type Gains = wgpu::Buffer;
+    type Rows = wgpu::Buffer;
+    type Error = GpuError;
+
+    fn project<const N: usize>(
+        &mut self,
+        input: &wgpu::Buffer,
+        width: usize,
+        block_norm: Option<&wgpu::Buffer>,
+        group: [(&Ternary, &mut wgpu::Buffer); N],
+    ) -> Result<(), GpuError> {
+        let norm = NormSpec {
+            gain: block_norm,
+            eps: self.c.rms_eps,
+            act_eps: self.c.act_norm_eps,
+        };
+        let (g, e, n) = (self.g, &mut *self.enc, self.n);
+        let k = group[0].0.k;
+        ops::quantize(g, e, input, width, n, width, k, norm, self.acts);
+        for (lin, out) in group {
+            ops::ternary(g, e, lin, self.acts, n, out, false);
+        }
+        Ok(())
+    }
+
+    fn head_norm(&mut self, _: &mut wgpu::Buffer, _: &wgpu::Buffer) -> Result<(), GpuError> {
+        // Refused at upload (`LayerSource` has none); never runs here.
+        Err(GpuError::Unsupported("Q/K head norms".into()))
+    }
+
+    fn rope(&mut self, q: &mut wgpu::Buffer, k: &mut wgpu::Buffer) -> Result<(), GpuError> {
+        let (g, e, c, n) = (self.g, &mut *self.enc, self.c, self.n);
+        let interleaved = c.rope_style == RopeStyle::Interleaved;
+        ops::rope(g, e, q, self.table, n, c.n_head, c.head_dim, interleaved);
+        ops::rope(g, e, k, self.table, n, c.n_head_kv, c.head_dim, interleaved);
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        l: usize,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        out: &mut wgpu::Buffer,
+    ) -> Result<(), GpuError> {
+        let (g, e, c) = (self.g, &mut *self.enc, self.c);
+        for &(s, rows) in self.spans {
+            let cache = self.seqs[s].cache;
+            let shape = AttnShape {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                hd: c.head_dim,
+                capacity: self.capacity,
+                f16: cache.f16,
+            };
+            let kvl = &cache.layers[l];
+            ops::kv_write(g, e, shape, kvl, k, v, rows);
+            ops::attention(g, e, shape, kvl, q, rows, self.scores, out);
+        }
+        Ok(())
+    }
+
+    fn add_residual(
+        &mut self,
+        x: &mut wgpu::Buffer,
+        out: &mut wgpu::Buffer,
+        post_norm: Option<&wgpu::Buffer>,
+    ) -> Result<(), GpuError> {
+        if post_norm.is_some() {
+            // Refused at upload; never runs here.
+            return Err(GpuError::Unsupported(
+                "norms after attention and the FFN (Gemma)".into(),
+            ));
+        }
+        ops::add(self.g, self.enc, x, out, self.n * self.c.n_embd);
+        Ok(())
+    }
+
+    fn gate(
+        &mut self,
+        activation: Activation,
+        gate: &wgpu::Buffer,
+        up: &mut wgpu::Buffer,
+    ) -> Result<(), GpuError> {
+        // Exhaustive on purpose: a new activation must get a kernel (or a refusal in
+        // `unsupported`) before it compiles.
+        let silu = match activation {
+            Activation::Relu2 => false,
+            Activation::Silu => true,
+            // Refused at upload (`unsupported`); never runs here.
+            Activation::GeluTanh => return Err(GpuError::Unsupported("the tanh-GELU gate".into())),
+        };
+        ops::gate(self.g, self.enc, up, gate, self.n * self.c.n_ff, silu);
         Ok(())
     }
 }

@@ -26,6 +26,7 @@ use crate::formats::types::TensorType;
 use crate::kernels::threads::{self, SharedOut, ThreadPool};
 use crate::kernels::{self, DecodeLayout, Isa};
 
+use super::backend::{layer_forward, Backend, LayerWeights, Scratch};
 use super::config::{Activation, Architecture, Config, RopeStyle};
 use super::kv_cache::{CacheType, KvCache, KvSlice};
 use super::weights::{
@@ -140,6 +141,20 @@ impl Workspace {
         self.gate.resize(n * ff, 0.0);
         self.up.resize(n * ff, 0.0);
     }
+
+    /// The quantized activations' buffers, and the block's float matrices.
+    fn split(&mut self) -> (&mut QuantizedBuffers, Scratch<'_, [f32]>) {
+        let scratch = Scratch {
+            q: &mut self.q[..],
+            k: &mut self.k[..],
+            v: &mut self.v[..],
+            attn: &mut self.attn[..],
+            proj: &mut self.proj[..],
+            gate: &mut self.gate[..],
+            up: &mut self.up[..],
+        };
+        (&mut self.acts, scratch)
+    }
 }
 
 impl Layer {
@@ -168,25 +183,9 @@ impl Layer {
     }
 }
 
-/// One transformer block's weights (the sub-norms only in the BitNet architectures; the
-/// Q/K head norms in Qwen3 and Gemma 3, the post-norms in Gemma 3).
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    attn_sub_norm: Option<Vec<f32>>,
-    wo: Linear,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    w_gate: Linear,
-    w_up: Linear,
-    ffn_sub_norm: Option<Vec<f32>>,
-    w_down: Linear,
-    post_ffn_norm: Option<Vec<f32>>,
-}
+/// One transformer block's weights on the CPU (see [`LayerWeights`] for which norms are
+/// whose).
+type Layer = LayerWeights<Linear, Vec<f32>>;
 
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1013,7 +1012,18 @@ impl BitnetModel {
                 Some(tables) if is_local => tables,
                 _ => &global,
             };
-            self.layer_forward(l, layer, &mut x, &mut ws, &mut caches, &spans, cos, sin);
+            let (acts, scratch) = ws.split();
+            let mut cpu = CpuBackend {
+                model: self,
+                acts,
+                caches: &mut caches,
+                spans: &spans,
+                cos,
+                sin,
+                n,
+            };
+            // The CPU runs every step: its error type has no values.
+            let Ok(()) = layer_forward(&mut cpu, c, l, layer, &mut x[..], scratch);
         }
         drop(ws);
         for (cache, span) in caches.iter_mut().zip(&spans) {
@@ -1166,132 +1176,6 @@ impl BitnetModel {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
-        &self,
-        l: usize,
-        layer: &Layer,
-        x: &mut [f32],
-        ws: &mut Workspace,
-        caches: &mut [&mut KvCache],
-        spans: &[Span],
-        cos: &[f32],
-        sin: &[f32],
-    ) {
-        let c = &self.config;
-        let (h, hd, kv, qd) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
-        let n = x.len() / h;
-        let eps = c.rms_eps;
-        let Workspace {
-            acts,
-            q,
-            k,
-            v,
-            attn,
-            proj,
-            gate,
-            up,
-        } = ws;
-
-        let act_norm = c.act_norm_eps.map(|e| (self.ones.as_slice(), e));
-
-        // Attention.
-        self.project(
-            x,
-            h,
-            Some(&layer.attn_norm),
-            act_norm,
-            acts,
-            [
-                (&layer.wq, &mut q[..]),
-                (&layer.wk, &mut k[..]),
-                (&layer.wv, &mut v[..]),
-            ],
-        );
-        // Qwen3 / Gemma 3: every head of Q and K normalized before RoPE.
-        for (buf, gains) in [(&mut q[..], &layer.q_norm), (&mut k[..], &layer.k_norm)] {
-            if let Some(g) = gains {
-                threads::with_scratch_f32(hd, |tmp| {
-                    for head in buf.chunks_exact_mut(hd) {
-                        tmp.copy_from_slice(head);
-                        kernels::rms_norm(tmp, g, eps, head);
-                    }
-                });
-            }
-        }
-        let half = hd / 2;
-        for (cache, span) in caches.iter_mut().zip(spans) {
-            for t in span.start..span.start + span.len {
-                let (cos, sin) = (
-                    &cos[t * half..(t + 1) * half],
-                    &sin[t * half..(t + 1) * half],
-                );
-                for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
-                    rope(c.rope_style, head, cos, sin);
-                }
-                for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
-                    rope(c.rope_style, head, cos, sin);
-                }
-                cache.write(
-                    l,
-                    span.pos0 + t - span.start,
-                    &k[t * kv..(t + 1) * kv],
-                    &v[t * kv..(t + 1) * kv],
-                );
-            }
-        }
-        self.attention(l, q, caches, spans, n, attn);
-        self.project(
-            attn,
-            qd,
-            layer.attn_sub_norm.as_deref(),
-            act_norm,
-            acts,
-            [(&layer.wo, &mut proj[..])],
-        );
-        add_residual(x, proj, h, layer.post_attn_norm.as_deref(), eps);
-
-        // Feed-forward: gated activation.
-        self.project(
-            x,
-            h,
-            Some(&layer.ffn_norm),
-            act_norm,
-            acts,
-            [(&layer.w_gate, &mut gate[..]), (&layer.w_up, &mut up[..])],
-        );
-        match c.activation {
-            Activation::Relu2 => {
-                for (u, g) in up.iter_mut().zip(gate.iter()) {
-                    let r = g.max(0.0);
-                    *u *= r * r;
-                }
-            }
-            Activation::Silu => {
-                // x / (1 + e^-x), the form PyTorch's SiLU computes.
-                for (u, &g) in up.iter_mut().zip(gate.iter()) {
-                    *u *= g / (1.0 + (-g).exp());
-                }
-            }
-            Activation::GeluTanh => {
-                // PyTorch's gelu(approximate="tanh").
-                const K: f32 = 0.797_884_6; // √(2/π)
-                for (u, &g) in up.iter_mut().zip(gate.iter()) {
-                    *u *= 0.5 * g * (1.0 + (K * (g + 0.044715 * g * g * g)).tanh());
-                }
-            }
-        }
-        self.project(
-            up,
-            c.n_ff,
-            layer.ffn_sub_norm.as_deref(),
-            act_norm,
-            acts,
-            [(&layer.w_down, &mut proj[..])],
-        );
-        add_residual(x, proj, h, layer.post_ffn_norm.as_deref(), eps);
-    }
-
     /// Causal attention of the `n` queries of every span, each over its own sequence's cache
     /// (which already holds their own keys and values). Each (query, head) pair is computed
     /// alone by one thread, in the same order, so a prefill, one-token-at-a-time decoding and
@@ -1371,6 +1255,136 @@ impl BitnetModel {
                     });
                 }
             });
+    }
+}
+
+/// The CPU's steps of a block (`model::backend`): the model's thread pool and kernels over
+/// the rows of one batch, `n` rows of the sequences `spans`, each with its cache.
+struct CpuBackend<'a, 'c> {
+    model: &'a BitnetModel,
+    acts: &'a mut QuantizedBuffers,
+    caches: &'a mut [&'c mut KvCache],
+    spans: &'a [Span],
+    /// RoPE's cosines and sines for every row, `[n × head_dim/2]` each.
+    cos: &'a [f32],
+    sin: &'a [f32],
+    n: usize,
+}
+
+impl Backend for CpuBackend<'_, '_> {
+    type Linear = Linear;
+    type Gains = Vec<f32>;
+    type Rows = [f32];
+    type Error = std::convert::Infallible;
+
+    fn project<const N: usize>(
+        &mut self,
+        input: &[f32],
+        width: usize,
+        block_norm: Option<&Vec<f32>>,
+        group: [(&Linear, &mut [f32]); N],
+    ) -> Result<(), Self::Error> {
+        let m = self.model;
+        let act_norm = m.config.act_norm_eps.map(|e| (m.ones.as_slice(), e));
+        let block_norm = block_norm.map(Vec::as_slice);
+        m.project(input, width, block_norm, act_norm, self.acts, group);
+        Ok(())
+    }
+
+    fn head_norm(&mut self, heads: &mut [f32], gains: &Vec<f32>) -> Result<(), Self::Error> {
+        let c = &self.model.config;
+        let hd = c.head_dim;
+        threads::with_scratch_f32(hd, |tmp| {
+            for head in heads.chunks_exact_mut(hd) {
+                tmp.copy_from_slice(head);
+                kernels::rms_norm(tmp, gains, c.rms_eps, head);
+            }
+        });
+        Ok(())
+    }
+
+    fn rope(&mut self, q: &mut [f32], k: &mut [f32]) -> Result<(), Self::Error> {
+        let c = &self.model.config;
+        let (hd, kv, qd) = (c.head_dim, c.kv_dim(), c.q_dim());
+        let half = hd / 2;
+        for t in 0..self.n {
+            let (cos, sin) = (
+                &self.cos[t * half..(t + 1) * half],
+                &self.sin[t * half..(t + 1) * half],
+            );
+            for head in q[t * qd..(t + 1) * qd].chunks_exact_mut(hd) {
+                rope(c.rope_style, head, cos, sin);
+            }
+            for head in k[t * kv..(t + 1) * kv].chunks_exact_mut(hd) {
+                rope(c.rope_style, head, cos, sin);
+            }
+        }
+        Ok(())
+    }
+
+    fn attend(
+        &mut self,
+        l: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        let kv = self.model.config.kv_dim();
+        for (cache, span) in self.caches.iter_mut().zip(self.spans) {
+            for t in span.start..span.start + span.len {
+                cache.write(
+                    l,
+                    span.pos0 + t - span.start,
+                    &k[t * kv..(t + 1) * kv],
+                    &v[t * kv..(t + 1) * kv],
+                );
+            }
+        }
+        let (caches, spans, n) = (&*self.caches, self.spans, self.n);
+        self.model.attention(l, q, caches, spans, n, out);
+        Ok(())
+    }
+
+    fn add_residual(
+        &mut self,
+        x: &mut [f32],
+        out: &mut [f32],
+        post_norm: Option<&Vec<f32>>,
+    ) -> Result<(), Self::Error> {
+        let (h, eps) = (self.model.config.n_embd, self.model.config.rms_eps);
+        add_residual(x, out, h, post_norm.map(Vec::as_slice), eps);
+        Ok(())
+    }
+
+    fn gate(
+        &mut self,
+        activation: Activation,
+        gate: &[f32],
+        up: &mut [f32],
+    ) -> Result<(), Self::Error> {
+        match activation {
+            Activation::Relu2 => {
+                for (u, g) in up.iter_mut().zip(gate.iter()) {
+                    let r = g.max(0.0);
+                    *u *= r * r;
+                }
+            }
+            Activation::Silu => {
+                // x / (1 + e^-x), the form PyTorch's SiLU computes.
+                for (u, &g) in up.iter_mut().zip(gate.iter()) {
+                    *u *= g / (1.0 + (-g).exp());
+                }
+            }
+            Activation::GeluTanh => {
+                // PyTorch's gelu(approximate="tanh").
+                const K: f32 = 0.797_884_6; // √(2/π)
+                for (u, &g) in up.iter_mut().zip(gate.iter()) {
+                    *u *= 0.5 * g * (1.0 + (K * (g + 0.044715 * g * g * g)).tanh());
+                }
+            }
+        }
+        Ok(())
     }
 }
 

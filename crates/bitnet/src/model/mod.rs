@@ -2,6 +2,7 @@
 //! traits, the forward pass, and the KV cache. Uses `formats` and `kernels`; knows nothing of
 //! tokenizers, generation or the CLI.
 
+pub(crate) mod backend;
 mod bitnet;
 pub mod config;
 pub mod embed;
