@@ -108,6 +108,38 @@ fn bench_names_the_adapter() {
     assert!(!adapter.is_empty(), "no adapter named: {stdout}");
 }
 
+/// On the GPU the roofline is the card's: `bench` reads a device buffer for its bandwidth
+/// (lavapipe's is host memory, so only its presence and sanity are checked here).
+#[test]
+fn bench_holds_gpu_decode_against_the_cards_bandwidth() {
+    if !have_adapter() {
+        return;
+    }
+    let out = bitnet(
+        &["bench", "-p", "0", "-n", "4", "-r", "1", "--device", "gpu"],
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("GPU memory read bandwidth: "))
+        .unwrap_or_else(|| panic!("no GPU bandwidth line: {stderr}"));
+    let gbs: f64 = line["GPU memory read bandwidth: ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(gbs > 0.01 && gbs < 100_000.0, "{line}");
+    assert!(
+        !stderr.contains("memory read bandwidth, 1 thread"),
+        "{stderr}"
+    );
+    // The tg row carries the roofline from that probe.
+    let row = stdout.lines().find(|l| l.contains("tg4")).unwrap();
+    assert!(row.contains("% of"), "{row}");
+}
+
 /// With the Vulkan driver search pointed at nothing, there is no adapter: `gpu` is an error
 /// that says so, `auto` runs on the CPU, and neither panics.
 #[test]

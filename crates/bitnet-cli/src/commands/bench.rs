@@ -124,6 +124,30 @@ impl Row {
     }
 }
 
+/// The memory-bandwidth probe of wherever the model runs: the CPU's threads reading a buffer
+/// in host memory, or (`gpu`) a kernel reading a buffer in the card's memory.
+struct Probe {
+    cpu: Option<bitnet::kernels::membw::BandwidthProbe>,
+    gpu: bool,
+}
+
+impl Probe {
+    /// GB/s now, at `threads` for the CPU (`passes` reads); `None` when there is no probe or
+    /// the GPU's failed (said in the log).
+    fn measure(&self, model: &BitnetModel, threads: usize, passes: usize) -> Option<f64> {
+        if self.gpu {
+            return match model.gpu_bandwidth(PROBE_BYTES as u64, passes.min(5))? {
+                Ok(gbs) => Some(gbs),
+                Err(e) => {
+                    log::warn!("GPU bandwidth probe failed: {e}");
+                    None
+                }
+            };
+        }
+        self.cpu.as_ref().map(|p| p.measure(threads, passes))
+    }
+}
+
 /// Bytes the bandwidth probe reads (well beyond any last-level cache).
 const PROBE_BYTES: usize = 512 << 20;
 /// Probe passes (best kept) before and after each timed generation run.
@@ -253,10 +277,16 @@ pub fn run(args: Args) -> Result<()> {
     // Where the bandwidth moves from minute to minute (shared cloud hosts), one probe at the
     // end says little about a run minutes earlier: each generation run is measured against
     // probes taken just before and after it.
-    let probe = if args.no_bandwidth {
+    // On a GPU the roofline is the card's: its own read probe, not the CPU's.
+    let on_gpu = model.gpu_adapter().is_some();
+    let probe = if args.no_bandwidth || on_gpu {
         None
     } else {
         bitnet::kernels::membw::BandwidthProbe::new(PROBE_BYTES)
+    };
+    let probe = Probe {
+        cpu: probe,
+        gpu: on_gpu && !args.no_bandwidth,
     };
     let mut rows = Vec::new();
     let mut bandwidth: Vec<(usize, Option<f64>)> = Vec::new();
@@ -313,15 +343,23 @@ pub fn run(args: Args) -> Result<()> {
                 },
                 |(ids, cache, rep)| {
                     // The untimed warm-up run (rep 0) needs no probes.
-                    let probe = probe.as_ref().filter(|_| *rep > 0);
-                    let before = probe.map(|p| p.measure(t, PROBE_PASSES));
+                    let measured = *rep > 0;
+                    let before = if measured {
+                        probe.measure(&model, t, PROBE_PASSES)
+                    } else {
+                        None
+                    };
                     // Only the generation is timed, not the probes.
                     let start = Instant::now();
                     for &id in ids.iter() {
                         model.forward(&[id], cache, Logits::Last)?;
                     }
                     let took = start.elapsed();
-                    let after = probe.map(|p| p.measure(t, PROBE_PASSES));
+                    let after = if measured {
+                        probe.measure(&model, t, PROBE_PASSES)
+                    } else {
+                        None
+                    };
                     if let (Some(a), Some(b)) = (before, after) {
                         probes.push((a + b) / 2.0);
                     }
@@ -430,7 +468,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Peak RSS of the load and the model runs, without the probe's buffer (resident from
     // after the load to here).
-    let peak_rss = match (crate::stats::peak_rss_bytes(), &probe) {
+    let peak_rss = match (crate::stats::peak_rss_bytes(), &probe.cpu) {
         (Some(peak), Some(p)) => Some(
             load_rss
                 .unwrap_or(0)
@@ -441,7 +479,7 @@ pub fn run(args: Args) -> Result<()> {
     // Thread counts with prompt runs only: one probe for the bandwidth line.
     for r in &rows {
         if !bandwidth.iter().any(|(t, _)| *t == r.threads) {
-            bandwidth.push((r.threads, probe.as_ref().map(|p| p.measure(r.threads, 10))));
+            bandwidth.push((r.threads, probe.measure(&model, r.threads, 10)));
         }
     }
 
@@ -548,8 +586,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     for (t, bw) in &bandwidth {
         if let Some(bw) = bw {
+            let whose = if probe.gpu {
+                "GPU memory read bandwidth".to_string()
+            } else {
+                format!("memory read bandwidth, {t} thread(s)")
+            };
             eprintln!(
-                "memory read bandwidth, {t} thread(s): {bw:.1} GB/s; {:.2} GB read per token \
+                "{whose}: {bw:.1} GB/s; {:.2} GB read per token \
                  ({} linears + {} output) → roofline {:.1} t/s",
                 bytes_per_token / 1e9,
                 linear_type,

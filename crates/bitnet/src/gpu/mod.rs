@@ -14,6 +14,8 @@
 #[cfg(feature = "gpu")]
 mod context;
 #[cfg(feature = "gpu")]
+pub(crate) mod membw;
+#[cfg(feature = "gpu")]
 mod model;
 #[cfg(feature = "gpu")]
 mod ops;
@@ -149,6 +151,11 @@ impl crate::model::BitnetModel {
 
     /// The GPU adapter the model runs on: never one without the `gpu` feature.
     pub fn gpu_adapter(&self) -> Option<AdapterSummary> {
+        None
+    }
+
+    /// The GPU's memory read bandwidth: never one without the `gpu` feature.
+    pub fn gpu_bandwidth(&self, _bytes: u64, _reps: usize) -> Option<Result<f64, GpuError>> {
         None
     }
 }

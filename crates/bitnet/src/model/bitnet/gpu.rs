@@ -34,6 +34,15 @@ impl BitnetModel {
         self.gpu.as_ref().map(|g| g.gpu().adapter().clone())
     }
 
+    /// The memory read bandwidth (GB/s, best of `reps`) of the GPU the model runs on, over a
+    /// `bytes`-long buffer (capped at the device's largest binding): what `bench` holds GPU
+    /// decode against, as it holds the CPU's against the CPU's probe. `None` on the CPU.
+    pub fn gpu_bandwidth(&self, bytes: u64, reps: usize) -> Option<Result<f64, GpuError>> {
+        self.gpu
+            .as_ref()
+            .map(|g| crate::gpu::membw::bandwidth(g.gpu(), bytes, reps))
+    }
+
     fn upload(&self, gpu: std::sync::Arc<Gpu>) -> Result<GpuModel, GpuError> {
         fn linear(lin: &Linear) -> Result<LinearSource<'_>, GpuError> {
             let w = lin.weight.as_ref();
