@@ -250,3 +250,126 @@ fn gpu_hidden_states_match_the_cpu() {
         );
     }
 }
+
+/// The BitNet embedding models (Qwen3 and Gemma 3 backbones: a BitLinear RMSNorm in front of
+/// every projection, Q/K head norms, query widths other than the embedding's; Gemma 3 also
+/// tanh-GELU, post-norms, a scaled embedding, sliding-window layers with their own RoPE base,
+/// `query_pre_attn_scalar` and bidirectional attention) on the device, against transformers'
+/// pooled embeddings with `tests/embedding_fixtures.rs`'s bounds and against the CPU's own
+/// embeddings and hidden states. Not bit for bit: where a norm's summation order moves a
+/// value across an int8 rounding boundary the result moves by a quantization step (see
+/// `embedding_fixtures.rs`), so every case within 5e-3 of the CPU and most within 1e-4.
+#[test]
+fn gpu_embedding_models_match_transformers_and_the_cpu() {
+    use bitnet::{EmbedOptions, Model, ModelOptions, Pooling};
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|x| match x.as_array() {
+                Some(row) => row.iter().map(|y| y.as_f64().unwrap() as f32).collect(),
+                None => vec![x.as_f64().unwrap() as f32],
+            })
+            .collect()
+    };
+    let on_gpu = ModelOptions {
+        device: Device::Gpu,
+        ..ModelOptions::default()
+    };
+    let (mut cases, mut near) = (0, 0);
+    for (name, file, bound) in [
+        ("qwen3", "", 3e-3f32),
+        ("gemma3", "", 3e-3),
+        ("qwen3-wide", "model.gguf", 5e-3),
+        ("gemma3-wide", "model.gguf", 5e-3),
+    ] {
+        let dir = repo("testdata/embedding").join(name);
+        let path = if file.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(file)
+        };
+        let gpu = match Model::load_with(path.as_path(), &on_gpu) {
+            Ok(m) => m,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but {name} did not load on the GPU: {e}")
+            }
+            Err(e) => {
+                // Only a missing adapter may skip: a refusal of the model fails.
+                assert!(!e.to_string().contains("does not support"), "{name}: {e}");
+                eprintln!("note: GPU embedding test skipped: {e}");
+                return;
+            }
+        };
+        assert!(
+            gpu.inner().gpu_adapter().is_some(),
+            "{name} runs on the GPU"
+        );
+        let cpu = Model::load(path.as_path()).unwrap();
+        let fx = json(&format!("testdata/embedding/{name}/fixture.json"));
+        let seqs: Vec<Vec<u32>> = fx["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| ids(&s["ids"]))
+            .collect();
+        let opts = EmbedOptions::default();
+        // One batched pass, as the CPU's test does.
+        let (ours, theirs) = (
+            gpu.embed_tokens(&seqs, &opts).unwrap(),
+            cpu.embed_tokens(&seqs, &opts).unwrap(),
+        );
+        let raw = EmbedOptions {
+            pooling: Some(Pooling::None),
+            normalize: false,
+            dimensions: None,
+        };
+        for (i, s) in fx["sequences"].as_array().unwrap().iter().enumerate() {
+            let want = floats(&s["embedding"]);
+            let (d, dc) = (max_diff(&ours[i], &want), max_diff(&ours[i], &theirs[i]));
+            eprintln!(
+                "{name} sequence {i}: max |Δ| {d:.2e} from transformers, {dc:.2e} from the CPU"
+            );
+            assert!(d <= bound, "{name} sequence {i}: {d} from transformers");
+            assert!(dc <= 5e-3, "{name} sequence {i}: {dc} from the CPU");
+            cases += 1;
+            near += usize::from(dc <= 1e-4);
+            // Hidden states (every token's final state) against the CPU's: the same bounds
+            // as `gpu_hidden_states_match_the_cpu`.
+            let one = &seqs[i..i + 1];
+            let (a, b) = (
+                gpu.embed_tokens(one, &raw).unwrap().remove(0),
+                cpu.embed_tokens(one, &raw).unwrap().remove(0),
+            );
+            let big = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_diff(&a, &b);
+            eprintln!("{name} sequence {i} hidden states: max |Δ| {d:.2e} of {big:.2e}");
+            assert!(d <= 0.02 * big, "{name} sequence {i} hidden states: {d}");
+        }
+        for case in fx["texts"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let got = gpu.embed(text).unwrap();
+            let (d, dc) = (
+                max_diff(&got, &floats(&case["embedding"])),
+                max_diff(&got, &cpu.embed(text).unwrap()),
+            );
+            eprintln!("{name} {text:?}: max |Δ| {d:.2e} from transformers, {dc:.2e} from the CPU");
+            assert!(d <= bound, "{name} {text:?}: {d} from transformers");
+            assert!(dc <= 5e-3, "{name} {text:?}: {dc} from the CPU");
+            cases += 1;
+            near += usize::from(dc <= 1e-4);
+        }
+    }
+    eprintln!("{near} of {cases} embeddings within 1e-4 of the CPU's");
+    assert!(
+        2 * near > cases,
+        "{near} of {cases} embeddings within 1e-4 of the CPU's"
+    );
+}

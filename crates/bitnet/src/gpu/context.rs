@@ -259,8 +259,9 @@ impl Gpu {
         })
     }
 
-    /// A uniform buffer of eight 32-bit words (the kernels' parameters).
-    pub(crate) fn params(&self, words: [u32; 8]) -> wgpu::Buffer {
+    /// A uniform buffer of 32-bit words (the kernels' parameters; eight, or a multiple of four
+    /// for a kernel that needs more).
+    pub(crate) fn params<const N: usize>(&self, words: [u32; N]) -> wgpu::Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
@@ -271,11 +272,11 @@ impl Gpu {
 
     /// Records one dispatch of `pipeline` over `groups`, binding the parameters at 0 and
     /// `buffers` at 1.. in order.
-    pub(crate) fn dispatch(
+    pub(crate) fn dispatch<const N: usize>(
         &self,
         enc: &mut wgpu::CommandEncoder,
         pipeline: &wgpu::ComputePipeline,
-        params: [u32; 8],
+        params: [u32; N],
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) {

@@ -26,6 +26,8 @@ pub(crate) struct LinearSource<'a> {
     pub wscale: f32,
     pub lscale: Option<f32>,
     pub bias: Option<&'a [f32]>,
+    /// Its own RMSNorm gains in front of the quantization (BitNet embedding models).
+    pub norm_in: Option<&'a [f32]>,
 }
 
 /// One layer as the model hands it over.
@@ -36,9 +38,13 @@ pub(crate) struct LayerSource<'a> {
     pub attn_sub_norm: Option<&'a [f32]>,
     pub ffn_norm: &'a [f32],
     pub ffn_sub_norm: Option<&'a [f32]>,
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
+    pub post_attn_norm: Option<&'a [f32]>,
+    pub post_ffn_norm: Option<&'a [f32]>,
 }
 
-/// One layer on the device (no Q/K head norms or post-norms: refused at upload).
+/// One layer on the device.
 type GpuLayer = LayerWeights<Ternary, wgpu::Buffer>;
 
 /// What a sequence of a batch wants back ([`GpuModel::forward_batch`]).
@@ -72,6 +78,8 @@ pub(crate) struct GpuKv {
 /// cache of `capacity`), kept between calls.
 struct Work {
     capacity: usize,
+    /// Rows it holds: `CHUNK`, or a bidirectional model's whole batch.
+    rows: usize,
     x: wgpu::Buffer,
     q: wgpu::Buffer,
     k: wgpu::Buffer,
@@ -80,6 +88,8 @@ struct Work {
     proj: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
+    /// The head norms' and post-norms' output before it is copied or added back.
+    tmp: wgpu::Buffer,
     acts: Quantized,
     scores: wgpu::Buffer,
     /// The rows whose logits (or hidden states) are wanted, gathered.
@@ -94,7 +104,9 @@ pub(crate) struct GpuModel {
     gpu: Arc<Gpu>,
     c: Config,
     layers: Vec<GpuLayer>,
-    output: DenseMatrix,
+    /// The output matrix, or why the device cannot hold it: then only hidden states (the
+    /// embedding models' output) run here, and logits are refused by that reason.
+    output: Result<DenseMatrix, String>,
     output_norm: wgpu::Buffer,
     work: Mutex<Option<Work>>,
 }
@@ -113,27 +125,9 @@ pub(crate) fn unsupported(c: &Config) -> Option<String> {
     if !c.head_dim.is_multiple_of(2) {
         return Some(format!("an odd head dimension ({})", c.head_dim));
     }
-    if c.activation == Activation::GeluTanh {
-        return Some("the tanh-GELU gate (Gemma)".into());
-    }
-    if c.embd_scale.is_some() {
-        return Some("a scaled token embedding (Gemma)".into());
-    }
-    if c.sliding_window.is_some() {
-        return Some("sliding-window attention".into());
-    }
-    if !c.causal {
-        return Some("attention without a causal mask".into());
-    }
-    if (c.attn_scale - 1.0 / (c.head_dim as f32).sqrt()).abs() > 1e-7 {
-        return Some("an attention scale other than 1/√head_dim".into());
-    }
-    if c.n_head * c.head_dim != c.n_embd {
-        return Some(format!(
-            "heads × head_dim ({} × {}) different from the embedding width {}",
-            c.n_head, c.head_dim, c.n_embd
-        ));
-    }
+    // The activation (exhaustive in `ops::gate`), the embedding scale (the host's rows),
+    // sliding windows, per-layer RoPE bases, the attention scale and bidirectional attention
+    // (`ops::attention`), and a query width other than the embedding's all run.
     None
 }
 
@@ -157,20 +151,24 @@ impl GpuModel {
             return Err(GpuError::Unsupported(what));
         }
         let (ty, bytes) = output;
-        if bytes.len() as u64 > gpu.max_binding() {
-            return Err(GpuError::Unsupported(format!(
+        let output = if bytes.len() as u64 > gpu.max_binding() {
+            Err(format!(
                 "an output matrix of {} bytes (the device binds at most {})",
                 bytes.len(),
                 gpu.max_binding()
-            )));
-        }
-        let output = DenseMatrix::upload(&gpu, ty, bytes, c.n_embd, c.n_vocab)
-            .ok_or_else(|| GpuError::Unsupported(format!("a {ty} output matrix")))?;
+            ))
+        } else {
+            DenseMatrix::upload(&gpu, ty, bytes, c.n_embd, c.n_vocab)
+                .ok_or_else(|| format!("a {ty} output matrix"))
+        };
         let mut uploaded = Vec::with_capacity(layers.len());
         for layer in layers {
-            let [q, k, v, o, g, u, d] = layer
-                .linears
-                .map(|l| Ternary::upload(&gpu, &l.packed, l.k, l.rows, l.wscale, l.lscale, l.bias));
+            let [q, k, v, o, g, u, d] = layer.linears.map(|l| {
+                let mut t =
+                    Ternary::upload(&gpu, &l.packed, l.k, l.rows, l.wscale, l.lscale, l.bias);
+                t.norm_in = l.norm_in.map(|n| gpu.upload(n));
+                t
+            });
             uploaded.push(GpuLayer {
                 attn_norm: gpu.upload(layer.attn_norm),
                 wq: q,
@@ -183,10 +181,10 @@ impl GpuModel {
                 w_up: u,
                 ffn_sub_norm: layer.ffn_sub_norm.map(|n| gpu.upload(n)),
                 w_down: d,
-                q_norm: None,
-                k_norm: None,
-                post_attn_norm: None,
-                post_ffn_norm: None,
+                q_norm: layer.q_norm.map(|n| gpu.upload(n)),
+                k_norm: layer.k_norm.map(|n| gpu.upload(n)),
+                post_attn_norm: layer.post_attn_norm.map(|n| gpu.upload(n)),
+                post_ffn_norm: layer.post_ffn_norm.map(|n| gpu.upload(n)),
             });
         }
         let model = GpuModel {
@@ -199,6 +197,11 @@ impl GpuModel {
         };
         model.gpu.submit(model.gpu.encoder())?;
         Ok(model)
+    }
+
+    /// Why the device cannot compute logits (its output matrix), if it cannot.
+    pub(crate) fn no_logits(&self) -> Option<&str> {
+        self.output.as_ref().err().map(String::as_str)
     }
 
     /// The device.
@@ -231,10 +234,11 @@ impl GpuModel {
         })
     }
 
-    fn work(&self, capacity: usize) -> Work {
+    fn work(&self, capacity: usize, rows: usize) -> Work {
         let c = &self.c;
         let g = &self.gpu;
-        let n = CHUNK as u64;
+        let n = rows as u64;
+        let qd = c.q_dim() as u64;
         let (h, kv, ff, v) = (
             c.n_embd as u64,
             c.kv_dim() as u64,
@@ -250,28 +254,32 @@ impl GpuModel {
             .max(c.n_embd.max(c.n_ff));
         Work {
             capacity,
+            rows,
             x: g.buffer(4 * n * h),
-            q: g.buffer(4 * n * h),
+            q: g.buffer(4 * n * qd),
             k: g.buffer(4 * n * kv),
             v: g.buffer(4 * n * kv),
-            attn: g.buffer(4 * n * h),
+            attn: g.buffer(4 * n * qd),
             proj: g.buffer(4 * n * h),
             gate: g.buffer(4 * n * ff),
             up: g.buffer(4 * n * ff),
-            acts: Quantized::new(g, CHUNK, widest),
+            tmp: g.buffer(4 * n * h.max(qd)),
+            acts: Quantized::new(g, rows, widest),
             scores: g.buffer(4 * n * c.n_head as u64 * capacity as u64),
             gather: g.buffer(4 * n * h),
             normed: g.buffer(4 * n * h),
-            dense: DenseScratch::new(g, CHUNK, c.n_embd),
+            dense: DenseScratch::new(g, rows, c.n_embd),
             logits: g.buffer(4 * n * v),
         }
     }
 
     /// Runs one forward pass over several sequences at once (`serve`'s continuous batching):
     /// `x` holds every sequence's new embedding rows, `seqs` in order (`n × n_embd` in all),
-    /// with RoPE's `cos` and `sin` for each row (`n × head_dim/2` each). The rows go through
-    /// the layers together, in chunks of at most `CHUNK`, so each weight is read once per
-    /// chunk for all sequences; each sequence's keys and values go to its own cache and its
+    /// with RoPE's `cos` and `sin` for each row (`n × head_dim/2` each; `local` those of the
+    /// sliding-window layers where their base differs). The rows go through the layers
+    /// together, in chunks of at most `CHUNK` (all at once for a model without a causal mask,
+    /// whose queries see their whole sequence), so each weight is read once per chunk for all
+    /// sequences; each sequence's keys and values go to its own cache and its
     /// queries attend only over it. Returns what each sequence wants: the logits of its last
     /// row or of every row, or its rows' final hidden states after the output norm.
     ///
@@ -282,19 +290,53 @@ impl GpuModel {
         x: &[f32],
         cos: &[f32],
         sin: &[f32],
+        local: Option<(&[f32], &[f32])>,
         seqs: &[SeqIn<'_>],
     ) -> Result<Vec<Vec<f32>>, GpuError> {
         let (h, half) = (self.c.n_embd, self.c.head_dim / 2);
         let n = x.len() / h;
-        if seqs.iter().map(|s| s.len).sum::<usize>() != n || cos.len() != n * half {
+        if seqs.iter().map(|s| s.len).sum::<usize>() != n
+            || cos.len() != n * half
+            || local.is_some_and(|(c, _)| c.len() != n * half)
+        {
             return Err(GpuError::Backend(
                 "a batch whose rows do not match its sequences".into(),
             ));
         }
+        // Each chunk's rows: at most `CHUNK`; without a causal mask whole sequences only (as
+        // many as fit, a longer one alone), since a query sees its sequence's later keys.
+        let mut lens = Vec::new();
+        if self.c.causal {
+            lens.extend((0..n).step_by(CHUNK).map(|s| CHUNK.min(n - s)));
+        } else {
+            let mut cur = 0;
+            for seq in seqs {
+                if cur > 0 && cur + seq.len > CHUNK {
+                    lens.push(cur);
+                    cur = 0;
+                }
+                cur += seq.len;
+            }
+            if cur > 0 {
+                lens.push(cur);
+            }
+        }
+        let chunk_rows = lens.iter().copied().max().unwrap_or(0).max(CHUNK);
+        // One workgroup per row (a head norm's: per head) in one dimension of a dispatch.
+        if chunk_rows * self.c.n_head.max(1) > 65535 {
+            return Err(GpuError::Unsupported(format!(
+                "a sequence of {chunk_rows} tokens without a causal mask (at most {} here)",
+                65535 / self.c.n_head.max(1)
+            )));
+        }
         let capacity = seqs.iter().map(|s| s.cache.capacity).max().unwrap_or(0);
         let mut guard = self.work.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|w| w.capacity < capacity) {
-            *guard = Some(self.work(capacity));
+        if guard
+            .as_ref()
+            .is_none_or(|w| w.capacity < capacity || w.rows < chunk_rows)
+        {
+            let rows = chunk_rows.max(guard.as_ref().map_or(0, |w| w.rows));
+            *guard = Some(self.work(capacity, rows));
         }
         let Some(work) = guard.as_mut() else {
             return Err(GpuError::Backend("no work buffers".into()));
@@ -307,8 +349,7 @@ impl GpuModel {
             .collect();
         let mut out = vec![Vec::new(); seqs.len()];
         let mut start = 0;
-        while start < n {
-            let len = CHUNK.min(n - start);
+        for len in lens {
             // Each sequence's run of rows in this chunk (a long prompt spans chunks: its
             // later rows attend over what the earlier chunks wrote to its cache).
             let mut spans: Vec<(usize, Rows)> = Vec::new();
@@ -325,12 +366,18 @@ impl GpuModel {
                     )),
                 }
             }
-            let mut table = cos[start * half..(start + len) * half].to_vec();
-            table.extend_from_slice(&sin[start * half..(start + len) * half]);
+            let rows = start * half..(start + len) * half;
+            let table = |cos: &[f32], sin: &[f32]| {
+                let mut table = cos[rows.clone()].to_vec();
+                table.extend_from_slice(&sin[rows.clone()]);
+                table
+            };
+            let global = table(cos, sin);
+            let local = local.map(|(cos, sin)| table(cos, sin));
             self.chunk(
                 &mut *work,
                 &x[start * h..(start + len) * h],
-                &table,
+                (&global, local.as_deref()),
                 &spans,
                 seqs,
                 &mut out,
@@ -346,7 +393,7 @@ impl GpuModel {
         &self,
         w: &mut Work,
         x: &[f32],
-        table: &[f32],
+        tables: (&[f32], Option<&[f32]>),
         spans: &[(usize, Rows)],
         seqs: &[SeqIn<'_>],
         out: &mut [Vec<f32>],
@@ -355,7 +402,8 @@ impl GpuModel {
         let h = c.n_embd;
         let n = x.len() / h;
         g.queue.write_buffer(&w.x, 0, bytemuck::cast_slice(x));
-        let table = g.upload(table);
+        let table = g.upload(tables.0);
+        let local = tables.1.map(|t| g.upload(t));
         let mut enc = g.encoder();
         let Work {
             capacity,
@@ -367,6 +415,7 @@ impl GpuModel {
             proj,
             gate,
             up,
+            tmp,
             acts,
             scores,
             ..
@@ -378,12 +427,18 @@ impl GpuModel {
             n,
             acts,
             scores,
+            tmp,
             capacity: *capacity,
             table: &table,
             spans,
             seqs,
         };
         for (l, layer) in self.layers.iter().enumerate() {
+            let is_local = c.sliding_window.as_ref().is_some_and(|w| w.is_local(l));
+            gpu.table = match &local {
+                Some(local) if is_local => local,
+                _ => &table,
+            };
             let scratch = Scratch {
                 q,
                 k,
@@ -440,7 +495,11 @@ impl GpuModel {
             let (data, width): (Vec<f32>, usize) = if group == 0 {
                 (g.read(enc, &w.normed, k * h)?, h)
             } else {
-                ops::dense(g, e, &self.output, &w.normed, k, &w.dense, &w.logits);
+                let output = self
+                    .output
+                    .as_ref()
+                    .map_err(|w| GpuError::Unsupported(w.clone()))?;
+                ops::dense(g, e, output, &w.normed, k, &w.dense, &w.logits);
                 (g.read(enc, &w.logits, k * c.n_vocab)?, c.n_vocab)
             };
             for (&(s, _), row) in rows.iter().zip(data.chunks_exact(width)) {
@@ -463,6 +522,7 @@ struct GpuBackend<'a> {
     n: usize,
     acts: &'a Quantized,
     scores: &'a wgpu::Buffer,
+    tmp: &'a wgpu::Buffer,
     /// The scores' row stride: the work buffers' capacity, at least every cache's.
     capacity: usize,
     /// RoPE's cosines then sines for every row.
@@ -488,19 +548,49 @@ impl Backend for GpuBackend<'_> {
             gain: block_norm,
             eps: self.c.rms_eps,
             act_eps: self.c.act_norm_eps,
+            act_gain: None,
         };
         let (g, e, n) = (self.g, &mut *self.enc, self.n);
-        let k = group[0].0.k;
-        ops::quantize(g, e, input, width, n, width, k, norm, self.acts);
+        if group.iter().all(|(lin, _)| lin.norm_in.is_none()) {
+            let k = group[0].0.k;
+            ops::quantize(g, e, input, width, n, width, k, norm, self.acts);
+            for (lin, out) in group {
+                ops::ternary(g, e, lin, self.acts, n, out, false);
+            }
+            return Ok(());
+        }
+        // As the CPU: each projection quantizes its input after its own norm, which takes
+        // the place of the weightless one.
         for (lin, out) in group {
+            let norm = match &lin.norm_in {
+                Some(gains) => NormSpec {
+                    act_eps: Some(self.c.rms_eps),
+                    act_gain: Some(gains),
+                    ..norm
+                },
+                None => norm,
+            };
+            ops::quantize(g, e, input, width, n, width, lin.k, norm, self.acts);
             ops::ternary(g, e, lin, self.acts, n, out, false);
         }
         Ok(())
     }
 
-    fn head_norm(&mut self, _: &mut wgpu::Buffer, _: &wgpu::Buffer) -> Result<(), GpuError> {
-        // Refused at upload (`LayerSource` has none); never runs here.
-        Err(GpuError::Unsupported("Q/K head norms".into()))
+    fn head_norm(
+        &mut self,
+        heads: &mut wgpu::Buffer,
+        width: usize,
+        gains: &wgpu::Buffer,
+    ) -> Result<(), GpuError> {
+        // Every head a row; the kernel cannot write where it reads, so through `tmp`.
+        let (g, c) = (self.g, self.c);
+        let rows = self.n * width / c.head_dim;
+        let e = &mut *self.enc;
+        ops::rms_norm(
+            g, e, heads, gains, rows, c.head_dim, c.rms_eps, false, self.tmp,
+        );
+        e.copy_buffer_to_buffer(self.tmp, 0, heads, 0, (4 * self.n * width) as u64);
+        Ok(())
     }
 
     fn rope(&mut self, q: &mut wgpu::Buffer, k: &mut wgpu::Buffer) -> Result<(), GpuError> {
@@ -520,6 +610,13 @@ impl Backend for GpuBackend<'_> {
         out: &mut wgpu::Buffer,
     ) -> Result<(), GpuError> {
         let (g, e, c) = (self.g, &mut *self.enc, self.c);
+        // As the CPU's `attention`: a sliding-window layer's queries see the last `window`
+        // positions.
+        let window = c
+            .sliding_window
+            .as_ref()
+            .filter(|w| w.is_local(l))
+            .map(|w| w.window.max(1));
         for &(s, rows) in self.spans {
             let cache = self.seqs[s].cache;
             let shape = AttnShape {
@@ -528,6 +625,9 @@ impl Backend for GpuBackend<'_> {
                 hd: c.head_dim,
                 capacity: self.capacity,
                 f16: cache.f16,
+                scale: c.attn_scale,
+                window: window.unwrap_or(0),
+                causal: c.causal,
             };
             let kvl = &cache.layers[l];
             ops::kv_write(g, e, shape, kvl, k, v, rows);
@@ -542,13 +642,14 @@ impl Backend for GpuBackend<'_> {
         out: &mut wgpu::Buffer,
         post_norm: Option<&wgpu::Buffer>,
     ) -> Result<(), GpuError> {
-        if post_norm.is_some() {
-            // Refused at upload; never runs here.
-            return Err(GpuError::Unsupported(
-                "norms after attention and the FFN (Gemma)".into(),
-            ));
-        }
-        ops::add(self.g, self.enc, x, out, self.n * self.c.n_embd);
+        let (g, c, n) = (self.g, self.c, self.n);
+        let Some(gains) = post_norm else {
+            ops::add(g, self.enc, x, out, n * c.n_embd);
+            return Ok(());
+        };
+        let e = &mut *self.enc;
+        ops::rms_norm(g, e, out, gains, n, c.n_embd, c.rms_eps, false, self.tmp);
+        ops::add(g, e, x, self.tmp, n * c.n_embd);
         Ok(())
     }
 
@@ -558,15 +659,8 @@ impl Backend for GpuBackend<'_> {
         gate: &wgpu::Buffer,
         up: &mut wgpu::Buffer,
     ) -> Result<(), GpuError> {
-        // Exhaustive on purpose: a new activation must get a kernel (or a refusal in
-        // `unsupported`) before it compiles.
-        let silu = match activation {
-            Activation::Relu2 => false,
-            Activation::Silu => true,
-            // Refused at upload (`unsupported`); never runs here.
-            Activation::GeluTanh => return Err(GpuError::Unsupported("the tanh-GELU gate".into())),
-        };
-        ops::gate(self.g, self.enc, up, gate, self.n * self.c.n_ff, silu);
+        // `ops::gate` matches every activation: a new one gets a kernel before it compiles.
+        ops::gate(self.g, self.enc, up, gate, self.n * self.c.n_ff, activation);
         Ok(())
     }
 }

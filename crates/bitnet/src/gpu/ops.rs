@@ -4,6 +4,7 @@
 
 use super::context::{elem_groups, row_groups, Gpu};
 use crate::formats::types::{q6_k, q8_0, TensorType};
+use crate::model::Activation;
 
 fn bits(v: f32) -> u32 {
     v.to_bits()
@@ -33,8 +34,12 @@ pub(crate) struct NormSpec<'a> {
     /// The block's RMSNorm gain, if any.
     pub gain: Option<&'a wgpu::Buffer>,
     pub eps: f32,
-    /// The weightless pre-quantization RMSNorm's epsilon, if the model has one.
+    /// The second RMSNorm's epsilon, if there is one: the model's weightless
+    /// pre-quantization norm, or a projection's own (`act_gain`).
     pub act_eps: Option<f32>,
+    /// The second norm's gains (the BitNet embedding models' per-projection norm); unit
+    /// gains when absent.
+    pub act_gain: Option<&'a wgpu::Buffer>,
 }
 
 /// Quantizes `n_tokens` rows of `n` values of `x` (rows `x_stride` apart) into `out`, rows
@@ -59,14 +64,15 @@ pub(crate) fn quantize(
         bits(norm.eps),
         bits(norm.act_eps.unwrap_or(0.0)),
         x_stride as u32,
-        0,
+        norm.act_gain.is_some() as u32,
     ];
     let gain = norm.gain.unwrap_or(&gpu.dummy);
+    let act_gain = norm.act_gain.unwrap_or(&gpu.dummy);
     gpu.dispatch(
         enc,
         &gpu.pipelines.quantize,
         params,
-        &[x, gain, &out.q, &out.scales, &out.qsums],
+        &[x, gain, &out.q, &out.scales, &out.qsums, act_gain],
         (n_tokens as u32, 1, 1),
     );
 }
@@ -80,6 +86,8 @@ pub(crate) struct Ternary {
     pub wscale: f32,
     pub lscale: f32,
     pub bias: Option<wgpu::Buffer>,
+    /// The BitNet embedding models' RMSNorm gains in front of this layer's quantization.
+    pub norm_in: Option<wgpu::Buffer>,
 }
 
 impl Ternary {
@@ -100,6 +108,7 @@ impl Ternary {
             wscale,
             lscale: lscale.unwrap_or(1.0),
             bias: bias.map(|b| gpu.upload(b)),
+            norm_in: None,
         }
     }
 }
@@ -326,19 +335,24 @@ pub(crate) fn add(
     );
 }
 
-/// `up *= act(gate)` over `n` values; `silu` false: relu².
+/// `up *= act(gate)` over `n` values.
 pub(crate) fn gate(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
     up: &wgpu::Buffer,
     gate: &wgpu::Buffer,
     n: usize,
-    silu: bool,
+    activation: Activation,
 ) {
+    let kind = match activation {
+        Activation::Relu2 => 0,
+        Activation::Silu => 1,
+        Activation::GeluTanh => 2,
+    };
     gpu.dispatch(
         enc,
         &gpu.pipelines.gate,
-        [n as u32, silu as u32, 0, 0, 0, 0, 0, 0],
+        [n as u32, kind, 0, 0, 0, 0, 0, 0],
         &[up, gate],
         elem_groups(n),
     );
@@ -393,6 +407,14 @@ pub(crate) struct AttnShape {
     pub capacity: usize,
     /// Whether the cache holds f16 (two to a word), else f32.
     pub f16: bool,
+    /// The scores' scale (1/√hd, or Gemma's `query_pre_attn_scalar`^-½).
+    pub scale: f32,
+    /// A sliding-window layer's window (each query sees the last `window` positions up to
+    /// its own), 0 for none.
+    pub window: usize,
+    /// Each query sees the positions up to its own; else the whole sequence, which must be
+    /// in this call's rows.
+    pub causal: bool,
 }
 
 /// Where one sequence's new tokens are: rows `row0 .. row0 + n_tokens` of the batch's
@@ -444,7 +466,7 @@ pub(crate) fn kv_write(
     );
 }
 
-/// Causal attention of the queries `rows` of `q` over `layer` (which already holds their keys
+/// Attention (as `shape` masks it) of the queries `rows` of `q` over `layer` (which already holds their keys
 /// and values), into the same rows of `out`; `scratch` holds `rows × n_head × capacity`
 /// scores for every row of the batch (`shape.capacity` at least the cache's).
 #[allow(clippy::too_many_arguments)]
@@ -463,7 +485,6 @@ pub(crate) fn attention(
         pos0,
         n_tokens,
     } = rows;
-    let scale = 1.0 / (shape.hd as f32).sqrt();
     gpu.dispatch(
         enc,
         &gpu.pipelines.attention[shape.f16 as usize],
@@ -475,7 +496,11 @@ pub(crate) fn attention(
             shape.capacity as u32,
             pos0 as u32,
             n_tokens as u32,
-            bits(scale),
+            bits(shape.scale),
+            shape.window as u32,
+            shape.causal as u32,
+            0,
+            0,
         ],
         &[q, &layer.k, &layer.v, scratch, out],
         (shape.n_head as u32, n_tokens as u32, 1),

@@ -13,6 +13,7 @@ use super::ops::{self, AttnShape, DenseMatrix, DenseScratch, KvLayer, NormSpec, 
 use super::Device;
 use crate::formats::types::{i2_s, q6_k, q8_0, TensorType};
 use crate::kernels::scalar;
+use crate::model::Activation;
 
 /// The test device, opened once; None (after a note) when there is none outside CI.
 pub(crate) fn test_gpu() -> Option<Arc<Gpu>> {
@@ -92,7 +93,7 @@ proptest! {
         let xb = gpu.upload(&x);
         let out = Quantized::new(&gpu, tokens, width);
         let mut enc = gpu.encoder();
-        let norm = NormSpec { gain: None, eps: 0.0, act_eps: None };
+        let norm = NormSpec { gain: None, eps: 0.0, act_eps: None, act_gain: None };
         ops::quantize(&gpu, &mut enc, &xb, n, tokens, n, width, norm, &out);
         gpu.submit(enc).unwrap();
         let q: Vec<i8> = gpu.read(gpu.encoder(), &out.q, tokens * width).unwrap();
@@ -120,7 +121,7 @@ proptest! {
         let width = n.div_ceil(4) * 4;
         let out = Quantized::new(&gpu, 1, width);
         let mut enc = gpu.encoder();
-        let norm = NormSpec { gain: Some(&gb), eps, act_eps: Some(act_eps) };
+        let norm = NormSpec { gain: Some(&gb), eps, act_eps: Some(act_eps), act_gain: None };
         ops::quantize(&gpu, &mut enc, &xb, n, 1, n, width, norm, &out);
         gpu.submit(enc).unwrap();
         let q: Vec<i8> = gpu.read(gpu.encoder(), &out.q, width).unwrap();
@@ -195,7 +196,7 @@ proptest! {
         let lin = ops::Ternary::upload(&gpu, packed, k, rows, 0.37, Some(1.5), Some(&bias));
         let out = gpu.buffer((4 * rows) as u64);
         let mut enc = gpu.encoder();
-        let norm = NormSpec { gain: None, eps: 0.0, act_eps: None };
+        let norm = NormSpec { gain: None, eps: 0.0, act_eps: None, act_gain: None };
         ops::quantize(&gpu, &mut enc, &xb, k, 1, k, k, norm, &q);
         ops::ternary(&gpu, &mut enc, &lin, &q, 1, &out, false);
         let got: Vec<f32> = gpu.read(enc, &out, rows).unwrap();
@@ -263,27 +264,30 @@ proptest! {
         }
     }
 
-    /// The gated activations: relu² and SiLU.
+    /// The gated activations: relu², SiLU and tanh-GELU (PyTorch's formula, as the CPU).
     #[test]
     fn gate_matches(n in 1usize..5000, seed in 1u64..u64::MAX) {
         let Some(gpu) = test_gpu() else { return Ok(()) };
         let mut rng = Rng(seed);
         let up = rng.f32s(n, 3.0);
         let g = rng.f32s(n, 6.0);
-        for silu in [false, true] {
+        for act in [Activation::Relu2, Activation::Silu, Activation::GeluTanh] {
             let (ub, gb) = (gpu.upload(&up), gpu.upload(&g));
             let mut enc = gpu.encoder();
-            ops::gate(&gpu, &mut enc, &ub, &gb, n, silu);
+            ops::gate(&gpu, &mut enc, &ub, &gb, n, act);
             let got: Vec<f32> = gpu.read(enc, &ub, n).unwrap();
             let want: Vec<f32> = up
                 .iter()
                 .zip(&g)
-                .map(|(&u, &g)| {
-                    if silu {
-                        u * (g / (1.0 + (-g).exp()))
-                    } else {
+                .map(|(&u, &g)| match act {
+                    Activation::Silu => u * (g / (1.0 + (-g).exp())),
+                    Activation::Relu2 => {
                         let r = g.max(0.0);
                         u * (r * r)
+                    }
+                    Activation::GeluTanh => {
+                        const K: f32 = 0.797_884_6;
+                        u * (0.5 * g * (1.0 + (K * (g + 0.044715 * g * g * g)).tanh()))
                     }
                 })
                 .collect();
@@ -292,8 +296,9 @@ proptest! {
     }
 
     /// Attention over an f32 and an f16 cache (grouped query heads, several new tokens at
-    /// once after earlier positions, as rows `row0 ..` of a batch's queries), against the
-    /// CPU's kernels.
+    /// once after earlier positions, as rows `row0 ..` of a batch's queries; causal or over
+    /// the whole sequence, with or without a sliding window, any scale), against the CPU's
+    /// kernels and its `attention`'s mask.
     #[test]
     fn attention_matches(
         n_head_kv in 1usize..3,
@@ -302,11 +307,14 @@ proptest! {
         pos0 in 0usize..40,
         tokens in 1usize..4,
         row0 in 0usize..3,
+        window in 0usize..6,
+        causal in proptest::bool::ANY,
         seed in 1u64..u64::MAX,
     ) {
         let Some(gpu) = test_gpu() else { return Ok(()) };
         let mut rng = Rng(seed);
         let (hd, n_head) = (2 * half, n_head_kv * group);
+        let scale = 0.1 + (seed % 7) as f32 * 0.05;
         let (h, kv) = (n_head * hd, n_head_kv * hd);
         let capacity = pos0 + tokens + 3;
         let keys = rng.f32s(capacity * kv, 2.0);
@@ -321,7 +329,9 @@ proptest! {
                 (gpu.upload(&keys), gpu.upload(&values))
             };
             let layer = KvLayer { k: kc, v: vc };
-            let shape = AttnShape { n_head, n_head_kv, hd, capacity, f16: f16_cache };
+            let shape = AttnShape {
+                n_head, n_head_kv, hd, capacity, f16: f16_cache, scale, window, causal,
+            };
             let scratch = gpu.buffer((4 * (row0 + tokens) * n_head * capacity) as u64);
             let out = gpu.buffer((4 * (row0 + tokens) * h) as u64);
             let qb = gpu.upload(&q_all);
@@ -337,16 +347,20 @@ proptest! {
                 (keys.iter().map(round).collect(), values.iter().map(round).collect());
             let mut want = vec![0f32; tokens * h];
             for t in 0..tokens {
-                let visible = pos0 + t + 1;
+                // The CPU's `attention`: the positions first ..= last.
+                let pos = pos0 + t;
+                let last = if causal { pos } else { pos0 + tokens - 1 };
+                let first = if window > 0 { (pos + 1).saturating_sub(window) } else { 0 };
+                let visible = last + 1 - first;
                 for head in 0..n_head {
                     let off = (head / group) * hd;
                     let qh = &q[t * h + head * hd..t * h + (head + 1) * hd];
                     let mut scores = vec![0f32; visible];
-                    scalar::f32_rows_dot(&k32, kv, off, qh, &mut scores);
-                    scores.iter_mut().for_each(|s| *s *= 1.0 / (hd as f32).sqrt());
+                    scalar::f32_rows_dot(&k32[first * kv..], kv, off, qh, &mut scores);
+                    scores.iter_mut().for_each(|s| *s *= scale);
                     scalar::softmax(&mut scores);
                     let o = &mut want[t * h + head * hd..t * h + (head + 1) * hd];
-                    scalar::f32_rows_axpy(&v32, kv, off, &scores, o);
+                    scalar::f32_rows_axpy(&v32[first * kv..], kv, off, &scores, o);
                 }
             }
             close(got, &want, 1e-5)?;
@@ -374,7 +388,10 @@ proptest! {
         for f16_cache in [false, true] {
             let bytes = (capacity * hd * if f16_cache { 2 } else { 4 }) as u64;
             let layer = KvLayer { k: gpu.buffer(bytes), v: gpu.buffer(bytes) };
-            let shape = AttnShape { n_head: 1, n_head_kv: 1, hd, capacity, f16: f16_cache };
+            let shape = AttnShape {
+                n_head: 1, n_head_kv: 1, hd, capacity, f16: f16_cache,
+                scale: 1.0, window: 0, causal: true,
+            };
             let mut enc = gpu.encoder();
             let rows = ops::Rows { row0, pos0, n_tokens: tokens };
             ops::kv_write(&gpu, &mut enc, shape, &layer, &kb, &vb, rows);

@@ -8,8 +8,7 @@ use super::config::{Activation, Config};
 
 /// One block's weights as a backend holds them: `L` a BitLinear layer, `G` a norm's gains.
 /// The sub-norms exist only in the BitNet architectures, the Q/K head norms in Qwen3 and
-/// Gemma 3, the post-norms in Gemma 3 (a backend without a step for one refuses such a model
-/// when it is loaded).
+/// Gemma 3, the post-norms in Gemma 3.
 pub(crate) struct LayerWeights<L, G> {
     pub attn_norm: G,
     pub wq: L,
@@ -63,9 +62,14 @@ pub(crate) trait Backend {
         group: [(&Self::Linear, &mut Self::Rows); N],
     ) -> Result<(), Self::Error>;
 
-    /// RMSNorm of every head of `heads` with `gains` (Qwen3's and Gemma 3's Q/K norms).
-    fn head_norm(&mut self, heads: &mut Self::Rows, gains: &Self::Gains)
-        -> Result<(), Self::Error>;
+    /// RMSNorm of every head of `heads` (rows `width` wide) with `gains` (Qwen3's and
+    /// Gemma 3's Q/K norms).
+    fn head_norm(
+        &mut self,
+        heads: &mut Self::Rows,
+        width: usize,
+        gains: &Self::Gains,
+    ) -> Result<(), Self::Error>;
 
     /// Rotates every head of `q` and `k` by its row's position.
     fn rope(&mut self, q: &mut Self::Rows, k: &mut Self::Rows) -> Result<(), Self::Error>;
@@ -138,10 +142,10 @@ pub(crate) fn layer_forward<B: Backend>(
     ];
     b.project(x, h, Some(&layer.attn_norm), group)?;
     if let Some(g) = &layer.q_norm {
-        b.head_norm(q, g)?;
+        b.head_norm(q, qd, g)?;
     }
     if let Some(g) = &layer.k_norm {
-        b.head_norm(k, g)?;
+        b.head_norm(k, c.kv_dim(), g)?;
     }
     b.rope(q, k)?;
     b.attend(l, q, k, v, attn)?;

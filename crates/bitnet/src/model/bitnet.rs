@@ -1291,7 +1291,12 @@ impl Backend for CpuBackend<'_, '_> {
         Ok(())
     }
 
-    fn head_norm(&mut self, heads: &mut [f32], gains: &Vec<f32>) -> Result<(), Self::Error> {
+    fn head_norm(
+        &mut self,
+        heads: &mut [f32],
+        _width: usize,
+        gains: &Vec<f32>,
+    ) -> Result<(), Self::Error> {
         let c = &self.model.config;
         let hd = c.head_dim;
         threads::with_scratch_f32(hd, |tmp| {

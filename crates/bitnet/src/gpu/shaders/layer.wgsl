@@ -24,7 +24,8 @@ fn add(@builtin(global_invocation_id) id: vec3<u32>) {
 }
 
 // The gated activation: x (up) *= act(y (gate)) over p.a values; p.b = 0: relu², 1: SiLU
-// (x / (1 + e^-x), PyTorch's form).
+// (x / (1 + e^-x), PyTorch's form), 2: PyTorch's gelu(approximate="tanh"),
+// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
 @compute @workgroup_size(64)
 fn gate(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.y * 65535u * 64u + id.x;
@@ -33,8 +34,13 @@ fn gate(@builtin(global_invocation_id) id: vec3<u32>) {
         if (p.b == 0u) {
             let r = max(g, 0.0);
             x[i] = x[i] * (r * r);
-        } else {
+        } else if (p.b == 1u) {
             x[i] = x[i] * (g / (1.0 + exp(-g)));
+        } else {
+            // tanh's argument clamped to ±10, where f32's tanh is already ±1: some drivers
+            // compute tanh through exponentials that overflow to inf/inf further out.
+            let u = clamp(0.7978846 * (g + 0.044715 * g * g * g), -10.0, 10.0);
+            x[i] = x[i] * (0.5 * g * (1.0 + tanh(u)));
         }
     }
 }

@@ -1,6 +1,7 @@
 // BitNet's activation quantization of each row (one workgroup per row), as the CPU's
 // `norm_quantize`: RMSNorm with gain `g` (when has_gain), then the weightless RMSNorm (when
-// has_act), then per-row absmax int8: a = max(max|x|, 1e-5), s = 127 / a,
+// has_act; with the gains g2 when act_gain, the BitNet embedding models' per-projection
+// norm, else unit gains), then per-row absmax int8: a = max(max|x|, 1e-5), s = 127 / a,
 // q = clamp(round_half_even(x * s), -128, 127). Rows are written `width` long (zeros past
 // `n`), four int8 to a word; also each row's scale and Σ q (the ternary kernel subtracts it).
 
@@ -12,7 +13,7 @@ struct P {
     eps: f32,
     act_eps: f32,
     x_stride: u32,
-    _p: u32,
+    act_gain: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -20,6 +21,7 @@ struct P {
 @group(0) @binding(3) var<storage, read_write> q: array<u32>;
 @group(0) @binding(4) var<storage, read_write> scales: array<f32>;
 @group(0) @binding(5) var<storage, read_write> qsums: array<i32>;
+@group(0) @binding(6) var<storage, read> g2: array<f32>;
 
 // 1 / sqrt(mean(v²) + eps), the CPU's `rms_norm` scale.
 fn rms_scale(ss: f32, n: u32, eps: f32) -> f32 {
@@ -88,6 +90,9 @@ fn normed1(base: u32, i: u32, s1: f32) -> f32 {
 fn normed(base: u32, i: u32, s1: f32, s2: f32) -> f32 {
     let v = normed1(base, i, s1);
     if (p.has_act != 0u) {
+        if (p.act_gain != 0u) {
+            return g2[i] * (v * s2);
+        }
         return 1.0 * (v * s2);
     }
     return v;

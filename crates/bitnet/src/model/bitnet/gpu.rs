@@ -10,7 +10,9 @@ use super::{BatchEntry, BitnetModel, Linear, Logits, ModelError};
 
 impl BitnetModel {
     /// Runs the model on `device` from now on: [`Device::Gpu`] uploads the weights to the best
-    /// adapter (a software one included) or fails naming why; [`Device::Auto`] does so only
+    /// adapter (a software one included) or fails naming why (an output matrix the device
+    /// cannot hold leaves only hidden states, the embedding models' output, to it: logits
+    /// are then refused naming why); [`Device::Auto`] does so only
     /// for a hardware GPU, and keeps the CPU otherwise (also when the GPU backend cannot run
     /// this model, with a warning in the log); [`Device::Cpu`] drops any upload. Caches made
     /// before belong to the old device: make new ones with [`BitnetModel::new_cache`].
@@ -20,6 +22,11 @@ impl BitnetModel {
             return Ok(());
         };
         match self.upload(gpu) {
+            // `Auto` keeps the CPU for a model that could not compute logits here.
+            Ok(m) if device == Device::Auto && m.no_logits().is_some() => {
+                let what = m.no_logits().unwrap_or_default();
+                log::warn!("running on the CPU: the GPU backend does not support {what}");
+            }
             Ok(m) => self.gpu = Some(m),
             Err(GpuError::Unsupported(what)) if device == Device::Auto => {
                 log::warn!("running on the CPU: the GPU backend does not support {what}");
@@ -59,25 +66,11 @@ impl BitnetModel {
                 wscale,
                 lscale: lin.scale,
                 bias: lin.bias.as_deref(),
+                norm_in: lin.norm_in.as_deref(),
             })
         }
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            // The embedding models' extra norms have no GPU kernels yet: refused by name
-            // rather than silently skipped.
-            if layer.linears().iter().any(|l| l.norm_in.is_some()) {
-                return Err(GpuError::Unsupported(
-                    "per-projection input norms (BitNet embedding models)".into(),
-                ));
-            }
-            if layer.q_norm.is_some() || layer.k_norm.is_some() {
-                return Err(GpuError::Unsupported("Q/K head norms".into()));
-            }
-            if layer.post_attn_norm.is_some() || layer.post_ffn_norm.is_some() {
-                return Err(GpuError::Unsupported(
-                    "norms after attention and the FFN (Gemma)".into(),
-                ));
-            }
             let linears = layer
                 .linears()
                 .into_iter()
@@ -92,6 +85,10 @@ impl BitnetModel {
                 attn_sub_norm: layer.attn_sub_norm.as_deref(),
                 ffn_norm: &layer.ffn_norm,
                 ffn_sub_norm: layer.ffn_sub_norm.as_deref(),
+                q_norm: layer.q_norm.as_deref(),
+                k_norm: layer.k_norm.as_deref(),
+                post_attn_norm: layer.post_attn_norm.as_deref(),
+                post_ffn_norm: layer.post_ffn_norm.as_deref(),
             });
         }
         let output = (self.output.format(), self.output.raw());
@@ -100,7 +97,8 @@ impl BitnetModel {
 
     /// [`BitnetModel::forward_batch`] on the device (inputs already checked): one pass over
     /// every entry's tokens together, each with its own cache on the device; the host
-    /// computes the embedding rows and RoPE angles and reads back only what is wanted.
+    /// computes the embedding rows (scaled as the CPU scales them) and RoPE angles and reads
+    /// back only what is wanted.
     pub(super) fn forward_batch_gpu(
         &self,
         gpu: &GpuModel,
@@ -122,6 +120,9 @@ impl BitnetModel {
                 let at = x.len();
                 x.resize(at + h, 0.0);
                 self.token_embd.row_to_f32(t as usize, &mut x[at..]);
+                if let Some(scale) = self.config.embd_scale {
+                    x[at..].iter_mut().for_each(|v| *v *= scale);
+                }
             }
             positions.extend(pos0..pos0 + n);
             let want = match entry.logits {
@@ -137,7 +138,12 @@ impl BitnetModel {
             });
         }
         let (cos, sin) = self.rope_tables(&self.inv_freq, &positions);
-        let out = gpu.forward_batch(&x, &cos, &sin, &seqs)?;
+        let local = self
+            .inv_freq_local
+            .as_ref()
+            .map(|f| self.rope_tables(f, &positions));
+        let local = local.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice()));
+        let out = gpu.forward_batch(&x, &cos, &sin, local, &seqs)?;
         drop(seqs);
         for entry in batch.iter_mut() {
             let len = entry.cache.len() + entry.tokens.len();
