@@ -9,29 +9,18 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import DEVICE, ROOT, Server
+from conftest import ROOT, Server
 
 FIXTURES = ROOT / "testdata" / "embedding"
 
 
 @pytest.fixture(scope="module", params=["qwen3", "gemma3"])
 def embedder(request):
-    if DEVICE == "gpu":
-        pytest.skip("the GPU backend refuses these models (test_gpu_refuses_them_by_name)")
     s = Server("-m", str(FIXTURES / request.param))
     client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     fixture = json.loads((FIXTURES / request.param / "fixture.json").read_text())
     yield client, fixture
     s.stop()
-
-
-@pytest.mark.skipif(DEVICE != "gpu", reason="for the suite's run on the GPU backend")
-@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
-def test_gpu_refuses_them_by_name(name):
-    """Their per-projection input norms (and Gemma's norms) have no GPU kernels yet: the server
-    ends with an error saying so, never serves vectors computed without them."""
-    with pytest.raises(RuntimeError, match="the GPU backend does not support"):
-        Server("-m", str(FIXTURES / name)).stop()
 
 
 def close(a, b, bound=3e-3):
