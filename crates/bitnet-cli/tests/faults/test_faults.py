@@ -170,7 +170,12 @@ def test_slow_headers_are_cut_off(server):
     assert time.time() - start < 30
     s.close()
     check(server)
-    assert server.sockets() <= before
+    # The connections `check` just used close as its requests end; on a loaded machine the
+    # server may see their FIN a moment later. A socket still held after 5 s is a leak.
+    deadline = time.time() + 5
+    while server.sockets() > before:
+        assert time.time() < deadline, f"{server.sockets()} sockets held, {before} before"
+        time.sleep(0.05)
 
 
 def test_slow_body_is_cut_off_with_408(server):
