@@ -220,69 +220,59 @@ impl Sampler {
         self.recent.clear();
     }
 
+    /// The sampler chain over a row of logits: penalties, then greedy's pick, or top-k,
+    /// top-p, min-p and temperature and the survivors' probabilities. [`Sampler::sample`]
+    /// draws from it; [`Sampler::distribution`] reports it.
+    fn chain(&self, logits: &[f32]) -> Chain {
+        let c = &self.config;
+        let mut cands: Vec<Candidate> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| Candidate {
+                id: id as u32,
+                logit,
+            })
+            .collect();
+        apply_penalties(
+            &mut cands,
+            &self.recent,
+            c.repeat_penalty,
+            c.presence_penalty,
+            c.frequency_penalty,
+        );
+        if c.temperature <= 0.0 {
+            return Chain::Greedy(argmax(&cands));
+        }
+        top_k(&mut cands, c.top_k);
+        top_p(&mut cands, c.top_p);
+        min_p(&mut cands, c.min_p);
+        for cand in &mut cands {
+            cand.logit /= c.temperature;
+        }
+        let probs = softmax(&cands);
+        Chain::Candidates(cands, probs)
+    }
+
     /// The probabilities [`Sampler::sample`] draws the next token from, after penalties,
     /// top-k, top-p, min-p and temperature, most likely first (greedy: the pick with 1).
     /// Tokens the chain dropped are not listed. The RNG is not touched.
     pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
-        let c = &self.config;
-        let mut cands: Vec<Candidate> = logits
-            .iter()
-            .enumerate()
-            .map(|(id, &logit)| Candidate {
-                id: id as u32,
-                logit,
-            })
-            .collect();
-        apply_penalties(
-            &mut cands,
-            &self.recent,
-            c.repeat_penalty,
-            c.presence_penalty,
-            c.frequency_penalty,
-        );
-        if c.temperature <= 0.0 {
-            return vec![(argmax(&cands), 1.0)];
+        match self.chain(logits) {
+            Chain::Greedy(id) => vec![(id, 1.0)],
+            Chain::Candidates(cands, probs) => {
+                let mut out: Vec<(u32, f32)> = cands.iter().map(|c| c.id).zip(probs).collect();
+                out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                out
+            }
         }
-        top_k(&mut cands, c.top_k);
-        top_p(&mut cands, c.top_p);
-        min_p(&mut cands, c.min_p);
-        for cand in &mut cands {
-            cand.logit /= c.temperature;
-        }
-        let probs = softmax(&cands);
-        let mut out: Vec<(u32, f32)> = cands.iter().map(|c| c.id).zip(probs).collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out
     }
 
     /// Picks the next token from a row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let c = &self.config;
-        let mut cands: Vec<Candidate> = logits
-            .iter()
-            .enumerate()
-            .map(|(id, &logit)| Candidate {
-                id: id as u32,
-                logit,
-            })
-            .collect();
-        apply_penalties(
-            &mut cands,
-            &self.recent,
-            c.repeat_penalty,
-            c.presence_penalty,
-            c.frequency_penalty,
-        );
-        if c.temperature <= 0.0 {
-            return argmax(&cands);
-        }
-        top_k(&mut cands, c.top_k);
-        top_p(&mut cands, c.top_p);
-        min_p(&mut cands, c.min_p);
-        for cand in &mut cands {
-            cand.logit /= c.temperature;
-        }
-        let probs = softmax(&cands);
+        let (cands, probs) = match self.chain(logits) {
+            Chain::Greedy(id) => return id,
+            Chain::Candidates(cands, probs) => (cands, probs),
+        };
         let r: f32 = self.rng.random();
         let mut acc = 0.0;
         for (cand, p) in cands.iter().zip(&probs) {
@@ -293,6 +283,12 @@ impl Sampler {
         }
         cands.last().map_or(0, |c| c.id)
     }
+}
+
+/// What the sampler chain leaves: greedy's pick, or candidates with their probabilities.
+enum Chain {
+    Greedy(u32),
+    Candidates(Vec<Candidate>, Vec<f32>),
 }
 
 /// The highest logit; ties go to the lowest id (what both reference engines do).
