@@ -1383,19 +1383,7 @@ fn logprob_of(logits: &[f32], token: u32, bias: &[(u32, f32)], k: usize) -> Toke
     };
     let mut top = Vec::new();
     if k > 0 {
-        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = k.min(ids.len());
-        ids.select_nth_unstable_by(k - 1, |&a, &b| {
-            logits[b as usize]
-                .total_cmp(&logits[a as usize])
-                .then(a.cmp(&b))
-        });
-        ids.truncate(k);
-        ids.sort_by(|&a, &b| {
-            logits[b as usize]
-                .total_cmp(&logits[a as usize])
-                .then(a.cmp(&b))
-        });
+        let ids = most_likely(logits, (0..logits.len() as u32).collect(), k);
         top = ids.into_iter().map(|t| (t, lp(t))).collect();
     }
     TokenLogprob {
@@ -1403,6 +1391,23 @@ fn logprob_of(logits: &[f32], token: u32, bias: &[(u32, f32)], k: usize) -> Toke
         logprob: lp(token),
         top,
     }
+}
+
+/// The `k` of `ids` with the highest logits, highest first (ties to the lowest id).
+fn most_likely(logits: &[f32], mut ids: Vec<u32>, k: usize) -> Vec<u32> {
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let order = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    ids.select_nth_unstable_by(k - 1, order);
+    ids.truncate(k);
+    ids.sort_by(order);
+    ids
 }
 
 /// A token's log-probability after the sampler chain and the `k` most likely alternatives
@@ -1418,24 +1423,15 @@ fn post_sampling_logprob(sampler: &Sampler, logits: &[f32], token: u32, k: usize
                 *l = true;
             }
         }
-        let mut rest: Vec<u32> = (0..logits.len() as u32)
+        let rest: Vec<u32> = (0..logits.len() as u32)
             .filter(|&t| !listed[t as usize])
             .collect();
-        let need = (k - top.len()).min(rest.len());
-        if need > 0 {
-            rest.select_nth_unstable_by(need - 1, |&a, &b| {
-                logits[b as usize]
-                    .total_cmp(&logits[a as usize])
-                    .then(a.cmp(&b))
-            });
-            rest.truncate(need);
-            rest.sort_by(|&a, &b| {
-                logits[b as usize]
-                    .total_cmp(&logits[a as usize])
-                    .then(a.cmp(&b))
-            });
-            top.extend(rest.into_iter().map(|t| (t, f32::NEG_INFINITY)));
-        }
+        let need = k - top.len();
+        top.extend(
+            most_likely(logits, rest, need)
+                .into_iter()
+                .map(|t| (t, f32::NEG_INFINITY)),
+        );
     }
     TokenLogprob {
         token,
