@@ -4,159 +4,24 @@
 //! drain on SIGTERM (readiness and new requests 503, running requests finish or are ended,
 //! exit 0). Three replicas behind a real LiteLLM proxy: `tests/replicas/` (run by `.ci/run`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+mod common;
+use common::{drain, http_with, json, next_event, read_until, spawn, start_with, Server};
 
-struct Server {
-    child: Child,
-    addr: String,
-    /// Everything the server wrote to stderr, and the reader's end of it.
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, BufReader<ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(["serve", "--port", "0"])
-        .args(args)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    (child, stderr)
-}
-
-/// Reads stderr lines until one contains `marker`; returns that line.
-fn read_until(stderr: &mut BufReader<ChildStderr>, seen: &mut String, marker: &str) -> String {
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("the server ended before writing {marker:?}: {seen}");
-        }
-        seen.push_str(&line);
-        if line.contains(marker) {
-            return line;
-        }
-    }
-}
-
-/// Keeps reading stderr into `log`, so the server never blocks on a full pipe.
-fn drain(mut stderr: BufReader<ChildStderr>, log: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-            log.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-}
-
-/// Starts a server and waits until it is ready (its "listening on http://ADDR" line).
-fn start_with(args: &[&str]) -> Server {
-    let (child, mut stderr) = spawn(args, &[]);
-    let mut seen = String::new();
-    let line = read_until(&mut stderr, &mut seen, "http://");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let addr = addr.to_string();
-    let log = Arc::new(Mutex::new(seen));
-    drain(stderr, Arc::clone(&log));
-    Server { child, addr, log }
-}
-
-/// One HTTP/1.1 request; returns the status, the head and the (de-chunked) body.
+/// One request; returns the status, the lower-cased head and the body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        loop {
-            let (size, tail) = rest.split_once("\r\n").unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            out.push_str(&tail[..size]);
-            rest = &tail[size + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
+    let (status, head, body) = http_with(addr, method, path, &[], body);
     (status, head.to_ascii_lowercase(), body)
 }
 
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-/// Starts a streaming request; returns a reader positioned after the response head.
-fn open_stream(addr: &str, path: &str, body: &str) -> BufReader<TcpStream> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(s);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).unwrap();
-    assert!(status_line.contains(" 200 "), "{status_line}");
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-    }
+/// Starts a streaming request that must be accepted (200).
+fn open_stream(addr: &str, path: &str, body: &str) -> std::io::BufReader<std::net::TcpStream> {
+    let (status, r) = common::open_stream(addr, path, body);
+    assert_eq!(status, 200);
     r
-}
-
-/// The next `data:` payload of an event stream (`None` at its end).
-fn next_event(r: &mut BufReader<TcpStream>) -> Option<String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if let Some(d) = line.strip_prefix("data: ") {
-            return Some(d.trim_end().to_string());
-        }
-    }
 }
 
 /// The value of the sample `name` (with its labels, if any) in a Prometheus text page.

@@ -5,109 +5,12 @@
 //! against `/v1/completions`, and the clear refusals of `/infill` and `/rerank`.
 //! The Responses API is tested with the official `openai` client in `tests/openai/`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `bitnet serve` on a free port with extra arguments; waits for its address.
-fn start_with(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(["serve", "--port", "0"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut seen = String::new();
-    while addr.is_none() {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("the server ended before listening: {seen}");
-        }
-        seen.push_str(&line);
-        addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_string);
-    }
-    // Keep reading stderr (the request log) so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-            line.clear();
-        }
-    });
-    Server {
-        child,
-        addr: addr.unwrap(),
-    }
-}
-
-/// Sends a request with extra header lines; returns the status, the head and the
-/// (de-chunked) body.
-fn http_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: &str,
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        loop {
-            let (size, tail) = rest.split_once("\r\n").unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            out.push_str(&tail[..size]);
-            rest = &tail[size + 2..];
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    (status, head.to_string(), body)
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let (status, _, body) = http_with(addr, method, path, &[], body);
-    (status, body)
-}
+mod common;
+use common::{http, http_with, start_with};
 
 /// A POST whose answer is JSON; returns the status and the parsed body.
 fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
