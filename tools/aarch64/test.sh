@@ -21,7 +21,7 @@ target/debug/bitnet generate -p "$prompt" -n 32 --temp 0 >target/generate-x86_64
 tools/aarch64/setup.sh
 source tools/aarch64/env.sh
 triple=aarch64-unknown-linux-gnu
-tests=(-p bitnet --lib --test kernels_props --test forward_fixtures)
+tests=(-p bitnet --lib --test kernels_props --test t16_props --test forward_fixtures)
 # x86 clippy never compiles the AArch64 kernels: lint them with Debian's clippy.
 /usr/bin/cargo-clippy clippy --target $triple -p bitnet --all-targets -- -D warnings
 "$CARGO" test --target $triple "${tests[@]}" --no-run

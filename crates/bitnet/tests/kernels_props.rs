@@ -8,6 +8,9 @@ use bitnet::kernels::{self, scalar, Isa};
 use half::f16;
 use proptest::prelude::*;
 
+mod props;
+use props::{int8, reference, ternary, xorshift};
+
 fn simd_isas() -> Vec<Isa> {
     Isa::available()
         .into_iter()
@@ -70,17 +73,6 @@ fn check_q8_0(isa: Isa, w: &[u8], k: usize, x: &[f32]) -> Result<(), String> {
 }
 
 /// Float tolerance: relative to the sum of absolute products.
-/// A xorshift64 stream from `seed` (0 stays 0): the random inputs of the tests below.
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    }
-}
-
 fn close(a: f32, b: f32, scale: f32) -> bool {
     (a - b).abs() <= 1e-5 * scale + 1e-6
 }
@@ -102,20 +94,15 @@ proptest! {
     ) {
         let k = blocks * 128;
         let mut next = xorshift(seed);
-        let t: Vec<i8> = (0..rows * k).map(|_| (next() % 3) as i8 - 1).collect();
+        let t = ternary(&mut next, rows * k);
         let w = i2_s::encode(&t, 1.0);
         let w = &w[..rows * k / 4];
-        let acts: Vec<i8> = (0..tokens * k).map(|_| next() as u8 as i8).collect();
+        let acts = int8(&mut next, tokens * k);
         let qsums: Vec<i32> = acts.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
         let mut expected = vec![0i32; tokens * rows];
         scalar::i2s_matmul(w, k, &acts, &mut expected);
         // The scalar twin against the decoded weights, computed the obvious way.
-        for tok in 0..tokens {
-            for r in 0..rows {
-                let dot: i32 = (0..k).map(|c| t[r * k + c] as i32 * acts[tok * k + c] as i32).sum();
-                prop_assert_eq!(expected[tok * rows + r], dot);
-            }
-        }
+        prop_assert_eq!(&expected, &reference(&t, &acts, rows, k));
         for isa in Isa::available() {
             let mut out = vec![0i32; tokens * rows];
             kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);

@@ -7,16 +7,8 @@ use bitnet::formats::types::i2_s;
 use bitnet::kernels::{self, Isa};
 use proptest::prelude::*;
 
-/// A xorshift64 stream from `seed` (0 stays 0).
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    }
-}
+mod props;
+use props::{int8, reference, ternary, xorshift};
 
 /// `rows × k` ternary values packed as T1_6 (through the file's I2_S layout, as the model
 /// packs them at load).
@@ -24,20 +16,6 @@ fn pack(t: &[i8], rows: usize, k: usize) -> Vec<u8> {
     let i2s = i2_s::encode(t, 1.0);
     let mut out = vec![0u8; rows * kernels::t16_row_bytes(k)];
     kernels::t16_pack_i2s(&i2s[..rows * k / 4], k, &mut out);
-    out
-}
-
-/// `out[tok · rows + r] = Σ_c t[r, c] · acts[tok, c]`, the obvious way.
-fn reference(t: &[i8], acts: &[i8], rows: usize, k: usize) -> Vec<i32> {
-    let tokens = acts.len() / k;
-    let mut out = vec![0i32; tokens * rows];
-    for tok in 0..tokens {
-        for r in 0..rows {
-            out[tok * rows + r] = (0..k)
-                .map(|c| t[r * k + c] as i32 * acts[tok * k + c] as i32)
-                .sum();
-        }
-    }
     out
 }
 
@@ -91,8 +69,8 @@ proptest! {
     ) {
         let k = blocks * 128;
         let mut next = xorshift(seed | 1);
-        let t: Vec<i8> = (0..rows * k).map(|_| (next() % 3) as i8 - 1).collect();
-        let acts: Vec<i8> = (0..tokens * k).map(|_| next() as u8 as i8).collect();
+        let t = ternary(&mut next, rows * k);
+        let acts = int8(&mut next, tokens * k);
         let w = pack(&t, rows, k);
         prop_assert_eq!(w.len(), rows * (k / 160 * 32 + k % 160 / 4));
         let expected = reference(&t, &acts, rows, k);
