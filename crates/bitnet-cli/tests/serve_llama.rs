@@ -802,7 +802,8 @@ fn native_completion_fields_of_llama_servers_tests() {
     assert_eq!(v["generation_settings/n_predict"], 5, "{v}");
     assert!(v["prompt"].as_str().unwrap().ends_with(prompt), "{v}");
 
-    // post_sampling_probs: greedy gives the pick probability 1, and n_probs entries.
+    // post_sampling_probs: greedy gives the pick probability 1, and lists only it (llama-server
+    // never lists a candidate the sampler chain dropped).
     let v = complete(json!({"prompt": prompt, "n_predict": 3, "n_probs": 4,
         "post_sampling_probs": true}));
     let probs = v["completion_probabilities"].as_array().unwrap();
@@ -810,9 +811,8 @@ fn native_completion_fields_of_llama_servers_tests() {
     for p in probs {
         assert_eq!(p["prob"], 1.0, "{p}");
         let top = p["top_probs"].as_array().unwrap();
-        assert_eq!(top.len(), 4, "{p}");
+        assert_eq!(top.len(), 1, "{p}");
         assert_eq!(top[0]["id"], p["id"], "{p}");
-        assert!(top[1..].iter().all(|t| t["prob"] == 0.0), "{p}");
     }
     // Sampled: the probabilities after top-k sum to 1 over the kept candidates.
     let v = complete(
@@ -828,5 +828,189 @@ fn native_completion_fields_of_llama_servers_tests() {
             .sum();
         assert!((sum - 1.0).abs() < 1e-4, "{p}");
         assert!(p["prob"].as_f64().unwrap() > 0.0, "{p}");
+        let top = p["top_probs"].as_array().unwrap();
+        assert!(top.iter().all(|t| t["prob"].as_f64().unwrap() > 0.0), "{p}");
     }
+}
+
+/// What a run of llama.cpp's own server tests (mainline, 2026-06) found next: llama-server's
+/// other prompt forms (`{"prompt_string"}`, ids mixed with strings, lists of both) on
+/// `/completion` and `/v1/embeddings`, `id_slot`, `backend_sampling`, the chat token count
+/// `/chat/completions/input_tokens`, `/apply-template` without the generation prompt, and
+/// "too large" in an oversized embedding input's error.
+#[test]
+fn llama_servers_prompt_forms_slots_and_token_counts() {
+    let server = start_with(&["--temp", "0", "-n", "8", "--parallel", "2", "-c", "256"]);
+    let a = server.addr.as_str();
+    let prompt = "I believe the meaning of life is";
+
+    // `{"prompt_string"}` is the text; a list of forms is several prompts.
+    let (status, text) = post(a, "/completion", &json!({"prompt": prompt, "n_predict": 4}));
+    assert_eq!(status, 200, "{text}");
+    let (status, object) = post(
+        a,
+        "/completion",
+        &json!({"prompt": {"prompt_string": prompt}, "n_predict": 4}),
+    );
+    assert_eq!(status, 200, "{object}");
+    assert_eq!(object["content"], text["content"]);
+    let (_, tokens) = post(
+        a,
+        "/tokenize",
+        &json!({"content": prompt, "add_special": true}),
+    );
+    let (status, many) = post(
+        a,
+        "/completion",
+        &json!({"prompt": [tokens["tokens"], {"prompt_string": prompt}], "n_predict": 4}),
+    );
+    assert_eq!(status, 200, "{many}");
+    let many = many.as_array().unwrap();
+    assert_eq!(many.len(), 2);
+    assert!(
+        many.iter().all(|m| m["content"] == text["content"]),
+        "{many:?}"
+    );
+    let (status, v) = post(
+        a,
+        "/completion",
+        &json!({"prompt": {"prompt_string": prompt, "multimodal_data": ["AAAA"]}}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text only"),
+        "{v}"
+    );
+
+    // Embedding inputs in the same forms: one embedding per prompt, a mixed list is one.
+    for (input, n) in [
+        (json!([12, 34, "string", 56, 78]), 1),
+        (json!(["string1", [12, 34, 56]]), 2),
+        (json!([[12, 34, 56], [12, "string", 34, 56]]), 2),
+        (json!({"prompt_string": "string"}), 1),
+    ] {
+        let (status, v) = post(a, "/v1/embeddings", &json!({"input": input}));
+        assert_eq!(status, 200, "{input}: {v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), n, "{input}");
+    }
+    // The mixed form is the tokens of its pieces in place: BOS and the ids of "string1",
+    // then 12 and 34.
+    let (_, ids) = post(
+        a,
+        "/tokenize",
+        &json!({"content": "string1", "add_special": true}),
+    );
+    let mut joined: Vec<Value> = ids["tokens"].as_array().unwrap().clone();
+    joined.extend([json!(12), json!(34)]);
+    let (_, by_ids) = post(a, "/v1/embeddings", &json!({"input": joined}));
+    let (_, mixed) = post(a, "/v1/embeddings", &json!({"input": ["string1", 12, 34]}));
+    assert!(by_ids["data"][0]["embedding"] == mixed["data"][0]["embedding"]);
+    let (status, v) = post(
+        a,
+        "/v1/embeddings",
+        &json!({"input": "This is a test ".repeat(512)}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large"),
+        "{v}"
+    );
+
+    // id_slot: the request runs in that slot; a slot that does not exist is refused.
+    for slot in [0, 1] {
+        let (status, v) = post(
+            a,
+            "/completion",
+            &json!({"prompt": prompt, "n_predict": 2, "id_slot": slot, "cache_prompt": true}),
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["id_slot"], slot, "{v}");
+    }
+    let chat = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4,
+        "n": 2, "id_slot": 0});
+    let (status, v) = post(a, "/chat/completions", &chat);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2, "{v}");
+    let (status, v) = post(a, "/completion", &json!({"prompt": prompt, "id_slot": 2}));
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("id_slot")),
+        "{v}"
+    );
+
+    // backend_sampling (where llama-server samples) changes nothing here.
+    let probe = |backend: bool| {
+        post(
+            a,
+            "/completion",
+            &json!({"prompt": prompt, "n_probs": 3, "n_predict": 4, "seed": 4242,
+                "temperature": 1.0, "post_sampling_probs": true, "backend_sampling": backend}),
+        )
+    };
+    let ((s1, v1), (s2, v2)) = (probe(true), probe(false));
+    assert_eq!((s1, s2), (200, 200), "{v1} {v2}");
+    assert_eq!(
+        v1["completion_probabilities"],
+        v2["completion_probabilities"]
+    );
+
+    // The chat prompt's token count, as the chat endpoint renders it (even past the
+    // context, which is what a client asks it for).
+    let messages = json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the meaning of life?"}]);
+    let (_, rendered) = post(a, "/apply-template", &json!({"messages": messages}));
+    let (_, ids) = post(
+        a,
+        "/tokenize",
+        &json!({"content": rendered["prompt"], "add_special": true, "parse_special": true}),
+    );
+    let n = ids["tokens"].as_array().unwrap().len();
+    for path in [
+        "/chat/completions/input_tokens",
+        "/v1/chat/completions/input_tokens",
+    ] {
+        let (status, v) = post(a, path, &json!({"messages": messages}));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["input_tokens"], n, "{v}");
+    }
+    let (status, v) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 1}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], n, "{v}");
+    let long = json!([{"role": "user", "content": "word ".repeat(400)}]);
+    let (status, v) = post(
+        a,
+        "/chat/completions/input_tokens",
+        &json!({"messages": long}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(v["input_tokens"].as_u64().unwrap() > 256, "{v}");
+
+    // Without the generation prompt the rendering stops after the last message.
+    let user = json!([{"role": "user", "content": "Hello"}]);
+    let (_, with) = post(a, "/apply-template", &json!({"messages": user}));
+    let (status, without) = post(
+        a,
+        "/apply-template",
+        &json!({"messages": user, "add_generation_prompt": false}),
+    );
+    assert_eq!(status, 200, "{without}");
+    let (with, without) = (
+        with["prompt"].as_str().unwrap(),
+        without["prompt"].as_str().unwrap(),
+    );
+    assert!(
+        with.starts_with(without) && with.len() > without.len(),
+        "{with:?} {without:?}"
+    );
+    assert!(without.ends_with("Hello<|eot_id|>"), "{without:?}");
 }

@@ -190,6 +190,47 @@ fn requests_join_and_leave_and_wait_for_a_slot() {
     assert_eq!(st.queued, 0);
 }
 
+/// llama-server's `id_slot`: a pinned request runs in its slot, waiting for it while it is
+/// busy without holding up a request behind it that may take the free one; a slot that does
+/// not exist is refused.
+#[test]
+fn a_request_pinned_to_a_busy_slot_waits_for_it_alone() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(2)).unwrap();
+    let job = |i: usize, n: usize, slot: Option<usize>| {
+        let mut j = Job::new(encode(&tokenizer, PROMPTS[i]), SamplerConfig::greedy());
+        j.max_tokens = Some(n);
+        j.ignore_eos = true;
+        j.slot = slot;
+        j
+    };
+    let (sink, long) = collector();
+    let a_sent = Instant::now();
+    let _a = s.submit(job(0, 48, Some(1)), sink).unwrap();
+    // Wait until it holds slot 1.
+    loop {
+        if let Event::Token { .. } = long.rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            break;
+        }
+    }
+    let (sink, pinned) = collector();
+    let _b = s.submit(job(1, 4, Some(1)), sink).unwrap();
+    let (sink, free) = collector();
+    let c_sent = Instant::now();
+    let _c = s.submit(job(2, 4, None), sink).unwrap();
+    let (_, _, c, _) = free.collect();
+    let (_, _, a, _) = long.collect();
+    let (_, _, b, _) = pinned.collect();
+    assert_eq!((a.slot, b.slot, c.slot), (Some(1), Some(1), Some(0)));
+    // The free request went ahead of the pinned one: it ended while slot 1 still ran the
+    // long one (behind a blocked queue head it would have started only after it).
+    assert!(c_sent + c.total < a_sent + a.total, "{c:?} {a:?}");
+    match s.submit(job(3, 4, Some(2)), collector().0) {
+        Err(SubmitError::NoSuchSlot { slot: 2, slots: 2 }) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn a_dropped_ticket_cancels_and_frees_the_slot() {
     let (model, tokenizer) = demo();

@@ -247,7 +247,11 @@ pub fn plan(
                 ));
             }
             let text = template
-                .render_with_tools(&messages, req.tools.as_ref().map(Tools::definitions), true)
+                .render_with_tools(
+                    &messages,
+                    req.tools.as_ref().map(Tools::definitions),
+                    req.add_generation_prompt.unwrap_or(true),
+                )
                 .map_err(RequestError::Template)?;
             vec![PromptIds {
                 ids: tokenizer.encode_chat(&text),
@@ -364,6 +368,7 @@ pub fn jobs(settings: &Settings<'_>, req: &Request, plan: &Plan) -> Result<Vec<J
                 constraint,
                 context_shift,
                 embedding: None,
+                slot: req.id_slot,
             });
         }
     }

@@ -270,6 +270,13 @@ pub struct Request {
     /// llama-server's `response_fields` ([`Dialect::LlamaServer`]): the response keeps only
     /// these fields, nested ones named by their path (`generation_settings/n_predict`).
     pub response_fields: Vec<String>,
+    /// llama-server's `id_slot`: run on this slot (waiting for it if busy); `None` (or -1)
+    /// lets the scheduler pick.
+    pub id_slot: Option<usize>,
+    /// `add_generation_prompt` (chat): whether the rendered conversation ends with the
+    /// assistant's turn opened; `None` is the default, true. With false the model continues
+    /// the conversation as the template leaves it (llama-server and vLLM read it so).
+    pub add_generation_prompt: Option<bool>,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -313,6 +320,53 @@ fn mixed_prompt(v: &Value) -> Option<Vec<Prompt>> {
         })
         .collect::<Option<Vec<_>>>()
         .map(|parts| vec![Prompt::Mixed(parts)])
+}
+
+/// One of llama-server's prompts: a string, `{"prompt_string": …}` (its multimodal form,
+/// without media: this model reads text only), token ids, or one list mixing ids and strings.
+fn llama_prompt(v: &Value) -> Option<Prompt> {
+    match v {
+        Value::String(s) => Some(Prompt::Text(s.clone())),
+        Value::Object(o) => {
+            let media = o.get("multimodal_data").is_some_and(|m| !is_empty(m));
+            let known = o
+                .keys()
+                .all(|k| k == "prompt_string" || k == "multimodal_data");
+            match o.get("prompt_string") {
+                Some(Value::String(s)) if known && !media => Some(Prompt::Text(s.clone())),
+                _ => None,
+            }
+        }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => a
+            .iter()
+            .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+            .collect::<Option<Vec<_>>>()
+            .map(Prompt::Tokens),
+        Value::Array(_) => mixed_prompt(v).and_then(|mut p| p.pop()),
+        _ => None,
+    }
+}
+
+/// llama-server's `prompt` (and `/embeddings`' `input`): one prompt as [`llama_prompt`]
+/// reads it, or a list of them (a list of strings is several prompts; a list of ids, or of
+/// ids and strings, is one).
+pub fn llama_prompts(v: &Value) -> Option<Vec<Prompt>> {
+    match v {
+        Value::Array(a) if a.iter().any(|p| p.is_array() || p.is_object()) => {
+            a.iter().map(llama_prompt).collect()
+        }
+        Value::Array(a) if a.iter().all(Value::is_string) => a.iter().map(llama_prompt).collect(),
+        v => llama_prompt(v).map(|p| vec![p]),
+    }
+}
+
+/// Whether a prompt object asks for images or audio (which a text model refuses).
+fn has_media(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.get("multimodal_data").is_some_and(|m| !is_empty(m)),
+        Value::Array(a) => a.iter().any(has_media),
+        _ => false,
+    }
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of such lists.
@@ -555,6 +609,8 @@ const READ: &[&str] = &[
     "parallel_tool_calls",
     "ignore_eos",
     "n_keep",
+    "id_slot",
+    "add_generation_prompt",
 ];
 
 /// How a field beyond those read into [`Request`] is met.
@@ -652,6 +708,8 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
         // llama-server: accepted, changing nothing observable. Prompts always reuse a slot's
         // cached prefix, which gives the same tokens as running it again (batch invariance).
         "cache_prompt" => ("cache_prompt", Harmless(is_bool, "true or false")),
+        // llama-server: whether sampling runs on its GPU backend; the tokens are the same.
+        "backend_sampling" => ("backend_sampling", Harmless(is_bool, "true or false")),
         // A sampler's parameters while the sampler is off (as they are in llama.cpp then).
         "mirostat_tau" => ("mirostat_tau", Harmless(is_number, "a number")),
         "mirostat_eta" => ("mirostat_eta", Harmless(is_number, "a number")),
@@ -700,10 +758,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
                 "not supported: ask with `logprobs` (and `top_logprobs`)",
             ),
         ),
-        "id_slot" => (
-            "id_slot",
-            OffOnly(|v| v == -1, "not supported: the server picks the slot"),
-        ),
         "t_max_predict_ms" => (
             "t_max_predict_ms",
             OffOnly(
@@ -739,13 +793,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
             OffOnly(
                 is_empty,
                 "not supported: the chat template takes no arguments here",
-            ),
-        ),
-        "add_generation_prompt" => (
-            "add_generation_prompt",
-            OffOnly(
-                |v| v == true,
-                "only true: the prompt always ends with the assistant's turn opened",
             ),
         ),
         "reasoning_format" => (
@@ -863,12 +910,18 @@ impl Request {
         let obj = value.as_object().ok_or(RequestError::NotAnObject)?;
         screen(obj, dialect)?;
         let prompt = if llama {
+            if obj.get("prompt").is_some_and(has_media) {
+                return Err(RequestError::Unsupported {
+                    field: "prompt",
+                    message: "`multimodal_data`: this model reads text only".to_string(),
+                });
+            }
             opt(
                 obj,
                 "prompt",
-                "a string, a list of strings, a list of token ids, a list of such lists, or \
-                 one list mixing token ids and strings",
-                |v| mixed_prompt(v).or_else(|| prompts(v)),
+                "a string, token ids, one list mixing token ids and strings, \
+                 {\"prompt_string\": …}, or a list of such prompts",
+                llama_prompts,
             )?
         } else {
             opt(
@@ -1147,6 +1200,22 @@ impl Request {
             return_tokens,
             post_sampling_probs,
             response_fields,
+            id_slot: opt(
+                obj,
+                "id_slot",
+                "a slot's number (-1: any slot)",
+                |v| match v.as_i64()? {
+                    -1 => Some(None),
+                    n => usize::try_from(n).ok().map(Some),
+                },
+            )?
+            .flatten(),
+            add_generation_prompt: opt(
+                obj,
+                "add_generation_prompt",
+                "true or false",
+                Value::as_bool,
+            )?,
         })
     }
 
@@ -1388,6 +1457,63 @@ mod tests {
     }
 
     #[test]
+    fn llama_servers_prompt_forms_and_slot() {
+        let llama = |body: &str| {
+            Request::from_slice_in(body.as_bytes(), Dialect::LlamaServer).map(|r| r.prompt)
+        };
+        let text = |s: &str| Prompt::Text(s.into());
+        let mixed = |p: Vec<PromptPart>| Prompt::Mixed(p);
+        use PromptPart::{Text as T, Token as K};
+        for (prompt, expected) in [
+            (r#""hi""#, vec![text("hi")]),
+            (r#"{"prompt_string": "hi"}"#, vec![text("hi")]),
+            (
+                r#"{"prompt_string": "hi", "multimodal_data": []}"#,
+                vec![text("hi")],
+            ),
+            (r#"[1, 2]"#, vec![Prompt::Tokens(vec![1, 2])]),
+            (r#"["a", "b"]"#, vec![text("a"), text("b")]),
+            (
+                r#"[12, 34, "s", 56]"#,
+                vec![mixed(vec![K(12), K(34), T("s".into()), K(56)])],
+            ),
+            (
+                r#"["s", [12, 34]]"#,
+                vec![text("s"), Prompt::Tokens(vec![12, 34])],
+            ),
+            (
+                r#"[[12], [12, "s"], {"prompt_string": "x"}]"#,
+                vec![
+                    Prompt::Tokens(vec![12]),
+                    mixed(vec![K(12), T("s".into())]),
+                    text("x"),
+                ],
+            ),
+        ] {
+            let got = llama(&format!(r#"{{"prompt": {prompt}}}"#)).unwrap();
+            assert_eq!(got, Some(expected), "{prompt}");
+        }
+        for prompt in [
+            r#"{"prompt_string": "hi", "multimodal_data": ["AAAA"]}"#,
+            r#"[{"prompt_string": "hi", "multimodal_data": ["AAAA"]}]"#,
+            r#"{"text": "hi"}"#,
+            r#"[1, -2]"#,
+        ] {
+            let e = llama(&format!(r#"{{"prompt": {prompt}}}"#)).unwrap_err();
+            assert_eq!(e.field(), Some("prompt"), "{prompt}: {e}");
+        }
+        // OpenAI's dialect keeps OpenAI's forms.
+        assert!(parse(r#"{"prompt": {"prompt_string": "hi"}}"#).is_err());
+        let r = parse(&format!(
+            r#"{{{CHAT}, "id_slot": 1, "add_generation_prompt": false, "backend_sampling": true}}"#
+        ))
+        .unwrap();
+        assert_eq!((r.id_slot, r.add_generation_prompt), (Some(1), Some(false)));
+        let r = parse(&format!(r#"{{{CHAT}, "id_slot": -1}}"#)).unwrap();
+        assert_eq!((r.id_slot, r.add_generation_prompt), (None, None));
+    }
+
+    #[test]
     fn roles_are_openais() {
         let e = refused(
             r#"{"messages": [{"role": "user", "content": "x"}, {"role": "wizard", "content": "y"}]}"#,
@@ -1421,7 +1547,11 @@ mod tests {
             ),
             (r#""prompt": "a", "dynatemp_range": 0.5"#, "dynatemp_range"),
             (r#""prompt": "a", "n_probs": 3"#, "n_probs"),
-            (r#""prompt": "a", "id_slot": 1"#, "id_slot"),
+            (r#""prompt": "a", "id_slot": -2"#, "id_slot"),
+            (
+                r#""prompt": "a", "backend_sampling": 1"#,
+                "backend_sampling",
+            ),
             (r#""prompt": "a", "samplers": ["top_k"]"#, "samplers"),
             (r#""prompt": "a", "lora": [{"id": 0, "scale": 1}]"#, "lora"),
             (
@@ -1447,7 +1577,7 @@ mod tests {
             (r#""store": true"#, "store"),
             (r#""reasoning_effort": "low""#, "reasoning_effort"),
             (r#""web_search_options": {}"#, "web_search_options"),
-            (r#""add_generation_prompt": false"#, "add_generation_prompt"),
+            (r#""add_generation_prompt": 0"#, "add_generation_prompt"),
             (
                 r#""chat_template_kwargs": {"enable_thinking": true}"#,
                 "chat_template_kwargs",

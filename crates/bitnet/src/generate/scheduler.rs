@@ -98,6 +98,9 @@ pub struct Job {
     /// prefix: pooling needs every position's state), then [`Event::Embedding`] and
     /// [`Event::Done`] with [`StopReason::Embedded`].
     pub embedding: Option<EmbedOptions>,
+    /// Run on this slot only (llama-server's `id_slot`), waiting for it while it is busy;
+    /// requests behind it that may take another slot go ahead. `None`: any slot.
+    pub slot: Option<usize>,
 }
 
 impl Job {
@@ -116,6 +119,7 @@ impl Job {
             constraint: None,
             context_shift: None,
             embedding: None,
+            slot: None,
         }
     }
 
@@ -240,6 +244,14 @@ pub enum SubmitError {
         token: u32,
         /// The vocabulary's size.
         n_vocab: usize,
+    },
+    /// [`Job::slot`] names a slot that does not exist.
+    #[error("there is no slot {slot}: this server has {slots} (0 to {})", .slots - 1)]
+    NoSuchSlot {
+        /// The slot asked for.
+        slot: usize,
+        /// Slots there are.
+        slots: usize,
     },
 }
 
@@ -470,6 +482,7 @@ pub struct Scheduler {
     max_queue: usize,
     n_ctx: usize,
     n_vocab: usize,
+    n_slots: usize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -554,6 +567,7 @@ impl Scheduler {
             max_queue: config.max_queue,
             n_ctx,
             n_vocab,
+            n_slots,
         })
     }
 
@@ -573,6 +587,12 @@ impl Scheduler {
             return Err(SubmitError::TokenOutOfRange {
                 token,
                 n_vocab: self.n_vocab,
+            });
+        }
+        if let Some(slot) = job.slot.filter(|&s| s >= self.n_slots) {
+            return Err(SubmitError::NoSuchSlot {
+                slot,
+                slots: self.n_slots,
             });
         }
         if job.prompt.len() > self.n_ctx {
@@ -901,11 +921,18 @@ impl<'a> Engine<'a> {
     /// (an empty slot always qualifies): a shared BOS or system prompt alone does not make
     /// it evict another conversation's cache. Without such a slot it takes the least
     /// recently used one, so recent caches stay for their owners to come back to.
+    /// A request pinned to a busy slot ([`Job::slot`]) waits without holding up those
+    /// behind it.
     fn admit(&mut self) {
-        while !self.queue.is_empty() {
+        let mut next = 0;
+        while next < self.queue.len() {
             let busy: Vec<usize> = self.active.iter().map(|a| a.slot).collect();
-            let free = (0..self.slots.len()).filter(|i| !busy.contains(i));
-            let Some(p) = self.queue.front() else { break };
+            if busy.len() == self.slots.len() {
+                break;
+            }
+            let Some(p) = self.queue.get(next) else { break };
+            let free = (0..self.slots.len())
+                .filter(|i| !busy.contains(i) && p.job.slot.is_none_or(|s| s == *i));
             let prompt = &p.job.prompt;
             let candidates: Vec<(usize, usize)> = free
                 .map(|i| {
@@ -926,8 +953,12 @@ impl<'a> Engine<'a> {
                 .max_by(|a, b| a.1.cmp(&b.1).then(lru(a, b)))
                 .or_else(|| candidates.iter().max_by(|a, b| lru(a, b)))
                 .copied();
-            let Some((slot, common)) = best else { break };
-            let Some(p) = self.queue.pop_front() else {
+            let Some((slot, common)) = best else {
+                // Only a pinned request finds no free slot while one is free.
+                next += 1;
+                continue;
+            };
+            let Some(p) = self.queue.remove(next) else {
                 break;
             };
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -1415,24 +1446,14 @@ fn most_likely(logits: &[f32], mut ids: Vec<u32>, k: usize) -> Vec<u32> {
 fn post_sampling_logprob(sampler: &Sampler, logits: &[f32], token: u32, k: usize) -> TokenLogprob {
     let dist = sampler.distribution(logits);
     let p = dist.iter().find(|(t, _)| *t == token).map_or(0.0, |d| d.1);
-    let mut top: Vec<(u32, f32)> = dist.iter().take(k).map(|&(t, p)| (t, p.ln())).collect();
-    if top.len() < k {
-        let mut listed = vec![false; logits.len()];
-        for &(t, _) in &top {
-            if let Some(l) = listed.get_mut(t as usize) {
-                *l = true;
-            }
-        }
-        let rest: Vec<u32> = (0..logits.len() as u32)
-            .filter(|&t| !listed[t as usize])
-            .collect();
-        let need = k - top.len();
-        top.extend(
-            most_likely(logits, rest, need)
-                .into_iter()
-                .map(|t| (t, f32::NEG_INFINITY)),
-        );
-    }
+    // Only candidates the chain kept: llama-server never lists a probability of 0, so fewer
+    // than `k` come back when fewer survive (greedy: the pick alone).
+    let top = dist
+        .iter()
+        .filter(|&&(_, p)| p > 0.0)
+        .take(k)
+        .map(|&(t, p)| (t, p.ln()))
+        .collect();
     TokenLogprob {
         token,
         logprob: p.ln(),

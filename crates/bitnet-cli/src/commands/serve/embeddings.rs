@@ -1,5 +1,6 @@
 //! `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings endpoint. `input` is a
-//! string, a list of strings, a list of token ids or a list of such lists; `encoding_format`
+//! string, a list of strings, a list of token ids or a list of such lists, or one of
+//! llama-server's prompt forms (ids mixed with strings, `{"prompt_string": …}`); `encoding_format`
 //! `float` (default) or `base64` (little-endian f32, as the `openai` client decodes it);
 //! `dimensions` truncates (Matryoshka) then normalises. Each input is one job of the
 //! library's scheduler ([`Job::embed`]): embeddings take the slots, queue and batched steps of
@@ -13,8 +14,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use bitnet::generate::{Event, Job};
+use bitnet::generate::request::llama_prompts;
+use bitnet::generate::{Event, Job, Prompt};
 use bitnet::model::EmbedOptions;
+use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
 use super::openai::{submit, submit_error, Submitted};
@@ -28,48 +31,47 @@ fn bad(message: impl Into<String>, param: &str) -> Response {
     error(StatusCode::BAD_REQUEST, message, Some(param))
 }
 
-/// The token ids of every input, or the 400 naming what is wrong.
+/// The token ids of every input, or the 400 naming what is wrong. `input` takes
+/// llama-server's prompt forms (a superset of OpenAI's): a string, token ids, one list mixing
+/// ids and strings, `{"prompt_string": …}`, or a list of such inputs.
 fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Box<Response>> {
     let bad = |message: String, param: &str| Box::new(bad(message, param));
-    let tokens = |list: &[Value]| -> Option<Vec<u32>> {
-        list.iter()
-            .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
-            .collect()
+    if input.as_array().is_some_and(Vec::is_empty) {
+        return Err(bad("`input` must not be empty".into(), "input"));
+    }
+    let Some(prompts) = llama_prompts(input) else {
+        return Err(bad(
+            "`input` must be a string, a list of token ids (integers ≥ 0), one list mixing \
+             token ids and strings, {\"prompt_string\": …}, or a list of such inputs"
+                .into(),
+            "input",
+        ));
     };
-    let text = |s: &str| state.tokenizer.encode_for_embedding(s);
-    let seqs = match input {
-        Value::String(s) => vec![text(s)],
-        Value::Array(items) if items.is_empty() => {
-            return Err(bad("`input` must not be empty".into(), "input"))
-        }
-        Value::Array(items) if items.iter().all(Value::is_string) => items
-            .iter()
-            .map(|v| text(v.as_str().unwrap_or_default()))
-            .collect(),
-        Value::Array(items) if items.iter().all(Value::is_number) => match tokens(items) {
-            Some(ids) => vec![ids],
-            None => return Err(bad("`input` token ids must be integers ≥ 0".into(), "input")),
-        },
-        Value::Array(items) if items.iter().all(Value::is_array) => {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                match item.as_array().and_then(|l| tokens(l)) {
-                    Some(ids) => out.push(ids),
-                    None => {
-                        return Err(bad("`input` token id lists must hold integers ≥ 0".into(),
-                            "input",
-                        ))
-                    }
+    let tokenizer = &state.tokenizer;
+    let seqs: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(s) => tokenizer.encode_for_embedding(s),
+            Prompt::Tokens(ids) => ids.clone(),
+            // Texts tokenized where they stand (BOS only before a leading one), and the EOS
+            // the model ends every text with, as for a plain text.
+            mixed @ Prompt::Mixed(_) => {
+                let mut ids = mixed.ids(|text, first| {
+                    tokenizer.encode(
+                        text,
+                        EncodeOptions {
+                            add_bos: first && tokenizer.add_bos_token(),
+                            parse_special: false,
+                        },
+                    )
+                });
+                if let (true, Some(eos)) = (tokenizer.add_eos_token(), tokenizer.eos_id()) {
+                    ids.push(eos);
                 }
+                ids
             }
-            out
-        }
-        _ => {
-            return Err(bad("`input` must be a string, a list of strings, a list of token ids or a list of such lists".into(),
-                "input",
-            ))
-        }
-    };
+        })
+        .collect();
     if seqs.len() > MAX_INPUTS {
         return Err(bad(
             format!("`input` holds {} items; at most {MAX_INPUTS}", seqs.len()),
@@ -91,7 +93,8 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Box<Response
         if s.len() > n_ctx {
             return Err(bad(
                 format!(
-                    "`input[{i}]` is {} tokens, more than the context of {n_ctx}",
+                    "`input[{i}]` ({} tokens) is too large to process: the context holds \
+                     {n_ctx}",
                     s.len()
                 ),
                 "input",

@@ -220,7 +220,7 @@ pub async fn apply_template(State(state): State<Arc<AppState>>, body: Bytes) -> 
         req.tools
             .as_ref()
             .map(bitnet::generate::tools::Tools::definitions),
-        true,
+        req.add_generation_prompt.unwrap_or(true),
     ) {
         Ok(prompt) => Json(json!({"prompt": prompt})).into_response(),
         Err(e) => request_error(&RequestError::Template(e)),

@@ -348,6 +348,14 @@ pub fn run(args: Args) -> Result<()> {
         // lacks it); its `/completions` is the native endpoint, not OpenAI's.
         .route("/models", get(openai::models))
         .route("/chat/completions", post(openai::chat_completions))
+        .route(
+            "/v1/chat/completions/input_tokens",
+            post(openai::chat_input_tokens),
+        )
+        .route(
+            "/chat/completions/input_tokens",
+            post(openai::chat_input_tokens),
+        )
         .route("/v1/responses", post(responses::responses))
         .route("/responses", post(responses::responses))
         .merge(llama::routes())

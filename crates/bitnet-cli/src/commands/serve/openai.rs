@@ -99,6 +99,34 @@ pub async fn chat_completions(
     handle(state, log, body, Endpoint::Chat).await
 }
 
+/// `POST /v1/chat/completions/input_tokens` (and `/chat/completions/input_tokens`, as
+/// llama-server serves it): `{"input_tokens": N}`, the tokens the chat request's prompt takes
+/// once rendered, checked by the same plan as the chat endpoint without running anything. A
+/// prompt longer than the context is still counted: clients ask in order to trim it.
+pub async fn chat_input_tokens(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req = match Request::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return request_error(&e),
+    };
+    if let Err(e) = &state.template {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("this server's chat template does not compile ({e})"),
+            None,
+        );
+    }
+    match plan(&state, &req, Endpoint::Chat) {
+        Ok(plan) => {
+            let n: usize = plan.prompts.iter().map(|p| p.ids.len()).sum();
+            Json(json!({"input_tokens": n})).into_response()
+        }
+        Err(RequestError::ExceedsContext {
+            n_prompt_tokens, ..
+        }) => Json(json!({"input_tokens": n_prompt_tokens})).into_response(),
+        Err(e) => request_error(&e),
+    }
+}
+
 /// The library's [`shape::plan`] against this server's settings.
 pub(crate) fn plan(
     state: &AppState,
@@ -146,6 +174,9 @@ pub(crate) fn submit_error(e: &SubmitError) -> Response {
             r
         }
         SubmitError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        SubmitError::NoSuchSlot { .. } => {
+            error(StatusCode::BAD_REQUEST, e.to_string(), Some("id_slot"))
+        }
         _ => error(StatusCode::BAD_REQUEST, e.to_string(), Some("prompt")),
     }
 }
