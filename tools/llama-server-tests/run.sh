@@ -8,8 +8,10 @@
 #
 # LLAMA_TESTS_DIR holds utils.py, conftest.py, requirements.txt and unit/*.py.
 # Environment: BITNET (the binary; default target/debug/bitnet, else `bitnet` on PATH),
-# VENV (a virtualenv to use or create; default LLAMA_TESTS_DIR/venv), PORT (default 8080;
-# the API-key server takes PORT+1).
+# VENV (a virtualenv to use or create; default LLAMA_TESTS_DIR/venv), PORT (default 8080),
+# KEY_PORT (the API-key server's; default PORT+100). Test files that set their own
+# `server.server_port = N` (test_tool_call: 8081, test_compat_anthropic: 8082-8084) ignore
+# PORT in external mode, so a plain server is started on each such port too.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ ! -d "$1/unit" ]; then
@@ -23,7 +25,7 @@ bitnet=${BITNET:-$root/target/debug/bitnet}
 [ -x "$bitnet" ] || bitnet=$(command -v bitnet) || { echo "no bitnet binary: build it (cargo build -p bitnet-cli) or set BITNET" >&2; exit 2; }
 venv=${VENV:-$tests/venv}
 port=${PORT:-8080}
-key_port=$((port + 1))
+key_port=${KEY_PORT:-$((port + 100))}
 out=$(mktemp -d)
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -57,6 +59,11 @@ start() { # port log args...
     exit 1
 }
 start "$port" "$out/server.log"
+for p in $(grep -ho 'server_port = [0-9]*' "$tests"/unit/*.py | awk '{print $3}' | sort -u); do
+    if [ "$p" != "$port" ] && [ "$p" != "$key_port" ]; then
+        start "$p" "$out/server-$p.log"
+    fi
+done
 # test_security.py expects a server started with its key (and llama-server's open CORS).
 start "$key_port" "$out/server-key.log" --api-key sk-this-is-the-secret-key --cors-origin '*'
 
