@@ -80,6 +80,49 @@ fn gpu_greedy_text_equals_the_cpu() {
     }
 }
 
+/// `generate --ctx-shift` past a full context on the device (the shift runs on the GPU
+/// cache): the same tokens and shift count as on the CPU, both cache types. (With `-c 24`
+/// the f16 run meets, one token after a shift, an int8 rounding flip of the new token's
+/// norm, exact shift or not: see `gpu_forward.rs`'s context-shift test.)
+#[test]
+fn gpu_context_shift_generates_the_cpus_tokens() {
+    if !have_adapter() {
+        return;
+    }
+    let run = |device, cache| {
+        let args = [
+            "generate",
+            "-p",
+            "ROMEO:\\n",
+            "-c",
+            "20",
+            "-n",
+            "60",
+            "--temp",
+            "0",
+            "--ctx-shift",
+            "--keep",
+            "2",
+            "--json",
+            "--cache-type",
+            cache,
+            "--device",
+            device,
+        ];
+        let out = bitnet(&args, &[]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{device}: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    for cache in ["f16", "f32"] {
+        let (cpu, gpu) = (run("cpu", cache), run("gpu", cache));
+        assert!(cpu["context_shifts"].as_u64().unwrap() >= 4, "{cpu}");
+        assert_eq!(gpu["context_shifts"], cpu["context_shifts"], "{cache}");
+        assert_eq!(gpu["generated_tokens"], 60, "{cache}");
+        assert_eq!(gpu["generated_ids"], cpu["generated_ids"], "{cache}");
+    }
+}
+
 #[test]
 fn bench_names_the_adapter() {
     if !have_adapter() {

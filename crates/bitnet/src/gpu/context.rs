@@ -61,6 +61,9 @@ pub(crate) struct Pipelines {
     /// the plain integer loop.
     pub ternary_dot4: Option<wgpu::ComputePipeline>,
     pub ternary_plain: wgpu::ComputePipeline,
+    /// The product with a scale per 256-value block (TQ files whose blocks' scales differ),
+    /// on `dot4` as the adapter has it.
+    pub ternary_blocks: wgpu::ComputePipeline,
     pub f16_matmul: wgpu::ComputePipeline,
     pub rms_norm: wgpu::ComputePipeline,
     pub q_quantize: wgpu::ComputePipeline,
@@ -71,6 +74,8 @@ pub(crate) struct Pipelines {
     /// Attention and the cache writes, for f32 caches `[0]` and f16 ones `[1]`.
     pub attention: [wgpu::ComputePipeline; 2],
     pub kv_write: [wgpu::ComputePipeline; 2],
+    /// The context shift's key rotation, f32 `[0]` and f16 `[1]`.
+    pub kv_shift: [wgpu::ComputePipeline; 2],
 }
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
@@ -102,6 +107,21 @@ fn store(i: u32) {
         let src = p.row0 * p.kv_dim + 2u * i;
         kc[at] = pack2x16float(vec2<f32>(k[src], k[src + 1u]));
         vc[at] = pack2x16float(vec2<f32>(v[src], v[src + 1u]));
+    }
+}\n";
+
+const SHIFT_F32: &str = "alias CACHE_T = f32;
+fn ld(i: u32) -> f32 { return src[i]; }
+fn shift_store(i: u32) {
+    if (i < p.n_rows * p.kv_dim) {
+        dst[p.dst0 * p.kv_dim + i] = rotated(i);
+    }
+}\n";
+const SHIFT_F16: &str = "alias CACHE_T = u32;
+fn ld(i: u32) -> f32 { let w = unpack2x16float(src[i / 2u]); return select(w.x, w.y, (i & 1u) == 1u); }
+fn shift_store(i: u32) {
+    if (i < p.n_rows * p.kv_dim / 2u) {
+        dst[p.dst0 * p.kv_dim / 2u + i] = pack2x16float(vec2<f32>(rotated(2u * i), rotated(2u * i + 1u)));
     }
 }\n";
 
@@ -402,6 +422,8 @@ impl Pipelines {
         let qmatmul = include_str!("shaders/qmatmul.wgsl");
         let attention = include_str!("shaders/attention.wgsl");
         let kv_write = include_str!("shaders/kv_write.wgsl");
+        let kv_shift = include_str!("shaders/kv_shift.wgsl");
+        let ternary_blocks = include_str!("shaders/ternary_blocks.wgsl");
         let q_dot4 = if dot4 { DOT4_PACKED } else { DOT4_PLAIN };
         Pipelines {
             quantize: make(
@@ -411,6 +433,7 @@ impl Pipelines {
             ),
             ternary_dot4: dot4.then(|| make("ternary_dot4", with(&[DOT4_PACKED, ternary]), "main")),
             ternary_plain: make("ternary_plain", with(&[DOT4_PLAIN, ternary]), "main"),
+            ternary_blocks: make("ternary_blocks", with(&[q_dot4, ternary_blocks]), "main"),
             f16_matmul: make("f16_matmul", with(&[dense]), "f16_matmul"),
             rms_norm: make("rms_norm", with(&[dense]), "rms_norm"),
             q_quantize: make("q_quantize", with(&[qblocks]), "quantize"),
@@ -425,6 +448,10 @@ impl Pipelines {
             kv_write: [
                 make("kv_write_f32", with(&[STORE_F32, kv_write]), "main"),
                 make("kv_write_f16", with(&[STORE_F16, kv_write]), "main"),
+            ],
+            kv_shift: [
+                make("kv_shift_f32", with(&[SHIFT_F32, kv_shift]), "main"),
+                make("kv_shift_f16", with(&[SHIFT_F16, kv_shift]), "main"),
             ],
         }
     }

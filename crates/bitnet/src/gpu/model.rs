@@ -24,6 +24,8 @@ pub(crate) struct LinearSource<'a> {
     pub k: usize,
     pub rows: usize,
     pub wscale: f32,
+    /// A scale per 256-value block (`rows × k/256`) in place of `wscale`.
+    pub block_scales: Option<Vec<f32>>,
     pub lscale: Option<f32>,
     pub bias: Option<&'a [f32]>,
     /// Its own RMSNorm gains in front of the quantization (BitNet embedding models).
@@ -164,8 +166,14 @@ impl GpuModel {
         let mut uploaded = Vec::with_capacity(layers.len());
         for layer in layers {
             let [q, k, v, o, g, u, d] = layer.linears.map(|l| {
-                let mut t =
-                    Ternary::upload(&gpu, &l.packed, l.k, l.rows, l.wscale, l.lscale, l.bias);
+                let mut t = match &l.block_scales {
+                    Some(d) => {
+                        Ternary::upload_blocks(&gpu, &l.packed, d, l.k, l.rows, l.lscale, l.bias)
+                    }
+                    None => {
+                        Ternary::upload(&gpu, &l.packed, l.k, l.rows, l.wscale, l.lscale, l.bias)
+                    }
+                };
                 t.norm_in = l.norm_in.map(|n| gpu.upload(n));
                 t
             });
@@ -232,6 +240,42 @@ impl GpuModel {
             f16,
             capacity,
         })
+    }
+
+    /// A context shift of `cache` (llama.cpp's): positions `keep .. keep + n` of the `len`
+    /// cached are dropped and the later ones moved down, each key rotated back by the angles
+    /// whose cosines and (negated) sines are `cos` and `sin` (`head_dim/2` each: the CPU's
+    /// table for `n`), values unchanged; one submission for every layer.
+    pub(crate) fn shift_cache(
+        &self,
+        cache: &GpuKv,
+        (keep, n, len): (usize, usize, usize),
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), GpuError> {
+        let moved = len.saturating_sub(keep + n);
+        if n == 0 || moved == 0 {
+            return Ok(());
+        }
+        let (g, c) = (&*self.gpu, &self.c);
+        let kv_dim = c.kv_dim();
+        let bytes = (moved * kv_dim * if cache.f16 { 2 } else { 4 }) as u64;
+        let (tmp_k, tmp_v) = (g.buffer(bytes), g.buffer(bytes));
+        let mut table = cos.to_vec();
+        table.extend_from_slice(sin);
+        let table = g.upload(&table);
+        let shape = (
+            kv_dim,
+            c.head_dim,
+            cache.f16,
+            c.rope_style == RopeStyle::Interleaved,
+        );
+        let mut enc = g.encoder();
+        for layer in &cache.layers {
+            let tmp = (&tmp_k, &tmp_v);
+            ops::kv_shift(g, &mut enc, layer, shape, (keep, n, moved), &table, tmp);
+        }
+        g.submit(enc)
     }
 
     fn work(&self, capacity: usize, rows: usize) -> Work {

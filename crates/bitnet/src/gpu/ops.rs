@@ -78,7 +78,8 @@ pub(crate) fn quantize(
 }
 
 /// A BitLinear layer on the device: I2_S weights in the file's layout (`rows × k/4` bytes),
-/// the per-tensor weight scale, the optional output scale (1 when absent) and bias.
+/// the per-tensor weight scale (or a scale per 256-value block), the optional output scale (1
+/// when absent) and bias.
 pub(crate) struct Ternary {
     pub w: wgpu::Buffer,
     pub rows: usize,
@@ -88,6 +89,9 @@ pub(crate) struct Ternary {
     pub bias: Option<wgpu::Buffer>,
     /// The BitNet embedding models' RMSNorm gains in front of this layer's quantization.
     pub norm_in: Option<wgpu::Buffer>,
+    /// A scale per 256-value block (`rows × k/256`, row-major) in place of `wscale`: TQ2_0 and
+    /// TQ1_0 weights whose blocks' scales differ.
+    pub block_scales: Option<wgpu::Buffer>,
 }
 
 impl Ternary {
@@ -109,12 +113,33 @@ impl Ternary {
             lscale: lscale.unwrap_or(1.0),
             bias: bias.map(|b| gpu.upload(b)),
             norm_in: None,
+            block_scales: None,
+        }
+    }
+
+    /// Uploads weights with a scale per 256-value block: the codes as I2_S bytes (`rows ×
+    /// k/4`, file layout, TQ2_0's code 3 kept) and `rows × k/256` scales (`k` a multiple of
+    /// 256).
+    pub fn upload_blocks(
+        gpu: &Gpu,
+        packed: &[u8],
+        block_scales: &[f32],
+        k: usize,
+        rows: usize,
+        lscale: Option<f32>,
+        bias: Option<&[f32]>,
+    ) -> Ternary {
+        Ternary {
+            block_scales: Some(gpu.upload(block_scales)),
+            ..Ternary::upload(gpu, packed, k, rows, 1.0, lscale, bias)
         }
     }
 }
 
 /// `out[t, r] = Σ_k t[r, k] q[t, k] / s_t · wscale (· lscale) (+ bias)` for `n_tokens` rows of
-/// `acts` (`k` wide). `plain`: the integer-loop kernel even where `dot4I8Packed` exists.
+/// `acts` (`k` wide); with block scales `Σ_b d_b Σ_{k∈b} t[r, k] q[t, k]` in place of the
+/// scaled sum. `plain`: the integer-loop kernel even where `dot4I8Packed` exists (not for
+/// block scales, whose kernel takes `dot4` as the adapter has it).
 pub(crate) fn ternary(
     gpu: &Gpu,
     enc: &mut wgpu::CommandEncoder,
@@ -139,6 +164,26 @@ pub(crate) fn ternary(
         0,
     ];
     let bias = w.bias.as_ref().unwrap_or(&gpu.dummy);
+    if let Some(d) = &w.block_scales {
+        let params = [
+            (w.k / 16) as u32,
+            w.rows as u32,
+            (w.k / 4) as u32,
+            w.bias.is_some() as u32,
+            (w.k / 256) as u32,
+            bits(w.lscale),
+            0,
+            0,
+        ];
+        gpu.dispatch(
+            enc,
+            &gpu.pipelines.ternary_blocks,
+            params,
+            &[&w.w, &acts.q, &acts.scales, d, bias, out],
+            row_groups(w.rows, n_tokens),
+        );
+        return;
+    }
     gpu.dispatch(
         enc,
         pipeline,
@@ -463,6 +508,53 @@ pub(crate) fn kv_write(
         ],
         &[k, v, &layer.k, &layer.v],
         (n.div_ceil(64) as u32, 1, 1),
+    );
+}
+
+/// A context shift of one layer: positions `keep .. keep + n` dropped and the `moved` after
+/// them moved down by `n`, each key rotated back by RoPE's angle for `n` (`table`: its
+/// cosines then its sines, negated, `hd/2` each; `interleaved` as [`rope`]) as the CPU's
+/// `shift_cache` does, values unchanged. `tmp_k` and `tmp_v` hold `moved` rows (the kernel
+/// cannot read where it writes, nor may a copy overlap itself).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kv_shift(
+    gpu: &Gpu,
+    enc: &mut wgpu::CommandEncoder,
+    layer: &KvLayer,
+    (kv_dim, hd, f16, interleaved): (usize, usize, bool, bool),
+    (keep, n, moved): (usize, usize, usize),
+    table: &wgpu::Buffer,
+    (tmp_k, tmp_v): (&wgpu::Buffer, &wgpu::Buffer),
+) {
+    let row = (kv_dim * if f16 { 2 } else { 4 }) as u64;
+    let (src, dst, bytes) = (
+        (keep + n) as u64 * row,
+        keep as u64 * row,
+        moved as u64 * row,
+    );
+    enc.copy_buffer_to_buffer(&layer.k, src, tmp_k, 0, bytes);
+    enc.copy_buffer_to_buffer(&layer.v, src, tmp_v, 0, bytes);
+    enc.copy_buffer_to_buffer(tmp_v, 0, &layer.v, dst, bytes);
+    let threads = if f16 {
+        moved * kv_dim / 2
+    } else {
+        moved * kv_dim
+    };
+    gpu.dispatch(
+        enc,
+        &gpu.pipelines.kv_shift[f16 as usize],
+        [
+            kv_dim as u32,
+            keep as u32,
+            moved as u32,
+            hd as u32,
+            interleaved as u32,
+            0,
+            0,
+            0,
+        ],
+        &[tmp_k, table, &layer.k],
+        elem_groups(threads),
     );
 }
 

@@ -450,4 +450,146 @@ proptest! {
             close(&got, &want, 1e-5)?;
         }
     }
+
+    /// A context shift of one layer (positions `keep .. keep + n` dropped, the later ones
+    /// moved down, keys rotated back, values unchanged), f32 and f16, both pairings, against
+    /// the CPU cache's `discard` with the CPU's rotation: f32 within the RoPE kernel's bound,
+    /// f16 within one f16 step.
+    #[test]
+    fn kv_shift_matches(
+        heads in 1usize..3,
+        half in 1usize..20,
+        keep in 0usize..4,
+        n in 1usize..6,
+        after in 0usize..8,
+        seed in 1u64..u64::MAX,
+    ) {
+        use crate::model::{CacheType, KvCache};
+        let Some(gpu) = test_gpu() else { return Ok(()) };
+        let mut rng = Rng(seed);
+        let hd = 2 * half;
+        let kv = heads * hd;
+        let len = keep + n + after;
+        let capacity = len + 2;
+        let keys = rng.f32s(capacity * kv, 3.0);
+        let values = rng.f32s(capacity * kv, 3.0);
+        let angles = rng.f32s(half, 50.0);
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| -a.sin()).collect();
+        let mut table = cos.clone();
+        table.extend_from_slice(&sin);
+        let tb = gpu.upload(&table);
+        for (f16_cache, interleaved) in [(false, false), (false, true), (true, false), (true, true)] {
+            let ty = if f16_cache { CacheType::F16 } else { CacheType::F32 };
+            let mut cpu = KvCache::new(1, kv, capacity, ty).unwrap();
+            for pos in 0..len {
+                let r = pos * kv..(pos + 1) * kv;
+                cpu.write(0, pos, &keys[r.clone()], &values[r]);
+            }
+            cpu.set_len(len);
+            cpu.discard(keep, n, |row| {
+                for head in row.chunks_exact_mut(hd) {
+                    if interleaved {
+                        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(&cos).zip(&sin) {
+                            let (u, v) = (pair[0], pair[1]);
+                            pair[0] = u * c - v * s;
+                            pair[1] = v * c + u * s;
+                        }
+                    } else {
+                        scalar::rope_neox(head, &cos, &sin);
+                    }
+                }
+            }).unwrap();
+            let layer = if f16_cache {
+                KvLayer { k: gpu.upload(&ops::f16_bits(&keys)), v: gpu.upload(&ops::f16_bits(&values)) }
+            } else {
+                KvLayer { k: gpu.upload(&keys), v: gpu.upload(&values) }
+            };
+            let bytes = (after * kv * if f16_cache { 2 } else { 4 }) as u64;
+            let (tk, tv) = (gpu.buffer(bytes), gpu.buffer(bytes));
+            let mut enc = gpu.encoder();
+            ops::kv_shift(
+                &gpu, &mut enc, &layer, (kv, hd, f16_cache, interleaved), (keep, n, after), &tb,
+                (&tk, &tv),
+            );
+            gpu.submit(enc).unwrap();
+            let kept = (len - n) * kv;
+            let (ck, cv) = cpu.layer(0);
+            for (buf, want, what) in [(&layer.k, ck, "keys"), (&layer.v, cv, "values")] {
+                let (got, want): (Vec<f32>, Vec<f32>) = match want {
+                    crate::model::KvSlice::F16(w) => {
+                        let raw: Vec<u16> = gpu.read(gpu.encoder(), buf, kept).unwrap();
+                        (
+                            raw.iter().map(|&b| f16::from_bits(b).to_f32()).collect(),
+                            w[..kept].iter().map(|v| v.to_f32()).collect(),
+                        )
+                    }
+                    crate::model::KvSlice::F32(w) => {
+                        (gpu.read(gpu.encoder(), buf, kept).unwrap(), w[..kept].to_vec())
+                    }
+                };
+                let exact = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+                prop_assert!(
+                    what == "keys" || exact == kept,
+                    "{}: {} of {} values moved unchanged", what, exact, kept
+                );
+                close(&got, &want, if f16_cache { 1e-3 } else { 1e-6 })
+                    .map_err(|e| TestCaseError::fail(format!("{what}, f16 {f16_cache}, interleaved {interleaved}: {e}")))?;
+            }
+        }
+    }
+
+    /// The product with a scale per 256-value block (TQ2_0 with its code 3, the value 2,
+    /// and TQ1_0; every block its own scale; output scale and bias) against the CPU's
+    /// per-block kernels: bit-equal, the integer block sums scaled and added in the same
+    /// order.
+    #[test]
+    fn ternary_blocks_are_bit_equal(
+        blocks in 1usize..11,
+        rows in 1usize..40,
+        tokens in 1usize..4,
+        seed in 1u64..u64::MAX,
+    ) {
+        use crate::kernels::Isa;
+        use crate::model::weights::{BlockTernaryLinear, QuantizedBuffers, TernaryLinear};
+        let Some(gpu) = test_gpu() else { return Ok(()) };
+        let mut rng = Rng(seed);
+        let k = blocks * 256;
+        let mut acts = QuantizedBuffers::default();
+        acts.fit(tokens, k);
+        acts.q = rng.i8s(tokens * k);
+        for t in 0..tokens {
+            acts.qsums[t] = acts.q[t * k..(t + 1) * k].iter().map(|&v| v as i32).sum();
+            acts.scales[t] = 20.0 + (rng.next() % 1000) as f32 / 7.0;
+        }
+        let bias = rng.f32s(rows, 1.0);
+        for ty in [TensorType::TQ2_0, TensorType::TQ1_0] {
+            let size = ty.block_bytes() as usize;
+            let mut data: Vec<u8> = (0..rows * blocks * size).map(|_| rng.next() as u8).collect();
+            for b in data.chunks_exact_mut(size) {
+                let d = 0.001 + (rng.next() % 1000) as f32 * 1e-4;
+                b[size - 2..].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            }
+            let cpu = BlockTernaryLinear::owned(ty, data, k, rows);
+            let mut want = vec![0f32; tokens * rows];
+            cpu.matmul(Isa::best(), &acts.view(), 0..rows, &mut want);
+            want.chunks_exact_mut(rows).for_each(|row| {
+                row.iter_mut().zip(&bias).for_each(|(o, b)| *o = *o * 1.5 + b)
+            });
+            let (packed, d) = cpu.i2s_block_layout().unwrap();
+            let lin = ops::Ternary::upload_blocks(&gpu, &packed, &d, k, rows, Some(1.5), Some(&bias));
+            let q = Quantized {
+                q: gpu.upload(&acts.q),
+                scales: gpu.upload(&acts.scales),
+                qsums: gpu.upload(&acts.qsums),
+            };
+            let out = gpu.buffer((4 * tokens * rows) as u64);
+            let mut enc = gpu.encoder();
+            ops::ternary(&gpu, &mut enc, &lin, &q, tokens, &out, false);
+            let got: Vec<f32> = gpu.read(enc, &out, tokens * rows).unwrap();
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(got, want, "{}", ty);
+        }
+    }
 }

@@ -886,7 +886,8 @@ impl BitnetModel {
 
     /// Drops cached positions `keep .. keep + n`, moving the later ones down (llama.cpp's
     /// context shift): the keys are stored rotated by their position, so each moved key is
-    /// rotated back by `n` positions (ggml's K-shift); values move as they are.
+    /// rotated back by `n` positions (ggml's K-shift); values move as they are. A cache on the
+    /// GPU is shifted on the device.
     pub fn shift_cache(
         &self,
         cache: &mut KvCache,
@@ -902,6 +903,17 @@ impl BitnetModel {
         let (cos, sin) = self.rope_tables(&self.inv_freq, &[n]);
         // R(−θ): the same cosines, negated sines.
         let sin: Vec<f32> = sin.iter().map(|s| -s).collect();
+        // A cache on the device is shifted there, by the same angles and arithmetic.
+        #[cfg(feature = "gpu")]
+        if cache.device().is_some() {
+            let Some(gpu) = &self.gpu else {
+                let what = "a KV cache on the GPU with the model on the CPU".into();
+                return Err(crate::gpu::GpuError::Unsupported(what).into());
+            };
+            return cache.discard_on_device(keep, n, |kv, len| {
+                gpu.shift_cache(kv, (keep, n, len), &cos, &sin)
+            });
+        }
         let hd = self.config.head_dim;
         let style = self.config.rope_style;
         cache.discard(keep, n, |row| {

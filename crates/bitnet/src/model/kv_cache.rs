@@ -341,13 +341,12 @@ impl KvCache {
     ) -> Result<(), ModelError> {
         let len = self.len;
         if !self.on_host() {
-            return Err(ModelError::Gpu(crate::gpu::GpuError::Unsupported(
-                "a context shift of a cache on the GPU".into(),
+            // `BitnetModel::shift_cache` takes a cache on the GPU to `discard_on_device`.
+            return Err(ModelError::Gpu(crate::gpu::GpuError::Backend(
+                "a context shift on the host of a cache on the GPU".into(),
             )));
         }
-        if keep.checked_add(n).is_none_or(|end| end > len) {
-            return Err(ModelError::BadShift { keep, n, len });
-        }
+        self.check_discard(keep, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -361,6 +360,36 @@ impl KvCache {
             }
             values.copy_within((keep + n) * kv, keep * kv, (len - keep - n) * kv);
         }
+        self.len = len - n;
+        Ok(())
+    }
+
+    /// Whether positions `keep .. keep + n` are all cached.
+    fn check_discard(&self, keep: usize, n: usize) -> Result<(), ModelError> {
+        let len = self.len;
+        if keep.checked_add(n).is_none_or(|end| end > len) {
+            return Err(ModelError::BadShift { keep, n, len });
+        }
+        Ok(())
+    }
+
+    /// [`KvCache::discard`] of a cache on the GPU: `shift` moves (and rotates) the device's
+    /// rows, given the positions filled before the shift.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn discard_on_device(
+        &mut self,
+        keep: usize,
+        n: usize,
+        shift: impl FnOnce(&crate::gpu::GpuKv, usize) -> Result<(), crate::gpu::GpuError>,
+    ) -> Result<(), ModelError> {
+        let len = self.len;
+        self.check_discard(keep, n)?;
+        let Some(device) = &self.device else {
+            return Err(ModelError::Gpu(crate::gpu::GpuError::Backend(
+                "a context shift on the GPU of a cache in host memory".into(),
+            )));
+        };
+        shift(device, len)?;
         self.len = len - n;
         Ok(())
     }

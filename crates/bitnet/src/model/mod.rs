@@ -16,6 +16,8 @@ pub use config::{
     Activation, Architecture, Config, Pooling, RopeStyle, SlidingWindow, DEFAULT_CONTEXT_CAP,
 };
 pub use embed::EmbedOptions;
+#[cfg(all(test, feature = "gpu"))]
+pub(crate) use kv_cache::KvSlice;
 pub use kv_cache::{available_memory, cache_bytes, human_bytes, CacheType, KvCache, KvFileError};
 
 use crate::formats::gguf::{GgufError, MetadataError};

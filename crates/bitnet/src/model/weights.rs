@@ -274,6 +274,14 @@ pub(crate) trait TernaryLinear: Send + Sync {
         None
     }
 
+    /// For the per-block formats (TQ2_0, TQ1_0 kept as they are): the codes in I2_S's byte
+    /// layout (`out × in/4`, TQ2_0's code 3 kept) and each 256-value block's scale (`out ×
+    /// in/256`, the f16 widened), for the GPU backend; None for other formats.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    fn i2s_block_layout(&self) -> Option<(Vec<u8>, Vec<f32>)> {
+        None
+    }
+
     /// Seconds [`TernaryLinear::matmul`] takes on `isa` for `n_tokens` tokens over the first
     /// `rows` output rows (best of three runs after a warm-up), to choose kernels per shape.
     fn time_matmul(&self, isa: Isa, n_tokens: usize, rows: usize) -> f64 {
@@ -647,6 +655,24 @@ pub(crate) struct BlockTernaryLinear {
     out_features: usize,
 }
 
+impl BlockTernaryLinear {
+    /// `out_features` rows of TQ2_0 or TQ1_0 blocks held in memory (the GPU kernels' tests).
+    #[cfg(all(test, feature = "gpu"))]
+    pub(crate) fn owned(
+        ty: TensorType,
+        data: Vec<u8>,
+        in_features: usize,
+        out_features: usize,
+    ) -> BlockTernaryLinear {
+        BlockTernaryLinear {
+            bytes: WeightBytes::owned(data),
+            ty,
+            in_features,
+            out_features,
+        }
+    }
+}
+
 impl TernaryLinear for BlockTernaryLinear {
     fn in_features(&self) -> usize {
         self.in_features
@@ -664,6 +690,32 @@ impl TernaryLinear for BlockTernaryLinear {
         if resident {
             self.bytes.make_resident();
         }
+    }
+    fn i2s_block_layout(&self) -> Option<(Vec<u8>, Vec<f32>)> {
+        let block_bytes = self.ty.block_bytes() as usize;
+        const BLOCK: usize = tq2_0::BLOCK_LEN;
+        if !self.in_features.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let n_blocks = self.in_features / BLOCK * self.out_features;
+        let data = self.bytes.as_slice().get(..n_blocks * block_bytes)?;
+        let luts = RepackLuts::new();
+        let mut codes = vec![0u8; n_blocks * BLOCK / 4];
+        let mut scales = Vec::with_capacity(n_blocks);
+        for (o, b) in codes
+            .chunks_exact_mut(64)
+            .zip(data.chunks_exact(block_bytes))
+        {
+            let o: &mut [u8; 64] = o.try_into().ok()?;
+            match self.ty {
+                TensorType::TQ2_0 => luts.tq2_0(b, o),
+                TensorType::TQ1_0 => luts.tq1_0(b, o),
+                _ => return None,
+            }
+            let d = half::f16::from_le_bytes([b[block_bytes - 2], b[block_bytes - 1]]);
+            scales.push(d.to_f32());
+        }
+        Some((codes, scales))
     }
     fn matmul(&self, isa: Isa, x: &QuantizedActs<'_>, rows: Range<usize>, out: &mut [f32]) {
         let k = self.in_features;

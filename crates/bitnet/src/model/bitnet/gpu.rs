@@ -53,17 +53,21 @@ impl BitnetModel {
     fn upload(&self, gpu: std::sync::Arc<Gpu>) -> Result<GpuModel, GpuError> {
         fn linear(lin: &Linear) -> Result<LinearSource<'_>, GpuError> {
             let w = lin.weight.as_ref();
-            let (packed, wscale) = w.i2s_file_layout().ok_or_else(|| {
-                GpuError::Unsupported(format!(
-                    "{} ternary weights with a scale per block",
-                    w.file_format()
-                ))
-            })?;
+            let (packed, wscale, block_scales) = match w.i2s_file_layout() {
+                Some((packed, wscale)) => (packed, wscale, None),
+                None => {
+                    let (packed, d) = w.i2s_block_layout().ok_or_else(|| {
+                        GpuError::Unsupported(format!("{} ternary weights", w.format()))
+                    })?;
+                    (packed.into(), 1.0, Some(d))
+                }
+            };
             Ok(LinearSource {
                 packed,
                 k: w.in_features(),
                 rows: w.out_features(),
                 wscale,
+                block_scales,
                 lscale: lin.scale,
                 bias: lin.bias.as_deref(),
                 norm_in: lin.norm_in.as_deref(),
