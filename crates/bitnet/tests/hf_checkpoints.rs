@@ -802,3 +802,68 @@ fn corrupt_weights_are_named() {
     let e = hf::load_model(dir.path()).unwrap_err();
     assert!(matches!(e, HfError::NoWeights { .. }), "{e}");
 }
+
+/// Gemma's block, head and final norms compute x · (1 + g) and are stored as 1 + g, as
+/// bitnet.cpp's embedding converter (`utils/convert-bitnet-embedding-to-gguf.py`, main) and
+/// llama.cpp's Gemma converters store them; the BitLinear input norms (`*_norm_in`) are plain
+/// RMSNorms and keep their values.
+#[test]
+fn gemma3_norms_are_stored_as_one_plus_the_gain() {
+    let folder = repo("testdata/embedding/gemma3");
+    let (gguf, _) = convert_folder(
+        &folder,
+        &ConvertOptions::in_memory(&Checkpoint::open(&folder).unwrap()),
+    );
+    let st = read_safetensors(&folder.join("model.safetensors"));
+    let hf = |name: &str| f32s(&st.iter().find(|t| t.name == name).unwrap().data);
+    for (hf_name, gguf_name, plus_one) in [
+        (
+            "layers.0.input_layernorm.weight",
+            "blk.0.attn_norm.weight",
+            true,
+        ),
+        (
+            "layers.0.post_attention_layernorm.weight",
+            "blk.0.post_attention_norm.weight",
+            true,
+        ),
+        (
+            "layers.0.pre_feedforward_layernorm.weight",
+            "blk.0.ffn_norm.weight",
+            true,
+        ),
+        (
+            "layers.0.post_feedforward_layernorm.weight",
+            "blk.0.post_ffw_norm.weight",
+            true,
+        ),
+        (
+            "layers.0.self_attn.q_norm.weight",
+            "blk.0.attn_q_norm.weight",
+            true,
+        ),
+        (
+            "layers.0.self_attn.k_norm.weight",
+            "blk.0.attn_k_norm.weight",
+            true,
+        ),
+        ("norm.weight", "output_norm.weight", true),
+        (
+            "layers.0.self_attn.q_proj.norm.weight",
+            "blk.0.attn_q_norm_in.weight",
+            false,
+        ),
+        (
+            "layers.0.mlp.down_proj.norm.weight",
+            "blk.0.ffn_down_norm_in.weight",
+            false,
+        ),
+    ] {
+        let expected: Vec<f32> = hf(hf_name)
+            .into_iter()
+            .map(|g| if plus_one { g + 1.0 } else { g })
+            .collect();
+        let stored = f32s(gguf.tensor(gguf_name).unwrap().data);
+        assert_eq!(stored, expected, "{gguf_name}");
+    }
+}

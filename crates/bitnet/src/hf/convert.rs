@@ -175,7 +175,13 @@ enum Kind {
     /// Row-chunked float conversion (`token_embd`, `output`).
     Embedding { rows: usize, cols: usize },
     /// F32 vector (norms, biases); a Q or K bias of a `llama` file is permuted like its rows.
-    Vector { permute: Option<usize> },
+    /// `plus_one`: a Gemma norm, which computes x · (1 + g), stored as 1 + g, as llama.cpp's
+    /// Gemma converters and bitnet.cpp's embedding converter store it (the BitLinear input
+    /// norms `*_norm_in` are plain RMSNorms and are stored as they are).
+    Vector {
+        permute: Option<usize>,
+        plus_one: bool,
+    },
     /// Ternary weight `[out, in]`, its rows permuted per head of `permute` dimensions for the
     /// Q and K of a `llama` file.
     Linear {
@@ -246,6 +252,7 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
     };
     let vector = |hf: String, gguf: String, len: usize, permute: Option<usize>| {
         ckpt.float_tensor(&hf, &[len])?;
+        let plus_one = c.family == HfFamily::Gemma3 && gguf.ends_with("_norm.weight");
         Ok::<Item, HfError>(Item {
             hf,
             spec: TensorSpec {
@@ -253,7 +260,7 @@ fn plan(ckpt: &Checkpoint, options: &ConvertOptions) -> Result<Plan, HfError> {
                 ty: TensorType::F32,
                 dims: vec![len as u64],
             },
-            kind: Kind::Vector { permute },
+            kind: Kind::Vector { permute, plus_one },
         })
     };
 
@@ -459,6 +466,8 @@ fn metadata(
         .and_then(|id| u32::try_from(id).ok());
     if endoftext.is_some() {
         md.set("tokenizer.ggml.add_eos_token", Value::Bool(true));
+    } else if let Some(add_eos) = vocab.and_then(|v| v.add_eos_token) {
+        md.set("tokenizer.ggml.add_eos_token", Value::Bool(add_eos));
     }
     md.set(
         k("attention.layer_norm_rms_epsilon"),
@@ -647,10 +656,13 @@ pub fn convert<W: Write>(
                 w.write_tensor(name, &bytes)?;
                 bytes.len() as u64
             }
-            Kind::Vector { permute } => {
+            Kind::Vector { permute, plus_one } => {
                 let mut values = ckpt.tensor(&it.hf)?.to_f32()?;
                 if let Some(hd) = permute {
                     values = permute_rows(&values, 1, hd);
+                }
+                if plus_one {
+                    values.iter_mut().for_each(|g| *g += 1.0);
                 }
                 let bytes = float::encode_f32(&values);
                 w.write_tensor(name, &bytes)?;

@@ -52,6 +52,9 @@ pub struct GgufVocab {
     pub eos_token_id: Option<u32>,
     /// `tokenizer.ggml.add_bos_token`.
     pub add_bos_token: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`: tokenizer_config.json's flag, when it has one (as
+    /// gguf-py's `SpecialVocab` copies it).
+    pub add_eos_token: Option<bool>,
     /// `tokenizer.ggml.unknown_token_id` (SentencePiece).
     pub unk_token_id: Option<u32>,
     /// `tokenizer.ggml.add_space_prefix` (SentencePiece's dummy prefix; written when false,
@@ -265,6 +268,7 @@ impl GgufVocab {
             bos_token_id,
             eos_token_id,
             add_bos_token,
+            add_eos_token: config_flag(tok_config, "add_eos_token"),
             unk_token_id: None,
             add_space_prefix: None,
             chat_template,
@@ -533,6 +537,7 @@ impl GgufVocab {
                 eos_token_id,
                 unk_token_id,
                 add_bos_token,
+                add_eos_token: config_flag(tok_config, "add_eos_token"),
             },
             json_adds_space_prefix(tokenizer),
             config_chat_template(tok_config),
@@ -650,6 +655,7 @@ impl GgufVocab {
                 eos_token_id,
                 unk_token_id: piece_id(sp.unk_id),
                 add_bos_token,
+                add_eos_token: config_flag(tok_config, "add_eos_token"),
             },
             sp.add_dummy_prefix,
             config_chat_template(tok_config),
@@ -709,12 +715,18 @@ fn added_tokens(tokenizer: &Value) -> Result<Vec<(u64, String, bool)>, String> {
         .collect()
 }
 
+/// A boolean of tokenizer_config.json, when it is one.
+fn config_flag(tok_config: Option<&Value>, key: &str) -> Option<bool> {
+    tok_config.and_then(|c| c.get(key)).and_then(Value::as_bool)
+}
+
 /// A SentencePiece vocabulary's special ids.
 struct SpmSpecials {
     bos_token_id: Option<u32>,
     eos_token_id: Option<u32>,
     unk_token_id: Option<u32>,
     add_bos_token: Option<bool>,
+    add_eos_token: Option<bool>,
 }
 
 /// The `llama` vocabulary from its slots: ids nothing names become `[PAD{id}]` (unused).
@@ -743,6 +755,7 @@ fn finish_spm(
         bos_token_id: specials.bos_token_id,
         eos_token_id: specials.eos_token_id,
         add_bos_token: specials.add_bos_token,
+        add_eos_token: specials.add_eos_token,
         unk_token_id: specials.unk_token_id,
         add_space_prefix: (!add_space_prefix).then_some(false),
         chat_template,

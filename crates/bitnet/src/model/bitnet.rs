@@ -495,20 +495,11 @@ impl BitnetModel {
         let c = Config::from_gguf(&file, n_vocab_tensor)?;
         let load = TensorLoader { file: &file };
         let (h, ff, kv, qd) = (c.n_embd, c.n_ff, c.kv_dim(), c.q_dim());
-        // Gemma's norms compute x · (1 + g). llama.cpp's converter stores 1 + g; bitnet.cpp's
-        // embedding converter (the files with per-projection norms) stores transformers' g
-        // as it is, so the 1 is added here.
-        let gemma_offset =
-            c.arch.gemma_norms() && file.tensor_info("blk.0.attn_q_norm_in.weight").is_some();
-        let gain = |v: Vec<f32>| -> Vec<f32> {
-            if gemma_offset {
-                v.into_iter().map(|g| 1.0 + g).collect()
-            } else {
-                v
-            }
-        };
-        let norm = |name: &str, len: usize| load.vector(name, len).map(gain);
-        let opt_norm = |name: &str, len: usize| load.opt_vector(name, len).map(|v| v.map(gain));
+        // Gemma's norms compute x · (1 + g); every converter (llama.cpp's Gemma ones,
+        // bitnet.cpp's embedding converter on its main branch, `bitnet convert`) stores 1 + g,
+        // so the file's values are the gains as they are.
+        let norm = |name: &str, len: usize| load.vector(name, len);
+        let opt_norm = |name: &str, len: usize| load.opt_vector(name, len);
         let head_norms = matches!(c.arch, Architecture::Qwen3 | Architecture::Gemma3);
         let post_norms = c.arch == Architecture::Gemma3;
 

@@ -169,13 +169,6 @@ impl Architecture {
     pub(crate) fn reads_output_tensor(self) -> bool {
         !matches!(self, Architecture::Bitnet)
     }
-
-    /// Whether the block norms are Gemma's `x · (1 + g)`: llama.cpp's converter adds the 1
-    /// into the stored gains, bitnet.cpp's embedding converter does not (see
-    /// `BitnetModel::from_gguf_with`).
-    pub(crate) fn gemma_norms(self) -> bool {
-        matches!(self, Architecture::Gemma3)
-    }
 }
 
 /// The GGUF key (after `{arch}.`) of Gemma's `query_pre_attn_scalar` (attention scores are

@@ -1151,14 +1151,16 @@ impl Tokenizer {
         self.add_eos
     }
 
-    /// A text's ids for an embedding: BOS where the file asks for it, the text, and EOS
-    /// where the model ends every text with it ([`Tokenizer::add_eos_token`]).
+    /// A text's ids for an embedding: BOS where the file asks for it, the text (special-token
+    /// text read as the token, as llama.cpp's `llama-embedding` and `/embeddings` and HF
+    /// tokenizers read it), and EOS where the model ends every text with it
+    /// ([`Tokenizer::add_eos_token`]).
     pub fn encode_for_embedding(&self, text: &str) -> Vec<u32> {
         let mut ids = self.encode(
             text,
             EncodeOptions {
                 add_bos: self.add_bos,
-                parse_special: false,
+                parse_special: true,
             },
         );
         if let (true, Some(eos)) = (self.add_eos, self.eos) {
