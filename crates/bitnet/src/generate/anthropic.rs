@@ -127,6 +127,37 @@ pub fn to_chat(body: &Value, endpoint: Endpoint) -> Result<Value, RequestError> 
                 }
             }
             "stream" if endpoint == Endpoint::CountTokens => {}
+            // Prompt caching is automatic here (a slot reuses the longest shared prefix); the
+            // others choose among Anthropic's deployments, and there is one model here.
+            "cache_control" | "service_tier" | "inference_geo" | "speed" | "diagnostics"
+            | "user_profile_id" | "workspace_id" => {}
+            // Structured output: a JSON schema the reply must follow, as chat's
+            // `response_format` (`effort` is for reasoning models: nothing to spend here).
+            "output_config" | "output_format" => {
+                let format = if key == "output_format" {
+                    Some(value)
+                } else {
+                    value.get("format").filter(|f| !f.is_null())
+                };
+                if let Some(f) = format {
+                    match (kind(f), f.get("schema")) {
+                        ("json_schema", Some(schema)) => {
+                            chat.insert(
+                                "response_format".into(),
+                                json!({"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": schema}}),
+                            );
+                        }
+                        _ => {
+                            return Err(RequestError::Field {
+                                field: "output_config",
+                                expected:
+                                    "{\"format\": {\"type\": \"json_schema\", \"schema\": …}}",
+                            })
+                        }
+                    }
+                }
+            }
             "container" | "mcp_servers" | "context_management" => {
                 let field = match key.as_str() {
                     "container" => "container",
@@ -764,6 +795,23 @@ mod tests {
             ),
             Some("tool_choice")
         );
+    }
+
+    #[test]
+    fn output_config_format_is_a_json_schema_response_format() {
+        let c = chat(
+            json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+            "cache_control": {"type": "ephemeral"},
+            "output_config": {"effort": "low",
+                              "format": {"type": "json_schema", "schema": {"type": "object"}}}}),
+        );
+        assert_eq!(c["response_format"]["type"], "json_schema");
+        assert_eq!(
+            c["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
+        assert!(c.get("cache_control").is_none());
+        super::super::Request::from_value(&c).unwrap();
     }
 
     #[test]
