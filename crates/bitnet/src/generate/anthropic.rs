@@ -461,6 +461,9 @@ pub struct Message {
     /// The open block, and how many blocks were opened so far (the next one's index).
     open: Option<Open>,
     blocks: usize,
+    /// The ids of the tool_use blocks opened so far: the whole message gives its calls the
+    /// same ids (the chat reply would read the text again with fresh ones).
+    call_ids: Vec<String>,
 }
 
 impl Message {
@@ -472,6 +475,7 @@ impl Message {
             started: false,
             open: None,
             blocks: 0,
+            call_ids: Vec::new(),
         }
     }
 
@@ -539,10 +543,14 @@ impl Message {
         if !text.is_empty() || calls.is_empty() {
             content.push(json!({"type": "text", "text": text}));
         }
-        for c in &calls {
+        for (j, c) in calls.iter().enumerate() {
+            let id = match self.call_ids.get(j) {
+                Some(id) => id.clone(),
+                None => tool_use_id(c["id"].as_str().unwrap_or("")),
+            };
             let args = c["function"]["arguments"].as_str().unwrap_or("{}");
             content.push(json!({
-                "type": "tool_use", "id": tool_use_id(c["id"].as_str().unwrap_or("")),
+                "type": "tool_use", "id": id,
                 "name": c["function"]["name"],
                 "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
             }));
@@ -608,6 +616,7 @@ impl Message {
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             if let Some(id) = call["id"].as_str() {
+                self.call_ids.push(tool_use_id(id));
                 let block = json!({"type": "tool_use", "id": tool_use_id(id),
                                    "name": call["function"]["name"], "input": {}});
                 self.open(Open::Tool, block, &mut out);
@@ -740,20 +749,25 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let field = |body: Value, endpoint| to_chat(&body, endpoint).unwrap_err().field();
+        let field_str = |body: Value, endpoint| {
+            to_chat(&body, endpoint)
+                .unwrap_err()
+                .field()
+                .map(str::to_owned)
+        };
         let msgs = json!([{"role": "user", "content": "x"}]);
         // max_tokens: required to generate, not to count.
         assert_eq!(
-            field(json!({"messages": msgs}), Endpoint::Messages),
-            Some("max_tokens")
+            field_str(json!({"messages": msgs}), Endpoint::Messages),
+            Some("max_tokens".to_string())
         );
         assert!(to_chat(&json!({"messages": msgs}), Endpoint::CountTokens).is_ok());
         assert_eq!(
-            field(
+            field_str(
                 json!({"max_tokens": 0, "messages": msgs}),
                 Endpoint::Messages
             ),
-            Some("max_tokens")
+            Some("max_tokens".to_string())
         );
         let image = json!([{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}]}]);
@@ -767,33 +781,33 @@ mod tests {
             "{e}"
         );
         assert_eq!(
-            field(
+            field_str(
                 json!({"max_tokens": 1, "messages": msgs, "stop": ["a"]}),
                 Endpoint::Messages
             ),
-            Some("stop")
+            Some("stop".to_string())
         );
         assert_eq!(
-            field(
+            field_str(
                 json!({"max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}),
                 Endpoint::Messages
             ),
-            Some("messages")
+            Some("messages".to_string())
         );
         assert_eq!(
-            field(
+            field_str(
                 json!({"max_tokens": 1, "messages": msgs,
                          "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
                 Endpoint::Messages
             ),
-            Some("tools")
+            Some("tools".to_string())
         );
         assert_eq!(
-            field(
+            field_str(
                 json!({"max_tokens": 1, "messages": msgs, "tool_choice": {"type": "tool"}}),
                 Endpoint::Messages
             ),
-            Some("tool_choice")
+            Some("tool_choice".to_string())
         );
     }
 
@@ -812,6 +826,178 @@ mod tests {
         );
         assert!(c.get("cache_control").is_none());
         super::super::Request::from_value(&c).unwrap();
+    }
+
+    /// A reply to a one-prompt chat plan over the demo tokenizer, with `tools` if given.
+    #[cfg(feature = "demo")]
+    fn message(tools: Option<super::super::tools::Tools>) -> Message {
+        let model = crate::Model::demo().unwrap();
+        let plan = openai::Plan {
+            prompts: vec![openai::PromptIds {
+                ids: vec![1, 2, 3, 4],
+                text: String::new(),
+            }],
+            n: 1,
+            logprobs: None,
+            echo: false,
+            seed: 0,
+            include_usage: false,
+            tools,
+        };
+        let tokenizer = model.shared_tokenizer();
+        Message::new(Reply::new(tokenizer, openai::Endpoint::Chat, "m", 64, plan))
+    }
+
+    #[cfg(feature = "demo")]
+    fn done(stop: StopReason, generated_tokens: usize) -> Event {
+        Event::Done(super::super::Finished {
+            stop,
+            tail: String::new(),
+            prompt_tokens: 4,
+            cached_tokens: 3,
+            generated_tokens,
+            queued: Default::default(),
+            time_to_first_token: Default::default(),
+            total: Default::default(),
+            seed: 0,
+            slot: Some(0),
+        })
+    }
+
+    #[cfg(feature = "demo")]
+    fn token(text: &str) -> Event {
+        Event::Token {
+            id: 5,
+            text: text.to_string(),
+            logprob: None,
+        }
+    }
+
+    #[cfg(feature = "demo")]
+    fn prompt() -> Event {
+        Event::Prompt {
+            slot: 0,
+            cached_tokens: 3,
+            logprobs: None,
+        }
+    }
+
+    #[cfg(feature = "demo")]
+    #[test]
+    fn a_streamed_text_reply_is_one_text_block_and_its_stop_sequence() {
+        let mut m = message(None);
+        let mut events = Vec::new();
+        for e in [
+            prompt(),
+            token("Good"),
+            token(" morrow"),
+            done(StopReason::StopString("!".into()), 2),
+        ] {
+            events.extend(m.event(e).unwrap());
+        }
+        let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        // Each event's data says its own name.
+        assert!(events.iter().all(|(n, d)| d["type"] == *n));
+        assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 1);
+        assert_eq!(
+            events[0].1["message"]["usage"]["cache_read_input_tokens"],
+            3
+        );
+        assert_eq!(
+            events[3].1["delta"],
+            json!({"type": "text_delta", "text": " morrow"})
+        );
+        assert_eq!(events[5].1["delta"]["stop_reason"], "stop_sequence");
+        assert_eq!(events[5].1["delta"]["stop_sequence"], "!");
+        assert_eq!(events[5].1["usage"]["output_tokens"], 2);
+        let whole = m.message();
+        assert_eq!(
+            whole["content"],
+            json!([{"type": "text", "text": "Good morrow"}])
+        );
+        assert_eq!(whole["stop_reason"], "stop_sequence");
+        assert_eq!(whole["usage"]["input_tokens"], 1);
+        assert!(whole.get("timings").is_none());
+    }
+
+    #[cfg(feature = "demo")]
+    #[test]
+    fn a_reply_that_is_a_call_streams_a_tool_use_block() {
+        let defs = json!([{"type": "function", "function": {"name": "w",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let tools = super::super::tools::Tools::new(&defs, None, true).unwrap();
+        let mut m = message(Some(tools));
+        let mut events = Vec::new();
+        for piece in [
+            "{\"name\": \"w\", ",
+            "\"parameters\": {\"city\"",
+            ": \"Rome\"}}",
+        ] {
+            events.extend(m.event(token(piece)).unwrap());
+        }
+        events.extend(m.event(done(StopReason::EndOfGeneration(2), 3)).unwrap());
+        let start = events
+            .iter()
+            .find(|(n, _)| *n == "content_block_start")
+            .unwrap();
+        assert_eq!(start.1["index"], 0);
+        assert_eq!(start.1["content_block"]["type"], "tool_use");
+        assert_eq!(start.1["content_block"]["name"], "w");
+        let json: String = events
+            .iter()
+            .filter(|(n, _)| *n == "content_block_delta")
+            .map(|(_, d)| {
+                assert_eq!(d["delta"]["type"], "input_json_delta");
+                d["delta"]["partial_json"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            json!({"city": "Rome"})
+        );
+        let delta = events.iter().find(|(n, _)| *n == "message_delta").unwrap();
+        assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
+        let whole = m.message();
+        assert_eq!(whole["stop_reason"], "tool_use");
+        let content = whole["content"].as_array().unwrap();
+        assert_eq!(content.len(), 1);
+        assert_eq!(content[0]["input"], json!({"city": "Rome"}));
+        assert_eq!(content[0]["id"], start.1["content_block"]["id"]);
+    }
+
+    #[cfg(feature = "demo")]
+    #[test]
+    fn an_empty_reply_is_an_empty_text_block_cut_by_max_tokens() {
+        let mut m = message(None);
+        let events = m.event(done(StopReason::MaxTokens, 0)).unwrap();
+        let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            m.message()["content"],
+            json!([{"type": "text", "text": ""}])
+        );
+        assert_eq!(m.message()["stop_reason"], "max_tokens");
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn plan(
     state: &AppState,
     body: &[u8],
     endpoint: anthropic::Endpoint,
-) -> Result<(Request, openai::Plan), Response> {
+) -> Result<(Request, openai::Plan), Box<Response>> {
     let parsed = std::str::from_utf8(body)
         .map_err(|e| RequestError::InvalidUtf8 {
             at: e.valid_up_to(),
@@ -65,17 +65,18 @@ fn plan(
         .and_then(|text| Ok(serde_json::from_str::<Value>(text)?))
         .and_then(|v| anthropic::to_chat(&v, endpoint))
         .and_then(|chat| Request::from_value(&chat));
-    let req = parsed.map_err(|e| request_error(&e))?;
+    let req = parsed.map_err(|e| Box::new(request_error(&e)))?;
     if let Err(e) = &state.template {
-        return Err(fail(
+        return Err(Box::new(fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "this server cannot render conversations: its chat template does not compile \
                  ({e}); restart it with --chat-template"
             ),
-        ));
+        )));
     }
-    let plan = openai::plan(state, &req, Endpoint::Chat).map_err(|e| request_error(&e))?;
+    let plan =
+        openai::plan(state, &req, Endpoint::Chat).map_err(|e| Box::new(request_error(&e)))?;
     Ok((req, plan))
 }
 
@@ -87,7 +88,7 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, body: Bytes) -> Re
             let n: usize = plan.prompts.iter().map(|p| p.ids.len()).sum();
             Json(json!({"input_tokens": n})).into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -99,7 +100,7 @@ pub async fn messages(
 ) -> Response {
     let (req, plan) = match plan(&state, &body, anthropic::Endpoint::Messages) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let jobs = match openai::jobs(&state, &req, &plan) {
         Ok(j) => j,
