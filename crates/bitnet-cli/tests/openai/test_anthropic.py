@@ -135,6 +135,10 @@ def test_count_tokens_is_the_prompt_that_runs(ac):
     m = create(ac, **kw)
     # Anthropic counts cached prompt tokens apart; together they are the prompt.
     assert m.usage.input_tokens + m.usage.cache_read_input_tokens == n
+    # Sent again, the prompt is mostly read from a slot's cache, and the split says so.
+    again = create(ac, **kw)
+    assert again.usage.cache_read_input_tokens > 0
+    assert again.usage.input_tokens + again.usage.cache_read_input_tokens == n
     # max_tokens is not needed to count.
     assert n > 0
 
