@@ -132,7 +132,12 @@ pub async fn messages(
                     _ = out.closed() => break,
                 };
                 match message.event(event) {
-                    Ok(events) => {
+                    Ok(mut events) => {
+                        // A drain that cut the reply ends the stream with an error, not with
+                        // a `message_stop` a client would take for the whole reply.
+                        if message.reply().cut_by_shutdown() {
+                            events.retain(|(name, _)| !name.starts_with("message_"));
+                        }
                         if events.into_iter().any(|e| out.send(e).is_err()) {
                             break;
                         }
