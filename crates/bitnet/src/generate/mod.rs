@@ -2,6 +2,7 @@
 //! streams text and stops (end-of-generation tokens, stop strings, a token budget, a full
 //! context), and its figures. Uses `model` and `tokenizer`; knows nothing of the CLI.
 
+pub mod anthropic;
 pub mod chat;
 pub mod constraint;
 pub mod gbnf;

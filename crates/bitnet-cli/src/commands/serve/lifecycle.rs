@@ -177,7 +177,8 @@ impl Signals {
     }
 }
 
-const CUT_MESSAGE: &str = "the server shut down before this generation finished (bitnet serve \
+pub(crate) const CUT_MESSAGE: &str =
+    "the server shut down before this generation finished (bitnet serve \
                            --shutdown-timeout); send the request again";
 
 /// The answer to a non-streaming request the drain ended: 503, which routers retry on

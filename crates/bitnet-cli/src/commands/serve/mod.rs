@@ -7,6 +7,8 @@
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
 //! - `responses.rs`: `/v1/responses`, translated to a chat completion.
+//! - `anthropic.rs`: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`, translated
+//!   to a chat completion by the library.
 //! - `llama.rs`: llama-server's dialect: `/completion`, `/tokenize`, `/detokenize`,
 //!   `/apply-template`, `/props`, `/slots`, and its `timings` and context-overflow error.
 //! - `ops.rs`: errors as OpenAI JSON, API key, CORS, the request log, `/metrics`, `/health`,
@@ -19,6 +21,7 @@
 //!
 //! [`Job`]: bitnet::generate::Job
 
+mod anthropic;
 mod conn;
 mod embeddings;
 mod lifecycle;
@@ -358,6 +361,8 @@ pub fn run(args: Args) -> Result<()> {
         )
         .route("/v1/responses", post(responses::responses))
         .route("/responses", post(responses::responses))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(llama::routes())
         .fallback(ops::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))

@@ -232,7 +232,7 @@ async fn handle(
 
 /// Records a request's figures for its log line and the metrics, once all choices are done
 /// (or its client left).
-fn record(state: &AppState, log: &RequestLog, reply: &Reply) {
+pub(crate) fn record(state: &AppState, log: &RequestLog, reply: &Reply) {
     let done: Vec<_> = reply.finished().collect();
     let ttft = done.iter().map(|f| f.time_to_first_token).min();
     if let Some(t) = ttft {
