@@ -341,7 +341,11 @@ fn bench_spec_times_a_quoted_passage_and_unmatchable_sampling_with_and_without_d
             .as_f64()
             .unwrap();
         assert!((0.0..=1.0).contains(&acceptance), "{out}");
+        assert!(row(task)["spec_drafted_per_run"].is_null(), "{out}");
     }
+    // The passage gives drafts every run.
+    let drafted = row("copy24+spec")["spec_drafted_per_run"].as_f64().unwrap();
+    assert!(drafted >= 1.0, "{out}");
     let quoted = row("copy24+spec")["spec_acceptance"].as_f64().unwrap();
     assert!(quoted > 0.2, "the passage's drafts were not kept: {out}");
 }

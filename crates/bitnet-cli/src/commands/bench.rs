@@ -103,8 +103,9 @@ struct Row {
     /// Generation runs: the decode layout and the bytes each token read.
     decode: Option<(String, f64)>,
     samples: Vec<f64>,
-    /// Speculative rows: drafted tokens accepted per drafted token.
-    acceptance: Option<f64>,
+    /// Speculative rows: drafted tokens accepted per drafted token, and tokens drafted per
+    /// timed run (how often there was a draft at all).
+    acceptance: Option<(f64, f64)>,
     /// The roofline (t/s) next to each sample: generation runs only, when the probe runs.
     rooflines: Vec<f64>,
 }
@@ -462,11 +463,12 @@ pub fn run(args: Args) -> Result<()> {
                         samples,
                         rooflines: Vec::new(),
                         acceptance: (with_spec == 1).then(|| {
-                            if accepted.1 == 0 {
+                            let kept = if accepted.1 == 0 {
                                 0.0
                             } else {
                                 accepted.0 as f64 / accepted.1 as f64
-                            }
+                            };
+                            (kept, accepted.1 as f64 / args.repetitions as f64)
                         }),
                     });
                 }
@@ -536,7 +538,8 @@ pub fn run(args: Args) -> Result<()> {
                     "roofline_tokens_per_s": r.roofline().map(|(roof, _)| roof),
                     "fraction_of_roofline": r.roofline().map(|(_, f)| f),
                     "sample_rooflines": r.rooflines,
-                    "spec_acceptance": r.acceptance,
+                    "spec_acceptance": r.acceptance.map(|a| a.0),
+                    "spec_drafted_per_run": r.acceptance.map(|a| a.1),
                     "decode_layout": r.decode.as_ref().map(|d| d.0.clone()),
                     "decode_bytes_per_token": r.decode.as_ref().map(|d| d.1),
                 })
@@ -588,7 +591,10 @@ pub fn run(args: Args) -> Result<()> {
         let (mean, sd) = mean_sd(&r.samples);
         let roof = match (r.roofline(), r.acceptance) {
             (Some((roof, fraction)), _) => format!("{:.0} % of {roof:.1}", 100.0 * fraction),
-            (None, Some(a)) => format!("drafts {:.0} % accepted", 100.0 * a),
+            (None, Some((a, drafted))) => format!(
+                "{drafted:.1} tokens drafted per run, {:.0} % accepted",
+                100.0 * a
+            ),
             (None, None) => String::new(),
         };
         println!(
