@@ -307,6 +307,49 @@ fn bench_measures_each_generation_run_against_its_own_roofline() {
     assert!(rss < 400 << 20, "peak RSS {rss} counts the probe's buffer");
 }
 
+/// `bench --spec` times each task with and without speculation and says how many drafted
+/// tokens were kept: the demo model quoting a passage keeps some, and the rows without
+/// speculation report no acceptance (the bench itself fails if speculation changed a token).
+#[test]
+fn bench_spec_times_a_quoted_passage_and_unmatchable_sampling_with_and_without_drafts() {
+    let (out, _) = ok(&[
+        "bench",
+        "--spec",
+        "-p",
+        "8",
+        "-n",
+        "24",
+        "-r",
+        "1",
+        "-t",
+        "1",
+        "--no-bandwidth",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let row = |test: &str| {
+        results
+            .iter()
+            .find(|r| r["test"] == test)
+            .unwrap_or_else(|| panic!("no {test} row in {out}"))
+    };
+    for task in ["copy24", "sample24"] {
+        assert!(row(task)["spec_acceptance"].is_null(), "{out}");
+        assert!(row(task)["tokens_per_s"].as_f64().unwrap() > 0.0);
+        let acceptance = row(&format!("{task}+spec"))["spec_acceptance"]
+            .as_f64()
+            .unwrap();
+        assert!((0.0..=1.0).contains(&acceptance), "{out}");
+        assert!(row(task)["spec_drafted_per_run"].is_null(), "{out}");
+    }
+    // The passage gives drafts every run.
+    let drafted = row("copy24+spec")["spec_drafted_per_run"].as_f64().unwrap();
+    assert!(drafted >= 1.0, "{out}");
+    let quoted = row("copy24+spec")["spec_acceptance"].as_f64().unwrap();
+    assert!(quoted > 0.2, "the passage's drafts were not kept: {out}");
+}
+
 /// `batch` reads the request format `serve` reads: `stop` as a string, unknown fields ignored;
 /// each bad line (invalid UTF-8, invalid JSON, a bad value) is an error record with its line
 /// number and the run goes on; blank lines are skipped.

@@ -272,8 +272,29 @@ proptest! {
             kernels::f16_rows_axpy(isa, &rows16, stride, offset, &p, &mut a);
             scalar::f16_rows_axpy(&rows16, stride, offset, &p, &mut b);
             prop_assert!(a.iter().zip(&b).all(|(u, v)| close(*u, *v, n_rows as f32)));
+            // The f16 ones (the KV cache's type) are the same ISA's dot and axpy row by row,
+            // bit for bit, however their loops are arranged: the model's results must not
+            // depend on which one a path calls.
+            let (mut a, mut b) = (vec![0f32; n_rows], vec![0f32; n_rows]);
+            kernels::f16_rows_dot(isa, &rows16, stride, offset, &x, &mut a);
+            for (j, o) in b.iter_mut().enumerate() {
+                let start = j * stride + offset;
+                *o = kernels::f16_dot(isa, &rows16[start..start + len], &x);
+            }
+            prop_assert_eq!(bits_of(&a), bits_of(&b), "{} rows_dot", isa);
+            let (mut a, mut b) = (x.clone(), x.clone());
+            kernels::f16_rows_axpy(isa, &rows16, stride, offset, &p, &mut a);
+            for (j, &pj) in p.iter().enumerate() {
+                let start = j * stride + offset;
+                kernels::f16_axpy(isa, &mut b, pj, &rows16[start..start + len]);
+            }
+            prop_assert_eq!(bits_of(&a), bits_of(&b), "{} rows_axpy", isa);
         }
     }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 proptest! {

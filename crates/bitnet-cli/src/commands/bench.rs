@@ -83,10 +83,13 @@ pub struct Args {
     /// a model whose file declares a pooling type (the BitNet embedding models)
     #[arg(long)]
     embed: bool,
-    /// Also time greedy generation of the first -n length from a prompt that repeats itself
-    /// (the first -p length of random tokens, three times) with and without prompt-lookup
-    /// speculative decoding (`copyN`, `copyN+spec`, with the drafts' acceptance); needs the
-    /// file's tokenizer
+    /// Also time generation of the first -n length with and without prompt-lookup
+    /// speculative decoding, alternating, with the drafts' acceptance: `copyN` (greedy, after a
+    /// passage of Romeo and Juliet and its first words again: the model quoting it) and
+    /// `sampleN` (seeded sampling after the first -p length of random tokens, at a temperature
+    /// as wide as the model's logits spread: text without repeats, so drafts almost never
+    /// match, what speculation costs when it cannot help); fails if speculation changed a
+    /// token; needs the file's tokenizer
     #[arg(long)]
     spec: bool,
     /// Print one JSON object instead of the table
@@ -100,8 +103,9 @@ struct Row {
     /// Generation runs: the decode layout and the bytes each token read.
     decode: Option<(String, f64)>,
     samples: Vec<f64>,
-    /// Speculative rows: drafted tokens accepted per drafted token.
-    acceptance: Option<f64>,
+    /// Speculative rows: drafted tokens accepted per drafted token, and tokens drafted per
+    /// timed run (how often there was a draft at all).
+    acceptance: Option<(f64, f64)>,
     /// The roofline (t/s) next to each sample: generation runs only, when the probe runs.
     rooflines: Vec<f64>,
 }
@@ -391,52 +395,83 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(tokenizer) = &tokenizer {
         let p = args.n_prompt.iter().copied().find(|&p| p > 0).unwrap_or(64);
         let n = args.n_gen.iter().copied().find(|&n| n > 0).unwrap_or(128);
+        let bos = tokenizer.add_bos_token();
+        let copy_prompt = tokenizer.encode(
+            &format!("{PASSAGE}\n{}", PASSAGE_START),
+            bitnet::tokenizer::EncodeOptions {
+                add_bos: bos,
+                parse_special: false,
+            },
+        );
+        let temperature = spread_temperature(&model, &tokens(p, n_vocab, 200), args.cache_type)?;
         for &t in &threads {
             model.set_threads(t);
             let t = model.threads();
-            for spec in [None, Some(bitnet::generate::SpecConfig::default())] {
-                let mut samples = Vec::new();
-                let mut accepted = (0usize, 0usize);
-                for rep in 0..args.repetitions + 1 {
-                    let part = tokens(p, n_vocab, 200 + rep as u64);
-                    let prompt: Vec<u32> = part.iter().chain(&part).chain(&part).copied().collect();
-                    let mut session = bitnet::generate::Session::new(
-                        &model,
-                        tokenizer,
-                        args.ctx_size.max(prompt.len() + n + 1),
-                        args.cache_type,
-                    )?;
-                    let config = bitnet::generate::GenerationConfig {
-                        max_tokens: Some(n),
-                        ignore_eos: true,
-                        speculative: spec,
-                        ..Default::default()
+            // [task][with spec]: samples and (accepted, drafted).
+            let mut runs = [
+                [(Vec::new(), (0usize, 0usize)), (Vec::new(), (0, 0))],
+                Default::default(),
+            ];
+            // With and without speculation alternate within each repetition, so a load that
+            // comes and goes on a shared machine weighs on both alike.
+            for rep in 0..args.repetitions + 1 {
+                for (task, runs) in runs.iter_mut().enumerate() {
+                    let (prompt, sampler) = if task == 0 {
+                        (
+                            copy_prompt.clone(),
+                            bitnet::generate::SamplerConfig::greedy(),
+                        )
+                    } else {
+                        (
+                            tokens(p, n_vocab, 200 + rep as u64),
+                            wide_sampling(temperature, rep as u64),
+                        )
                     };
-                    let mut sampler =
-                        bitnet::generate::Sampler::new(bitnet::generate::SamplerConfig::greedy());
-                    let g = session.generate(&prompt, &config, &mut sampler, |_| {
-                        std::ops::ControlFlow::Continue(())
-                    })?;
-                    if rep > 0 {
-                        samples.push(g.generation_tokens_per_s());
-                        accepted.0 += g.speculative.accepted;
-                        accepted.1 += g.speculative.drafted;
-                    }
-                }
-                rows.push(Row {
-                    threads: t,
-                    test: format!("copy{n}{}", if spec.is_some() { "+spec" } else { "" }),
-                    decode: None,
-                    samples,
-                    rooflines: Vec::new(),
-                    acceptance: spec.map(|_| {
-                        if accepted.1 == 0 {
-                            0.0
-                        } else {
-                            accepted.0 as f64 / accepted.1 as f64
+                    let mut outputs = Vec::new();
+                    for (spec, (samples, accepted)) in
+                        [None, Some(bitnet::generate::SpecConfig::default())]
+                            .into_iter()
+                            .zip(runs.iter_mut())
+                    {
+                        let g =
+                            spec_run(&model, tokenizer, &prompt, n, spec, sampler.clone(), &args)?;
+                        if rep > 0 {
+                            samples.push(g.generation_tokens_per_s());
+                            accepted.0 += g.speculative.accepted;
+                            accepted.1 += g.speculative.drafted;
                         }
-                    }),
-                });
+                        outputs.push(g.generated);
+                    }
+                    // Lossless, or the figures mean nothing.
+                    anyhow::ensure!(
+                        outputs[0] == outputs[1],
+                        "speculative decoding changed the output of the {} task",
+                        SPEC_TASKS[task]
+                    );
+                }
+            }
+            for (task, runs) in runs.into_iter().enumerate() {
+                for (with_spec, (samples, accepted)) in runs.into_iter().enumerate() {
+                    rows.push(Row {
+                        threads: t,
+                        test: format!(
+                            "{}{n}{}",
+                            SPEC_TASKS[task],
+                            if with_spec == 1 { "+spec" } else { "" }
+                        ),
+                        decode: None,
+                        samples,
+                        rooflines: Vec::new(),
+                        acceptance: (with_spec == 1).then(|| {
+                            let kept = if accepted.1 == 0 {
+                                0.0
+                            } else {
+                                accepted.0 as f64 / accepted.1 as f64
+                            };
+                            (kept, accepted.1 as f64 / args.repetitions as f64)
+                        }),
+                    });
+                }
             }
         }
     }
@@ -503,7 +538,8 @@ pub fn run(args: Args) -> Result<()> {
                     "roofline_tokens_per_s": r.roofline().map(|(roof, _)| roof),
                     "fraction_of_roofline": r.roofline().map(|(_, f)| f),
                     "sample_rooflines": r.rooflines,
-                    "spec_acceptance": r.acceptance,
+                    "spec_acceptance": r.acceptance.map(|a| a.0),
+                    "spec_drafted_per_run": r.acceptance.map(|a| a.1),
                     "decode_layout": r.decode.as_ref().map(|d| d.0.clone()),
                     "decode_bytes_per_token": r.decode.as_ref().map(|d| d.1),
                 })
@@ -555,7 +591,10 @@ pub fn run(args: Args) -> Result<()> {
         let (mean, sd) = mean_sd(&r.samples);
         let roof = match (r.roofline(), r.acceptance) {
             (Some((roof, fraction)), _) => format!("{:.0} % of {roof:.1}", 100.0 * fraction),
-            (None, Some(a)) => format!("drafts {:.0} % accepted", 100.0 * a),
+            (None, Some((a, drafted))) => format!(
+                "{drafted:.1} tokens drafted per run, {:.0} % accepted",
+                100.0 * a
+            ),
             (None, None) => String::new(),
         };
         println!(
@@ -644,6 +683,84 @@ pub fn run(args: Args) -> Result<()> {
         args.cache_type
     );
     Ok(())
+}
+
+/// The `--spec` tasks: `copy` (greedy, the model repeating [`PASSAGE`]) and `sample`
+/// (wide sampling after random tokens, [`spread_temperature`]: drafts almost never match).
+const SPEC_TASKS: [&str; 2] = ["copy", "sample"];
+
+/// The passage the copy task gives and then starts again (Romeo and Juliet II.2, in the demo
+/// model's training text): the model goes on from [`PASSAGE_START`], and drafts come from
+/// the passage wherever the model quotes it.
+const PASSAGE: &str = "ROMEO:
+But, soft! what light through yonder window breaks?
+It is the east, and Juliet is the sun.
+Arise, fair sun, and kill the envious moon,
+Who is already sick and pale with grief,
+That thou her maid art far more fair than she:
+Be not her maid, since she is envious;
+Her vestal livery is but sick and green
+And none but fools do wear it; cast it off.
+It is my lady, O, it is my love!
+O, that she knew she were!
+";
+
+/// How the passage starts again after it was given.
+const PASSAGE_START: &str = "ROMEO:\nBut, soft! what light";
+
+/// A temperature as wide as the spread (standard deviation) of the model's logits after
+/// `prompt`, at least 1: sampling at temperature 1 from a random-weight model, whose logits
+/// spread over hundreds, is greedy in all but name, and greedy text loops (drafts match).
+fn spread_temperature(model: &BitnetModel, prompt: &[u32], ty: CacheType) -> Result<f32> {
+    let mut cache = model.new_cache(prompt.len(), ty)?;
+    let logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let (mean, sd) = mean_sd(&logits.iter().map(|&l| f64::from(l)).collect::<Vec<_>>());
+    anyhow::ensure!(
+        mean.is_finite() && sd.is_finite(),
+        "the model's logits are not finite"
+    );
+    Ok(sd.max(1.0) as f32)
+}
+
+/// Sampling from the model's whole distribution (no truncation) at `temperature`, seeded.
+fn wide_sampling(temperature: f32, seed: u64) -> bitnet::generate::SamplerConfig {
+    bitnet::generate::SamplerConfig {
+        temperature,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed,
+        ..bitnet::generate::SamplerConfig::greedy()
+    }
+}
+
+/// One generation of `n` tokens after `prompt` (end-of-generation tokens ignored) in a fresh
+/// session, with or without speculation.
+fn spec_run(
+    model: &BitnetModel,
+    tokenizer: &bitnet::tokenizer::Tokenizer,
+    prompt: &[u32],
+    n: usize,
+    spec: Option<bitnet::generate::SpecConfig>,
+    sampler: bitnet::generate::SamplerConfig,
+    args: &Args,
+) -> Result<bitnet::generate::Generation> {
+    let mut session = bitnet::generate::Session::new(
+        model,
+        tokenizer,
+        args.ctx_size.max(prompt.len() + n + 1),
+        args.cache_type,
+    )?;
+    let config = bitnet::generate::GenerationConfig {
+        max_tokens: Some(n),
+        ignore_eos: true,
+        speculative: spec,
+        ..Default::default()
+    };
+    let mut sampler = bitnet::generate::Sampler::new(sampler);
+    Ok(session.generate(prompt, &config, &mut sampler, |_| {
+        std::ops::ControlFlow::Continue(())
+    })?)
 }
 
 /// One run of the parallel mode.

@@ -613,7 +613,34 @@ pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
 /// Requires AVX2, FMA and F16C; the caller checked the bounds.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
-    crate::kernels::rows_dot_with(rows, stride, offset, x, out, |r, x| f16_dot(r, x));
+    // A call per cached key cost about as much as the key's product (the demo model's head
+    // is 64 values), and attention over a few hundred positions outweighed all its matrices:
+    // for whole 32-value steps the product is written out here, with `f16_dot`'s operations
+    // in its order (four accumulators, their sum, one horizontal sum): the same bits.
+    let len = x.len();
+    if !len.is_multiple_of(32) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let start = j * stride + offset;
+            *o = f16_dot(rows.get_unchecked(start..start + len), x);
+        }
+        return;
+    }
+    let base = (rows.as_ptr() as *const u16).add(offset);
+    let xp = x.as_ptr();
+    for (j, o) in out.iter_mut().enumerate() {
+        let wp = base.add(j * stride);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < len {
+            for (c, a) in acc.iter_mut().enumerate() {
+                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * c) as *const __m128i));
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * c)), *a);
+            }
+            i += 32;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        *o = super::hsum_ps_256(sum);
+    }
 }
 
 /// See [`crate::kernels::f32_rows_dot`].
@@ -637,7 +664,46 @@ pub unsafe fn f16_rows_axpy(
     p: &[f32],
     out: &mut [f32],
 ) {
-    crate::kernels::rows_axpy_with(rows, stride, offset, p, out, |o, a, r| f16_axpy(o, a, r));
+    // Rows inside, lanes outside: 64 output values stay in eight registers over all the rows
+    // (eight independent FMA chains) instead of being loaded and stored once per row. Each
+    // lane still gets `f16_axpy`'s operations row after row, in the same order, so the sums
+    // are bit for bit those of the row-by-row loop.
+    let n = out.len();
+    let base = (rows.as_ptr() as *const u16).add(offset);
+    let op = out.as_mut_ptr();
+    let mut i = 0;
+    while i + 64 <= n {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(op.add(i + 8 * c));
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            let va = _mm256_set1_ps(pj);
+            let r = base.add(j * stride + i);
+            for (c, a) in acc.iter_mut().enumerate() {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(r.add(8 * c) as *const __m128i));
+                *a = _mm256_fmadd_ps(va, v, *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(op.add(i + 8 * c), *a);
+        }
+        i += 64;
+    }
+    while i + 8 <= n {
+        let mut a = _mm256_loadu_ps(op.add(i));
+        for (j, &pj) in p.iter().enumerate() {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(base.add(j * stride + i) as *const __m128i));
+            a = _mm256_fmadd_ps(_mm256_set1_ps(pj), v, a);
+        }
+        _mm256_storeu_ps(op.add(i), a);
+        i += 8;
+    }
+    for (e, o) in out.iter_mut().enumerate().skip(i) {
+        for (j, &pj) in p.iter().enumerate() {
+            *o += pj * rows.get_unchecked(j * stride + offset + e).to_f32();
+        }
+    }
 }
 
 /// See [`crate::kernels::f32_rows_axpy`].
