@@ -1014,3 +1014,89 @@ fn llama_servers_prompt_forms_slots_and_token_counts() {
     );
     assert!(without.ends_with("Hello<|eot_id|>"), "{without:?}");
 }
+
+/// llama-server's `return_progress` (clients such as Jan always send it with `stream`):
+/// `prompt_progress` chunks before the first token, from the cached prefix to the whole
+/// prompt, on the chat, completions and native endpoints; a whole answer just accepts it.
+#[test]
+fn streams_report_the_prompts_progress() {
+    let server = start_with(&["--temp", "0", "-n", "4", "--parallel", "1", "-b", "16"]);
+    let a = server.addr.as_str();
+    // A different start per endpoint, so that no request finds another's prompt cached.
+    let text = |start: &str| format!("{start} {}", "This is a test. ".repeat(6));
+    let chat = json!({"messages": [{"role": "user", "content": text("Chat:")}],
+        "stream": true, "return_progress": true, "stream_options": {"include_usage": true}});
+    for (path, body) in [
+        ("/v1/chat/completions", chat.clone()),
+        (
+            "/v1/completions",
+            json!({"prompt": text("Completion:"), "stream": true, "return_progress": true,
+            "stream_options": {"include_usage": true}}),
+        ),
+        (
+            "/completion",
+            json!({"prompt": text("Native:"), "stream": true, "return_progress": true}),
+        ),
+    ] {
+        let (status, body) = http(a, "POST", path, &body.to_string());
+        assert_eq!(status, 200, "{body}");
+        let chunks: Vec<Value> = events(&body)
+            .into_iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        // Every progress chunk comes before the first piece of text.
+        let first_text = chunks
+            .iter()
+            .position(|c| {
+                let choice = &c["choices"][0];
+                [&choice["delta"]["content"], &choice["text"], &c["content"]]
+                    .iter()
+                    .any(|t| t.as_str().is_some_and(|t| !t.is_empty()))
+            })
+            .unwrap_or_else(|| panic!("{path}: no text in {body}"));
+        let progress: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c.get("prompt_progress"))
+            .collect();
+        assert!(progress.len() >= 3, "{path}: {body}");
+        assert!(chunks[first_text..]
+            .iter()
+            .all(|c| c.get("prompt_progress").is_none()));
+        let total = progress[0]["total"].as_u64().unwrap();
+        assert_eq!(progress[0]["cache"], progress[0]["processed"], "{path}");
+        for w in progress.windows(2) {
+            assert!(
+                w[1]["processed"].as_u64() > w[0]["processed"].as_u64(),
+                "{path}: {w:?}"
+            );
+            assert!(
+                w[1]["processed"].as_u64().unwrap() - w[0]["processed"].as_u64().unwrap() <= 16
+            );
+        }
+        assert_eq!(progress.last().unwrap()["processed"], total, "{path}");
+        if path != "/completion" {
+            let usage = &chunks.last().unwrap()["usage"];
+            assert_eq!(usage["prompt_tokens"], total, "{path}: {usage}");
+        }
+    }
+    // Again (the slot still holds the last prompt): the cached prefix is reported as such,
+    // with one piece left.
+    let again = json!({"prompt": text("Native:"), "stream": true, "return_progress": true});
+    let (_, body) = http(a, "POST", "/completion", &again.to_string());
+    let progress: Vec<Value> = events(&body)
+        .into_iter()
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e)
+                .ok()?
+                .get("prompt_progress")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(progress.len(), 2, "{body}");
+    assert!(progress[0]["cache"].as_u64().unwrap() > 16, "{body}");
+    let mut whole = chat.clone();
+    whole["stream"] = json!(false);
+    let (status, v) = post(a, "/v1/chat/completions", &whole);
+    assert_eq!(status, 200, "{v}");
+}

@@ -608,7 +608,7 @@ impl Model {
                 scheduler.shutdown(std::time::Duration::ZERO);
             }
             match event {
-                Event::Prompt { .. } | Event::Embedding(_) => {}
+                Event::Prompt { .. } | Event::Embedding(_) | Event::Progress(_) => {}
                 Event::Token { id, text, .. } => {
                     partial[i].0.push_str(&text);
                     partial[i].1.push(id);

@@ -231,6 +231,51 @@ fn a_request_pinned_to_a_busy_slot_waits_for_it_alone() {
     }
 }
 
+/// llama-server's `return_progress`: the prompt's progress when it takes its slot (what the
+/// cache holds) and after each piece (here 7 tokens a step), up to the whole prompt, before
+/// the first token; a prompt run again starts from its cached prefix.
+#[test]
+fn prompt_progress_comes_per_piece_before_the_first_token() {
+    let (model, tokenizer) = demo();
+    let s = Scheduler::start(model, Arc::clone(&tokenizer), config(1)).unwrap();
+    let prompt = encode(&tokenizer, PROMPTS[3]);
+    let run = |progress: bool| {
+        let mut j = Job::new(prompt.clone(), SamplerConfig::greedy());
+        j.max_tokens = Some(3);
+        j.progress = progress;
+        let (sink, run) = collector();
+        let _t = s.submit(j, sink).unwrap();
+        let mut order = Vec::new();
+        loop {
+            match run.rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+                Event::Progress(p) => order.push(Some(p)),
+                Event::Token { .. } => order.push(None),
+                Event::Done(_) => return order,
+                Event::Failed(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+    };
+    for (cached, reports) in [(0, prompt.len().div_ceil(7) + 1), (prompt.len() - 1, 2)] {
+        let order = run(true);
+        let progress: Vec<_> = order.iter().map_while(|p| *p).collect();
+        assert_eq!(progress.len(), reports, "{order:?}");
+        assert!(order[reports..].iter().all(Option::is_none), "{order:?}");
+        assert_eq!((progress[0].cache, progress[0].processed), (cached, cached));
+        for w in progress.windows(2) {
+            assert!(
+                w[1].processed > w[0].processed && w[1].cache == cached,
+                "{w:?}"
+            );
+            assert!(w[1].processed - w[0].processed <= 7, "{w:?}");
+        }
+        let last = progress[reports - 1];
+        assert_eq!((last.total, last.processed), (prompt.len(), prompt.len()));
+    }
+    // Without asking, none.
+    assert!(run(false).iter().all(Option::is_none));
+}
+
 #[test]
 fn a_dropped_ticket_cancels_and_frees_the_slot() {
     let (model, tokenizer) = demo();
@@ -546,6 +591,7 @@ fn logprobs_of_generated_and_prompt_tokens() {
             Event::Done(_) => break,
             Event::Failed(e) => panic!("{e}"),
             Event::Embedding(_) => panic!("an embedding from a generation"),
+            Event::Progress(_) => panic!("progress nobody asked for"),
         }
     }
     let prompt_lp = prompt_lp.unwrap();

@@ -24,7 +24,7 @@ pub use chat::{Chat, Turn};
 pub use request::{Dialect, Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{
-    Event, Finished, Job, Scheduler, SchedulerConfig, SlotFile, SubmitError, Ticket,
+    Event, Finished, Job, PromptProgress, Scheduler, SchedulerConfig, SlotFile, SubmitError, Ticket,
 };
 pub use speculative::{SpecConfig, SpecStats};
 

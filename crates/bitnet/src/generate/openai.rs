@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use super::constraint::ConstraintCompiler;
 use super::request::{Input, LogprobsRequest, Prompt, Request, RequestError, ResponseFormat};
 use super::sampler::{random_seed, SamplerConfig};
-use super::scheduler::{Event, Finished, Job, TokenLogprob};
+use super::scheduler::{Event, Finished, Job, PromptProgress, TokenLogprob};
 use super::tools::{parse_reply, CallParser, Delta, ToolChoice, Tools};
 use super::StopReason;
 use crate::tokenizer::{ChatTemplate, EncodeOptions, TokenKind, Tokenizer};
@@ -173,6 +173,11 @@ fn bad(field: &'static str, message: impl Into<String>) -> RequestError {
         field,
         message: message.into(),
     }
+}
+
+/// llama-server's `prompt_progress` object.
+pub fn progress_json(p: &PromptProgress) -> Value {
+    json!({"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms})
 }
 
 /// Checks a request against the model and turns it into prompts: every field is checked
@@ -369,6 +374,8 @@ pub fn jobs(settings: &Settings<'_>, req: &Request, plan: &Plan) -> Result<Vec<J
                 context_shift,
                 embedding: None,
                 slot: req.id_slot,
+                // Progress goes out as stream chunks; a whole answer has nowhere to put it.
+                progress: req.return_progress && req.stream,
             });
         }
     }
@@ -607,6 +614,20 @@ impl Reply {
         let wants_logprobs = self.plan.logprobs.is_some();
         let choice = match event {
             Event::Embedding(_) => return Ok(None),
+            // llama-server's shape: a chunk with the choice's empty delta (or text) and the
+            // `prompt_progress` clients such as its web UI read.
+            Event::Progress(p) => {
+                let choice = match self.endpoint {
+                    Endpoint::Chat => json!({"index": i, "delta": {"role": "assistant",
+                        "content": null}, "logprobs": null, "finish_reason": null}),
+                    Endpoint::Completions => {
+                        json!({"index": i, "text": "", "logprobs": null, "finish_reason": null})
+                    }
+                };
+                let mut chunk = self.chunk(vec![choice]);
+                chunk["prompt_progress"] = progress_json(&p);
+                return Ok(Some(chunk));
+            }
             Event::Prompt { logprobs, .. } => {
                 let prompt_lps = logprobs.unwrap_or_default();
                 if !self.plan.echo {

@@ -277,6 +277,9 @@ pub struct Request {
     /// assistant's turn opened; `None` is the default, true. With false the model continues
     /// the conversation as the template leaves it (llama-server and vLLM read it so).
     pub add_generation_prompt: Option<bool>,
+    /// llama-server's `return_progress`: a stream reports the prompt's progress
+    /// (`prompt_progress` chunks) before the first token.
+    pub return_progress: bool,
 }
 
 fn field_error(field: &'static str, expected: &'static str) -> RequestError {
@@ -611,6 +614,7 @@ const READ: &[&str] = &[
     "n_keep",
     "id_slot",
     "add_generation_prompt",
+    "return_progress",
 ];
 
 /// How a field beyond those read into [`Request`] is met.
@@ -786,7 +790,6 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
             "post_sampling_probs",
             OffOnly(|v| v == false, "not supported"),
         ),
-        "return_progress" => ("return_progress", OffOnly(|v| v == false, "not supported")),
         "response_fields" => ("response_fields", OffOnly(is_empty, "not supported")),
         "chat_template_kwargs" => (
             "chat_template_kwargs",
@@ -1216,6 +1219,8 @@ impl Request {
                 "true or false",
                 Value::as_bool,
             )?,
+            return_progress: opt(obj, "return_progress", "true or false", Value::as_bool)?
+                .unwrap_or(false),
         })
     }
 

@@ -101,6 +101,9 @@ pub struct Job {
     /// Run on this slot only (llama-server's `id_slot`), waiting for it while it is busy;
     /// requests behind it that may take another slot go ahead. `None`: any slot.
     pub slot: Option<usize>,
+    /// Report the prompt's progress ([`Event::Progress`]) when it takes its slot and after
+    /// each piece of it runs (llama-server's `return_progress`).
+    pub progress: bool,
 }
 
 impl Job {
@@ -120,6 +123,7 @@ impl Job {
             context_shift: None,
             embedding: None,
             slot: None,
+            progress: false,
         }
     }
 
@@ -169,12 +173,29 @@ pub enum Event {
         /// With [`Job::logprobs`]: its log-probability and the alternatives.
         logprob: Option<TokenLogprob>,
     },
+    /// How far the prompt has run ([`Job::progress`]): sent when the request takes its slot
+    /// (`processed` equal to `cache`) and after each piece of the prompt, the last with
+    /// `processed` equal to `total`.
+    Progress(PromptProgress),
     /// An embedding job's vector (before its `Done`).
     Embedding(Vec<f32>),
     /// The request ended normally.
     Done(Finished),
     /// The request could not run (the model failed).
     Failed(String),
+}
+
+/// A prompt's progress, in llama-server's `prompt_progress` terms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PromptProgress {
+    /// Tokens in the prompt.
+    pub total: usize,
+    /// Of those, taken from the slot's cache.
+    pub cache: usize,
+    /// Of those, in the cache now (the cached ones included).
+    pub processed: usize,
+    /// Milliseconds since the request took its slot.
+    pub time_ms: f64,
 }
 
 /// How a request ended, with its figures.
@@ -958,7 +979,7 @@ impl<'a> Engine<'a> {
                 next += 1;
                 continue;
             };
-            let Some(p) = self.queue.remove(next) else {
+            let Some(mut p) = self.queue.remove(next) else {
                 break;
             };
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -976,6 +997,15 @@ impl<'a> Engine<'a> {
                 st.prompt_tokens += p.job.prompt.len() as u64;
                 st.cached_prompt_tokens += common as u64;
             });
+            if p.job.progress {
+                // A client gone already is seen at the next step (its ticket is dropped).
+                let _ = (p.sink)(Event::Progress(PromptProgress {
+                    total: p.job.prompt.len(),
+                    cache: common,
+                    processed: common,
+                    time_ms: 0.0,
+                }));
+            }
             self.active.push(Active {
                 slot,
                 sampler,
@@ -1182,7 +1212,15 @@ impl<'a> Engine<'a> {
                     }
                 }
                 a.fed += tokens.len();
-                if a.fed < a.p.job.prompt.len() {
+                let progress = a.p.job.progress.then(|| PromptProgress {
+                    total: a.p.job.prompt.len(),
+                    cache: a.cached,
+                    processed: a.fed,
+                    time_ms: a.started.elapsed().as_secs_f64() * 1e3,
+                });
+                if progress.is_some_and(|p| (a.p.sink)(Event::Progress(p)).is_break()) {
+                    Outcome::Cancelled
+                } else if a.fed < a.p.job.prompt.len() {
                     Outcome::Continue
                 } else {
                     let last = &logits[logits.len() - n_vocab..];

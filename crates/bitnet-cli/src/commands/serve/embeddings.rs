@@ -172,7 +172,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
             Event::Embedding(v) => vectors[i] = Some(v),
             Event::Done(_) => remaining -= 1,
             Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e, None),
-            Event::Prompt { .. } | Event::Token { .. } => {}
+            Event::Prompt { .. } | Event::Token { .. } | Event::Progress(_) => {}
         }
     }
     drop(tickets);

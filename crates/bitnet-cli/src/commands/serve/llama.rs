@@ -766,8 +766,8 @@ struct Piece {
 /// Applies one event to its result; what it adds, if anything.
 fn apply(r: &mut NativeResult, event: Event) -> Result<Option<Piece>, String> {
     match event {
-        // Only embedding jobs produce these.
-        Event::Embedding(_) => Ok(None),
+        // Only embedding jobs produce these; progress is streamed as it comes.
+        Event::Embedding(_) | Event::Progress(_) => Ok(None),
         Event::Prompt {
             slot,
             cached_tokens,
@@ -860,6 +860,14 @@ async fn stream_native(
                 return;
             }
         };
+        if let Event::Progress(p) = &event {
+            let v = json!({"index": i, "content": "", "tokens": [], "stop": false,
+                           "prompt_progress": bitnet::generate::openai::progress_json(p)});
+            if out.send(v.to_string()).is_err() {
+                return;
+            }
+            continue;
+        }
         let done = matches!(event, Event::Done(_));
         let sent = match apply(&mut native.results[i], event) {
             Err(e) => {

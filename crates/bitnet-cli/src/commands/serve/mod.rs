@@ -73,8 +73,9 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     queue: usize,
     /// Prompt tokens run per step over all new requests: smaller keeps running streams
-    /// smoother while a long prompt is read, larger reads prompts faster
-    #[arg(long, default_value_t = 128)]
+    /// smoother while a long prompt is read, larger reads prompts faster (llama-server's
+    /// `-b` / `--batch-size`)
+    #[arg(long, short = 'b', visible_alias = "batch-size", default_value_t = 128)]
     prefill_chunk: usize,
     /// Model id shown by /v1/models and in responses (default: the model's file name)
     #[arg(long)]

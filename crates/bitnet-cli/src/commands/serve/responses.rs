@@ -529,7 +529,7 @@ async fn collect(
 ) -> Response {
     while let Some((_, event)) = rx.recv().await {
         match event {
-            Event::Prompt { .. } | Event::Embedding(_) => {}
+            Event::Prompt { .. } | Event::Embedding(_) | Event::Progress(_) => {}
             Event::Token { text, .. } => reply.text.push_str(&text),
             Event::Done(f) => {
                 reply.text.push_str(&f.tail);
@@ -652,7 +652,7 @@ async fn stream_with_tools(
             _ = out.closed() => return,
         };
         let piece = match event {
-            Event::Prompt { .. } | Event::Embedding(_) => continue,
+            Event::Prompt { .. } | Event::Embedding(_) | Event::Progress(_) => continue,
             Event::Token { text, .. } => text,
             Event::Done(f) => {
                 let tail = f.tail.clone();
@@ -826,7 +826,7 @@ async fn stream(
             _ = out.closed() => return,
         };
         match event {
-            Event::Prompt { .. } | Event::Embedding(_) => {}
+            Event::Prompt { .. } | Event::Embedding(_) | Event::Progress(_) => {}
             Event::Token { text, .. } => {
                 if !text.is_empty() {
                     reply.text.push_str(&text);
