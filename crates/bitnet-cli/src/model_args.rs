@@ -28,7 +28,7 @@ pub struct ModelArgs {
     /// KV cache type: f16 (half the memory, ggml's arithmetic) or f32 (transformers')
     #[arg(long, default_value = "f16")]
     pub cache_type: CacheType,
-    /// Kernel instruction set: scalar, avx2, avx512vnni (x86-64), neon, dotprod, i8mm (AArch64);
+    /// Kernel instruction set: scalar, avx2, avx512vnni, amx (x86-64), neon, dotprod, i8mm (AArch64);
     /// default: the best this CPU has
     #[arg(long)]
     pub isa: Option<Isa>,

@@ -471,7 +471,7 @@ impl Model {
     ///             break;
     ///         }
     ///         Event::Failed(message) => panic!("{message}"),
-    ///         Event::Prompt { .. } | Event::Embedding(_) => {}
+    ///         Event::Prompt { .. } | Event::Embedding(_) | Event::Progress(_) => {}
     ///     }
     /// }
     /// drop(ticket); // dropping a ticket before the end cancels its request

@@ -28,7 +28,7 @@ fn layout_for(isa: Isa, w: &[u8], k: usize) -> Vec<u8> {
 /// Whether `isa` adds the Q8_0 and Q6_K scaled block products in the scalar twin's order, and
 /// so must match it bit for bit (the x86 paths add them in f32 lanes: another order).
 fn adds_blocks_in_order(isa: Isa) -> bool {
-    !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+    !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx)
 }
 
 /// Q8_0 rows against every row of `x`, on `isa` and on the scalar twin: bit-identical where
@@ -110,6 +110,29 @@ proptest! {
         }
     }
 
+
+    /// Prefill-sized shapes: up to 70 rows (whole and ragged 16- and 32-row tiles, rows past
+    /// the last whole tile) and 50 tokens (whole and ragged 16-token tiles, odd tile counts), as
+    /// the AMX GEMM takes them; every path bit-identical to the scalar twin.
+    #[test]
+    fn i2s_matmul_is_bit_identical_on_prefill_tiles(
+        (rows, blocks, tokens) in (1usize..71, 1usize..6, 1usize..51),
+        seed in any::<u64>(),
+    ) {
+        let k = blocks * 128;
+        let mut next = xorshift(seed);
+        let t = ternary(&mut next, rows * k);
+        let w = i2_s::encode(&t, 1.0);
+        let w = &w[..rows * k / 4];
+        let acts = int8(&mut next, tokens * k);
+        let qsums: Vec<i32> = acts.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+        let expected = reference(&t, &acts, rows, k);
+        for isa in Isa::available() {
+            let mut out = vec![0i32; tokens * rows];
+            kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
+            prop_assert_eq!(&out, &expected, "{}", isa);
+        }
+    }
     #[test]
     fn tq2_0_matmul_is_bit_identical(
         (rows, blocks, tokens) in (1usize..7, 1usize..4, 1usize..4),

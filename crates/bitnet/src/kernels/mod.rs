@@ -35,6 +35,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL with VNNI (vpdpbusd ternary products).
     Avx512Vnni,
+    /// AVX-512 VNNI with AMX-INT8 tiles (Intel Xeon from Sapphire Rapids on): prefill's
+    /// ternary GEMM on the tile unit, the rest AVX-512 VNNI's.
+    Amx,
     /// AArch64 Advanced SIMD (every ARMv8 CPU).
     Neon,
     /// NEON with the dot-product extension (`sdot`; Apple M1+, Graviton2+).
@@ -46,10 +49,11 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA on every architecture, in order of preference within one architecture.
-    pub(crate) const ALL: [Isa; 6] = [
+    pub(crate) const ALL: [Isa; 7] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512Vnni,
+        Isa::Amx,
         Isa::Neon,
         Isa::Dotprod,
         Isa::I8mm,
@@ -61,6 +65,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
             Isa::Dotprod => "dotprod",
             Isa::I8mm => "i8mm",
@@ -92,6 +97,8 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512Vnni.detect() && x86::amx::detect(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "aarch64")]
@@ -103,6 +110,15 @@ impl Isa {
             Isa::I8mm => Isa::Dotprod.detect() && std::arch::is_aarch64_feature_detected!("i8mm"),
             #[allow(unreachable_patterns)]
             _ => false,
+        }
+    }
+
+    /// The ISA whose kernels this one runs for one token (AMX's table keeps AVX-512 VNNI's GEMV:
+    /// decoding waits on memory, and tiles of one token would be mostly padding).
+    pub fn decode_isa(self) -> Isa {
+        match self {
+            Isa::Amx => Isa::Avx512Vnni,
+            other => other,
         }
     }
 
@@ -141,6 +157,8 @@ impl Isa {
             Isa::Avx2 => &x86::avx2::TABLE,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => &x86::avx512::TABLE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => &x86::amx::TABLE,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => &aarch64::neon::TABLE,
             #[cfg(target_arch = "aarch64")]

@@ -285,7 +285,13 @@ impl Exec {
                     continue;
                 }
                 let fastest = |tokens: usize| {
-                    let timed = candidates
+                    // One token: each distinct GEMV once, under the name of the ISA it is.
+                    let mut isas: Vec<Isa> = candidates
+                        .iter()
+                        .map(|&i| if tokens == 1 { i.decode_isa() } else { i })
+                        .collect();
+                    isas.dedup();
+                    let timed = isas
                         .iter()
                         .map(|&i| (w.time_matmul(i, tokens, TUNE_ROWS), i));
                     timed

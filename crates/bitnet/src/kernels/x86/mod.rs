@@ -1,5 +1,6 @@
 //! x86-64 SIMD kernels, chosen at run time by CPU feature detection (see `Isa`).
 
+pub(crate) mod amx;
 pub mod avx2;
 pub(crate) mod avx512;
 
