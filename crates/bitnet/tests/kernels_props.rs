@@ -314,6 +314,41 @@ proptest! {
             prop_assert_eq!(bits_of(&a), bits_of(&b), "{} rows_axpy", isa);
         }
     }
+
+    /// The grouped attention kernels (the query heads sharing a KV head, 1 to 9 of them: whole
+    /// and ragged groups of every path's width) give each query the bits of the single-query
+    /// kernel, for head sizes with and without 32- and 64-value blocks.
+    #[test]
+    fn grouped_attention_kernels_are_the_single_ones_bit_for_bit(
+        (n_rows, len, extra, m) in (1usize..40, 1usize..200, 0usize..9, 1usize..10),
+        seed in any::<u64>(),
+    ) {
+        let stride = len + extra;
+        let offset = extra / 2;
+        let mut bits = xorshift(seed | 1);
+        let mut next = || (bits() % 2001) as f32 / 1000.0 - 1.0;
+        let rows16: Vec<f16> =
+            (0..n_rows * stride + offset + len).map(|_| f16::from_f32(next())).collect();
+        let xs: Vec<f32> = (0..m * len).map(|_| next()).collect();
+        let p: Vec<f32> = (0..m * n_rows).map(|_| next().abs()).collect();
+        let start: Vec<f32> = (0..m * len).map(|_| next()).collect();
+        for isa in Isa::available() {
+            let mut grouped = vec![0f32; m * n_rows];
+            kernels::f16_rows_dot_multi(isa, &rows16, stride, offset, &xs, len, &mut grouped);
+            let mut single = vec![0f32; m * n_rows];
+            for (x, o) in xs.chunks_exact(len).zip(single.chunks_exact_mut(n_rows)) {
+                kernels::f16_rows_dot(isa, &rows16, stride, offset, x, o);
+            }
+            prop_assert_eq!(bits_of(&grouped), bits_of(&single), "{} rows_dot_multi", isa);
+            let mut grouped = start.clone();
+            kernels::f16_rows_axpy_multi(isa, &rows16, stride, offset, &p, len, &mut grouped);
+            let mut single = start.clone();
+            for (pq, o) in p.chunks_exact(n_rows).zip(single.chunks_exact_mut(len)) {
+                kernels::f16_rows_axpy(isa, &rows16, stride, offset, pq, o);
+            }
+            prop_assert_eq!(bits_of(&grouped), bits_of(&single), "{} rows_axpy_multi", isa);
+        }
+    }
 }
 
 fn bits_of(v: &[f32]) -> Vec<u32> {

@@ -255,7 +255,15 @@ pub struct KernelTable {
     pub(crate) f32_rows_dot: unsafe fn(&[f32], usize, usize, &[f32], &mut [f32]),
     pub(crate) f16_rows_axpy: unsafe fn(&[f16], usize, usize, &[f32], &mut [f32]),
     pub(crate) f32_rows_axpy: unsafe fn(&[f32], usize, usize, &[f32], &mut [f32]),
+    /// Several queries against the same f16 rows at once (see [`f16_rows_dot_multi`]); `None`:
+    /// one `f16_rows_dot` per query.
+    pub(crate) f16_rows_dot_multi: Option<RowsMulti>,
+    /// The same for [`f16_rows_axpy_multi`].
+    pub(crate) f16_rows_axpy_multi: Option<RowsMulti>,
 }
+
+/// A grouped strided-rows kernel: `(rows, stride, offset, inputs, width, outputs)`.
+pub(crate) type RowsMulti = unsafe fn(&[f16], usize, usize, &[f32], usize, &mut [f32]);
 
 impl std::fmt::Debug for KernelTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -602,6 +610,70 @@ pub fn f16_rows_axpy(
     check_rows(rows.len(), stride, offset, out.len(), p.len());
     // SAFETY: as in `quantize_row_i8`; bounds checked above.
     unsafe { (isa.kernels().f16_rows_axpy)(rows, stride, offset, p, out) }
+}
+
+/// [`f16_rows_dot`] for `m = xs.len() / d` queries of `d` values at once (the query heads that
+/// share a KV head): `out[q·n + j] = Σ_i rows[j·stride + offset + i] · xs[q·d + i]` for the
+/// `n = out.len() / m` rows. Each key is converted once for all the queries; every value is
+/// bit-identical to `f16_rows_dot`'s for its query alone.
+pub fn f16_rows_dot_multi(
+    isa: Isa,
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    xs: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    assert!(d > 0 && xs.len().is_multiple_of(d));
+    let m = xs.len() / d;
+    if m == 0 {
+        return;
+    }
+    assert!(out.len().is_multiple_of(m));
+    let n = out.len() / m;
+    check_rows(rows.len(), stride, offset, d, n);
+    match isa.kernels().f16_rows_dot_multi {
+        // SAFETY: as in `quantize_row_i8`; bounds checked above.
+        Some(f) => unsafe { f(rows, stride, offset, xs, d, out) },
+        None => {
+            for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(n)) {
+                f16_rows_dot(isa, rows, stride, offset, x, o);
+            }
+        }
+    }
+}
+
+/// [`f16_rows_axpy`] for `m = out.len() / d` outputs of `d` values at once:
+/// `out[q·d ..] += Σ_j p[q·n + j] · rows[j·stride + offset ..]` over the `n = p.len() / m`
+/// rows. Each value row is converted once for all the outputs; every output is bit-identical
+/// to `f16_rows_axpy`'s for its probabilities alone.
+pub fn f16_rows_axpy_multi(
+    isa: Isa,
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    assert!(d > 0 && out.len().is_multiple_of(d));
+    let m = out.len() / d;
+    if m == 0 {
+        return;
+    }
+    assert!(p.len().is_multiple_of(m));
+    let n = p.len() / m;
+    check_rows(rows.len(), stride, offset, d, n);
+    match isa.kernels().f16_rows_axpy_multi {
+        // SAFETY: as in `quantize_row_i8`; bounds checked above.
+        Some(f) => unsafe { f(rows, stride, offset, p, d, out) },
+        None => {
+            for (pq, o) in p.chunks_exact(n).zip(out.chunks_exact_mut(d)) {
+                f16_rows_axpy(isa, rows, stride, offset, pq, o);
+            }
+        }
+    }
 }
 
 /// The f32 twin of [`f16_rows_axpy`].

@@ -26,6 +26,8 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     f32_rows_dot,
     f16_rows_axpy,
     f32_rows_axpy,
+    f16_rows_dot_multi: None,
+    f16_rows_axpy_multi: None,
 };
 
 /// Per-token absmax int8 quantization (BitNet's activation quantizer):

@@ -1224,42 +1224,72 @@ impl BitnetModel {
         let scale = c.attn_scale;
         out.fill(0.0);
         let shared = SharedOut::new(out);
-        // One chunk per (token, head); later tokens see more keys, and the threads take
-        // chunks as they come, which balances that.
+        // One chunk per (token, KV head): the query heads sharing a KV head read each cached
+        // key and value once for all of them (same sums as one head at a time). Later tokens
+        // see more keys, and the threads take chunks as they come, which balances that.
         let mean_visible = owner.iter().map(|&(_, f, p)| p + 1 - f).sum::<usize>() / n.max(1);
-        let item_work = 2 * hd * mean_visible.max(1);
+        let item_work = 2 * hd * group * mean_visible.max(1);
         self.exec
             .pool
-            .for_chunks(n * c.n_head, 1, item_work, &|items| {
+            .for_chunks(n * c.n_head_kv, 1, item_work, &|items| {
                 for item in items {
-                    let (t, head) = (item / c.n_head, item % c.n_head);
+                    let (t, kv_head) = (item / c.n_head_kv, item % c.n_head_kv);
                     let (s, first, last) = owner[t];
                     let (keys, values) = layers[s];
                     let visible = last + 1 - first;
-                    let kv_off = (head / group) * hd;
-                    threads::with_scratch_f32(visible + hd, |buf| {
-                        let (scores, qh) = buf.split_at_mut(visible);
-                        qh.copy_from_slice(&q[t * qd + head * hd..t * qd + (head + 1) * hd]);
+                    let kv_off = kv_head * hd;
+                    let heads = t * qd + kv_head * group * hd..t * qd + (kv_head + 1) * group * hd;
+                    let qs = &q[heads.clone()];
+                    threads::with_scratch_f32(group * visible, |scores| {
                         match keys {
                             KvSlice::F32(k) => {
-                                kernels::f32_rows_dot(isa, &k[first * kv..], kv, kv_off, qh, scores)
+                                for (qh, sc) in
+                                    qs.chunks_exact(hd).zip(scores.chunks_exact_mut(visible))
+                                {
+                                    kernels::f32_rows_dot(isa, &k[first * kv..], kv, kv_off, qh, sc)
+                                }
                             }
-                            KvSlice::F16(k) => {
-                                kernels::f16_rows_dot(isa, &k[first * kv..], kv, kv_off, qh, scores)
-                            }
+                            KvSlice::F16(k) => kernels::f16_rows_dot_multi(
+                                isa,
+                                &k[first * kv..],
+                                kv,
+                                kv_off,
+                                qs,
+                                hd,
+                                scores,
+                            ),
                         }
-                        scores.iter_mut().for_each(|s| *s *= scale);
-                        kernels::softmax(scores);
-                        let start = t * qd + head * hd;
-                        // SAFETY: each (token, head) pair is one chunk.
-                        let o = unsafe { shared.slice_mut(start..start + hd) };
+                        for sc in scores.chunks_exact_mut(visible) {
+                            sc.iter_mut().for_each(|s| *s *= scale);
+                            kernels::softmax(sc);
+                        }
+                        // SAFETY: each (token, KV head) pair is one chunk, and its query heads
+                        // are these.
+                        let o = unsafe { shared.slice_mut(heads) };
                         match values {
                             KvSlice::F32(v) => {
-                                kernels::f32_rows_axpy(isa, &v[first * kv..], kv, kv_off, scores, o)
+                                for (sc, oh) in
+                                    scores.chunks_exact(visible).zip(o.chunks_exact_mut(hd))
+                                {
+                                    kernels::f32_rows_axpy(
+                                        isa,
+                                        &v[first * kv..],
+                                        kv,
+                                        kv_off,
+                                        sc,
+                                        oh,
+                                    )
+                                }
                             }
-                            KvSlice::F16(v) => {
-                                kernels::f16_rows_axpy(isa, &v[first * kv..], kv, kv_off, scores, o)
-                            }
+                            KvSlice::F16(v) => kernels::f16_rows_axpy_multi(
+                                isa,
+                                &v[first * kv..],
+                                kv,
+                                kv_off,
+                                scores,
+                                hd,
+                                o,
+                            ),
                         }
                     });
                 }

@@ -31,6 +31,8 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     f32_rows_dot,
     f16_rows_axpy,
     f32_rows_axpy,
+    f16_rows_dot_multi: None,
+    f16_rows_axpy_multi: None,
 };
 
 /// `acc + Σ c·x` over 16 byte pairs, as eight i16 lanes (two products per lane, each

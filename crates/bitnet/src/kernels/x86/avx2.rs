@@ -30,6 +30,8 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     f32_rows_dot,
     f16_rows_axpy,
     f32_rows_axpy,
+    f16_rows_dot_multi: Some(f16_rows_dot_multi),
+    f16_rows_axpy_multi: Some(f16_rows_axpy_multi),
 };
 
 /// How far ahead of the current weight bytes to prefetch (the hardware prefetcher alone
@@ -640,6 +642,163 @@ pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32]
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         *o = super::hsum_ps_256(sum);
+    }
+}
+
+/// See [`crate::kernels::f16_rows_dot_multi`]: queries two at a time (their 8 accumulators
+/// and a key's 4 converted vectors fit AVX2's 16 registers).
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_dot_multi(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    xs: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    rows_dot_multi::<2>(rows, stride, offset, xs, d, out);
+}
+
+/// [`f16_rows_dot_multi`] with `G` queries per pass over the keys (the rest one at a time).
+/// Per query and key: `f16_rows_dot`'s four accumulators over 32-value steps, their sum, one
+/// horizontal sum, in its order, so the same bits; keys whose length is not a multiple of 32
+/// go through `f16_rows_dot` itself.
+#[inline(always)]
+pub(super) unsafe fn rows_dot_multi<const G: usize>(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    xs: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    let m = xs.len() / d;
+    let n = out.len() / m;
+    let single = |q: usize, out: &mut [f32]| {
+        f16_rows_dot(
+            rows,
+            stride,
+            offset,
+            &xs[q * d..(q + 1) * d],
+            &mut out[q * n..(q + 1) * n],
+        )
+    };
+    if !d.is_multiple_of(32) {
+        (0..m).for_each(|q| single(q, out));
+        return;
+    }
+    let base = (rows.as_ptr() as *const u16).add(offset);
+    let mut q0 = 0;
+    while q0 + G <= m {
+        let xp = xs.as_ptr().add(q0 * d);
+        let op = out.as_mut_ptr().add(q0 * n);
+        for j in 0..n {
+            let wp = base.add(j * stride);
+            let mut acc = [[_mm256_setzero_ps(); 4]; G];
+            let mut i = 0;
+            while i < d {
+                let w: [__m256; 4] = std::array::from_fn(|c| {
+                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * c) as *const __m128i))
+                });
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        let x = _mm256_loadu_ps(xp.add(g * d + i + 8 * c));
+                        *a = _mm256_fmadd_ps(w[c], x, *a);
+                    }
+                }
+                i += 32;
+            }
+            for (g, a) in acc.iter().enumerate() {
+                let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                *op.add(g * n + j) = super::hsum_ps_256(sum);
+            }
+        }
+        q0 += G;
+    }
+    (q0..m).for_each(|q| single(q, out));
+}
+
+/// See [`crate::kernels::f16_rows_axpy_multi`]: outputs two at a time.
+///
+/// # Safety
+/// Requires AVX2, FMA and F16C; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_axpy_multi(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    rows_axpy_multi::<2>(rows, stride, offset, p, d, out);
+}
+
+/// [`f16_rows_axpy_multi`] with `G` outputs per pass over the values. The lanes
+/// `f16_rows_axpy` runs in 64-lane blocks (FMA, row after row) run here 32 at a time with the
+/// same FMAs in the same row order; the lanes after them go through `f16_rows_axpy` itself,
+/// which runs them as it would have (8-lane FMAs, then scalar): the same bits per output.
+#[inline(always)]
+pub(super) unsafe fn rows_axpy_multi<const G: usize>(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    let m = out.len() / d;
+    let n = p.len() / m;
+    let blocked = d / 64 * 64;
+    let base = (rows.as_ptr() as *const u16).add(offset);
+    let mut q0 = 0;
+    while q0 + G <= m && blocked > 0 {
+        let pp = p.as_ptr().add(q0 * n);
+        let op = out.as_mut_ptr().add(q0 * d);
+        let mut i = 0;
+        while i < blocked {
+            let mut acc = [[_mm256_setzero_ps(); 4]; G];
+            for (g, acc) in acc.iter_mut().enumerate() {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(op.add(g * d + i + 8 * c));
+                }
+            }
+            for j in 0..n {
+                let r = base.add(j * stride + i);
+                let v: [__m256; 4] = std::array::from_fn(|c| {
+                    _mm256_cvtph_ps(_mm_loadu_si128(r.add(8 * c) as *const __m128i))
+                });
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let va = _mm256_set1_ps(*pp.add(g * n + j));
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(va, v[c], *a);
+                    }
+                }
+            }
+            for (g, acc) in acc.iter().enumerate() {
+                for (c, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(op.add(g * d + i + 8 * c), *a);
+                }
+            }
+            i += 32;
+        }
+        q0 += G;
+    }
+    for q in 0..m {
+        // Outputs the passes above took need only their last lanes; the rest need all.
+        let from = if q < q0 { blocked } else { 0 };
+        if from < d {
+            f16_rows_axpy(
+                rows,
+                stride,
+                offset + from,
+                &p[q * n..(q + 1) * n],
+                &mut out[q * d + from..(q + 1) * d],
+            );
+        }
     }
 }
 

@@ -24,8 +24,43 @@ pub(crate) static TABLE: KernelTable = KernelTable {
     t16_matmul,
     f16_matmul,
     q6_k_rows,
+    f16_rows_dot_multi: Some(f16_rows_dot_multi),
+    f16_rows_axpy_multi: Some(f16_rows_axpy_multi),
     ..super::avx2::TABLE
 };
+
+/// AVX2's grouped attention kernels four queries at a time: with AVX-512VL the compiler has 32
+/// ymm registers, enough for four queries' accumulators and a converted key.
+///
+/// # Safety
+/// Requires AVX2, FMA, F16C, AVX512F and AVX512VL; the caller checked the bounds.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn f16_rows_dot_multi(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    xs: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    super::avx2::rows_dot_multi::<4>(rows, stride, offset, xs, d, out);
+}
+
+/// See [`f16_rows_dot_multi`].
+///
+/// # Safety
+/// As there.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn f16_rows_axpy_multi(
+    rows: &[f16],
+    stride: usize,
+    offset: usize,
+    p: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    super::avx2::rows_axpy_multi::<4>(rows, stride, offset, p, d, out);
+}
 
 /// Rows unpacked together for the GEMM.
 const ROW_BLOCK: usize = 4;
