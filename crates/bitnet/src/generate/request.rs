@@ -350,7 +350,7 @@ fn llama_prompt(v: &Value) -> Option<Prompt> {
     }
 }
 
-/// llama-server's `prompt` (and `/embeddings`' `input`): one prompt as [`llama_prompt`]
+/// llama-server's `prompt` (and `/embeddings`' `input`): one prompt as `llama_prompt`
 /// reads it, or a list of them (a list of strings is several prompts; a list of ids, or of
 /// ids and strings, is one).
 pub fn llama_prompts(v: &Value) -> Option<Vec<Prompt>> {
