@@ -81,6 +81,35 @@ fn ternary_strategy(n: usize) -> impl Strategy<Value = Vec<i8>> {
     prop::collection::vec(-1i8..=1, n)
 }
 
+/// Random I2_S rows × int8 tokens: the scalar twin equals the product computed the obvious way
+/// from the decoded weights, and every ISA this CPU has equals it bit for bit.
+fn check_i2s_matmul(
+    rows: usize,
+    blocks: usize,
+    tokens: usize,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let k = blocks * 128;
+    let mut next = xorshift(seed);
+    let t = ternary(&mut next, rows * k);
+    let w = i2_s::encode(&t, 1.0);
+    let w = &w[..rows * k / 4];
+    let acts = int8(&mut next, tokens * k);
+    let qsums: Vec<i32> = acts
+        .chunks(k)
+        .map(|r| r.iter().map(|&v| v as i32).sum())
+        .collect();
+    let mut expected = vec![0i32; tokens * rows];
+    scalar::i2s_matmul(w, k, &acts, &mut expected);
+    prop_assert_eq!(&expected, &reference(&t, &acts, rows, k));
+    for isa in Isa::available() {
+        let mut out = vec![0i32; tokens * rows];
+        kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
+        prop_assert_eq!(&out, &expected, "{}", isa);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -92,24 +121,8 @@ proptest! {
         (rows, blocks, tokens) in (1usize..13, 1usize..20, 1usize..10),
         seed in any::<u64>(),
     ) {
-        let k = blocks * 128;
-        let mut next = xorshift(seed);
-        let t = ternary(&mut next, rows * k);
-        let w = i2_s::encode(&t, 1.0);
-        let w = &w[..rows * k / 4];
-        let acts = int8(&mut next, tokens * k);
-        let qsums: Vec<i32> = acts.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
-        let mut expected = vec![0i32; tokens * rows];
-        scalar::i2s_matmul(w, k, &acts, &mut expected);
-        // The scalar twin against the decoded weights, computed the obvious way.
-        prop_assert_eq!(&expected, &reference(&t, &acts, rows, k));
-        for isa in Isa::available() {
-            let mut out = vec![0i32; tokens * rows];
-            kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
-            prop_assert_eq!(&out, &expected, "{}", isa);
-        }
+        check_i2s_matmul(rows, blocks, tokens, seed)?;
     }
-
 
     /// Prefill-sized shapes: up to 70 rows (whole and ragged 16- and 32-row tiles, rows past
     /// the last whole tile) and 50 tokens (whole and ragged 16-token tiles, odd tile counts), as
@@ -119,20 +132,9 @@ proptest! {
         (rows, blocks, tokens) in (1usize..71, 1usize..6, 1usize..51),
         seed in any::<u64>(),
     ) {
-        let k = blocks * 128;
-        let mut next = xorshift(seed);
-        let t = ternary(&mut next, rows * k);
-        let w = i2_s::encode(&t, 1.0);
-        let w = &w[..rows * k / 4];
-        let acts = int8(&mut next, tokens * k);
-        let qsums: Vec<i32> = acts.chunks(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
-        let expected = reference(&t, &acts, rows, k);
-        for isa in Isa::available() {
-            let mut out = vec![0i32; tokens * rows];
-            kernels::i2s_matmul(isa, &layout_for(isa, w, k), k, &acts, &qsums, &mut out);
-            prop_assert_eq!(&out, &expected, "{}", isa);
-        }
+        check_i2s_matmul(rows, blocks, tokens, seed)?;
     }
+
     #[test]
     fn tq2_0_matmul_is_bit_identical(
         (rows, blocks, tokens) in (1usize..7, 1usize..4, 1usize..4),

@@ -617,8 +617,8 @@ pub unsafe fn f32_axpy(out: &mut [f32], a: f32, v: &[f32]) {
 pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32], out: &mut [f32]) {
     // A call per cached key cost about as much as the key's product (the demo model's head
     // is 64 values), and attention over a few hundred positions outweighed all its matrices:
-    // for whole 32-value steps the product is written out here, with `f16_dot`'s operations
-    // in its order (four accumulators, their sum, one horizontal sum): the same bits.
+    // for whole 32-value steps the product is written out ([`rows_dot_group`], which the
+    // grouped kernel shares), with `f16_dot`'s operations in its order: the same bits.
     let len = x.len();
     if !len.is_multiple_of(32) {
         for (j, o) in out.iter_mut().enumerate() {
@@ -628,20 +628,42 @@ pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32]
         return;
     }
     let base = (rows.as_ptr() as *const u16).add(offset);
-    let xp = x.as_ptr();
-    for (j, o) in out.iter_mut().enumerate() {
+    rows_dot_group::<1>(base, stride, x.as_ptr(), len, out.len(), out.as_mut_ptr());
+}
+
+/// `op[g·n + j] = Σ_i key_j[i] · xs[g·d + i]` for `G` queries against `n` f16 keys (`d` a
+/// multiple of 32, key `j` at `base + j·stride`), each key converted once for all of them.
+/// Per query and key: `f16_dot`'s four accumulators over 32-value steps, their sum, one
+/// horizontal sum, in its order, so the same bits as [`f16_dot`] whatever `G`.
+#[inline(always)]
+unsafe fn rows_dot_group<const G: usize>(
+    base: *const u16,
+    stride: usize,
+    xp: *const f32,
+    d: usize,
+    n: usize,
+    op: *mut f32,
+) {
+    for j in 0..n {
         let wp = base.add(j * stride);
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [[_mm256_setzero_ps(); 4]; G];
         let mut i = 0;
-        while i < len {
-            for (c, a) in acc.iter_mut().enumerate() {
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * c) as *const __m128i));
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * c)), *a);
+        while i < d {
+            let w: [__m256; 4] = std::array::from_fn(|c| {
+                _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * c) as *const __m128i))
+            });
+            for (g, acc) in acc.iter_mut().enumerate() {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(xp.add(g * d + i + 8 * c));
+                    *a = _mm256_fmadd_ps(w[c], x, *a);
+                }
             }
             i += 32;
         }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        *o = super::hsum_ps_256(sum);
+        for (g, a) in acc.iter().enumerate() {
+            let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+            *op.add(g * n + j) = super::hsum_ps_256(sum);
+        }
     }
 }
 
@@ -662,10 +684,9 @@ pub unsafe fn f16_rows_dot_multi(
     rows_dot_multi::<2>(rows, stride, offset, xs, d, out);
 }
 
-/// [`f16_rows_dot_multi`] with `G` queries per pass over the keys (the rest one at a time).
-/// Per query and key: `f16_rows_dot`'s four accumulators over 32-value steps, their sum, one
-/// horizontal sum, in its order, so the same bits; keys whose length is not a multiple of 32
-/// go through `f16_rows_dot` itself.
+/// [`f16_rows_dot_multi`] with `G` queries per pass over the keys, the rest one at a time
+/// ([`rows_dot_group`]: the same bits as `f16_rows_dot` per query); keys whose length is not
+/// a multiple of 32 go through `f16_rows_dot` itself.
 #[inline(always)]
 pub(super) unsafe fn rows_dot_multi<const G: usize>(
     rows: &[f16],
@@ -677,48 +698,22 @@ pub(super) unsafe fn rows_dot_multi<const G: usize>(
 ) {
     let m = xs.len() / d;
     let n = out.len() / m;
-    let single = |q: usize, out: &mut [f32]| {
-        f16_rows_dot(
-            rows,
-            stride,
-            offset,
-            &xs[q * d..(q + 1) * d],
-            &mut out[q * n..(q + 1) * n],
-        )
-    };
     if !d.is_multiple_of(32) {
-        (0..m).for_each(|q| single(q, out));
+        for (x, o) in xs.chunks_exact(d).zip(out.chunks_exact_mut(n)) {
+            f16_rows_dot(rows, stride, offset, x, o);
+        }
         return;
     }
     let base = (rows.as_ptr() as *const u16).add(offset);
+    let (xp, op) = (xs.as_ptr(), out.as_mut_ptr());
     let mut q0 = 0;
     while q0 + G <= m {
-        let xp = xs.as_ptr().add(q0 * d);
-        let op = out.as_mut_ptr().add(q0 * n);
-        for j in 0..n {
-            let wp = base.add(j * stride);
-            let mut acc = [[_mm256_setzero_ps(); 4]; G];
-            let mut i = 0;
-            while i < d {
-                let w: [__m256; 4] = std::array::from_fn(|c| {
-                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + 8 * c) as *const __m128i))
-                });
-                for (g, acc) in acc.iter_mut().enumerate() {
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        let x = _mm256_loadu_ps(xp.add(g * d + i + 8 * c));
-                        *a = _mm256_fmadd_ps(w[c], x, *a);
-                    }
-                }
-                i += 32;
-            }
-            for (g, a) in acc.iter().enumerate() {
-                let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                *op.add(g * n + j) = super::hsum_ps_256(sum);
-            }
-        }
+        rows_dot_group::<G>(base, stride, xp.add(q0 * d), d, n, op.add(q0 * n));
         q0 += G;
     }
-    (q0..m).for_each(|q| single(q, out));
+    for q in q0..m {
+        rows_dot_group::<1>(base, stride, xp.add(q * d), d, n, op.add(q * n));
+    }
 }
 
 /// See [`crate::kernels::f16_rows_axpy_multi`]: outputs two at a time.
