@@ -19,6 +19,13 @@ fn post(addr: &str, path: &str, body: &Value) -> (u16, Value) {
     (status, v)
 }
 
+/// Asserts a refusal: this status, and an error message that says `needle`.
+fn assert_refused((status, v): (u16, Value), code: u16, needle: &str) {
+    assert_eq!(status, code, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{v}");
+}
+
 fn get(addr: &str, path: &str) -> (u16, Value) {
     let (status, text) = http(addr, "GET", path, "");
     (status, serde_json::from_str(&text).unwrap())
@@ -521,23 +528,15 @@ fn native_completion_matches_openai_completions() {
 fn infill_and_rerank_say_why_not() {
     let server = start_with(&["-n", "4"]);
     let a = server.addr.as_str();
-    let (status, v) = post(
-        a,
-        "/infill",
-        &json!({"input_prefix": "a", "input_suffix": "b"}),
+    let infill = json!({"input_prefix": "a", "input_suffix": "b"});
+    assert_refused(
+        post(a, "/infill", &infill),
+        501,
+        "no fill-in-the-middle tokens",
     );
-    assert_eq!(status, 501);
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("no fill-in-the-middle tokens"));
     for path in ["/rerank", "/reranking", "/v1/rerank", "/v1/reranking"] {
-        let (status, v) = post(a, path, &json!({"query": "q", "documents": ["d"]}));
-        assert_eq!(status, 501, "{path}");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no reranker head"));
+        let rerank = json!({"query": "q", "documents": ["d"]});
+        assert_refused(post(a, path, &rerank), 501, "no reranker head");
     }
 }
 
@@ -871,19 +870,8 @@ fn llama_servers_prompt_forms_slots_and_token_counts() {
         many.iter().all(|m| m["content"] == text["content"]),
         "{many:?}"
     );
-    let (status, v) = post(
-        a,
-        "/completion",
-        &json!({"prompt": {"prompt_string": prompt, "multimodal_data": ["AAAA"]}}),
-    );
-    assert_eq!(status, 400, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("text only"),
-        "{v}"
-    );
+    let multimodal = json!({"prompt": {"prompt_string": prompt, "multimodal_data": ["AAAA"]}});
+    assert_refused(post(a, "/completion", &multimodal), 400, "text only");
 
     // Embedding inputs in the same forms: one embedding per prompt, a mixed list is one.
     for (input, n) in [
@@ -908,19 +896,8 @@ fn llama_servers_prompt_forms_slots_and_token_counts() {
     let (_, by_ids) = post(a, "/v1/embeddings", &json!({"input": joined}));
     let (_, mixed) = post(a, "/v1/embeddings", &json!({"input": ["string1", 12, 34]}));
     assert!(by_ids["data"][0]["embedding"] == mixed["data"][0]["embedding"]);
-    let (status, v) = post(
-        a,
-        "/v1/embeddings",
-        &json!({"input": "This is a test ".repeat(512)}),
-    );
-    assert_eq!(status, 400, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too large"),
-        "{v}"
-    );
+    let long = json!({"input": "This is a test ".repeat(512)});
+    assert_refused(post(a, "/v1/embeddings", &long), 400, "too large");
 
     // id_slot: the request runs in that slot; a slot that does not exist is refused.
     for slot in [0, 1] {
