@@ -1,6 +1,8 @@
 //! Each kernel against its scalar twin, same inputs, same run: `cargo bench --bench kernels`.
 //! Shapes are the 2B-4T model's: a decode GEMV (one token, 2560 → 2560 and 6912 → 2560), a
-//! prefill GEMM (128 tokens), the F16 output product, and the activation quantizer.
+//! prefill GEMM (128 tokens), the F16 output product, the activation quantizer, and decoding's
+//! other weight streams (the 1.6-bit T1_6 layout, the Q6_K output matrix) in cache and from
+//! memory (huge pages, as the model's weights are held).
 //!
 //! criterion is an x86-64-only dev-dependency (it stays out of the aarch64 test build that CI
 //! runs under qemu), so elsewhere this bench is an empty program.
@@ -35,6 +37,17 @@ mod bench {
             .collect()
     }
 
+    /// `bytes` copied into anonymous memory backed by huge pages where the OS gives them, as
+    /// the model's weights are at load: through 4 KiB pages a stream from memory stalls at
+    /// every page and measures paging, not the kernel.
+    fn huge_pages(bytes: &[u8]) -> memmap2::MmapMut {
+        let mut map = memmap2::MmapMut::map_anon(bytes.len()).expect("anonymous map");
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        map.copy_from_slice(bytes);
+        map
+    }
+
     fn acts(n: usize) -> Vec<i8> {
         let mut s = 7;
         (0..n).map(|_| (lcg(&mut s) % 255) as i8).collect()
@@ -42,11 +55,12 @@ mod bench {
 
     fn bench_i2s(c: &mut Criterion) {
         let mut g = c.benchmark_group("i2s_matmul");
-        // The third GEMV streams 42 MB from memory (more than the L3 cache).
+        // The third GEMV's 42 MB may sit in a large L3; the fourth streams 335 MB from memory.
         for &(rows, k, tokens) in &[
             (2560usize, 2560usize, 1usize),
             (2560, 6912, 1),
             (65536, 2560, 1),
+            (524288, 2560, 1),
             (256, 2560, 128),
         ] {
             let w = i2s_weights(rows, k);
@@ -64,7 +78,7 @@ mod bench {
                 // Each ISA's kernels take the weights in their own layout.
                 let mut w_isa = vec![0u8; w.len()];
                 kernels::i2s_interleave_rows(&w, k, isa.kernels().i2s_rows, &mut w_isa);
-                let w = &w_isa;
+                let w = &huge_pages(&w_isa);
                 let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}x{tokens}"));
                 g.bench_function(id, |b| {
                     b.iter(|| kernels::i2s_matmul(isa, black_box(w), k, &q, &qsums, &mut out))
@@ -128,5 +142,60 @@ mod bench {
         g.finish();
     }
 
-    criterion_group!(benches, bench_i2s, bench_tq2_0, bench_f16, bench_quantize);
+    /// Decoding's two other weight streams: the 1.6-bit T1_6 layout of the I2_S weights (five
+    /// trits a byte, unpacked in registers) and the Q6_K output matrix. Each shape twice: in
+    /// the last-level cache (the arithmetic's pace) and, at the output matrix's full 128256
+    /// rows, streamed from memory (where decoding runs).
+    fn bench_decode_layouts(c: &mut Criterion) {
+        let mut g = c.benchmark_group("t16_matmul");
+        let k = 2560;
+        for rows in [4096usize, 65536] {
+            let w = i2s_weights(rows, k);
+            let mut t16 = vec![0u8; rows * kernels::t16_row_bytes(k)];
+            kernels::t16_pack_i2s(&w, k, &mut t16);
+            let t16 = huge_pages(&t16);
+            let q = acts(k);
+            let qsums = [q.iter().map(|&v| v as i32).sum::<i32>()];
+            let mut out = vec![0i32; rows];
+            g.throughput(Throughput::Bytes(t16.len() as u64));
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+                let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| kernels::t16_matmul(isa, black_box(&t16), k, &q, &qsums, &mut out))
+                });
+            }
+        }
+        g.finish();
+        let mut g = c.benchmark_group("q6_k_matmul");
+        for rows in [4096usize, 128256] {
+            let mut s = 11;
+            let mut w: Vec<u8> = (0..rows * k / 256 * 210)
+                .map(|_| lcg(&mut s) as u8)
+                .collect();
+            // A finite block scale (bytes 208-209) in every block.
+            for blk in w.chunks_exact_mut(210) {
+                blk[208..].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+            }
+            let w = huge_pages(&w);
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0f32; rows];
+            g.throughput(Throughput::Bytes(w.len() as u64));
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+                let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| kernels::q6_k_matmul(isa, black_box(&w), k, &x, &mut out))
+                });
+            }
+        }
+        g.finish();
+    }
+
+    criterion_group!(
+        benches,
+        bench_i2s,
+        bench_tq2_0,
+        bench_f16,
+        bench_quantize,
+        bench_decode_layouts
+    );
 }

@@ -66,8 +66,8 @@ unsafe fn f16_rows_axpy_multi(
 const ROW_BLOCK: usize = 4;
 /// Tokens per register tile.
 const TOKEN_TILE: usize = 4;
-/// How far ahead of the current weight bytes to prefetch.
-const PREFETCH_BYTES: usize = 4096;
+/// How far ahead of the current weight bytes to prefetch (into L2: see AVX2's).
+const PREFETCH_BYTES: usize = super::avx2::PREFETCH_BYTES;
 
 #[inline(always)]
 unsafe fn load(p: *const u8) -> __m256i {
@@ -152,7 +152,7 @@ unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i
             if r % 2 == 0 {
                 // One prefetch per 64-byte line. Past the end of the weights is harmless:
                 // prefetches never fault.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
             }
             let b = load(p);
             for f in 0..4 {
@@ -215,7 +215,7 @@ unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i3
             let p = wp.add((blk * R + r) * 32);
             if r % 2 == 0 {
                 // One prefetch per 64-byte line; prefetches never fault.
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
             }
             let mut x = load(p);
             for qi in qv {
@@ -516,10 +516,18 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
             // addresses that whole lines slip through: 18 against 24 GB/s from memory). Past
             // the end is harmless: prefetches never fault.
             for line in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(
+                _mm_prefetch::<_MM_HINT_T1>(
                     blk.wrapping_add(Q6K_PREFETCH_BYTES + 64 * line) as *const i8
                 );
             }
+            // Loaded in address order, the scales after the codes: from memory 1.17x faster
+            // than in the order of use (128256 rows, one Intel Xeon core: 8.5 → 9.9 GiB/s),
+            // likely as the hardware prefetchers follow ascending lines within each block.
+            let ql_all = [
+                _mm512_loadu_si512(blk as *const __m512i),
+                _mm512_loadu_si512(blk.add(64) as *const __m512i),
+            ];
+            let qh_all = [load(blk.add(128)), load(blk.add(160))];
             let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
             let g = _mm256_loadu_si256(bias[b * 16..].as_ptr() as *const __m256i);
             let offset = _mm256_dpwssd_epi32(_mm256_setzero_si256(), scales, g);
@@ -527,8 +535,8 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
             // Only lanes 0-15 are ever indexed.
             let scales = _mm512_castsi256_si512(scales);
             for half in 0..2 {
-                let ql = _mm512_loadu_si512(blk.add(64 * half) as *const __m512i);
-                let qh = _mm512_broadcast_i64x4(load(blk.add(128 + 32 * half)));
+                let ql = ql_all[half];
+                let qh = _mm512_broadcast_i64x4(qh_all[half]);
                 let qh = _mm512_and_si512(_mm512_srlv_epi64(qh, qh_shift), high_bits);
                 // 0xCA: bits of the second operand where the first is set, else the third.
                 let codes = [
