@@ -38,7 +38,8 @@ pub(crate) static TABLE: KernelTable = KernelTable {
 /// leaves a single-threaded GEMV waiting on memory). Every weight prefetch in the x86 kernels
 /// asks for L2 (`_MM_HINT_T1`), not L1: on an Intel Xeon (2026-12-07, AVX-512 VNNI + AMX VM)
 /// that made decoding 1.26x faster with AVX-512 and 1.13x with AVX2 (2B-4T shape, Q6_K
-/// output, one thread), and the I2_S GEMV over 335 MB 1.1-1.35x. Our reading: a prefetch
+/// output, one thread), and the I2_S GEMV over 335 MB 1.08-1.32x (27-29 → 22-25 ms); not yet
+/// measured on AMD. Our reading: a prefetch
 /// into L1 holds one of the core's few L1 fill buffers for the whole trip from memory, which
 /// caps how many lines are in flight; L2 has many more slots and the loads that follow find
 /// the lines there.
@@ -921,8 +922,8 @@ pub(crate) unsafe fn q6_k_rows(w: &[u8], qx: &Q8K, out: &mut [f32]) {
                     blk.wrapping_add(PREFETCH_BYTES + 64 * line) as *const i8
                 );
             }
-            // Loaded in address order: from memory that measured faster (see the AVX-512
-            // kernel).
+            // Loaded in address order, as the AVX-512 kernel (where it measured faster from
+            // memory; this loop was measured only as a whole, with the L2 prefetch).
             let ql: [__m256i; 4] = std::array::from_fn(|i| load(blk.add(32 * i)));
             let qh = [load(blk.add(128)), load(blk.add(160))];
             let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));

@@ -1,7 +1,8 @@
 //! AVX-512 VNNI kernels (AVX512F/BW/VL + VNNI): the ternary products run on `vpdpbusd`
 //! (u8 codes × i8 activations, four at a time into i32), on 256-bit vectors so that an I2_S
 //! block's four 32-value groups line up with consecutive activations without any shuffle.
-//! (Zen 4 executes 512-bit VNNI as two 256-bit halves, so nothing is lost there.)
+//! (Zen 4 executes 512-bit VNNI as two 256-bit halves, so nothing is lost there.) The T1_6
+//! GEMV, bound by its arithmetic, runs two rows to a zmm instead (see [`t16_rows_wide`]).
 //!
 //! Decoding (one token) streams each weight row once: [`i2s_matmul`] unpacks on the fly.
 //! Prefill (many tokens) unpacks a block of rows once into an L1-resident buffer of codes and
@@ -170,7 +171,8 @@ unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i
 }
 
 /// See [`crate::kernels::t16_matmul`]: one token at a time, [`T16_ROWS`] interleaved rows at
-/// once (see [`t16_rows`]), then the ragged last rows.
+/// once, two to a zmm (see [`t16_rows_wide`]), then the ragged last rows one at a time (see
+/// [`t16_rows`]).
 ///
 /// # Safety
 /// Requires AVX2, AVX512F/BW/VL and AVX512-VNNI; slice lengths as documented there.
@@ -246,7 +248,7 @@ unsafe fn t16_rows_wide<const R: usize, const P: usize>(
     k: usize,
     q: *const u8,
 ) -> [i32; R] {
-    debug_assert_eq!(R, 2 * P);
+    const { assert!(R == 2 * P) };
     let mut acc3 = [_mm512_setzero_si512(); P];
     let mut accm = [_mm512_setzero_si512(); P];
     let full = k / T16_BLOCK_LEN;
@@ -529,7 +531,8 @@ unsafe fn hi(v: __m512) -> __m256 {
 }
 
 /// How far ahead of the current Q6_K block to prefetch: at ~24 GB/s from memory 4 KiB is
-/// about DRAM latency away; 8 KiB measured 5-15 % faster, 32 KiB slower (one Zen 4 core).
+/// about DRAM latency away; 8 KiB measured 5-15 % faster, 32 KiB slower (one Zen 4 core, with
+/// the prefetches then into L1; into L2 on the Intel Xeon, 2-16 KiB were alike).
 const Q6K_PREFETCH_BYTES: usize = 8192;
 
 /// Q6_K rows against [`Q8K`] activations (see [`crate::kernels::q6_k_matmul`]), 64 values per
@@ -547,7 +550,8 @@ const Q6K_PREFETCH_BYTES: usize = 8192;
 /// differ from the scalar twin only by f32 rounding: the order of those additions, and (at
 /// extreme codes and scales, past 2²⁴) the lanes' rounding to f32 before they are summed.
 ///
-/// One AMD EPYC Zen 4 core (2560-wide rows): weights in L3 (1024 rows) 28.5-30 GB/s against
+/// One AMD EPYC Zen 4 core (2560-wide rows; before the prefetches went to L2 and the loads
+/// into address order, see [`PREFETCH_BYTES`]): weights in L3 (1024 rows) 28.5-30 GB/s against
 /// AVX2's 21-24; in L2 (256 rows, timing the activations' quantization too) 23-24 against
 /// 18-20; from memory (128256 rows, 690 MB) 21-25 GB/s against 21-24, within this VM's
 /// noise: there the stream, not the arithmetic, sets the pace (a plain sum reads 28-31 GB/s).
