@@ -113,18 +113,25 @@ mod bench {
 
     fn bench_f16(c: &mut Criterion) {
         let mut g = c.benchmark_group("f16_matmul");
-        let (rows, k) = (16384usize, 2560usize);
-        let mut s = 5;
-        let w: Vec<f16> = (0..rows * k)
-            .map(|_| f16::from_f32((lcg(&mut s) % 1000) as f32 / 500.0 - 1.0))
-            .collect();
-        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut out = vec![0f32; rows];
-        g.throughput(Throughput::Bytes((rows * k * 2) as u64));
-        for isa in Isa::available() {
-            g.bench_function(isa.name(), |b| {
-                b.iter(|| kernels::f16_matmul(isa, black_box(&w), k, &x, &mut out))
-            });
+        let k = 2560;
+        // 84 MB, and the 2B-4T output matrix's 128256 rows (657 MB, from memory).
+        for rows in [16384usize, 128256] {
+            let mut s = 5;
+            let w: Vec<f16> = (0..rows * k)
+                .map(|_| f16::from_f32((lcg(&mut s) % 1000) as f32 / 500.0 - 1.0))
+                .collect();
+            let map = huge_pages(bytemuck::cast_slice(&w));
+            drop(w);
+            let w: &[f16] = bytemuck::cast_slice(&map[..]);
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0f32; rows];
+            g.throughput(Throughput::Bytes((rows * k * 2) as u64));
+            for isa in Isa::available() {
+                let id = BenchmarkId::new(isa.name(), format!("{rows}x{k}"));
+                g.bench_function(id, |b| {
+                    b.iter(|| kernels::f16_matmul(isa, black_box(w), k, &x, &mut out))
+                });
+            }
         }
         g.finish();
     }
