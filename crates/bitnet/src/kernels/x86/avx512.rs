@@ -172,7 +172,7 @@ unsafe fn gemv_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i
 
 /// See [`crate::kernels::t16_matmul`]: one token at a time, [`T16_ROWS`] interleaved rows at
 /// once, two to a zmm (see [`t16_rows_wide`]), then the ragged last rows one at a time (see
-/// [`t16_rows`]).
+/// [`t16_row`]).
 ///
 /// # Safety
 /// Requires AVX2, AVX512F/BW/VL and AVX512-VNNI; slice lengths as documented there.
@@ -192,13 +192,14 @@ pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &m
             }
         }
         for (r, o) in out.iter_mut().enumerate().skip(grouped) {
-            let [dot] = t16_rows::<1>(w.as_ptr().add(r * row_bytes), k, q);
+            let dot = t16_row(w.as_ptr().add(r * row_bytes), k, q);
             *o = dot - qsum;
         }
     }
 }
 
-/// `Σ d·q` (codes `d = t + 1`) for `R` interleaved T1_6 rows, without ever forming a digit.
+/// `Σ d·q` (codes `d = t + 1`) for one T1_6 row (a ragged last row, in the file's order),
+/// without ever forming a digit.
 /// With `x_0` = a byte and `x_{i+1} = 3·x_i mod 256` (two byte adds), digit `i` is
 /// `d_i = ⌊3·x_i / 256⌋`, so `256·d_i = 3·x_i − x_{i+1}` exactly, and
 /// `256 · Σ_i d_i·q_i = 3 · Σ_i x_i·q_i − Σ_i x_{i+1}·q_i`: two `vpdpbusd` (u8 `x` × i8 `q`)
@@ -207,37 +208,30 @@ pub unsafe fn t16_matmul(w: &[u8], k: usize, acts: &[i8], qsums: &[i32], out: &m
 /// harmless and the shift is exact.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn t16_rows<const R: usize>(wp: *const u8, k: usize, q: *const u8) -> [i32; R] {
-    let mut acc3 = [_mm256_setzero_si256(); R];
-    let mut accm = [_mm256_setzero_si256(); R];
-    let full = k / T16_BLOCK_LEN;
-    for blk in 0..full {
+unsafe fn t16_row(wp: *const u8, k: usize, q: *const u8) -> i32 {
+    let (mut acc3, mut accm) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for blk in 0..k / T16_BLOCK_LEN {
         let qb = q.add(blk * T16_BLOCK_LEN);
-        let qv: [__m256i; 5] = std::array::from_fn(|i| load(qb.add(32 * i)));
-        for r in 0..R {
-            let p = wp.add((blk * R + r) * 32);
-            if r % 2 == 0 {
-                // One prefetch per 64-byte line; prefetches never fault.
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
-            }
-            let mut x = load(p);
-            for qi in qv {
-                let next = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
-                acc3[r] = _mm256_dpbusd_epi32(acc3[r], x, qi);
-                accm[r] = _mm256_dpbusd_epi32(accm[r], next, qi);
-                x = next;
-            }
+        let p = wp.add(blk * 32);
+        if blk % 2 == 0 {
+            // One prefetch per 64-byte line; prefetches never fault.
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+        }
+        let mut x = load(p);
+        for i in 0..5 {
+            let qi = load(qb.add(32 * i));
+            let next = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+            acc3 = _mm256_dpbusd_epi32(acc3, x, qi);
+            accm = _mm256_dpbusd_epi32(accm, next, qi);
+            x = next;
         }
     }
-    let acc_tail = t16_tail::<R>(wp, k, q);
-    std::array::from_fn(|r| {
-        let a3 = acc3[r];
-        let v = _mm256_sub_epi32(_mm256_add_epi32(a3, _mm256_add_epi32(a3, a3)), accm[r]);
-        hsum_epi32_256(_mm256_add_epi32(_mm256_srai_epi32::<8>(v), acc_tail[r]))
-    })
+    let [tail] = t16_tail::<1>(wp, k, q);
+    let v = _mm256_sub_epi32(_mm256_add_epi32(acc3, _mm256_add_epi32(acc3, acc3)), accm);
+    hsum_epi32_256(_mm256_add_epi32(_mm256_srai_epi32::<8>(v), tail))
 }
 
-/// [`t16_rows`] for `R = 2P` rows, two rows to a zmm (a row pair's blocks are 64 adjacent
+/// [`t16_row`]'s sum for `R = 2P` interleaved rows, two rows to a zmm (a row pair's blocks are 64 adjacent
 /// bytes; the activations are broadcast to both halves): half the instructions per weight
 /// byte, where the ymm loop is bound by `vpdpbusd`'s throughput (an Intel Xeon core ran it at
 /// 7.6 GiB/s of T1_6 bytes from cache, under what memory delivers).
