@@ -79,6 +79,8 @@ struct Adaptive {
     wall: Duration,
     alone: Duration,
     jobs: u32,
+    /// Jobs in the current window held up by a descheduled worker.
+    stalls: u32,
     /// Until when jobs run on the calling thread only, and the next such period's length.
     solo_until: Option<Instant>,
     backoff: Duration,
@@ -88,6 +90,8 @@ const WINDOW: Duration = Duration::from_millis(20);
 /// How much longer than its chunks' own cost one job may take before the pool concludes a
 /// worker was descheduled (an OS time slice is milliseconds; chunks are microseconds).
 const STALL: Duration = Duration::from_millis(1);
+/// Stalled jobs within one window that show another program on the workers' cores.
+const STALLS_FOR_SOLO: u32 = 2;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -97,6 +101,7 @@ impl Adaptive {
             wall: Duration::ZERO,
             alone: Duration::ZERO,
             jobs: 0,
+            stalls: 0,
             solo_until: None,
             backoff: MIN_BACKOFF,
         }
@@ -113,13 +118,19 @@ impl Adaptive {
         }
     }
 
-    /// Records one parallel job. A job held up far beyond what its chunks cost (a worker was
-    /// descheduled holding one) switches to solo mode at once; otherwise, at the end of a
-    /// window, if the workers made things slower (by more than 5 %, so noise does not flip it).
+    /// Records one parallel job. A second job in one window held up far beyond what its
+    /// chunks cost (a worker descheduled holding one) switches to solo mode at once;
+    /// otherwise, at the end of a window, if the workers made things slower (by more than 5 %,
+    /// so noise does not flip it). One stall alone is not contention: a virtual CPU preempted
+    /// by its host for a millisecond or two does that every second or so on an idle VM, and
+    /// answering each with 50 ms on one thread cost 2-thread decoding of the 2B-4T shape ~7 %.
     fn record(&mut self, now: Instant, wall: Duration, alone: Duration) {
         if wall > alone + STALL {
-            self.go_solo(now, wall, alone);
-            return;
+            self.stalls += 1;
+            if self.stalls >= STALLS_FOR_SOLO {
+                self.go_solo(now, wall, alone);
+                return;
+            }
         }
         self.wall += wall;
         self.alone += alone;
@@ -151,6 +162,7 @@ impl Adaptive {
         self.wall = Duration::ZERO;
         self.alone = Duration::ZERO;
         self.jobs = 0;
+        self.stalls = 0;
     }
 }
 
@@ -555,10 +567,28 @@ mod tests {
         }
         assert!(a.solo(t0 + ms(1)));
         assert!(!a.solo(t0 + MIN_BACKOFF + ms(1)));
-        // A single job stalled by a descheduled worker: solo at once, for twice as long.
-        a.record(t0, ms(5), ms(3));
-        assert!(a.solo(t0 + MIN_BACKOFF + ms(1)));
-        assert!(!a.solo(t0 + 2 * MIN_BACKOFF + ms(1)));
+        // One job stalled by a descheduled worker, then helping jobs: not contention.
+        let t1 = t0 + MIN_BACKOFF + ms(1);
+        a.record(t1, ms(5), ms(3));
+        assert!(!a.solo(t1));
+        for _ in 0..20 {
+            a.record(t1, ms(2), ms(3) + ms(3) / 5);
+        }
+        assert!(!a.solo(t1));
+        a.record(t1, ms(5), ms(3));
+        assert!(!a.solo(t1));
+        // A second stall in the same window: solo at once (for the shortest back-off: the
+        // window of helping jobs before halved it again).
+        a.record(t1, ms(5), ms(3));
+        assert!(a.solo(t1 + ms(1)));
+        assert!(!a.solo(t1 + MIN_BACKOFF + ms(1)));
+        // Two more stalls in a row: solo for twice as long.
+        let t2 = t1 + MIN_BACKOFF + ms(2);
+        a.record(t2, ms(5), ms(3));
+        assert!(!a.solo(t2));
+        a.record(t2, ms(5), ms(3));
+        assert!(a.solo(t2 + MIN_BACKOFF + ms(1)));
+        assert!(!a.solo(t2 + 2 * MIN_BACKOFF + ms(1)));
     }
 }
 
