@@ -653,6 +653,22 @@ pub unsafe fn f16_rows_dot(rows: &[f16], stride: usize, offset: usize, x: &[f32]
     rows_dot_group::<1>(base, stride, x.as_ptr(), len, out.len(), out.as_mut_ptr());
 }
 
+/// Cached keys and values are rows `stride` apart (one position's heads side by side), so a
+/// head's rows are strided reads from memory: each is asked for this many rows ahead.
+const KV_PREFETCH_ROWS: usize = 8;
+
+/// Prefetches the `d` f16 values of row `j` (a line at a time; past the end is harmless:
+/// prefetches never fault, and the address is only computed, not dereferenced).
+#[inline(always)]
+unsafe fn prefetch_row(base: *const u16, stride: usize, j: usize, d: usize) {
+    let row = base.wrapping_add(j * stride);
+    let mut i = 0;
+    while i < d {
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(i) as *const i8);
+        i += 32;
+    }
+}
+
 /// `op[g·n + j] = Σ_i key_j[i] · xs[g·d + i]` for `G` queries against `n` f16 keys (`d` a
 /// multiple of 32, key `j` at `base + j·stride`), each key converted once for all of them.
 /// Per query and key: `f16_dot`'s four accumulators over 32-value steps, their sum, one
@@ -668,6 +684,7 @@ unsafe fn rows_dot_group<const G: usize>(
 ) {
     for j in 0..n {
         let wp = base.add(j * stride);
+        prefetch_row(base, stride, j + KV_PREFETCH_ROWS, d);
         let mut acc = [[_mm256_setzero_ps(); 4]; G];
         let mut i = 0;
         while i < d {
@@ -784,6 +801,10 @@ pub(super) unsafe fn rows_axpy_multi<const G: usize>(
                 }
             }
             for j in 0..n {
+                if i == 0 {
+                    // The later passes find the rows in cache.
+                    prefetch_row(base, stride, j + KV_PREFETCH_ROWS, d);
+                }
                 let r = base.add(j * stride + i);
                 let v: [__m256; 4] = std::array::from_fn(|c| {
                     _mm256_cvtph_ps(_mm_loadu_si128(r.add(8 * c) as *const __m128i))
