@@ -122,7 +122,7 @@ impl Adaptive {
     /// chunks cost (a worker descheduled holding one) switches to solo mode at once;
     /// otherwise, at the end of a window, if the workers made things slower (by more than 5 %,
     /// so noise does not flip it). One stall alone is not contention: a virtual CPU preempted
-    /// by its host for a millisecond or two does that every second or so on an idle VM, and
+    /// by its host for a millisecond or two does that a few times a second on an idle VM, and
     /// answering each with 50 ms on one thread cost 2-thread decoding of the 2B-4T shape ~7 %.
     fn record(&mut self, now: Instant, wall: Duration, alone: Duration) {
         if wall > alone + STALL {
