@@ -231,10 +231,10 @@ unsafe fn t16_row(wp: *const u8, k: usize, q: *const u8) -> i32 {
     hsum_epi32_256(_mm256_add_epi32(_mm256_srai_epi32::<8>(v), tail))
 }
 
-/// [`t16_row`]'s sum for `R = 2P` interleaved rows, two rows to a zmm (a row pair's blocks are 64 adjacent
-/// bytes; the activations are broadcast to both halves): half the instructions per weight
-/// byte, where the ymm loop is bound by `vpdpbusd`'s throughput (an Intel Xeon core ran it at
-/// 7.6 GiB/s of T1_6 bytes from cache, under what memory delivers).
+/// [`t16_row`]'s sum for `R = 2P` interleaved rows, two rows to a zmm (a row pair's blocks
+/// are 64 adjacent bytes; the activations are broadcast to both halves): half the
+/// instructions per weight byte, where the ymm loop is bound by `vpdpbusd`'s throughput (an
+/// Intel Xeon core ran it at 7.6 GiB/s of T1_6 bytes from cache, under what memory delivers).
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn t16_rows_wide<const R: usize, const P: usize>(
