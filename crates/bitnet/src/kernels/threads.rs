@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 /// The longest an idle worker spins before it sleeps. Each worker adapts its own spin (see
 /// [`Spin`]): it grows when jobs come close together and halves when the worker had to sleep
-/// anyway, so between
-/// the back-to-back jobs of a large model's decode step workers stay awake, while with long
-/// serial gaps (a small model) they stop burning a core that another thread or program needs.
+/// anyway, so between the back-to-back jobs of a large model's decode step workers stay
+/// awake, while with long serial gaps (a small model) they stop burning a core that another
+/// thread or program needs.
 const SPIN: Duration = Duration::from_micros(200);
 /// Below this, a worker does not spin at all.
 const MIN_SPIN: Duration = Duration::from_micros(4);
