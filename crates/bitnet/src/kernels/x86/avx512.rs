@@ -208,7 +208,7 @@ unsafe fn gemv_rows_wide<const R: usize, const P: usize>(
         let hi = _mm512_add_epi32(_mm512_srai_epi32::<6>(a0), _mm512_srai_epi32::<4>(a1));
         let lo = _mm512_add_epi32(_mm512_srai_epi32::<2>(a2), a3);
         let v = _mm512_add_epi32(hi, lo);
-        out[2 * p] = hsum_epi32_256(_mm512_castsi512_si256(v));
+        out[2 * p] = hsum_epi32_256(lo_i(v));
         out[2 * p + 1] = hsum_epi32_256(_mm512_extracti64x4_epi64::<1>(v));
     }
     out
