@@ -952,7 +952,7 @@ impl Api {
             constraints: &self.constraints,
             defaults: &self.defaults,
             fixed_seed: false,
-            n_predict: N_PREDICT,
+            n_predict: Some(N_PREDICT),
             context_shift: None,
             n_ctx: self.scheduler.context_size(),
         }

@@ -195,19 +195,33 @@ impl ModelArgs {
 /// The chat template, for the commands that render conversations (`chat`, `batch`, `serve`).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TemplateArgs {
-    /// A Jinja chat template to use instead of the model's own (as llama.cpp's flag)
+    /// The chat template to use instead of the model's own, as llama.cpp's flag takes it: one
+    /// of llama.cpp's built-in format names (chatml, llama2, llama3, gemma, phi3, mistral-v7,
+    /// zephyr, vicuna, command-r, deepseek3, …; an unknown name lists them) or a Jinja template
     #[arg(long = "chat-template", conflicts_with = "chat_template_file")]
     pub chat_template: Option<String>,
-    /// The same, read from a file
+    /// A Jinja chat template read from a file
     #[arg(long = "chat-template-file")]
     pub chat_template_file: Option<std::path::PathBuf>,
 }
 
 impl TemplateArgs {
+    /// Checks `--chat-template` before any work is done: a value that is neither a built-in
+    /// format name nor a Jinja template is an error naming the built-in names.
+    pub fn check(&self) -> Result<()> {
+        if let Some(value) = &self.chat_template {
+            bitnet::tokenizer::chat_template_from_arg(value)
+                .map_err(|e| anyhow::anyhow!("--chat-template: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Puts the template given on the command line, if any, in place of the model's.
     pub fn apply(&self, tokenizer: &mut Tokenizer) -> Result<()> {
         let text = match (&self.chat_template, &self.chat_template_file) {
-            (Some(t), _) => t.clone(),
+            (Some(value), _) => bitnet::tokenizer::chat_template_from_arg(value)
+                .map_err(|e| anyhow::anyhow!("--chat-template: {e}"))?
+                .into_owned(),
             (None, Some(f)) => crate::files::read_limited_text(
                 Some(f),
                 crate::files::PROMPT_LIMIT,

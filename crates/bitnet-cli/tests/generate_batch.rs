@@ -361,3 +361,28 @@ fn batch_refuses_the_fields_only_the_server_answers() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `-n -1` (llama.cpp's "no limit") is the default budget of lines without `max_tokens`:
+/// generation then runs to a full context.
+#[test]
+fn batch_takes_n_minus_one_as_no_limit() {
+    let dir = std::env::temp_dir().join(format!("bitnet-batch-n-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"ROMEO:\", \"temperature\": 0, \"ignore_eos\": true}\n",
+    )
+    .unwrap();
+    let (input_s, output_s) = (input.to_str().unwrap(), output.to_str().unwrap());
+    bitnet(&[
+        "batch", "-n", "-1", "-c", "32", "-i", input_s, "-o", output_s,
+    ]);
+    let record: Value =
+        serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
+    let generated = record["generated_tokens"].as_u64().unwrap();
+    let prompt = record["prompt_tokens"].as_u64().unwrap();
+    assert!(generated > 0 && generated + prompt >= 31, "{record}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

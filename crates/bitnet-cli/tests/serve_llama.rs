@@ -1077,3 +1077,284 @@ fn streams_report_the_prompts_progress() {
     let (status, v) = post(a, "/v1/chat/completions", &whole);
     assert_eq!(status, 200, "{v}");
 }
+
+/// A header's value in a response head (names compared without case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// llama-server's defaults and flags that llama.cpp's server test suite showed missing: CORS
+/// for any origin by default, preflights before the API key, unknown paths 404 without the
+/// key, `-n -1`, `--chat-template NAME`, `--no-slots`, `--no-webui`, several `--alias`es and
+/// `--tags`.
+#[test]
+fn llama_server_defaults_and_flags() {
+    let server = start_with(&[
+        "--api-key",
+        "k",
+        "-n",
+        "-1",
+        "-c",
+        "48",
+        "--temp",
+        "0",
+        "--chat-template",
+        "llama3",
+        "--no-slots",
+        "--no-webui",
+        "--alias",
+        "first,second",
+        "--tags",
+        "t1,t2",
+    ]);
+    let a = server.addr.as_str();
+    let key = "Authorization: Bearer k";
+
+    // Any origin is echoed, with credentials, on any answer (test_security.py).
+    let (status, head, _) = http_with(a, "GET", "/health", &["Origin: http://any.test"], "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&head, "access-control-allow-origin"),
+        Some("http://any.test")
+    );
+    assert_eq!(
+        header(&head, "access-control-allow-credentials"),
+        Some("true")
+    );
+    // A preflight is answered before the key is asked for.
+    let (status, head, _) = http_with(
+        a,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            "Origin: http://any.test",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: authorization, content-type",
+        ],
+        "",
+    );
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        header(&head, "access-control-allow-origin"),
+        Some("http://any.test")
+    );
+    assert_eq!(
+        header(&head, "access-control-allow-methods"),
+        Some("GET, POST")
+    );
+    assert_eq!(
+        header(&head, "access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(
+        header(&head, "access-control-allow-credentials"),
+        Some("true")
+    );
+    // A path that is no route is a 404 without the key (the web UI's files are public in
+    // llama-server); routes still want it.
+    for (method, path) in [
+        ("GET", "/bundle.js"),
+        ("GET", "/bundle.css"),
+        ("POST", "/nope"),
+    ] {
+        let (status, body) = http(a, method, path, "");
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(body.contains("no such endpoint"), "{body}");
+    }
+    assert_eq!(http(a, "POST", "/completion", "{}").0, 401);
+    // --no-webui: no page; --no-slots: llama-server's 501.
+    assert_eq!(http(a, "GET", "/", "").0, 404);
+    let (status, _, body) = http_with(a, "GET", "/slots", &[key], "");
+    assert_eq!(status, 501, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        "This server does not support slots endpoint. Start it with `--slots`"
+    );
+    assert_eq!(v["error"]["type"], "not_supported_error");
+
+    // Aliases: the first is the id; all are listed, and each is a model here.
+    let (status, models) = get(a, "/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(models["data"].as_array().map(Vec::len), Some(1), "{models}");
+    assert_eq!(models["data"][0]["id"], "first");
+    assert_eq!(models["data"][0]["aliases"], json!(["first", "second"]));
+    assert_eq!(models["data"][0]["tags"], json!(["t1", "t2"]));
+    for id in ["first", "second"] {
+        let path = format!("/v1/models/{id}");
+        assert_eq!(http_with(a, "GET", &path, &[key], "").0, 200, "{path}");
+    }
+    let (status, _, body) = http_with(a, "GET", "/v1/models/third", &[key], "");
+    assert_eq!(status, 404, "{body}");
+
+    // -n -1: no limit by default, so a generation ends at the end of generation or a full
+    // context (48 tokens here).
+    let (_, _, body) = http_with(a, "GET", "/props", &[key], "");
+    let props: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        props["default_generation_settings"]["params"]["n_predict"], -1,
+        "{props}"
+    );
+    let (status, _, body) = http_with(
+        a,
+        "POST",
+        "/completion",
+        &[key],
+        &json!({"prompt": "ROMEO:", "ignore_eos": true}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    let predicted = done["tokens_predicted"].as_u64().unwrap_or(0);
+    let evaluated = done["tokens_evaluated"].as_u64().unwrap_or(0);
+    assert!(predicted > 0 && predicted + evaluated >= 47, "{done}");
+
+    // --chat-template llama3: llama.cpp's Llama 3 format.
+    let (status, _, body) = http_with(
+        a,
+        "POST",
+        "/apply-template",
+        &[key],
+        &json!({"messages": [{"role": "system", "content": " Be brief. "},
+                             {"role": "user", "content": "hi"}]})
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rendered: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        rendered["prompt"],
+        "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+}
+
+/// `--cors-origin` restricts to its origins; `none` turns CORS off.
+#[test]
+fn cors_origins_restrict_and_none_turns_cors_off() {
+    let server = start_with(&["--cors-origin", "none"]);
+    let (_, head, _) = http_with(
+        &server.addr,
+        "OPTIONS",
+        "/v1/completions",
+        &[
+            "Origin: http://any.test",
+            "Access-Control-Request-Method: POST",
+        ],
+        "",
+    );
+    assert_eq!(header(&head, "access-control-allow-origin"), None, "{head}");
+    drop(server);
+    let server = start_with(&["--cors-origin", "http://mine.test"]);
+    for (origin, allowed) in [("http://mine.test", true), ("http://any.test", false)] {
+        let (_, head, _) = http_with(
+            &server.addr,
+            "GET",
+            "/health",
+            &[&format!("Origin: {origin}")],
+            "",
+        );
+        assert_eq!(
+            header(&head, "access-control-allow-origin").is_some(),
+            allowed,
+            "{origin}: {head}"
+        );
+    }
+}
+
+/// `--pooling`: `none` gives every token's vector at llama-server's native `/embedding` (and
+/// OpenAI's endpoint refuses it, as llama-server does); `mean` is their normalised mean.
+#[test]
+fn pooling_none_and_mean() {
+    let prompt = "ROMEO: But soft";
+    let server = start_with(&["--pooling", "none"]);
+    let a = server.addr.as_str();
+    let (status, tokens) = post(
+        a,
+        "/tokenize",
+        &json!({"content": prompt, "add_special": true}),
+    );
+    assert_eq!(status, 200, "{tokens}");
+    let n_tokens = tokens["tokens"].as_array().map_or(0, Vec::len);
+    let (status, v) = post(a, "/embedding", &json!({"content": prompt}));
+    assert_eq!(status, 200, "{v}");
+    let rows: Vec<Vec<f64>> = v[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(
+        n_tokens > 1 && rows.len() >= n_tokens - 1,
+        "{} rows",
+        rows.len()
+    );
+    assert_refused(
+        post(a, "/v1/embeddings", &json!({"input": prompt})),
+        400,
+        "not OAI compatible",
+    );
+    drop(server);
+
+    let server = start_with(&["--pooling", "mean"]);
+    let a = server.addr.as_str();
+    let (status, native) = post(a, "/embedding", &json!({"content": prompt}));
+    assert_eq!(status, 200, "{native}");
+    let pooled: Vec<f64> = native[0]["embedding"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let (_, openai) = post(a, "/v1/embeddings", &json!({"input": prompt}));
+    assert_eq!(openai["data"][0]["embedding"], native[0]["embedding"][0]);
+    // The mean of the per-token vectors, normalised.
+    let width = pooled.len();
+    let mut mean = vec![0f64; width];
+    for r in &rows {
+        mean.iter_mut()
+            .zip(r)
+            .for_each(|(m, x)| *m += x / rows.len() as f64);
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff = mean
+        .iter()
+        .zip(&pooled)
+        .map(|(m, p)| (m / norm - p).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "mean pooling differs by {diff}");
+}
+
+/// Values llama-server refuses are refused before the model loads, naming what is known.
+#[test]
+fn bad_flag_values_are_refused_at_start() {
+    for (args, said) in [
+        (&["--chat-template", "llama-3"][..], "chatml, llama2"),
+        (&["--pooling", "rank"][..], "reranker"),
+        (&["-n", "-2"][..], "-n -2"),
+        (&["--cors-origin", "none,http://a.test"][..], "none"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["chat", "--chat-template", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("llama3"));
+}

@@ -39,9 +39,14 @@ pub struct Args {
     /// Output JSONL file
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
-    /// Default tokens to generate per request
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
-    n_predict: usize,
+    /// Default tokens to generate per request (-1: until end of generation or a full context)
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
 }
 
 /// The input's lines as bytes, numbered from 1, blank ones left out. Read as bytes so that a
@@ -56,6 +61,8 @@ fn lines(data: &[u8]) -> Vec<(usize, &[u8])> {
 
 pub fn run(args: Args) -> Result<()> {
     let defaults = args.sampling.config()?;
+    let n_predict = crate::model_args::n_predict(args.n_predict)?;
+    args.template.check()?;
     let data = crate::files::read_limited(
         Some(&args.input),
         crate::files::CORPUS_LIMIT,
@@ -89,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
                     &template,
                     &req,
                     &defaults,
-                    args.n_predict,
+                    n_predict,
                     speculative,
                 )
                 .map(|mut v| {
@@ -132,7 +139,7 @@ fn run_one(
     template: &Result<bitnet::tokenizer::ChatTemplate, String>,
     req: &Request,
     defaults: &SamplerConfig,
-    n_predict: usize,
+    n_predict: Option<usize>,
     speculative: Option<bitnet::generate::SpecConfig>,
 ) -> Result<Value> {
     // Every field is checked before the model runs. What the server honours beyond one
@@ -190,7 +197,7 @@ fn run_one(
         }
     };
     let config = GenerationConfig {
-        max_tokens: req.max_tokens.unwrap_or(Some(n_predict)),
+        max_tokens: req.max_tokens.unwrap_or(n_predict),
         stop: req.stop.clone(),
         ignore_eos: req.ignore_eos,
         context_shift: None,

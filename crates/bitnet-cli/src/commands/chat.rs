@@ -81,6 +81,7 @@ fn read_message(rl: &mut rustyline::DefaultEditor) -> Result<Option<String>> {
 pub fn run(args: Args) -> Result<()> {
     let sampler_config = args.sampling.config()?;
     let max_tokens = n_predict(args.n_predict)?;
+    args.template.check()?;
     let mut loaded = args.model.load()?;
     args.template.apply(&mut loaded.tokenizer)?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);

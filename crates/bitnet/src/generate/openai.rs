@@ -50,8 +50,9 @@ pub struct Settings<'a> {
     pub defaults: &'a SamplerConfig,
     /// Whether a request without a seed takes `defaults.seed` (otherwise a fresh random one).
     pub fixed_seed: bool,
-    /// `max_tokens` when a request gives none.
-    pub n_predict: usize,
+    /// `max_tokens` when a request gives none; `None`: until the end of generation or a full
+    /// context (llama.cpp's `-n -1`).
+    pub n_predict: Option<usize>,
     /// Context shift when a slot fills up: `Some(keep)` (llama.cpp's `--keep`, a request's
     /// `n_keep` overrides it); `None` stops with `length`.
     pub context_shift: Option<i64>,
@@ -363,7 +364,7 @@ pub fn jobs(settings: &Settings<'_>, req: &Request, plan: &Plan) -> Result<Vec<J
             out.push(Job {
                 prompt: p.ids.clone(),
                 sampler: sampler.clone(),
-                max_tokens: req.max_tokens.unwrap_or(Some(settings.n_predict)),
+                max_tokens: req.max_tokens.unwrap_or(settings.n_predict),
                 stop: req.stop.clone(),
                 ignore_eos: req.ignore_eos,
                 logit_bias: req.token_logit_bias(settings.tokenizer),

@@ -21,6 +21,7 @@
 
 mod bpe;
 mod chat;
+mod chat_names;
 mod decode;
 mod pretokenize;
 mod spm;
@@ -35,6 +36,7 @@ use crate::formats::gguf::{GgufError, GgufFile, Metadata, MetadataError};
 pub(crate) use bpe::byte_to_char;
 pub use bpe::char_to_byte;
 pub use chat::{ChatMessage, ChatTemplate};
+pub use chat_names::{chat_template_from_arg, chat_template_names, named_chat_template};
 pub(crate) use decode::PendingUtf8;
 pub use decode::StreamDecoder;
 pub use pretokenize::Llama3Split;
@@ -130,6 +132,17 @@ pub enum TokenizerError {
     ChatTemplate {
         /// minijinja's message (or the template's own).
         message: String,
+    },
+    /// A `--chat-template` value that is neither a built-in format name nor a Jinja template.
+    #[error(
+        "chat template `{name}`: not a built-in format name ({known}) and not a Jinja \
+         template (no `{{%` or `{{{{` in it)"
+    )]
+    UnknownChatTemplate {
+        /// The value given.
+        name: String,
+        /// The built-in names, comma-separated.
+        known: String,
     },
 }
 

@@ -4,7 +4,9 @@
 //! `float` (default) or `base64` (little-endian f32, as the `openai` client decodes it);
 //! `dimensions` truncates (Matryoshka) then normalises. Each input is one job of the
 //! library's scheduler ([`Job::embed`]): embeddings take the slots, queue and batched steps of
-//! the generation requests (continuous batching), each input whole in one step.
+//! the generation requests (continuous batching), each input whole in one step. `POST
+//! /embedding` is llama-server's native form of the same, and the only one that gives every
+//! token's vector (`--pooling none`).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use axum::Json;
 use base64::Engine as _;
 use bitnet::generate::request::llama_prompts;
 use bitnet::generate::{Event, Job, Prompt};
-use bitnet::model::EmbedOptions;
+use bitnet::model::{EmbedOptions, Pooling};
 use bitnet::tokenizer::EncodeOptions;
 use serde_json::{json, Value};
 
@@ -148,40 +150,23 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
         Ok(s) => s,
         Err(r) => return *r,
     };
+    if state.pooling == Some(Pooling::None) {
+        // llama-server's answer: OpenAI's shape has one vector per input.
+        return bad(
+            "Pooling type 'none' is not OAI compatible. Please use a different pooling type \
+             (the server runs with --pooling none: per-token vectors are at /embedding)",
+            "input",
+        );
+    }
     let n_tokens: usize = seqs.iter().map(Vec::len).sum();
     let options = EmbedOptions {
-        pooling: None,
+        pooling: state.pooling,
         normalize: true,
         dimensions,
     };
-    // One scheduler job per input: they share the steps (and the slots, queue and 503s) of
-    // the generation requests.
-    let jobs: Vec<Job> = seqs.into_iter().map(|s| Job::embed(s, options)).collect();
-    let n = jobs.len();
-    let Submitted { tickets, mut rx } = match submit(&state, jobs) {
-        Ok(s) => s,
-        Err(e) => return submit_error(&e),
-    };
-    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; n];
-    let mut remaining = n;
-    while remaining > 0 {
-        let Some((i, event)) = rx.recv().await else {
-            break;
-        };
-        match event {
-            Event::Embedding(v) => vectors[i] = Some(v),
-            Event::Done(_) => remaining -= 1,
-            Event::Failed(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e, None),
-            Event::Prompt { .. } | Event::Token { .. } | Event::Progress(_) => {}
-        }
-    }
-    drop(tickets);
-    let Some(vectors) = vectors.into_iter().collect::<Option<Vec<_>>>() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server ended the request before its embedding was computed",
-            None,
-        );
+    let vectors = match run(&state, seqs, options).await {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let data: Vec<Value> = vectors
         .iter()
@@ -203,4 +188,103 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
     }))
     .into_response()
+}
+
+/// Runs one scheduler job per input (they share the steps, slots, queue and 503s of the
+/// generation requests); the vectors in input order.
+async fn run(
+    state: &AppState,
+    seqs: Vec<Vec<u32>>,
+    options: EmbedOptions,
+) -> Result<Vec<Vec<f32>>, Box<Response>> {
+    let jobs: Vec<Job> = seqs.into_iter().map(|s| Job::embed(s, options)).collect();
+    let n = jobs.len();
+    let Submitted { tickets, mut rx } = match submit(state, jobs) {
+        Ok(s) => s,
+        Err(e) => return Err(Box::new(submit_error(&e))),
+    };
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut remaining = n;
+    while remaining > 0 {
+        let Some((i, event)) = rx.recv().await else {
+            break;
+        };
+        match event {
+            Event::Embedding(v) => vectors[i] = Some(v),
+            Event::Done(_) => remaining -= 1,
+            Event::Failed(e) => {
+                return Err(Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e, None)))
+            }
+            Event::Prompt { .. } | Event::Token { .. } | Event::Progress(_) => {}
+        }
+    }
+    drop(tickets);
+    vectors
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server ended the request before its embedding was computed",
+                None,
+            ))
+        })
+}
+
+/// `POST /embedding`: llama-server's native embeddings. `content` (or `input`) in any of its
+/// prompt forms; the answer is a list of `{"index", "embedding"}`, each `embedding` a list of
+/// vectors: every token's with `--pooling none` (not normalised, as llama-server leaves
+/// them), else the one pooled vector, L2-normalised (`embd_normalize` 2, the default, or -1
+/// for none).
+pub async fn native(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return bad("the body must be a JSON object", "body"),
+        Err(e) => return bad(format!("the body is not valid JSON: {e}"), "body"),
+    };
+    const FIELDS: [&str; 4] = ["content", "input", "model", "embd_normalize"];
+    if let Some(k) = req
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !FIELDS.contains(&k.as_str())))
+    {
+        return bad(format!("unknown field `{k}`"), k);
+    }
+    let Some(input) = req.get("content").or_else(|| req.get("input")) else {
+        return bad("`content` is required", "content");
+    };
+    let normalize = match req.get("embd_normalize") {
+        None | Some(Value::Null) => true,
+        Some(v) if v.as_i64() == Some(2) => true,
+        Some(v) if v.as_i64() == Some(-1) => false,
+        Some(v) => {
+            return bad(
+                format!("`embd_normalize` {v}: only 2 (euclidean, the default) or -1 (none)"),
+                "embd_normalize",
+            )
+        }
+    };
+    let seqs = match inputs(&state, input) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let per_token = state.pooling == Some(Pooling::None);
+    let options = EmbedOptions {
+        pooling: state.pooling,
+        normalize: normalize && !per_token,
+        dimensions: None,
+    };
+    let vectors = match run(&state, seqs, options).await {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let width = state.embedder.config().n_embd.max(1);
+    let results: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let rows: Vec<&[f32]> = v.chunks(width).collect();
+            json!({"index": i, "embedding": rows})
+        })
+        .collect();
+    Json(Value::Array(results)).into_response()
 }

@@ -273,7 +273,7 @@ fn slot(state: &AppState, id: usize, s: &SlotStatus) -> Value {
         "is_processing": s.state != SlotState::Idle,
         "state": s.state.as_str(),
         "cached_tokens": s.cached_tokens,
-        "params": params(state, &state.defaults, Some(state.n_predict)),
+        "params": params(state, &state.defaults, state.n_predict),
         "next_token": {"has_next_token": s.state != SlotState::Idle, "has_new_line": false,
                        "n_remain": -1, "n_decoded": 0},
     })
@@ -318,6 +318,14 @@ pub async fn slots(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if !state.slots_endpoint {
+        // llama-server's answer under --no-slots, word for word.
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "This server does not support slots endpoint. Start it with `--slots`",
+            None,
+        );
+    }
     let st = state.scheduler.status();
     let fail = query
         .get("fail_on_no_slot")

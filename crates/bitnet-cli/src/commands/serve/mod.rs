@@ -6,6 +6,7 @@
 //! sampling are the library's [`Scheduler`]; see its documentation.
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
+//! - `embeddings.rs`: `/v1/embeddings` (also `/embeddings`), and llama-server's `/embedding`.
 //! - `responses.rs`: `/v1/responses`, translated to a chat completion.
 //! - `anthropic.rs`: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`, translated
 //!   to a chat completion by the library.
@@ -77,25 +78,37 @@ pub struct Args {
     /// `-b` / `--batch-size`)
     #[arg(long, short = 'b', visible_alias = "batch-size", default_value_t = 128)]
     prefill_chunk: usize,
-    /// Model id shown by /v1/models and in responses (default: the model's file name)
-    #[arg(long)]
-    alias: Option<String>,
+    /// Model ids, comma-separated (llama-server's): the first is shown in responses and
+    /// /v1/models (which lists all under `aliases`), any is found at /v1/models/{id}
+    /// (default: the model's file name)
+    #[arg(short = 'a', long, value_delimiter = ',')]
+    alias: Vec<String>,
+    /// Model tags, comma-separated, shown in /v1/models (information only, as llama-server's)
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
     /// Require `Authorization: Bearer KEY` (or `X-Api-Key: KEY`) on the API and /metrics
     /// (not on /, /health and the model list);
     /// also read from the BITNET_API_KEY environment variable, which `ps` does not show
     #[arg(long)]
     api_key: Option<String>,
-    /// Allow browser pages from this origin to call the API (repeatable or comma-separated,
-    /// as llama-server's --cors-origins; `*` for any)
+    /// Browser pages allowed to call the API: by default any origin, as llama-server and
+    /// vLLM allow; these origins only (repeatable or comma-separated, as llama-server's
+    /// --cors-origins); `none` for no CORS headers at all
     #[arg(
         long = "cors-origin",
         visible_alias = "cors-origins",
         value_delimiter = ','
     )]
     cors_origin: Vec<String>,
-    /// Default `max_tokens` for requests that do not set it
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
-    n_predict: usize,
+    /// Default `max_tokens` for requests that do not set it (-1: until end of generation or
+    /// a full context, as llama-server's)
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
     /// On SIGTERM or Ctrl-C: seconds running requests may go on before they are ended (keep
     /// it below the orchestrator's grace period, e.g. Kubernetes'
     /// terminationGracePeriodSeconds, 30 by default)
@@ -123,12 +136,33 @@ pub struct Args {
     /// actions answer 501
     #[arg(long)]
     slot_save_path: Option<std::path::PathBuf>,
+    /// Answer `GET /slots` with 501, as llama-server's --no-slots
+    #[arg(long, overrides_with = "slots")]
+    no_slots: bool,
+    /// Serve `GET /slots` (the default; llama-server's --slots)
+    #[arg(long, overrides_with = "no_slots")]
+    slots: bool,
+    /// No web chat page: `/` answers 404 (llama-server's --no-webui)
+    #[arg(long, overrides_with = "webui")]
+    no_webui: bool,
+    /// Serve the web chat page at `/` (the default; llama-server's --webui)
+    #[arg(long, overrides_with = "no_webui")]
+    webui: bool,
+    /// Pooling of the embedding endpoints: none (every token's vector, on /embedding only),
+    /// mean, cls or last (default: the model's own); `rank` needs a reranker head, which
+    /// BitNet models have not
+    #[arg(long, value_parser = ["none", "mean", "cls", "last", "rank"])]
+    pooling: Option<String>,
 }
 
 /// What the handlers share.
 pub(crate) struct AppState {
-    /// The model id.
+    /// The model id: the first `--alias`, or the model's file name.
     pub name: String,
+    /// Every id `/v1/models/{id}` answers to: the `--alias` list (empty without one).
+    pub aliases: Vec<String>,
+    /// `--tags`, shown in `/v1/models`.
+    pub tags: Vec<String>,
     /// What `-m` named (the demo model's file name without `-m`): `/props`' `model_path`,
     /// which llama-server reports whatever `--alias` says.
     pub model_path: String,
@@ -141,11 +175,17 @@ pub(crate) struct AppState {
     /// Whether the sampling defaults carry a seed given on the command line (otherwise each
     /// request without one gets a fresh random seed).
     pub fixed_seed: bool,
-    pub n_predict: usize,
+    /// `-n`: `max_tokens` for requests without one; `None` (-1): until the end of generation
+    /// or a full context.
+    pub n_predict: Option<usize>,
     pub ctx_shift: bool,
     pub keep: i64,
     pub api_key: Option<String>,
-    pub cors_origins: Vec<String>,
+    pub cors: ops::Cors,
+    /// `GET /slots` answers (not with `--no-slots`).
+    pub slots_endpoint: bool,
+    /// `--pooling`: the embedding endpoints' pooling (`None`: the model's own).
+    pub pooling: Option<bitnet::model::Pooling>,
     pub metrics: ops::Metrics,
     pub started: std::time::SystemTime,
     /// `--timeout`: the request body's deadline.
@@ -168,12 +208,9 @@ pub(crate) fn log(line: &str) {
 /// The bundled demo model's file name.
 const DEMO_FILE_NAME: &str = "bitnet-shakespeare-7m-i2_s.gguf";
 
-/// The model id: `--alias`, else the file name of what `-m` names (the demo model's file name
-/// without `-m`; `hf:` specs as given).
+/// The model id without `--alias`: the file name of what `-m` names (the demo model's file
+/// name without `-m`; `hf:` specs as given).
 fn model_id(args: &Args) -> String {
-    if let Some(a) = &args.alias {
-        return a.clone();
-    }
     match &args.model.model {
         None => DEMO_FILE_NAME.to_string(),
         Some(m) if !m.starts_with("hf:") => Path::new(m)
@@ -203,6 +240,27 @@ pub fn run(args: Args) -> Result<()> {
         args.max_connections >= 1,
         "--max-connections 0: must be at least 1"
     );
+    let n_predict = crate::model_args::n_predict(args.n_predict)?;
+    let cors = ops::Cors::from_flag(&args.cors_origin).map_err(anyhow::Error::msg)?;
+    let pooling = match args.pooling.as_deref() {
+        None => None,
+        Some("rank") => anyhow::bail!(
+            "--pooling rank: ranking needs a reranker head (llama-server's --rerank models), \
+             which BitNet models have not; use none, mean, cls or last"
+        ),
+        Some(p) => Some(
+            p.parse::<bitnet::model::Pooling>()
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let mut aliases: Vec<String> = Vec::new();
+    for a in args.alias.iter().map(|a| a.trim()) {
+        anyhow::ensure!(!a.is_empty(), "--alias: an alias must not be empty");
+        if !aliases.iter().any(|x| x == a) {
+            aliases.push(a.to_string());
+        }
+    }
+    args.template.check()?;
     if let Some(dir) = &args.slot_save_path {
         anyhow::ensure!(
             dir.is_dir(),
@@ -267,7 +325,7 @@ pub fn run(args: Args) -> Result<()> {
         ..
     } = args.model.load()?;
     args.template.apply(&mut tokenizer)?;
-    let name = model_id(&args);
+    let name = aliases.first().cloned().unwrap_or_else(|| model_id(&args));
     let model_path = args
         .model
         .model
@@ -316,6 +374,13 @@ pub fn run(args: Args) -> Result<()> {
     ));
     let state = Arc::new(AppState {
         name,
+        aliases,
+        tags: args
+            .tags
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
         model_path,
         tokenizer,
         template,
@@ -323,7 +388,7 @@ pub fn run(args: Args) -> Result<()> {
         constraints,
         defaults,
         fixed_seed,
-        n_predict: args.n_predict,
+        n_predict,
         ctx_shift: args.ctx_shift,
         keep: args.keep,
         api_key: args
@@ -331,15 +396,21 @@ pub fn run(args: Args) -> Result<()> {
             .clone()
             .or_else(|| std::env::var("BITNET_API_KEY").ok())
             .filter(|k| !k.is_empty()),
-        cors_origins: args.cors_origin.clone(),
+        cors,
+        // (Whichever of --slots and --no-slots comes last is set.)
+        slots_endpoint: args.slots || !args.no_slots,
+        pooling,
         metrics: ops::Metrics::default(),
         started: std::time::SystemTime::now(),
         timeout,
         embedder,
         slot_save_path: args.slot_save_path.clone(),
     });
-    let app = Router::new()
-        .route("/", get(ops::page))
+    let mut app = Router::new();
+    if args.webui || !args.no_webui {
+        app = app.route("/", get(ops::page));
+    }
+    let app = app
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/v1/models", get(openai::models))
@@ -348,6 +419,7 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/embeddings", post(embeddings::embeddings))
+        .route("/embedding", post(embeddings::native))
         // llama-server serves the OpenAI routes without `/v1` too (clients whose base URL
         // lacks it); its `/completions` is the native endpoint, not OpenAI's.
         .route("/models", get(openai::models))
@@ -365,12 +437,18 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .merge(llama::routes())
-        .fallback(ops::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(
+        // Around the routes only, the outer one first: the API key, then the body. A path no
+        // route serves is a 404 without the key, its body unread.
+        .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             ops::read_body,
         ))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            ops::require_key,
+        ))
+        .fallback(ops::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(ops::MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             ops::gate,

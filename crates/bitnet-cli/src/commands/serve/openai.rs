@@ -60,16 +60,25 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [model_object(&state)]}))
 }
 
+/// The model in OpenAI's shape; with `--alias`/`--tags`, llama-server's `aliases` and `tags`.
 fn model_object(state: &AppState) -> Value {
     let created = state
         .started
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    json!({"id": state.name, "object": "model", "created": created, "owned_by": "bitnet-rust"})
+    let mut model =
+        json!({"id": state.name, "object": "model", "created": created, "owned_by": "bitnet-rust"});
+    if !state.aliases.is_empty() {
+        model["aliases"] = json!(state.aliases);
+    }
+    if !state.tags.is_empty() {
+        model["tags"] = json!(state.tags);
+    }
+    model
 }
 
 pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if id == state.name {
+    if id == state.name || state.aliases.contains(&id) {
         Json(model_object(&state)).into_response()
     } else {
         error(

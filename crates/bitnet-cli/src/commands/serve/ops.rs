@@ -31,6 +31,8 @@ pub fn error(status: StatusCode, message: impl Into<String>, param: Option<&str>
         StatusCode::UNAUTHORIZED => ("authentication_error", json!("invalid_api_key")),
         StatusCode::NOT_FOUND => ("not_found_error", json!("not_found")),
         StatusCode::SERVICE_UNAVAILABLE => ("server_busy", json!("server_busy")),
+        // llama-server's type for what it does not offer.
+        StatusCode::NOT_IMPLEMENTED => ("not_supported_error", Value::Null),
         s if s.is_client_error() => ("invalid_request_error", Value::Null),
         _ => ("server_error", Value::Null),
     };
@@ -104,13 +106,54 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether a path needs the API key: everything but the page, /health and the model list
-/// (public in llama-server too, so that clients can probe a server before they have a key).
+/// Which browser pages may call the API (`--cors-origin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    /// Any origin, echoed back with credentials allowed: llama-server's and vLLM's default.
+    AnyOrigin,
+    /// Only these origins (`--cors-origin a,b`).
+    Only(Vec<String>),
+    /// No CORS headers at all (`--cors-origin none`): browsers keep other pages out.
+    Off,
+}
+
+impl Cors {
+    /// Reads `--cors-origin`: nothing or `*` allows any origin, `none` none, else the list.
+    pub fn from_flag(origins: &[String]) -> Result<Cors, String> {
+        let origins: Vec<&str> = origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.contains(&"none") {
+            return match origins.len() {
+                1 => Ok(Cors::Off),
+                _ => Err("--cors-origin none: cannot be combined with origins".into()),
+            };
+        }
+        if origins.is_empty() || origins.contains(&"*") {
+            return Ok(Cors::AnyOrigin);
+        }
+        Ok(Cors::Only(
+            origins.into_iter().map(str::to_string).collect(),
+        ))
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        match self {
+            Cors::AnyOrigin => true,
+            Cors::Only(list) => list.iter().any(|a| a == origin),
+            Cors::Off => false,
+        }
+    }
+}
+
+/// Whether a path needs the API key: every API route but the page, /health and the model
+/// list (public in llama-server too, so that clients can probe a server before they have a
+/// key). Paths no route serves never get here (their 404 needs no key, as llama-server keeps
+/// everything but its API public).
 fn protected(path: &str) -> bool {
-    !matches!(
-        path,
-        "/" | "/health" | "/v1/health" | "/models" | "/v1/models"
-    )
+    !matches!(path, "/" | "/health" | "/models" | "/v1/models")
 }
 
 /// The key a request presents: `Authorization: Bearer KEY`, or `X-Api-Key: KEY` (as
@@ -124,39 +167,30 @@ fn presented_key(headers: &axum::http::HeaderMap) -> &str {
     bearer.or_else(x_api_key).unwrap_or("").trim()
 }
 
-/// Runs around every request: CORS, the API key, errors as JSON, the request log and the
-/// request counters. The log line is written when the response body ends (for a stream,
-/// when the last event has gone or the client left), so it can carry the token figures.
+/// Runs around every request: CORS (a preflight is answered here, before any route and
+/// without the API key, which browsers never send on one), errors as JSON, the request log
+/// and the request counters. The log line is written when the response body ends (for a
+/// stream, when the last event has gone or the client left), so it can carry the token
+/// figures.
 pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let origin = req
+    let allowed_origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
+        .filter(|o| state.cors.allows(o))
         .map(str::to_string);
-    let allowed_origin = origin.as_deref().and_then(|o| {
-        state
-            .cors_origins
-            .iter()
-            .any(|a| a == "*" || a == o)
-            .then(|| o.to_string())
-    });
-
-    let mut response = if method == Method::OPTIONS && allowed_origin.is_some() {
-        // A CORS preflight: answered here, before the API key (browsers send none). 200 and
-        // `GET, POST` as llama-server answers (its test suite checks both; browsers take
-        // either status). Credentials are allowed because the origin is echoed, never `*`.
+    if method == Method::OPTIONS && allowed_origin.is_some() {
+        // 200 and `GET, POST` as llama-server answers (its test suite checks both; browsers
+        // take either status). The headers asked for are allowed by name: a `*` does not
+        // cover `Authorization`, and means nothing at all on a request with credentials.
         let mut r = StatusCode::OK.into_response();
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, POST"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
         );
         let asked = req
             .headers()
@@ -170,34 +204,34 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut req: Request, next: Ne
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("600"),
         );
-        r
-    } else if state.api_key.as_ref().is_some_and(|key| {
-        protected(&path) && !same_secret(presented_key(req.headers()).as_bytes(), key.as_bytes())
-    }) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid or missing API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY` \
-             (the key given to `bitnet serve --api-key`)",
-            None,
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
-    } else {
-        let log = Arc::new(RequestLog::default());
-        req.extensions_mut().insert(Arc::clone(&log));
-        let r = next.run(req).await;
-        let r = json_errors(r, &method).await;
-        return finish(state, r, allowed_origin, method, path, start, Some(log));
-    };
-    if let Some(o) = &allowed_origin {
-        if let Ok(v) = HeaderValue::from_str(o) {
-            response
-                .headers_mut()
-                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        }
+        return finish(state, r, allowed_origin, method, path, start, None);
     }
-    finish(state, response, None, method, path, start, None)
+    let log = Arc::new(RequestLog::default());
+    req.extensions_mut().insert(Arc::clone(&log));
+    let r = next.run(req).await;
+    let r = json_errors(r, &method).await;
+    finish(state, r, allowed_origin, method, path, start, Some(log))
+}
+
+/// Runs around the API's routes only (a path no route serves is a 404 without it): the API
+/// key, checked before the body is read.
+pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let refused = state.api_key.as_ref().is_some_and(|key| {
+        protected(req.uri().path())
+            && !same_secret(presented_key(req.headers()).as_bytes(), key.as_bytes())
+    });
+    if !refused {
+        return next.run(req).await;
+    }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "Invalid or missing API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY` \
+         (the key given to `bitnet serve --api-key`)",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// Reads the whole request body within `--timeout` before any handler runs: hyper's header
@@ -266,12 +300,14 @@ fn finish(
     log: Option<Arc<RequestLog>>,
 ) -> Response {
     if let Some(o) = allowed_origin.and_then(|o| HeaderValue::from_str(&o).ok()) {
-        response
-            .headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("Origin"));
+        // The origin is echoed, never `*`: credentials are allowed only for a named origin.
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     if state.scheduler.is_shutting_down() {
         // Draining: a client's pooled connection should take its next request elsewhere.
