@@ -1106,7 +1106,7 @@ fn llama_server_defaults_and_flags() {
         "--no-slots",
         "--no-webui",
         "--alias",
-        "first,second",
+        "second,first",
         "--tags",
         "t1,t2",
     ]);
@@ -1176,7 +1176,8 @@ fn llama_server_defaults_and_flags() {
     );
     assert_eq!(v["error"]["type"], "not_supported_error");
 
-    // Aliases: the first is the id; all are listed, and each is a model here.
+    // Aliases: the smallest is the id (llama-server keeps them in a sorted set); all are
+    // listed, and each is a model here.
     let (status, models) = get(a, "/v1/models");
     assert_eq!(status, 200);
     assert_eq!(models["data"].as_array().map(Vec::len), Some(1), "{models}");
@@ -1302,6 +1303,11 @@ fn pooling_none_and_mean() {
         400,
         "not OAI compatible",
     );
+    // Un-prefixed `/embeddings` is llama-server's native endpoint there
+    // (test_embedding.py::test_embedding_pooling_none).
+    let (status, unprefixed) = post(a, "/embeddings", &json!({"input": prompt}));
+    assert_eq!(status, 200, "{unprefixed}");
+    assert_eq!(unprefixed, v);
     drop(server);
 
     let server = start_with(&["--pooling", "mean"]);
@@ -1316,6 +1322,13 @@ fn pooling_none_and_mean() {
         .collect();
     let (_, openai) = post(a, "/v1/embeddings", &json!({"input": prompt}));
     assert_eq!(openai["data"][0]["embedding"], native[0]["embedding"][0]);
+    // With a pooling, un-prefixed `/embeddings` keeps OpenAI's shape (clients whose base URL
+    // lacks `/v1`).
+    let (_, unprefixed) = post(a, "/embeddings", &json!({"input": prompt}));
+    assert_eq!(
+        unprefixed["data"][0]["embedding"],
+        openai["data"][0]["embedding"]
+    );
     // The mean of the per-token vectors, normalised.
     let width = pooled.len();
     let mut mean = vec![0f64; width];

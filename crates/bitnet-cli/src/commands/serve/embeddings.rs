@@ -231,6 +231,17 @@ async fn run(
         })
 }
 
+/// `POST /embeddings` (no `/v1`): OpenAI's shape, which OpenAI clients whose base URL lacks
+/// `/v1` expect; under `--pooling none`, which that shape cannot carry (one vector per input),
+/// llama-server's native answer, as llama-server serves its native endpoint there.
+pub async fn unprefixed(state: State<Arc<AppState>>, body: Bytes) -> Response {
+    if state.pooling == Some(Pooling::None) {
+        native(state, body).await
+    } else {
+        embeddings(state, body).await
+    }
+}
+
 /// `POST /embedding`: llama-server's native embeddings. `content` (or `input`) in any of its
 /// prompt forms; the answer is a list of `{"index", "embedding"}`, each `embedding` a list of
 /// vectors: every token's with `--pooling none` (not normalised, as llama-server leaves

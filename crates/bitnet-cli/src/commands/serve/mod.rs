@@ -6,7 +6,8 @@
 //! sampling are the library's [`Scheduler`]; see its documentation.
 //!
 //! - `openai.rs`: `/v1/completions`, `/v1/chat/completions`, `/v1/models`.
-//! - `embeddings.rs`: `/v1/embeddings` (also `/embeddings`), and llama-server's `/embedding`.
+//! - `embeddings.rs`: `/v1/embeddings` (also `/embeddings`, which under `--pooling none` is
+//!   llama-server's native one), and llama-server's `/embedding`.
 //! - `responses.rs`: `/v1/responses`, translated to a chat completion.
 //! - `anthropic.rs`: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`, translated
 //!   to a chat completion by the library.
@@ -78,9 +79,10 @@ pub struct Args {
     /// `-b` / `--batch-size`)
     #[arg(long, short = 'b', visible_alias = "batch-size", default_value_t = 128)]
     prefill_chunk: usize,
-    /// Model ids, comma-separated (llama-server's): the first is shown in responses and
-    /// /v1/models (which lists all under `aliases`), any is found at /v1/models/{id}
-    /// (default: the model's file name)
+    /// Model ids, comma-separated (llama-server's): the first in sorted order (as
+    /// llama-server keeps them in a sorted set) is shown in responses and /v1/models (which
+    /// lists all under `aliases`), any is found at /v1/models/{id} (default: the model's file
+    /// name)
     #[arg(short = 'a', long, value_delimiter = ',')]
     alias: Vec<String>,
     /// Model tags, comma-separated, shown in /v1/models (information only, as llama-server's)
@@ -260,6 +262,8 @@ pub fn run(args: Args) -> Result<()> {
             aliases.push(a.to_string());
         }
     }
+    // llama-server keeps its aliases in a `std::set`: the model id is the smallest.
+    aliases.sort();
     args.template.check()?;
     if let Some(dir) = &args.slot_save_path {
         anyhow::ensure!(
@@ -418,7 +422,7 @@ pub fn run(args: Args) -> Result<()> {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/embeddings", post(embeddings::embeddings))
+        .route("/embeddings", post(embeddings::unprefixed))
         .route("/embedding", post(embeddings::native))
         // llama-server serves the OpenAI routes without `/v1` too (clients whose base URL
         // lacks it); its `/completions` is the native endpoint, not OpenAI's.
