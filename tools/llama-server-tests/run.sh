@@ -5,6 +5,12 @@
 # of them are part of this repository. See README.md here. Not part of CI.
 #
 #   tools/llama-server-tests/run.sh LLAMA_TESTS_DIR [pytest args...]
+#   tools/llama-server-tests/run.sh --shim LLAMA_TESTS_DIR [pytest args...]
+#
+# --shim: the tests start their own servers, each with its own flags, through the
+# `llama-server` script here (LLAMA_SERVER_BIN_PATH), which translates llama-server's command
+# line to `bitnet serve` (the bundled demo model; flags it cannot honour make it exit with an
+# error, so the test fails). Without it: external mode, against servers started here.
 #
 # LLAMA_TESTS_DIR holds utils.py, conftest.py, requirements.txt and unit/*.py.
 # Environment: BITNET (the binary; default target/debug/bitnet, else `bitnet` on PATH),
@@ -14,8 +20,13 @@
 # PORT in external mode, so a plain server is started on each such port too.
 set -euo pipefail
 
+shim=0
+if [ "${1:-}" = "--shim" ]; then
+    shim=1
+    shift
+fi
 if [ $# -lt 1 ] || [ ! -d "$1/unit" ]; then
-    echo "usage: $0 LLAMA_TESTS_DIR [pytest args...]  (a directory with unit/*.py, utils.py, conftest.py)" >&2
+    echo "usage: $0 [--shim] LLAMA_TESTS_DIR [pytest args...]  (a directory with unit/*.py, utils.py, conftest.py)" >&2
     exit 2
 fi
 tests=$(cd "$1" && pwd)
@@ -36,6 +47,36 @@ if [ ! -x "$venv/bin/python" ]; then
         "$venv/bin/pip" install -q pytest openai requests wget filelock prometheus-client numpy
 fi
 "$venv/bin/python" -c 'import filelock' 2>/dev/null || "$venv/bin/pip" install -q filelock
+
+summary() {
+"$venv/bin/python" - "$out" <<'PY'
+import glob, sys, xml.etree.ElementTree as ET
+t = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for f in glob.glob(sys.argv[1] + "/*.xml"):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        for k in t:
+            t[k] += int(s.get(k, 0))
+passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
+print(f"llama.cpp server tests against bitnet serve: {passed} passed, {t['failures']} failed, "
+      f"{t['errors']} errors, {t['skipped']} skipped, of {t['tests']}")
+PY
+echo "pytest output and server logs: $out"
+}
+
+if [ "$shim" = 1 ]; then
+    # Every test starts (and stops) its own server through the shim, on PORT (the tests'
+    # default 8080), one at a time. bitnet_shim_plugin.py turns off the conftest's
+    # once-per-module start of every preset, which only downloads models.
+    here=$(cd "$(dirname "$0")" && pwd)
+    cd "$tests"
+    env -u DEBUG_EXTERNAL PYTHONDONTWRITEBYTECODE=1 LLAMA_SERVER_BIN_PATH="$here/llama-server" BITNET="$bitnet" \
+        PYTHONPATH="$tests:$here${PYTHONPATH:+:$PYTHONPATH}" PORT="$port" \
+        "$venv/bin/python" -m pytest -p bitnet_shim_plugin -p no:cacheprovider -q -rfEs \
+        --junitxml="$out/shim.xml" "$@" >"$out/shim.txt" 2>&1 || true
+    grep -E '^(FAILED|ERROR) ' "$out/shim.txt" | cut -c1-200 || true
+    summary
+    exit 0
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -83,15 +124,4 @@ if [ -f unit/test_security.py ]; then
     run media "$port" unit/test_security.py -k test_local_media_file "$@"
 fi
 
-"$venv/bin/python" - "$out" <<'PY'
-import glob, sys, xml.etree.ElementTree as ET
-t = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-for f in glob.glob(sys.argv[1] + "/*.xml"):
-    for s in ET.parse(f).getroot().iter("testsuite"):
-        for k in t:
-            t[k] += int(s.get(k, 0))
-passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
-print(f"llama.cpp server tests against bitnet serve: {passed} passed, {t['failures']} failed, "
-      f"{t['errors']} errors, {t['skipped']} skipped, of {t['tests']}")
-PY
-echo "pytest output and server logs: $out"
+summary
