@@ -248,18 +248,11 @@ pub async fn unprefixed(state: State<Arc<AppState>>, body: Bytes) -> Response {
 /// them), else the one pooled vector, L2-normalised (`embd_normalize` 2, the default, or -1
 /// for none).
 pub async fn native(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return bad("the body must be a JSON object", "body"),
-        Err(e) => return bad(format!("the body is not valid JSON: {e}"), "body"),
-    };
-    const FIELDS: [&str; 4] = ["content", "input", "model", "embd_normalize"];
-    if let Some(k) = req
-        .as_object()
-        .and_then(|o| o.keys().find(|k| !FIELDS.contains(&k.as_str())))
-    {
-        return bad(format!("unknown field `{k}`"), k);
-    }
+    let req =
+        match super::llama::small_body(&body, &["content", "input", "model", "embd_normalize"]) {
+            Ok(obj) => obj,
+            Err(r) => return *r,
+        };
     let Some(input) = req.get("content").or_else(|| req.get("input")) else {
         return bad("`content` is required", "content");
     };

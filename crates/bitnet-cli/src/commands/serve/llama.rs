@@ -59,7 +59,7 @@ pub(crate) fn exceeds_context(e: &RequestError) -> Response {
 
 /// A small request body (not a completion request): a JSON object whose fields are all
 /// among `known` (a misspelt field is refused by name, as on the completion endpoints).
-fn small_body(body: &[u8], known: &[&str]) -> Result<Map<String, Value>, Box<Response>> {
+pub(super) fn small_body(body: &[u8], known: &[&str]) -> Result<Map<String, Value>, Box<Response>> {
     let bad = |m: String, field: Option<&str>| Box::new(error(StatusCode::BAD_REQUEST, m, field));
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| bad(format!("invalid request: invalid JSON: {e}"), None))?;
