@@ -258,12 +258,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut aliases: Vec<String> = Vec::new();
     for a in args.alias.iter().map(|a| a.trim()) {
         anyhow::ensure!(!a.is_empty(), "--alias: an alias must not be empty");
-        if !aliases.iter().any(|x| x == a) {
-            aliases.push(a.to_string());
-        }
+        aliases.push(a.to_string());
     }
-    // llama-server keeps its aliases in a `std::set`: the model id is the smallest.
+    // llama-server keeps its aliases in a `std::set` (sorted, each once): the model id is the
+    // smallest.
     aliases.sort();
+    aliases.dedup();
     args.template.check()?;
     if let Some(dir) = &args.slot_save_path {
         anyhow::ensure!(
