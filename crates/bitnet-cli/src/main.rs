@@ -32,7 +32,7 @@ enum Command {
     /// Perplexity of a text file (llama-perplexity's method)
     Perplexity(commands::perplexity::Args),
     /// OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions with SSE)
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Text to token ids
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Token ids to text
@@ -100,7 +100,7 @@ fn main() {
         Command::Chat(args) => commands::chat::run(args),
         Command::Batch(args) => commands::batch::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
-        Command::Serve(args) => commands::serve::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Tokenize(args) => commands::tokenize::tokenize(args),
         Command::Detokenize(args) => commands::tokenize::detokenize(args),
         Command::Inspect(args) => commands::inspect::run(args),

@@ -167,7 +167,8 @@ impl ModelArgs {
         })
     }
 
-    fn load_quietly(&self) -> Result<Loaded> {
+    /// [`ModelArgs::load`] without the spinner and the context notes.
+    pub fn load_quietly(&self) -> Result<Loaded> {
         let source = source(self.model.as_deref());
         let options = self.options()?;
         let file = source.open_with_progress(&mut crate::commands::pull::DownloadBar::default())?;

@@ -1354,6 +1354,7 @@ fn bad_flag_values_are_refused_at_start() {
         (&["--pooling", "rank"][..], "reranker"),
         (&["-n", "-2"][..], "-n -2"),
         (&["--cors-origin", "none,http://a.test"][..], "none"),
+        (&["--sleep-idle-seconds", "0"][..], "above 0, or -1"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
             .args(["serve", "--port", "0"])
@@ -1370,4 +1371,98 @@ fn bad_flag_values_are_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("llama3"));
+}
+
+#[test]
+fn an_idle_server_sleeps_and_the_next_request_wakes_it() {
+    let server = start_with(&["--sleep-idle-seconds", "0.3", "--parallel", "2"]);
+    let addr = server.addr.as_str();
+    let request = json!({"prompt": "ROMEO:\n", "n_predict": 12, "temperature": 0});
+    let (status, awake) = post(addr, "/completion", &request);
+    assert_eq!(status, 200, "{awake}");
+    let is_sleeping = || get(addr, "/props").1["is_sleeping"].as_bool().unwrap();
+    let start = std::time::Instant::now();
+    while !is_sleeping() {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the server did not go to sleep"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // What needs no model answers without waking it.
+    let (status, health) = get(addr, "/health");
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            health["sleeping"].as_bool(),
+            health["kv_cache_bytes"].as_u64()
+        ),
+        (Some(true), Some(0))
+    );
+    assert_eq!(get(addr, "/models").0, 200);
+    let (status, tokens) = post(addr, "/tokenize", &json!({"content": "ROMEO"}));
+    assert_eq!(status, 200, "{tokens}");
+    let (_, metrics) = http(addr, "GET", "/metrics", "");
+    assert!(metrics.contains("\nbitnet_sleeping 1\n"), "{metrics}");
+    assert!(is_sleeping());
+    // A generation loads the model again and gives the same greedy text.
+    let (status, woken) = post(addr, "/completion", &request);
+    assert_eq!(status, 200, "{woken}");
+    assert_eq!(woken["content"], awake["content"]);
+    assert!(!is_sleeping());
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("sleeping: the model and KV caches are unloaded"),
+        "{log}"
+    );
+    assert!(log.contains("awake: the model loaded again"), "{log}");
+}
+
+#[test]
+fn a_draft_model_changes_no_token_and_must_share_the_vocabulary() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/bitnet-shakespeare-7m-i2_s.gguf"
+    );
+    let requests = [
+        json!({"prompt": "ROMEO:\n", "n_predict": 40, "temperature": 0}),
+        json!({"prompt": "JULIET:\n", "n_predict": 40, "temperature": 0.9, "seed": 7}),
+    ];
+    let answers = |args: &[&str]| {
+        let server = start_with(args);
+        let texts: Vec<Value> = requests
+            .iter()
+            .map(|r| {
+                let (status, v) = post(&server.addr, "/completion", r);
+                assert_eq!(status, 200, "{v}");
+                v["content"].clone()
+            })
+            .collect();
+        let (_, metrics) = http(&server.addr, "GET", "/metrics", "");
+        (texts, metrics)
+    };
+    let (plain, _) = answers(&[]);
+    let (drafted, metrics) = answers(&["--model-draft", demo, "--draft-p-min", "0"]);
+    assert_eq!(plain, drafted);
+    let drafted_tokens = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bitnet_spec_drafted_tokens_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(drafted_tokens > 0, "{metrics}");
+
+    let other = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/embedding/qwen3-wide/model.gguf"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["serve", "--port", "0", "--model-draft", other])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("must share the served model's vocabulary"),
+        "{stderr}"
+    );
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bitnet::formats::gguf::GgufFile;
 use bitnet::generate::constraint::ConstraintCompiler;
-use bitnet::generate::scheduler::{Event, Finished, Job, Scheduler, SchedulerConfig, SubmitError};
+use bitnet::generate::scheduler::{
+    DraftModel, Event, Finished, Job, Scheduler, SchedulerConfig, Sleep, SubmitError,
+};
 use bitnet::generate::{GenerationConfig, Sampler, SamplerConfig, Session, StopReason};
 use bitnet::model::{BitnetModel, CacheType};
 use bitnet::tokenizer::{EncodeOptions, Tokenizer};
@@ -78,6 +80,8 @@ fn config(slots: usize) -> SchedulerConfig {
         max_queue: 64,
         prefill_chunk: 7,
         speculative: None,
+        sleep: None,
+        draft: None,
     }
 }
 
@@ -753,18 +757,10 @@ fn speculative_slots_give_the_same_tokens() {
             ..SamplerConfig::default()
         },
     ];
-    let run = |spec: Option<SpecConfig>| {
-        let s = Scheduler::start(
-            Arc::clone(&model),
-            Arc::clone(&tok),
-            SchedulerConfig {
-                speculative: spec,
-                ..config(3)
-            },
-        )
-        .unwrap();
+    let run = |cfg: SchedulerConfig, samplers: &[SamplerConfig]| {
+        let s = Scheduler::start(Arc::clone(&model), Arc::clone(&tok), cfg).unwrap();
         let mut out = Vec::new();
-        for sampler in &samplers {
+        for sampler in samplers {
             let mut runs = Vec::new();
             for p in &prompts {
                 let (sink, run) = collector();
@@ -780,11 +776,37 @@ fn speculative_slots_give_the_same_tokens() {
         }
         (out, s.status())
     };
-    let (plain, _) = run(None);
-    let (fast, status) = run(Some(SpecConfig::default()));
+    let (plain, _) = run(config(3), &samplers);
+    let ngram = SchedulerConfig {
+        speculative: Some(SpecConfig::default()),
+        ..config(3)
+    };
+    let (fast, status) = run(ngram, &samplers);
     assert_eq!(plain, fast);
     assert!(status.spec_drafted_tokens > 0 && status.spec_accepted_tokens > 0);
     assert!(status.spec_accepted_tokens <= status.spec_drafted_tokens);
+
+    // A draft model (here the model itself, which proposes what greedy decoding picks):
+    // the same tokens, whatever it drafts and however much of it is kept.
+    let drafted = |max, min, p_min| SchedulerConfig {
+        draft: Some(DraftModel {
+            model: Arc::clone(&model),
+            max,
+            min,
+            p_min,
+        }),
+        ..config(3)
+    };
+    for (max, min, p_min) in [(6, 1, 0.0), (4, 2, 0.4), (16, 8, 0.0)] {
+        let (fast, status) = run(drafted(max, min, p_min), &samplers);
+        assert_eq!(plain, fast, "draft max {max} min {min} p_min {p_min}");
+        assert!(status.spec_drafted_tokens > 0, "{max} {min} {p_min}");
+    }
+    // Greedy requests keep every draft of their own model: the batched verification sees
+    // the logits the draft saw one token at a time.
+    let (_, status) = run(drafted(6, 1, 0.0), &samplers[..1]);
+    assert!(status.spec_drafted_tokens > 0);
+    assert_eq!(status.spec_accepted_tokens, status.spec_drafted_tokens);
 }
 
 #[test]
@@ -830,4 +852,108 @@ fn an_erased_slot_forgets_its_prefix() {
         Err(bitnet::generate::scheduler::SlotError::Busy(0))
     ));
     drop(ticket);
+}
+
+fn demo_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-shakespeare-7m-i2_s.gguf")
+}
+
+/// Polls the status until `done` holds (panics after 30 s).
+fn wait_for(s: &Scheduler, done: impl Fn(&bitnet::generate::scheduler::Status) -> bool) {
+    let start = Instant::now();
+    while !done(&s.status()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_idle_scheduler_sleeps_without_its_model_and_wakes_for_the_next_request() {
+    let (model, tokenizer) = demo();
+    let weights = Arc::downgrade(&model);
+    let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&loads);
+    let reload: bitnet::generate::scheduler::Reload = Arc::new(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = Arc::new(GgufFile::open(demo_path())?);
+        let mut model = BitnetModel::from_gguf(file)?;
+        model.set_threads(2);
+        Ok(model)
+    });
+    let s = Scheduler::start(
+        model,
+        Arc::clone(&tokenizer),
+        SchedulerConfig {
+            sleep: Some(Sleep {
+                after: Duration::from_millis(100),
+                reload,
+                on_sleep: None,
+            }),
+            ..config(2)
+        },
+    )
+    .unwrap();
+    let job = || Job {
+        max_tokens: Some(24),
+        ..Job::new(encode(&tokenizer, "ROMEO:\n"), sampler(3))
+    };
+    let (sink, run) = collector();
+    s.submit(job(), sink).unwrap().detach();
+    let (awake, _, _, _) = run.collect();
+    assert!(s.status().kv_cache_bytes > 0);
+
+    wait_for(&s, |st| st.sleeping);
+    let st = s.status();
+    assert_eq!((st.sleeps, st.kv_cache_bytes), (1, 0));
+    assert!(st.slots.iter().all(|slot| slot.cached_tokens == 0));
+    // The scheduler held the last reference: the weights are gone.
+    assert!(weights.upgrade().is_none());
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // The next request loads the model again and gives the same tokens.
+    let (sink, run) = collector();
+    s.submit(job(), sink).unwrap().detach();
+    let (woken, _, finished, _) = run.collect();
+    assert_eq!(woken, awake);
+    assert_eq!(
+        finished.cached_tokens, 0,
+        "the cached prefix went with the caches"
+    );
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let st = s.status();
+    assert!(!st.sleeping && st.kv_cache_bytes > 0);
+}
+
+#[test]
+fn a_model_that_does_not_load_again_fails_the_request_and_sleeps_on() {
+    let (model, tokenizer) = demo();
+    let reload: bitnet::generate::scheduler::Reload =
+        Arc::new(|| Err("the file is gone".to_string().into()));
+    let s = Scheduler::start(
+        model,
+        Arc::clone(&tokenizer),
+        SchedulerConfig {
+            sleep: Some(Sleep {
+                after: Duration::from_millis(50),
+                reload,
+                on_sleep: None,
+            }),
+            ..config(1)
+        },
+    )
+    .unwrap();
+    wait_for(&s, |st| st.sleeping);
+    let (sink, run) = collector();
+    s.submit(Job::new(encode(&tokenizer, "ROMEO:\n"), sampler(0)), sink)
+        .unwrap()
+        .detach();
+    match run.rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+        Event::Failed(why) => assert!(why.contains("the file is gone"), "{why}"),
+        e => panic!("expected a failure, got {e:?}"),
+    }
+    assert!(s.status().sleeping);
+    assert_eq!(s.status().queued, 0);
+    // Shutting down while asleep ends the thread.
+    s.shutdown(Duration::ZERO);
+    s.join();
 }

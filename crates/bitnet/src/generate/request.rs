@@ -712,6 +712,11 @@ fn other_field(key: &str) -> Option<(&'static str, Rule)> {
         // llama-server: accepted, changing nothing observable. Prompts always reuse a slot's
         // cached prefix, which gives the same tokens as running it again (batch invariance).
         "cache_prompt" => ("cache_prompt", Harmless(is_bool, "true or false")),
+        // llama-server: per-request draft lengths and confidence for speculative decoding,
+        // which changes no token (lossless); the server's own settings are used.
+        "speculative.n_max" => ("speculative.n_max", Harmless(is_number, "a number")),
+        "speculative.n_min" => ("speculative.n_min", Harmless(is_number, "a number")),
+        "speculative.p_min" => ("speculative.p_min", Harmless(is_number, "a number")),
         // llama-server: whether sampling runs on its GPU backend; the tokens are the same.
         "backend_sampling" => ("backend_sampling", Harmless(is_bool, "true or false")),
         // A sampler's parameters while the sampler is off (as they are in llama.cpp then).
@@ -1624,7 +1629,8 @@ mod tests {
                 "return_tokens": false, "timings_per_token": false, "post_sampling_probs": false,
                 "response_fields": [], "chat_template_kwargs": {{}}, "add_generation_prompt": true,
                 "reasoning_format": "none", "functions": null, "audio": null, "best_of": 1,
-                "suffix": null}}"#
+                "suffix": null, "speculative.n_max": 16, "speculative.n_min": 0,
+                "speculative.p_min": 0.75}}"#
         ))
         .unwrap();
         assert_eq!(r.n, 1);

@@ -51,6 +51,69 @@ pub struct SchedulerConfig {
     /// Prompt-lookup speculative decoding for every generating sequence (lossless; see
     /// [`super::speculative`]).
     pub speculative: Option<SpecConfig>,
+    /// Unload the model while idle, and load it again for the next request (`None`: keep it
+    /// loaded).
+    pub sleep: Option<Sleep>,
+    /// Speculative decoding with a draft model, in place of [`SchedulerConfig::speculative`]'s
+    /// prompt lookup.
+    pub draft: Option<DraftModel>,
+}
+
+/// Speculative decoding with a draft model (llama-server's `--model-draft`): a smaller model
+/// of the same vocabulary proposes each generating sequence's next tokens greedily, and one
+/// forward pass of the served model verifies them as prompt lookup's drafts are verified
+/// (lossless: the same tokens as without it). The draft model keeps its own KV cache per
+/// slot, caught up with the sequence before each draft. It stays loaded while the scheduler
+/// sleeps.
+#[derive(Clone)]
+pub struct DraftModel {
+    /// The draft model (its vocabulary must be the served model's).
+    pub model: Arc<BitnetModel>,
+    /// Most tokens drafted per step.
+    pub max: usize,
+    /// Fewest tokens worth verifying: a shorter draft is dropped.
+    pub min: usize,
+    /// The draft stops at a token the draft model gives less than this probability.
+    pub p_min: f32,
+}
+
+impl std::fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftModel")
+            .field("max", &self.max)
+            .field("min", &self.min)
+            .field("p_min", &self.p_min)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the model again after [`Sleep`].
+pub type Reload =
+    Arc<dyn Fn() -> Result<BitnetModel, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// Sleeping while idle (llama-server's `--sleep-idle-seconds`, ollama's keep-alive): after
+/// `after` with no request running or waiting, the scheduler drops its model and every
+/// slot's KV cache, so their memory goes back to the system, and [`Status::sleeping`] says
+/// so. The next request, or slot action, loads the model again with `reload` on the
+/// scheduler's thread and runs once it has loaded. The slots' cached prefixes go with their
+/// caches.
+#[derive(Clone)]
+pub struct Sleep {
+    /// Idle time before sleeping.
+    pub after: Duration,
+    /// Loads the same model again (its vocabulary and width must not have changed).
+    pub reload: Reload,
+    /// Called on the scheduler's thread once the model and caches are freed (a server logs
+    /// it).
+    pub on_sleep: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sleep")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -62,6 +125,8 @@ impl Default for SchedulerConfig {
             max_queue: 256,
             prefill_chunk: 128,
             speculative: None,
+            sleep: None,
+            draft: None,
         }
     }
 }
@@ -293,6 +358,9 @@ pub enum SlotError {
     /// The scheduler has stopped.
     #[error("the scheduler has stopped")]
     Stopped,
+    /// The model did not load again after [`Sleep`].
+    #[error("the model did not load again after sleeping: {0}")]
+    Reload(String),
     /// Saving or restoring the slot's cache failed.
     #[error("{file}: {source}")]
     File {
@@ -418,6 +486,11 @@ pub struct Status {
     pub spec_accepted_tokens: u64,
     /// Whether [`Scheduler::shutdown`] was called.
     pub shutting_down: bool,
+    /// Whether the model and the KV caches are unloaded while idle ([`Sleep`]); the next
+    /// request loads them again.
+    pub sleeping: bool,
+    /// Times the scheduler went to sleep.
+    pub sleeps: u64,
 }
 
 impl Status {
@@ -524,15 +597,12 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> Result<Scheduler, ModelError> {
         let n_slots = config.slots.max(1);
-        let mut slots = Vec::with_capacity(n_slots);
-        for _ in 0..n_slots {
-            slots.push(Slot {
-                cache: model.new_cache(config.n_ctx, config.cache_type)?,
-                tokens: Vec::new(),
-                last_used: 0,
-            });
-        }
+        let slots = new_slots(&model, n_slots, config.n_ctx, config.cache_type)?;
         let n_ctx = slots[0].cache.capacity();
+        let mut drafter = match config.draft {
+            Some(d) => Some(Drafter::new(d, &model, n_slots, n_ctx, config.cache_type)?),
+            None => None,
+        };
         let kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum();
         let status = Status {
             slots: slots
@@ -558,23 +628,55 @@ impl Scheduler {
         let thread_shared = Arc::clone(&shared);
         let prefill_chunk = config.prefill_chunk.max(1);
         let speculative = config.speculative;
+        let waking = Waking {
+            n_slots,
+            n_ctx: config.n_ctx,
+            cache_type: config.cache_type,
+            n_vocab,
+            n_embd: model.config().n_embd,
+        };
+        let sleep = config.sleep;
         let thread = std::thread::Builder::new()
             .name("bitnet-scheduler".into())
             .spawn(move || {
-                let mut engine = Engine {
-                    model: &model,
-                    tokenizer: &tokenizer,
-                    slots,
-                    queue: VecDeque::new(),
-                    active: Vec::new(),
-                    shared: &thread_shared,
-                    prefill_chunk,
-                    speculative,
-                    clock: 0,
-                    deadline: None,
-                    rate: 0.0,
-                };
-                engine.run(rx);
+                let mut loaded = Some((model, slots, None));
+                let mut clock = 0;
+                while let Some((model, slots, first)) = loaded.take() {
+                    let mut engine = Engine {
+                        model: &model,
+                        tokenizer: &tokenizer,
+                        slots,
+                        queue: VecDeque::new(),
+                        active: Vec::new(),
+                        shared: &thread_shared,
+                        prefill_chunk,
+                        speculative,
+                        clock,
+                        deadline: None,
+                        rate: 0.0,
+                        sleep_after: sleep.as_ref().map(|s| s.after),
+                        drafter: drafter.take(),
+                    };
+                    if let Some(msg) = first {
+                        engine.receive(msg);
+                    }
+                    if !engine.run(&rx) {
+                        break;
+                    }
+                    clock = engine.clock;
+                    drafter = engine.drafter.take();
+                    // Asleep: the caches and (with the last holder of the Arc) the weights
+                    // are freed before anything else happens.
+                    drop(engine);
+                    drop(model);
+                    waking.fell_asleep(&thread_shared);
+                    if let Some(sleep) = &sleep {
+                        if let Some(said) = &sleep.on_sleep {
+                            said();
+                        }
+                        loaded = waking.wake(&rx, &thread_shared, sleep);
+                    }
+                }
             })
             .map_err(|e| ModelError::Unsupported {
                 file: "scheduler".into(),
@@ -807,6 +909,10 @@ struct Engine<'a> {
     deadline: Option<Instant>,
     /// Smoothed generated tokens per second.
     rate: f64,
+    /// [`Sleep::after`].
+    sleep_after: Option<Duration>,
+    /// [`SchedulerConfig::draft`].
+    drafter: Option<Drafter>,
 }
 
 /// What became of a request after a step.
@@ -818,17 +924,27 @@ enum Outcome {
 }
 
 impl<'a> Engine<'a> {
-    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+    /// Runs until the scheduler stops (false) or, with [`Sleep`], has been idle long enough
+    /// to sleep (true).
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>) -> bool {
         loop {
             if self.active.is_empty() && self.queue.is_empty() {
                 if self.deadline.is_some() {
                     break;
                 }
                 self.publish();
-                match rx.recv() {
-                    Ok(msg) => self.receive(msg),
-                    Err(_) => break,
-                }
+                let msg = match self.sleep_after {
+                    Some(after) => match rx.recv_timeout(after) {
+                        Ok(msg) => msg,
+                        Err(mpsc::RecvTimeoutError::Timeout) => return true,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match rx.recv() {
+                        Ok(msg) => msg,
+                        Err(_) => break,
+                    },
+                };
+                self.receive(msg);
             }
             while let Ok(msg) = rx.try_recv() {
                 self.receive(msg);
@@ -845,6 +961,7 @@ impl<'a> Engine<'a> {
             self.publish();
         }
         self.publish();
+        false
     }
 
     fn receive(&mut self, msg: Msg) {
@@ -877,6 +994,9 @@ impl<'a> Engine<'a> {
                         let n = s.tokens.len();
                         s.tokens.clear();
                         s.cache.clear();
+                        if let Some(d) = &mut self.drafter {
+                            d.forget(slot);
+                        }
                         Ok(n)
                     }
                 };
@@ -1066,12 +1186,15 @@ impl<'a> Engine<'a> {
                     // (not under a grammar, whose state each token changes).
                     let slot = &self.slots[a.slot];
                     a.draft.clear();
-                    if let (Some(config), None) = (self.speculative, &a.p.job.constraint) {
-                        let room = slot.cache.capacity().saturating_sub(slot.tokens.len() + 1);
-                        let wanted =
-                            a.p.job
-                                .max_tokens
-                                .map_or(usize::MAX, |m| m.saturating_sub(a.generated + 1));
+                    let room = slot.cache.capacity().saturating_sub(slot.tokens.len() + 1);
+                    let wanted =
+                        a.p.job
+                            .max_tokens
+                            .map_or(usize::MAX, |m| m.saturating_sub(a.generated + 1));
+                    let free = a.p.job.constraint.is_none();
+                    if let (Some(drafter), true) = (&mut self.drafter, free) {
+                        a.draft = drafter.draft(a.slot, &slot.tokens, t, room.min(wanted));
+                    } else if let (Some(config), true) = (self.speculative, free) {
                         let limit = room.min(wanted).min(a.draft_len.max(1));
                         a.draft = speculative::ngram_draft_after(&slot.tokens, t, &config, limit);
                     }
@@ -1374,6 +1497,216 @@ fn finish_unstarted(mut p: Pending, stop: StopReason) {
         seed: p.job.sampler.seed,
         slot: None,
     }));
+}
+
+/// Every slot, with an empty cache of `n_ctx` positions.
+fn new_slots(
+    model: &BitnetModel,
+    n_slots: usize,
+    n_ctx: usize,
+    cache_type: CacheType,
+) -> Result<Vec<Slot>, ModelError> {
+    (0..n_slots)
+        .map(|_| {
+            Ok(Slot {
+                cache: model.new_cache(n_ctx, cache_type)?,
+                tokens: Vec::new(),
+                last_used: 0,
+            })
+        })
+        .collect()
+}
+
+/// A draft model and its cache per slot ([`DraftModel`]).
+struct Drafter {
+    config: DraftModel,
+    slots: Vec<Slot>,
+}
+
+impl Drafter {
+    fn new(
+        config: DraftModel,
+        target: &BitnetModel,
+        n_slots: usize,
+        n_ctx: usize,
+        cache_type: CacheType,
+    ) -> Result<Drafter, ModelError> {
+        let (ours, theirs) = (target.config().n_vocab, config.model.config().n_vocab);
+        if ours != theirs {
+            return Err(ModelError::Unsupported {
+                file: "draft model".into(),
+                message: format!(
+                    "its vocabulary has {theirs} tokens, the served model's {ours}: a draft \
+                     model must share the served model's vocabulary"
+                ),
+            });
+        }
+        let slots = new_slots(&config.model, n_slots, n_ctx, cache_type)?;
+        Ok(Drafter { config, slots })
+    }
+
+    fn forget(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.tokens.clear();
+            s.cache.clear();
+        }
+    }
+
+    /// Up to `limit` tokens to follow `context` and `last` (the sequence so far and the token
+    /// about to run): the draft model's greedy choices while each has at least
+    /// [`DraftModel::p_min`] probability; none when fewer than [`DraftModel::min`]. The draft
+    /// cache is first cut back to what it shares with the sequence and caught up.
+    fn draft(&mut self, slot: usize, context: &[u32], last: u32, limit: usize) -> Vec<u32> {
+        let limit = limit.min(self.config.max);
+        let min = self.config.min.max(1);
+        let Some(d) = self.slots.get_mut(slot) else {
+            return Vec::new();
+        };
+        // The draft's own tokens but the last run in its cache too.
+        let total = context.len() + 1;
+        let limit = limit.min((d.cache.capacity() + 1).saturating_sub(total));
+        if limit < min {
+            return Vec::new();
+        }
+        let at = |k: usize| context.get(k).copied().unwrap_or(last);
+        let common = d
+            .tokens
+            .iter()
+            .enumerate()
+            .take_while(|&(k, &t)| k < total - 1 && t == at(k))
+            .count();
+        d.cache.truncate(common);
+        d.tokens.truncate(common);
+        let model = &self.config.model;
+        let fresh: Vec<u32> = (common..total).map(at).collect();
+        let mut row = match model.forward(&fresh, &mut d.cache, Logits::Last) {
+            Ok(row) => row,
+            Err(_) => {
+                // Not expected (the sequence's tokens ran in the served model); draft nothing
+                // rather than fail the request.
+                d.cache.clear();
+                d.tokens.clear();
+                return Vec::new();
+            }
+        };
+        d.tokens.extend_from_slice(&fresh);
+        let mut draft = Vec::with_capacity(limit);
+        loop {
+            let (token, p) = draft_choice(&row);
+            if p < self.config.p_min {
+                break;
+            }
+            draft.push(token);
+            if draft.len() >= limit {
+                break;
+            }
+            match model.forward(&[token], &mut d.cache, Logits::Last) {
+                Ok(next) => row = next,
+                Err(_) => break,
+            }
+            d.tokens.push(token);
+        }
+        if draft.len() < min {
+            draft.clear();
+        }
+        draft
+    }
+}
+
+/// The most likely token of a row of logits, and its probability.
+fn draft_choice(row: &[f32]) -> (u32, f32) {
+    let (best, max) = row
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        });
+    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+    (best as u32, (1.0 / sum) as f32)
+}
+
+/// What the scheduler's thread needs to go to sleep and to wake up ([`Sleep`]).
+struct Waking {
+    n_slots: usize,
+    n_ctx: usize,
+    cache_type: CacheType,
+    n_vocab: usize,
+    n_embd: usize,
+}
+
+/// The model, its slots and the message that woke it, for the next engine.
+type Woken = (Arc<BitnetModel>, Vec<Slot>, Option<Msg>);
+
+impl Waking {
+    fn fell_asleep(&self, shared: &Shared) {
+        let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.sleeping = true;
+        st.sleeps += 1;
+        st.kv_cache_bytes = 0;
+        for s in &mut st.slots {
+            s.cached_tokens = 0;
+        }
+    }
+
+    /// Waits, asleep, for a message that needs the model, and loads it. `None`: the
+    /// scheduler stops. A failed load fails that message and sleeps on.
+    fn wake(&self, rx: &mpsc::Receiver<Msg>, shared: &Shared, sleep: &Sleep) -> Option<Woken> {
+        loop {
+            let msg = rx.recv().ok()?;
+            match msg {
+                Msg::Shutdown { .. } => return None,
+                Msg::Submit(p) if shared.shutting_down.load(Ordering::SeqCst) => {
+                    shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    finish_unstarted(*p, StopReason::Shutdown);
+                    continue;
+                }
+                _ => {}
+            }
+            match self.load(sleep) {
+                Ok((model, slots)) => {
+                    let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                    st.sleeping = false;
+                    st.kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum();
+                    return Some((model, slots, Some(msg)));
+                }
+                Err(why) => match msg {
+                    Msg::Submit(p) => {
+                        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                        let mut p = *p;
+                        let _ = (p.sink)(Event::Failed(format!(
+                            "the model did not load again after sleeping: {why}"
+                        )));
+                    }
+                    Msg::Erase { reply, .. } => {
+                        let _ = reply.send(Err(SlotError::Reload(why)));
+                    }
+                    Msg::File { reply, .. } => {
+                        let _ = reply.send(Err(SlotError::Reload(why)));
+                    }
+                    Msg::Shutdown { .. } => return None,
+                },
+            }
+        }
+    }
+
+    /// The model loaded again, checked against the one that slept, and its slots.
+    fn load(&self, sleep: &Sleep) -> Result<(Arc<BitnetModel>, Vec<Slot>), String> {
+        let model = (sleep.reload)().map_err(|e| e.to_string())?;
+        let c = model.config();
+        if (c.n_vocab, c.n_embd) != (self.n_vocab, self.n_embd) {
+            return Err(format!(
+                "it is not the model that slept (vocabulary {} and width {}, were {} and {})",
+                c.n_vocab, c.n_embd, self.n_vocab, self.n_embd
+            ));
+        }
+        let slots = new_slots(&model, self.n_slots, self.n_ctx, self.cache_type)
+            .map_err(|e| e.to_string())?;
+        Ok((Arc::new(model), slots))
+    }
 }
 
 fn file_error(path: &std::path::Path, source: crate::model::KvFileError) -> SlotError {

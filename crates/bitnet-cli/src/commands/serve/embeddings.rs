@@ -80,7 +80,7 @@ fn inputs(state: &AppState, input: &Value) -> Result<Vec<Vec<u32>>, Box<Response
             "input",
         ));
     }
-    let n_vocab = state.embedder.config().n_vocab;
+    let n_vocab = state.n_vocab;
     let n_ctx = state.scheduler.context_size();
     for (i, s) in seqs.iter().enumerate() {
         if s.is_empty() {
@@ -133,7 +133,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Resp
             )
         }
     };
-    let width = state.embedder.config().n_embd;
+    let width = state.n_embd;
     let dimensions = match req.get("dimensions") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -281,7 +281,7 @@ pub async fn native(State(state): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let width = state.embedder.config().n_embd.max(1);
+    let width = state.n_embd.max(1);
     let results: Vec<Value> = vectors
         .iter()
         .enumerate()

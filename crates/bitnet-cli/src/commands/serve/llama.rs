@@ -256,7 +256,7 @@ pub(crate) fn params(state: &AppState, s: &SamplerConfig, n_predict: Option<usiz
         "min_keep": 0,
         "grammar": "",
         "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"],
-        "speculative": false,
+        "speculative": state.speculative,
         "timings_per_token": false,
         "post_sampling_probs": false,
         "lora": [],
@@ -269,7 +269,7 @@ fn slot(state: &AppState, id: usize, s: &SlotStatus) -> Value {
         "id": id,
         "id_task": s.request.map_or(-1, |r| r as i64),
         "n_ctx": s.n_ctx,
-        "speculative": false,
+        "speculative": state.speculative,
         "is_processing": s.state != SlotState::Idle,
         "state": s.state.as_str(),
         "cached_tokens": s.cached_tokens,
@@ -298,7 +298,7 @@ pub async fn props(State(state): State<Arc<AppState>>) -> Response {
             .and_then(|e| state.tokenizer.token_str(e)).unwrap_or(""),
         "modalities": {"vision": false, "audio": false},
         "build_info": format!("bitnet-rust-{}", env!("CARGO_PKG_VERSION")),
-        "is_sleeping": false,
+        "is_sleeping": st.sleeping,
     }))
     .into_response()
 }
@@ -456,7 +456,9 @@ fn slot_error(e: SlotError) -> Response {
             ..
         } => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
         SlotError::File { .. } => error(StatusCode::BAD_REQUEST, e.to_string(), Some("filename")),
-        SlotError::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        SlotError::Stopped | SlotError::Reload(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+        }
     }
 }
 

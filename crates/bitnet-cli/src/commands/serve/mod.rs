@@ -155,6 +155,29 @@ pub struct Args {
     /// BitNet models have not
     #[arg(long, value_parser = ["none", "mean", "cls", "last", "rank"])]
     pooling: Option<String>,
+    /// Unload the model and the KV caches after this many seconds with no request running
+    /// or waiting, and load them again for the next request (llama-server's
+    /// --sleep-idle-seconds; -1: never). /health, /props, /metrics and the model list answer
+    /// without waking it; cached prompt prefixes are lost
+    #[arg(
+        long,
+        visible_alias = "sleep-idle-seconds",
+        default_value_t = -1.0,
+        allow_negative_numbers = true
+    )]
+    sleep_after: f64,
+    /// A draft model for speculative decoding (llama-server's --model-draft): a smaller model
+    /// with the served model's vocabulary proposes up to --draft-max tokens that one forward
+    /// pass of the served model verifies (lossless: the same tokens as without it), faster
+    /// when the draft model is much cheaper per token and often right
+    #[arg(long = "model-draft", conflicts_with = "spec")]
+    model_draft: Option<String>,
+    /// With --model-draft: drafts shorter than this are not verified
+    #[arg(long, default_value_t = 0)]
+    draft_min: usize,
+    /// With --model-draft: a draft stops at a token the draft model gives less probability
+    #[arg(long, default_value_t = 0.75)]
+    draft_p_min: f32,
 }
 
 /// What the handlers share.
@@ -192,8 +215,12 @@ pub(crate) struct AppState {
     pub started: std::time::SystemTime,
     /// `--timeout`: the request body's deadline.
     pub timeout: Duration,
-    /// The model, for `/v1/embeddings` (its forward pass is shared with the scheduler).
-    pub embedder: Arc<bitnet::model::BitnetModel>,
+    /// The model's vocabulary size (token ids in embedding inputs are checked against it).
+    pub n_vocab: usize,
+    /// The model's width (an embedding's dimensions).
+    pub n_embd: usize,
+    /// Whether speculative decoding runs (`--spec ngram` or `--model-draft`).
+    pub speculative: bool,
     /// `--slot-save-path`.
     pub slot_save_path: Option<std::path::PathBuf>,
 }
@@ -222,6 +249,63 @@ fn model_id(args: &Args) -> String {
     }
 }
 
+/// The `--model-draft` model, loaded with the served model's options, and checked to share
+/// its vocabulary token for token.
+fn load_draft(
+    args: &Args,
+    path: &str,
+    tokenizer: &Tokenizer,
+) -> Result<bitnet::generate::scheduler::DraftModel> {
+    anyhow::ensure!(
+        (1..=64).contains(&args.spec.draft_max),
+        "--draft-max {}: must be between 1 and 64",
+        args.spec.draft_max
+    );
+    anyhow::ensure!(
+        args.draft_min <= args.spec.draft_max,
+        "--draft-min {}: must not exceed --draft-max {}",
+        args.draft_min,
+        args.spec.draft_max
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.draft_p_min),
+        "--draft-p-min {}: must be a probability, 0 to 1",
+        args.draft_p_min
+    );
+    let mut draft_args = args.model.clone();
+    draft_args.model = Some(path.to_string());
+    let loaded = draft_args
+        .load_quietly()
+        .with_context(|| format!("--model-draft {path}"))?;
+    let (n, theirs) = (tokenizer.vocab_size(), loaded.tokenizer.vocab_size());
+    anyhow::ensure!(
+        n == theirs,
+        "--model-draft {path}: its vocabulary has {theirs} tokens, the served model's {n}; a \
+         draft model must share the served model's vocabulary"
+    );
+    if let Some(id) =
+        (0..n as u32).find(|&id| tokenizer.token_str(id) != loaded.tokenizer.token_str(id))
+    {
+        anyhow::bail!(
+            "--model-draft {path}: token {id} is {:?} there but {:?} in the served model; a \
+             draft model must share the served model's vocabulary",
+            loaded.tokenizer.token_str(id).unwrap_or_default(),
+            tokenizer.token_str(id).unwrap_or_default()
+        );
+    }
+    log(&format!(
+        "draft model {} for speculative decoding: up to {} tokens per step (at least {}, \
+         each with probability ≥ {})",
+        loaded.name, args.spec.draft_max, args.draft_min, args.draft_p_min
+    ));
+    Ok(bitnet::generate::scheduler::DraftModel {
+        model: Arc::new(loaded.model),
+        max: args.spec.draft_max,
+        min: args.draft_min,
+        p_min: args.draft_p_min,
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(
         (1..=256).contains(&args.parallel),
@@ -238,6 +322,11 @@ pub fn run(args: Args) -> Result<()> {
         "--timeout {}: must be a number of seconds above 0 (at most a day)",
         args.timeout
     );
+    let sleep_after = match args.sleep_after {
+        -1.0 => None,
+        s if s.is_finite() && s > 0.0 && s <= 1e9 => Some(Duration::from_secs_f64(s)),
+        s => anyhow::bail!("--sleep-after {s}: must be a number of seconds above 0, or -1 (never)"),
+    };
     anyhow::ensure!(
         args.max_connections >= 1,
         "--max-connections 0: must be at least 1"
@@ -352,8 +441,39 @@ pub fn run(args: Args) -> Result<()> {
         log("note: an embedding model: KV caches in f32 (f16 would move the vectors by ~6e-3)");
         cache_type = bitnet::model::CacheType::F32;
     }
+    let (n_vocab, n_embd) = (model.config().n_vocab, model.config().n_embd);
+    // The scheduler holds the only reference to the model, so that sleeping frees it.
+    let is_speculative = speculative.is_some() || args.model_draft.is_some();
+    let draft = match &args.model_draft {
+        None => None,
+        Some(path) => Some(load_draft(&args, path, &tokenizer)?),
+    };
     let model = Arc::new(model);
-    let embedder = Arc::clone(&model);
+    let sleep = sleep_after.map(|after| {
+        let reload_args = args.model.clone();
+        let reload: bitnet::generate::scheduler::Reload = Arc::new(move || {
+            let start = std::time::Instant::now();
+            log("waking up: loading the model again");
+            let loaded = reload_args.load_quietly().map_err(|e| format!("{e:#}"))?;
+            log(&format!(
+                "awake: the model loaded again in {:.2} s",
+                start.elapsed().as_secs_f64()
+            ));
+            Ok(loaded.model)
+        });
+        let on_sleep: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            log(&format!(
+                "sleeping: the model and KV caches are unloaded after {} s idle; the next \
+                 request loads them again",
+                after.as_secs_f64()
+            ))
+        });
+        bitnet::generate::scheduler::Sleep {
+            after,
+            reload,
+            on_sleep: Some(on_sleep),
+        }
+    });
     let scheduler = Scheduler::start(
         model,
         Arc::clone(&tokenizer),
@@ -364,6 +484,8 @@ pub fn run(args: Args) -> Result<()> {
             max_queue: args.queue,
             prefill_chunk: args.prefill_chunk,
             speculative,
+            sleep,
+            draft,
         },
     )?;
     let status = scheduler.status();
@@ -407,7 +529,9 @@ pub fn run(args: Args) -> Result<()> {
         metrics: ops::Metrics::default(),
         started: std::time::SystemTime::now(),
         timeout,
-        embedder,
+        n_vocab,
+        n_embd,
+        speculative: is_speculative,
         slot_save_path: args.slot_save_path.clone(),
     });
     let mut app = Router::new();

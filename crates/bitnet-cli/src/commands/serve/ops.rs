@@ -446,6 +446,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "slots_busy": st.slots_busy(),
         "queued": st.queued,
         "kv_cache_bytes": st.kv_cache_bytes,
+        "sleeping": st.sleeping,
     });
     let status = if st.shutting_down {
         StatusCode::SERVICE_UNAVAILABLE
@@ -570,6 +571,19 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "gauge",
         "Bytes of KV cache allocated for all slots.",
         &one(st.kv_cache_bytes.to_string()),
+    );
+    metric(
+        "bitnet_sleeping",
+        "gauge",
+        "1 while the model and KV caches are unloaded after --sleep-idle-seconds idle (the \
+         next request loads them again), else 0.",
+        &one(u8::from(st.sleeping).to_string()),
+    );
+    metric(
+        "bitnet_sleeps_total",
+        "counter",
+        "Times the server unloaded the model after --sleep-idle-seconds idle.",
+        &one(st.sleeps.to_string()),
     );
     let (sum, count) = state.metrics.ttft.lock().map(|t| *t).unwrap_or((0.0, 0));
     metric(
