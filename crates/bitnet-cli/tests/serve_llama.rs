@@ -1466,3 +1466,26 @@ fn a_draft_model_changes_no_token_and_must_share_the_vocabulary() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_generation_past_a_shifted_context_is_truncated() {
+    // llama-server's `truncated`: prompt and generated tokens together overflowed the
+    // context, whether generation stopped there or shifted it and went on.
+    let server = start_with(&["-c", "32", "--parallel", "1", "--temp", "0"]);
+    let request = json!({"prompt": "ROMEO:\n", "n_predict": 8});
+    let (_, short) = post(&server.addr, "/completion", &request);
+    assert_eq!(short["truncated"], false, "{short}");
+    let long = json!({"prompt": "ROMEO:\n", "n_predict": 40});
+    let (_, full) = post(&server.addr, "/completion", &long);
+    assert_eq!(
+        (full["truncated"].as_bool(), full["stop_type"].as_str()),
+        (Some(true), Some("limit")),
+        "{full}"
+    );
+    drop(server);
+    let server = start_with(&["-c", "32", "--parallel", "1", "--temp", "0", "--ctx-shift"]);
+    let (status, shifted) = post(&server.addr, "/completion", &long);
+    assert_eq!(status, 200, "{shifted}");
+    assert_eq!(shifted["tokens_predicted"], 40, "{shifted}");
+    assert_eq!(shifted["truncated"], true, "{shifted}");
+}

@@ -861,6 +861,7 @@ mod tests {
             total: Default::default(),
             seed: 0,
             slot: Some(0),
+            context_shifts: 0,
         })
     }
 

@@ -286,6 +286,9 @@ pub struct Finished {
     pub seed: u64,
     /// The slot it ran in (`None`: it ended before reaching one).
     pub slot: Option<usize>,
+    /// Context shifts while it generated ([`Job::context_shift`]): tokens of its context
+    /// were dropped (llama-server reports such a generation as `truncated`).
+    pub context_shifts: usize,
 }
 
 impl Finished {
@@ -892,6 +895,8 @@ struct Active<'t> {
     prompt_logprobs: Vec<Option<TokenLogprob>>,
     started: Instant,
     first_token: Option<Duration>,
+    /// Context shifts so far.
+    context_shifts: usize,
 }
 
 struct Engine<'a> {
@@ -1144,6 +1149,7 @@ impl<'a> Engine<'a> {
                 },
                 started: Instant::now(),
                 first_token: None,
+                context_shifts: 0,
                 p,
             });
         }
@@ -1413,6 +1419,7 @@ impl<'a> Engine<'a> {
             return false;
         }
         slot.tokens.drain(kept..kept + discarded);
+        self.active[i].context_shifts += 1;
         true
     }
 
@@ -1450,6 +1457,7 @@ impl<'a> Engine<'a> {
                     total: now,
                     seed: a.p.job.sampler.seed,
                     slot: Some(a.slot),
+                    context_shifts: a.context_shifts,
                 };
                 // Counted before the caller hears of the end, so a status read after it
                 // includes this request.
@@ -1496,6 +1504,7 @@ fn finish_unstarted(mut p: Pending, stop: StopReason) {
         total,
         seed: p.job.sampler.seed,
         slot: None,
+        context_shifts: 0,
     }));
 }
 

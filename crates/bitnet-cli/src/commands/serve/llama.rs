@@ -598,7 +598,10 @@ impl Native {
             "generation_settings": self.settings,
             "prompt": prompt.text,
             "has_new_line": r.content.contains('\n'),
-            "truncated": matches!(stop, Some(StopReason::ContextFull)),
+            // As llama-server: the context overflowed, whether generation stopped there or
+            // shifted the context and went on.
+            "truncated": matches!(stop, Some(StopReason::ContextFull))
+                || f.is_some_and(|f| f.context_shifts > 0),
             "stop_type": stop.map_or("none", stop_type),
             "stopping_word": match stop {
                 Some(StopReason::StopString(s)) => s.as_str(),
