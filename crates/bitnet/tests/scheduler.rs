@@ -908,6 +908,10 @@ fn an_idle_scheduler_sleeps_without_its_model_and_wakes_for_the_next_request() {
     assert!(st.slots.iter().all(|slot| slot.cached_tokens == 0));
     // The scheduler held the last reference: the weights are gone.
     assert!(weights.upgrade().is_none());
+    // Erasing a slot finds it empty and does not wake the model.
+    assert_eq!(s.erase_slot(1).unwrap(), 0);
+    assert!(s.erase_slot(2).is_err());
+    assert!(s.status().sleeping);
     assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     // The next request loads the model again and gives the same tokens.

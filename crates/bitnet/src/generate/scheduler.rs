@@ -1673,6 +1673,19 @@ impl Waking {
                     finish_unstarted(*p, StopReason::Shutdown);
                     continue;
                 }
+                // Asleep every slot is empty: nothing to erase, no reason to wake.
+                Msg::Erase { slot, reply } => {
+                    let answer = if slot < self.n_slots {
+                        Ok(0)
+                    } else {
+                        Err(SlotError::NoSuchSlot {
+                            slot,
+                            slots: self.n_slots,
+                        })
+                    };
+                    let _ = reply.send(answer);
+                    continue;
+                }
                 _ => {}
             }
             match self.load(sleep) {
