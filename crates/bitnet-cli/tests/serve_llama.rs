@@ -1355,6 +1355,14 @@ fn bad_flag_values_are_refused_at_start() {
         (&["-n", "-2"][..], "-n -2"),
         (&["--cors-origin", "none,http://a.test"][..], "none"),
         (&["--sleep-idle-seconds", "0"][..], "above 0, or -1"),
+        (
+            &["--spec", "ngram", "--model-draft", "d.gguf"][..],
+            "one or the other",
+        ),
+        (
+            &["--model-draft", "d.gguf", "--draft-p-min", "2"][..],
+            "a probability",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
             .args(["serve", "--port", "0"])
@@ -1409,7 +1417,6 @@ fn an_idle_server_sleeps_and_the_next_request_wakes_it() {
     let (status, woken) = post(addr, "/completion", &request);
     assert_eq!(status, 200, "{woken}");
     assert_eq!(woken["content"], awake["content"]);
-    assert!(!is_sleeping());
     let log = server.log.lock().unwrap().clone();
     assert!(
         log.contains("sleeping: the model and KV caches are unloaded"),
@@ -1488,4 +1495,24 @@ fn a_generation_past_a_shifted_context_is_truncated() {
     assert_eq!(status, 200, "{shifted}");
     assert_eq!(shifted["tokens_predicted"], 40, "{shifted}");
     assert_eq!(shifted["truncated"], true, "{shifted}");
+    // A prompt longer than the context is cut to fit (its first tokens and its end), not
+    // refused, as llama-server does under context shifting.
+    let passage = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, \
+                   and Juliet is the sun. Arise, fair sun, and kill the envious moon.";
+    let (status, cut) = post(
+        &server.addr,
+        "/completion",
+        &json!({"prompt": passage, "n_predict": 4, "n_keep": 2}),
+    );
+    assert_eq!(status, 200, "{cut}");
+    assert_eq!(cut["truncated"], true, "{cut}");
+    let evaluated = cut["tokens_evaluated"].as_u64().unwrap();
+    assert!((17..32).contains(&evaluated), "{cut}");
+    let run =
+        cut["timings"]["prompt_n"].as_u64().unwrap() + cut["timings"]["cache_n"].as_u64().unwrap();
+    assert_eq!(run, evaluated, "{cut}");
+    drop(server);
+    let server = start_with(&["-c", "32", "--parallel", "1", "--temp", "0"]);
+    let (status, refused) = post(&server.addr, "/completion", &json!({"prompt": passage}));
+    assert_eq!(status, 400, "{refused}");
 }

@@ -836,6 +836,7 @@ mod tests {
             prompts: vec![openai::PromptIds {
                 ids: vec![1, 2, 3, 4],
                 text: String::new(),
+                truncated: false,
             }],
             n: 1,
             logprobs: None,

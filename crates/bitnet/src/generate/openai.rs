@@ -103,6 +103,25 @@ pub fn keep_tokens(keep: i64, prompt: &[u32], bos: Option<u32>) -> usize {
     }
 }
 
+/// A prompt of `n_ctx` tokens or more cut to fit a context of `n_ctx`, as llama-server cuts
+/// one when context shifting is on: the first `keep` tokens stay, and of the rest whole blocks
+/// of half the remaining room are dropped from the front until what is left fits, leaving
+/// room to generate. `None` when `keep` leaves no room to cut in.
+pub fn truncate_prompt(prompt: &[u32], keep: usize, n_ctx: usize) -> Option<Vec<u32>> {
+    let keep = keep.min(prompt.len());
+    let block = n_ctx.checked_sub(keep)? / 2;
+    if block == 0 || prompt.len() < n_ctx {
+        return None;
+    }
+    // At least one block goes (prompt − keep ≥ 2·block), and the rest is shorter than
+    // keep + 2·block ≤ n_ctx.
+    let erased = (prompt.len() - keep - block) / block;
+    let mut cut = Vec::with_capacity(prompt.len() - erased * block);
+    cut.extend_from_slice(&prompt[..keep]);
+    cut.extend_from_slice(&prompt[keep + erased * block..]);
+    Some(cut)
+}
+
 /// llama-server's `timings` over finished generations: prompt figures count the tokens run
 /// (not those reused from a slot's cache, which are `cache_n`); times are the longest
 /// choice's, in milliseconds.
@@ -146,6 +165,8 @@ pub struct PromptIds {
     pub ids: Vec<u32>,
     /// Its text (for `echo`).
     pub text: String,
+    /// Cut to fit the context ([`truncate_prompt`]): `ids` are what is left.
+    pub truncated: bool,
 }
 
 /// A request turned into prompts and per-choice settings (llama-server's `/completion`
@@ -192,7 +213,7 @@ pub fn plan(
     let missing = |field, expected| RequestError::Field { field, expected };
     // Whether the chat template writes calls as Llama 3.x does (the format read here).
     let mut llama_calls = false;
-    let prompts = match (endpoint, req.input()) {
+    let mut prompts = match (endpoint, req.input()) {
         (Endpoint::Completions, Ok(Input::Prompts(prompts))) => prompts
             .into_iter()
             .map(|p| match p {
@@ -205,10 +226,12 @@ pub fn plan(
                         },
                     ),
                     text,
+                    truncated: false,
                 },
                 Prompt::Tokens(ids) => PromptIds {
                     text: tokenizer.decode(&ids).unwrap_or_default(),
                     ids,
+                    truncated: false,
                 },
                 // llama-server's dialect: its `/completion` has made it tokens already.
                 mixed @ Prompt::Mixed(_) => {
@@ -224,6 +247,7 @@ pub fn plan(
                     PromptIds {
                         text: tokenizer.decode(&ids).unwrap_or_default(),
                         ids,
+                        truncated: false,
                     }
                 }
             })
@@ -262,6 +286,7 @@ pub fn plan(
             vec![PromptIds {
                 ids: tokenizer.encode_chat(&text),
                 text,
+                truncated: false,
             }]
         }
         (Endpoint::Completions, Err(e)) if req.prompt.is_some() => return Err(e),
@@ -286,6 +311,17 @@ pub fn plan(
             "prompt",
             format!("token id {t} is outside the vocabulary of {n_vocab} tokens"),
         ));
+    }
+    // With context shifting on, a prompt that fills the context is cut as llama-server cuts
+    // it, instead of refused.
+    if let Some(keep) = settings.context_shift {
+        for p in prompts.iter_mut().filter(|p| p.ids.len() >= settings.n_ctx) {
+            let keep = keep_tokens(req.n_keep.unwrap_or(keep), &p.ids, tokenizer.bos_id());
+            if let Some(cut) = truncate_prompt(&p.ids, keep, settings.n_ctx) {
+                p.ids = cut;
+                p.truncated = true;
+            }
+        }
     }
     if let Some(p) = prompts.iter().find(|p| p.ids.len() > settings.n_ctx) {
         return Err(RequestError::ExceedsContext {
@@ -861,4 +897,29 @@ fn tool_delta(deltas: &[Delta]) -> Option<Value> {
         delta["tool_calls"] = json!(calls);
     }
     Some(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_prompt;
+
+    #[test]
+    fn a_long_prompt_is_cut_as_llama_server_cuts_it() {
+        // llama.cpp's server test: 301 tokens into 128, nothing kept: three blocks of 64 go,
+        // the last 109 tokens stay.
+        let prompt: Vec<u32> = (0..301).collect();
+        let cut = truncate_prompt(&prompt, 0, 128).unwrap();
+        assert_eq!(cut, (192..301).collect::<Vec<u32>>());
+        // The first `keep` stay; blocks are half of what is left after them.
+        let cut = truncate_prompt(&prompt, 10, 128).unwrap();
+        assert_eq!(&cut[..10], &prompt[..10]);
+        assert_eq!(cut.len(), 10 + (301 - 10) - 3 * 59);
+        assert!(cut.len() < 128);
+        // A prompt of exactly the context's size is cut too (room to generate).
+        assert!(truncate_prompt(&prompt[..128], 1, 128).unwrap().len() < 128);
+        // Nothing to cut: keeping it all, or no room beside what is kept.
+        assert_eq!(truncate_prompt(&prompt, 301, 128), None);
+        assert_eq!(truncate_prompt(&prompt, 127, 128), None);
+        assert_eq!(truncate_prompt(&prompt[..100], 0, 128), None);
+    }
 }

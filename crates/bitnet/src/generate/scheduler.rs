@@ -63,8 +63,9 @@ pub struct SchedulerConfig {
 /// of the same vocabulary proposes each generating sequence's next tokens greedily, and one
 /// forward pass of the served model verifies them as prompt lookup's drafts are verified
 /// (lossless: the same tokens as without it). The draft model keeps its own KV cache per
-/// slot, caught up with the sequence before each draft. It stays loaded while the scheduler
-/// sleeps.
+/// slot, caught up with the sequence before each draft (at most
+/// [`SchedulerConfig::prefill_chunk`] tokens a step) and shifted with it. Its weights stay
+/// loaded while the scheduler sleeps; its caches do not.
 #[derive(Clone)]
 pub struct DraftModel {
     /// The draft model (its vocabulary must be the served model's).
@@ -94,9 +95,10 @@ pub type Reload =
 /// Sleeping while idle (llama-server's `--sleep-idle-seconds`, ollama's keep-alive): after
 /// `after` with no request running or waiting, the scheduler drops its model and every
 /// slot's KV cache, so their memory goes back to the system, and [`Status::sleeping`] says
-/// so. The next request, or slot action, loads the model again with `reload` on the
-/// scheduler's thread and runs once it has loaded. The slots' cached prefixes go with their
-/// caches.
+/// so (a [`DraftModel`]'s caches go too; its weights stay). The next request, or a slot
+/// save or restore, loads the model again with `reload` on the scheduler's thread and runs
+/// once it has loaded (erasing a slot needs no model: it is empty). The slots' cached
+/// prefixes go with their caches.
 #[derive(Clone)]
 pub struct Sleep {
     /// Idle time before sleeping.
@@ -603,10 +605,18 @@ impl Scheduler {
         let slots = new_slots(&model, n_slots, config.n_ctx, config.cache_type)?;
         let n_ctx = slots[0].cache.capacity();
         let mut drafter = match config.draft {
-            Some(d) => Some(Drafter::new(d, &model, n_slots, n_ctx, config.cache_type)?),
+            Some(d) => Some(Drafter::new(
+                d,
+                &model,
+                n_slots,
+                n_ctx,
+                config.cache_type,
+                config.prefill_chunk,
+            )?),
             None => None,
         };
-        let kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum();
+        let kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum::<usize>()
+            + drafter.as_ref().map_or(0, Drafter::cache_bytes);
         let status = Status {
             slots: slots
                 .iter()
@@ -631,9 +641,9 @@ impl Scheduler {
         let thread_shared = Arc::clone(&shared);
         let prefill_chunk = config.prefill_chunk.max(1);
         let speculative = config.speculative;
-        let waking = Waking {
+        let reloader = Reloader {
             n_slots,
-            n_ctx: config.n_ctx,
+            n_ctx,
             cache_type: config.cache_type,
             n_vocab,
             n_embd: model.config().n_embd,
@@ -669,15 +679,21 @@ impl Scheduler {
                     clock = engine.clock;
                     drafter = engine.drafter.take();
                     // Asleep: the caches and (with the last holder of the Arc) the weights
-                    // are freed before anything else happens.
+                    // are freed before anything else happens; a draft model keeps its
+                    // weights but not its caches.
                     drop(engine);
                     drop(model);
-                    waking.fell_asleep(&thread_shared);
+                    if let Some(d) = &mut drafter {
+                        d.slots = Vec::new();
+                    }
+                    reloader.fell_asleep(&thread_shared);
                     if let Some(sleep) = &sleep {
-                        if let Some(said) = &sleep.on_sleep {
-                            said();
+                        if let Some(on_sleep) = &sleep.on_sleep {
+                            on_sleep();
                         }
-                        loaded = waking.wake(&rx, &thread_shared, sleep);
+                        loaded = reloader
+                            .wake(&rx, &thread_shared, sleep, &mut drafter)
+                            .map(|w| (w.model, w.slots, Some(w.first)));
                     }
                 }
             })
@@ -941,7 +957,11 @@ impl<'a> Engine<'a> {
                 let msg = match self.sleep_after {
                     Some(after) => match rx.recv_timeout(after) {
                         Ok(msg) => msg,
-                        Err(mpsc::RecvTimeoutError::Timeout) => return true,
+                        // (A message that came as the time ran out is not worth a reload.)
+                        Err(mpsc::RecvTimeoutError::Timeout) => match rx.try_recv() {
+                            Ok(msg) => msg,
+                            Err(_) => return true,
+                        },
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     },
                     None => match rx.recv() {
@@ -1185,6 +1205,8 @@ impl<'a> Engine<'a> {
         // order they arrived (the first always gets at least one token).
         let mut budget = self.prefill_chunk;
         let mut inputs: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        // (Drafting with a draft model is part of the step's time.)
+        let start = Instant::now();
         for (i, a) in self.active.iter_mut().enumerate() {
             match a.next {
                 Some(t) => {
@@ -1197,10 +1219,10 @@ impl<'a> Engine<'a> {
                         a.p.job
                             .max_tokens
                             .map_or(usize::MAX, |m| m.saturating_sub(a.generated + 1));
-                    let free = a.p.job.constraint.is_none();
-                    if let (Some(drafter), true) = (&mut self.drafter, free) {
+                    let unconstrained = a.p.job.constraint.is_none();
+                    if let (Some(drafter), true) = (&mut self.drafter, unconstrained) {
                         a.draft = drafter.draft(a.slot, &slot.tokens, t, room.min(wanted));
-                    } else if let (Some(config), true) = (self.speculative, free) {
+                    } else if let (Some(config), true) = (self.speculative, unconstrained) {
                         let limit = room.min(wanted).min(a.draft_len.max(1));
                         a.draft = speculative::ngram_draft_after(&slot.tokens, t, &config, limit);
                     }
@@ -1239,7 +1261,6 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        let start = Instant::now();
         let result = {
             let mut caches: Vec<Option<&mut KvCache>> =
                 self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
@@ -1405,7 +1426,8 @@ impl<'a> Engine<'a> {
 
     /// Shifts sequence `i`'s context as llama.cpp does; false when nothing can be dropped.
     fn shift(&mut self, i: usize, keep: usize) -> bool {
-        let slot = &mut self.slots[self.active[i].slot];
+        let index = self.active[i].slot;
+        let slot = &mut self.slots[index];
         let kept = keep.min(slot.tokens.len());
         let discarded = (slot.tokens.len() - kept) / 2;
         if discarded == 0 {
@@ -1417,6 +1439,9 @@ impl<'a> Engine<'a> {
             .is_err()
         {
             return false;
+        }
+        if let Some(drafter) = &mut self.drafter {
+            drafter.shift(index, &slot.tokens, kept, discarded);
         }
         slot.tokens.drain(kept..kept + discarded);
         self.active[i].context_shifts += 1;
@@ -1529,7 +1554,14 @@ fn new_slots(
 /// A draft model and its cache per slot ([`DraftModel`]).
 struct Drafter {
     config: DraftModel,
+    /// One per slot; none while the scheduler sleeps.
     slots: Vec<Slot>,
+    n_slots: usize,
+    n_ctx: usize,
+    cache_type: CacheType,
+    /// Tokens the draft cache catches up per step ([`SchedulerConfig::prefill_chunk`]), so a
+    /// new request's prompt does not hold up the step for every other sequence.
+    chunk: usize,
 }
 
 impl Drafter {
@@ -1539,19 +1571,50 @@ impl Drafter {
         n_slots: usize,
         n_ctx: usize,
         cache_type: CacheType,
+        chunk: usize,
     ) -> Result<Drafter, ModelError> {
+        let refuse = |message: String| ModelError::Unsupported {
+            file: "draft model".into(),
+            message,
+        };
         let (ours, theirs) = (target.config().n_vocab, config.model.config().n_vocab);
         if ours != theirs {
-            return Err(ModelError::Unsupported {
-                file: "draft model".into(),
-                message: format!(
-                    "its vocabulary has {theirs} tokens, the served model's {ours}: a draft \
-                     model must share the served model's vocabulary"
-                ),
-            });
+            return Err(refuse(format!(
+                "its vocabulary has {theirs} tokens, the served model's {ours}: a draft model \
+                 must share the served model's vocabulary"
+            )));
         }
-        let slots = new_slots(&config.model, n_slots, n_ctx, cache_type)?;
-        Ok(Drafter { config, slots })
+        if config.max == 0 || !(0.0..=1.0).contains(&config.p_min) {
+            return Err(refuse(format!(
+                "max {} and p_min {}: max must be at least 1 and p_min a probability, 0 to 1",
+                config.max, config.p_min
+            )));
+        }
+        let mut drafter = Drafter {
+            config,
+            slots: Vec::new(),
+            n_slots,
+            n_ctx,
+            cache_type,
+            chunk: chunk.max(1),
+        };
+        drafter.allocate()?;
+        Ok(drafter)
+    }
+
+    /// The draft caches (again, after sleeping).
+    fn allocate(&mut self) -> Result<(), ModelError> {
+        self.slots = new_slots(
+            &self.config.model,
+            self.n_slots,
+            self.n_ctx,
+            self.cache_type,
+        )?;
+        Ok(())
+    }
+
+    fn cache_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.cache.bytes()).sum()
     }
 
     fn forget(&mut self, slot: usize) {
@@ -1561,23 +1624,50 @@ impl Drafter {
         }
     }
 
+    /// The served model's context shift, `discarded` tokens after the first `kept` of
+    /// `before` (the slot's tokens before it), done to the draft cache too when it holds
+    /// them; otherwise the next draft runs the shifted sequence again from where they part.
+    fn shift(&mut self, slot: usize, before: &[u32], kept: usize, discarded: usize) {
+        let Some(d) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let end = kept + discarded;
+        if d.tokens.len() >= end && before.len() >= end && d.tokens[..end] == before[..end] {
+            if self
+                .config
+                .model
+                .shift_cache(&mut d.cache, kept, discarded)
+                .is_ok()
+            {
+                d.tokens.drain(kept..end);
+            } else {
+                d.tokens.clear();
+                d.cache.clear();
+            }
+        }
+    }
+
     /// Up to `limit` tokens to follow `context` and `last` (the sequence so far and the token
     /// about to run): the draft model's greedy choices while each has at least
     /// [`DraftModel::p_min`] probability; none when fewer than [`DraftModel::min`]. The draft
-    /// cache is first cut back to what it shares with the sequence and caught up.
+    /// cache is first cut back to what it shares with the sequence, then caught up, at most
+    /// [`Drafter::chunk`] tokens a step (no draft until it has caught up).
     fn draft(&mut self, slot: usize, context: &[u32], last: u32, limit: usize) -> Vec<u32> {
-        let limit = limit.min(self.config.max);
         let min = self.config.min.max(1);
         let Some(d) = self.slots.get_mut(slot) else {
             return Vec::new();
         };
-        // The draft's own tokens but the last run in its cache too.
+        // The sequence and a draft of n run through the draft model but the draft's last
+        // token: total + n − 1 positions.
         let total = context.len() + 1;
-        let limit = limit.min((d.cache.capacity() + 1).saturating_sub(total));
+        let limit = limit
+            .min(self.config.max)
+            .min((d.cache.capacity() + 1).saturating_sub(total));
         if limit < min {
             return Vec::new();
         }
         let at = |k: usize| context.get(k).copied().unwrap_or(last);
+        // At least `last` runs, for fresh logits.
         let common = d
             .tokens
             .iter()
@@ -1587,22 +1677,25 @@ impl Drafter {
         d.cache.truncate(common);
         d.tokens.truncate(common);
         let model = &self.config.model;
-        let fresh: Vec<u32> = (common..total).map(at).collect();
-        let mut row = match model.forward(&fresh, &mut d.cache, Logits::Last) {
-            Ok(row) => row,
-            Err(_) => {
-                // Not expected (the sequence's tokens ran in the served model); draft nothing
-                // rather than fail the request.
-                d.cache.clear();
-                d.tokens.clear();
-                return Vec::new();
-            }
+        let upto = total.min(common + self.chunk);
+        let fresh: Vec<u32> = (common..upto).map(at).collect();
+        let row = model.forward(&fresh, &mut d.cache, Logits::Last);
+        let Ok(mut row) = row else {
+            // Not expected (these tokens ran in the served model); draft nothing rather than
+            // fail the request.
+            d.cache.clear();
+            d.tokens.clear();
+            return Vec::new();
         };
         d.tokens.extend_from_slice(&fresh);
+        if upto < total {
+            return Vec::new();
+        }
         let mut draft = Vec::with_capacity(limit);
         loop {
             let (token, p) = draft_choice(&row);
-            if p < self.config.p_min {
+            // (NaN logits draft nothing.)
+            if p.is_nan() || p < self.config.p_min {
                 break;
             }
             draft.push(token);
@@ -1639,18 +1732,33 @@ fn draft_choice(row: &[f32]) -> (u32, f32) {
 }
 
 /// What the scheduler's thread needs to go to sleep and to wake up ([`Sleep`]).
-struct Waking {
+struct Reloader {
     n_slots: usize,
+    /// Positions each slot held (the reloaded model's slots must hold as many).
     n_ctx: usize,
     cache_type: CacheType,
     n_vocab: usize,
     n_embd: usize,
 }
 
-/// The model, its slots and the message that woke it, for the next engine.
-type Woken = (Arc<BitnetModel>, Vec<Slot>, Option<Msg>);
+/// The model loaded again, its slots and the message that woke it, for the next engine.
+struct Woken {
+    model: Arc<BitnetModel>,
+    slots: Vec<Slot>,
+    first: Msg,
+}
 
-impl Waking {
+/// What becomes of a message while asleep.
+enum Asleep {
+    /// Answered without the model.
+    Answered,
+    /// Shutdown: the scheduler stops.
+    Stop,
+    /// It needs the model.
+    Wake(Msg),
+}
+
+impl Reloader {
     fn fell_asleep(&self, shared: &Shared) {
         let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
         st.sleeping = true;
@@ -1661,62 +1769,109 @@ impl Waking {
         }
     }
 
-    /// Waits, asleep, for a message that needs the model, and loads it. `None`: the
-    /// scheduler stops. A failed load fails that message and sleeps on.
-    fn wake(&self, rx: &mpsc::Receiver<Msg>, shared: &Shared, sleep: &Sleep) -> Option<Woken> {
-        loop {
-            let msg = rx.recv().ok()?;
-            match msg {
-                Msg::Shutdown { .. } => return None,
-                Msg::Submit(p) if shared.shutting_down.load(Ordering::SeqCst) => {
-                    shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                    finish_unstarted(*p, StopReason::Shutdown);
-                    continue;
-                }
-                // Asleep every slot is empty: nothing to erase, no reason to wake.
-                Msg::Erase { slot, reply } => {
-                    let answer = if slot < self.n_slots {
-                        Ok(0)
-                    } else {
-                        Err(SlotError::NoSuchSlot {
-                            slot,
-                            slots: self.n_slots,
-                        })
-                    };
-                    let _ = reply.send(answer);
-                    continue;
-                }
-                _ => {}
+    /// Answers what needs no model: asleep, every slot is empty.
+    fn triage(&self, msg: Msg, shared: &Shared) -> Asleep {
+        let no_such_slot = |slot| SlotError::NoSuchSlot {
+            slot,
+            slots: self.n_slots,
+        };
+        match msg {
+            Msg::Shutdown { .. } => Asleep::Stop,
+            Msg::Submit(p) if shared.shutting_down.load(Ordering::SeqCst) => {
+                shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                finish_unstarted(*p, StopReason::Shutdown);
+                Asleep::Answered
             }
-            match self.load(sleep) {
+            Msg::Submit(p) if p.cancel.load(Ordering::Relaxed) => {
+                shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+                st.requests_cancelled += 1;
+                Asleep::Answered
+            }
+            Msg::Erase { slot, reply } => {
+                let _ = reply.send(if slot < self.n_slots {
+                    Ok(0)
+                } else {
+                    Err(no_such_slot(slot))
+                });
+                Asleep::Answered
+            }
+            Msg::File { slot, reply, .. } if slot >= self.n_slots => {
+                let _ = reply.send(Err(no_such_slot(slot)));
+                Asleep::Answered
+            }
+            msg => Asleep::Wake(msg),
+        }
+    }
+
+    /// Waits, asleep, for a message that needs the model, and loads it (and the draft
+    /// caches). `None`: the scheduler stops. When the load fails, that message and every
+    /// other already waiting that needs the model fail with the reason, and it sleeps on.
+    fn wake(
+        &self,
+        rx: &mpsc::Receiver<Msg>,
+        shared: &Shared,
+        sleep: &Sleep,
+        drafter: &mut Option<Drafter>,
+    ) -> Option<Woken> {
+        loop {
+            let first = match self.triage(rx.recv().ok()?, shared) {
+                Asleep::Answered => continue,
+                Asleep::Stop => return self.stop(rx, shared),
+                Asleep::Wake(msg) => msg,
+            };
+            match self.load(sleep, drafter) {
                 Ok((model, slots)) => {
                     let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
                     st.sleeping = false;
-                    st.kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum();
-                    return Some((model, slots, Some(msg)));
+                    st.kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum::<usize>()
+                        + drafter.as_ref().map_or(0, Drafter::cache_bytes);
+                    return Some(Woken {
+                        model,
+                        slots,
+                        first,
+                    });
                 }
-                Err(why) => match msg {
-                    Msg::Submit(p) => {
-                        shared.waiting.fetch_sub(1, Ordering::SeqCst);
-                        let mut p = *p;
-                        let _ = (p.sink)(Event::Failed(format!(
-                            "the model did not load again after sleeping: {why}"
-                        )));
+                Err(why) => {
+                    fail_asleep(first, &why, shared);
+                    while let Ok(msg) = rx.try_recv() {
+                        match self.triage(msg, shared) {
+                            Asleep::Answered => {}
+                            Asleep::Stop => return self.stop(rx, shared),
+                            Asleep::Wake(msg) => fail_asleep(msg, &why, shared),
+                        }
                     }
-                    Msg::Erase { reply, .. } => {
-                        let _ = reply.send(Err(SlotError::Reload(why)));
-                    }
-                    Msg::File { reply, .. } => {
-                        let _ = reply.send(Err(SlotError::Reload(why)));
-                    }
-                    Msg::Shutdown { .. } => return None,
-                },
+                }
             }
         }
     }
 
+    /// Ends what is still waiting in the channel after a shutdown while asleep.
+    fn stop(&self, rx: &mpsc::Receiver<Msg>, shared: &Shared) -> Option<Woken> {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Submit(p) => {
+                    shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                    finish_unstarted(*p, StopReason::Shutdown);
+                }
+                Msg::Erase { reply, .. } => {
+                    let _ = reply.send(Err(SlotError::Stopped));
+                }
+                Msg::File { reply, .. } => {
+                    let _ = reply.send(Err(SlotError::Stopped));
+                }
+                Msg::Shutdown { .. } => {}
+            }
+        }
+        None
+    }
+
     /// The model loaded again, checked against the one that slept, and its slots.
-    fn load(&self, sleep: &Sleep) -> Result<(Arc<BitnetModel>, Vec<Slot>), String> {
+    fn load(
+        &self,
+        sleep: &Sleep,
+        drafter: &mut Option<Drafter>,
+    ) -> Result<(Arc<BitnetModel>, Vec<Slot>), String> {
         let model = (sleep.reload)().map_err(|e| e.to_string())?;
         let c = model.config();
         if (c.n_vocab, c.n_embd) != (self.n_vocab, self.n_embd) {
@@ -1727,7 +1882,43 @@ impl Waking {
         }
         let slots = new_slots(&model, self.n_slots, self.n_ctx, self.cache_type)
             .map_err(|e| e.to_string())?;
+        let capacity = slots.first().map_or(0, |s| s.cache.capacity());
+        if capacity != self.n_ctx {
+            return Err(format!(
+                "its slots hold {capacity} positions, {} before sleeping",
+                self.n_ctx
+            ));
+        }
+        if let Some(d) = drafter {
+            d.allocate()
+                .map_err(|e| format!("the draft model's caches: {e}"))?;
+        }
         Ok((Arc::new(model), slots))
+    }
+}
+
+/// Fails a message that needed the model, which did not load again.
+fn fail_asleep(msg: Msg, why: &str, shared: &Shared) {
+    match msg {
+        Msg::Submit(p) => {
+            shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            shared
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .requests_finished += 1;
+            let mut p = *p;
+            let _ = (p.sink)(Event::Failed(format!(
+                "the model did not load again after sleeping: {why}"
+            )));
+        }
+        Msg::Erase { reply, .. } => {
+            let _ = reply.send(Err(SlotError::Reload(why.to_string())));
+        }
+        Msg::File { reply, .. } => {
+            let _ = reply.send(Err(SlotError::Reload(why.to_string())));
+        }
+        Msg::Shutdown { .. } => {}
     }
 }
 

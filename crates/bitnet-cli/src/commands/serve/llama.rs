@@ -599,9 +599,10 @@ impl Native {
             "prompt": prompt.text,
             "has_new_line": r.content.contains('\n'),
             // As llama-server: the context overflowed, whether generation stopped there or
-            // shifted the context and went on.
+            // shifted the context and went on, or the prompt was cut to fit.
             "truncated": matches!(stop, Some(StopReason::ContextFull))
-                || f.is_some_and(|f| f.context_shifts > 0),
+                || f.is_some_and(|f| f.context_shifts > 0)
+                || prompt.truncated,
             "stop_type": stop.map_or("none", stop_type),
             "stopping_word": match stop {
                 Some(StopReason::StopString(s)) => s.as_str(),

@@ -170,7 +170,7 @@ pub struct Args {
     /// with the served model's vocabulary proposes up to --draft-max tokens that one forward
     /// pass of the served model verifies (lossless: the same tokens as without it), faster
     /// when the draft model is much cheaper per token and often right
-    #[arg(long = "model-draft", conflicts_with = "spec")]
+    #[arg(long = "model-draft")]
     model_draft: Option<String>,
     /// With --model-draft: drafts shorter than this are not verified
     #[arg(long, default_value_t = 0)]
@@ -249,13 +249,11 @@ fn model_id(args: &Args) -> String {
     }
 }
 
-/// The `--model-draft` model, loaded with the served model's options, and checked to share
-/// its vocabulary token for token.
-fn load_draft(
-    args: &Args,
-    path: &str,
-    tokenizer: &Tokenizer,
-) -> Result<bitnet::generate::scheduler::DraftModel> {
+/// The `--model-draft` flags, checked before anything loads.
+fn check_draft_flags(args: &Args) -> Result<()> {
+    if args.model_draft.is_none() {
+        return Ok(());
+    }
     anyhow::ensure!(
         (1..=64).contains(&args.spec.draft_max),
         "--draft-max {}: must be between 1 and 64",
@@ -272,6 +270,16 @@ fn load_draft(
         "--draft-p-min {}: must be a probability, 0 to 1",
         args.draft_p_min
     );
+    Ok(())
+}
+
+/// The `--model-draft` model, loaded with the served model's options, and checked to share
+/// its vocabulary token for token.
+fn load_draft(
+    args: &Args,
+    path: &str,
+    tokenizer: &Tokenizer,
+) -> Result<bitnet::generate::scheduler::DraftModel> {
     let mut draft_args = args.model.clone();
     draft_args.model = Some(path.to_string());
     let loaded = draft_args
@@ -325,7 +333,9 @@ pub fn run(args: Args) -> Result<()> {
     let sleep_after = match args.sleep_after {
         -1.0 => None,
         s if s.is_finite() && s > 0.0 && s <= 1e9 => Some(Duration::from_secs_f64(s)),
-        s => anyhow::bail!("--sleep-after {s}: must be a number of seconds above 0, or -1 (never)"),
+        s => anyhow::bail!(
+            "--sleep-idle-seconds {s}: must be a number of seconds above 0, or -1 (never)"
+        ),
     };
     anyhow::ensure!(
         args.max_connections >= 1,
@@ -375,6 +385,12 @@ pub fn run(args: Args) -> Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let defaults = args.sampling.config()?;
     let speculative = args.spec.config()?;
+    anyhow::ensure!(
+        speculative.is_none() || args.model_draft.is_none(),
+        "--spec {} and --model-draft: drafts come from one or the other",
+        args.spec.spec
+    );
+    check_draft_flags(&args)?;
     let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
     // The port is bound and served before the model loads, so that probes and routers see
     // "loading" (503) instead of a refused connection; see lifecycle.rs.
