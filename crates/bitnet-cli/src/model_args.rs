@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bitnet::formats::gguf::GgufFile;
 use bitnet::formats::types::TensorType;
 use bitnet::kernels::Isa;
@@ -252,11 +252,48 @@ pub struct SpecArgs {
     /// Longest n-gram looked up for a draft
     #[arg(long, default_value_t = 4)]
     pub spec_ngram_max: usize,
+    /// Speculative decoding with a draft model (llama-server's --model-draft): a smaller model
+    /// with this model's vocabulary (e.g. Falcon3-1B-1.58bit for the larger Falcon3 models)
+    /// proposes up to --draft-max tokens that one forward pass verifies; lossless, faster when
+    /// the draft model is much cheaper per token and often right
+    #[arg(long = "model-draft", value_name = "FILE")]
+    pub model_draft: Option<String>,
+    /// With --model-draft: drafts shorter than this are not verified
+    #[arg(long, default_value_t = 0)]
+    pub draft_min: usize,
+    /// With --model-draft: a draft stops at a token the draft model gives less probability
+    #[arg(long, default_value_t = 0.75)]
+    pub draft_p_min: f32,
 }
 
 impl SpecArgs {
-    /// The library's setting, checked.
+    /// The prompt-lookup setting, checked, and the draft-model flags checked (before any
+    /// model loads; [`SpecArgs::load_draft`] loads it).
     pub fn config(&self) -> Result<Option<bitnet::generate::SpecConfig>> {
+        if self.model_draft.is_some() {
+            if self.spec != "none" {
+                bail!(
+                    "--spec {} and --model-draft: drafts come from one or the other",
+                    self.spec
+                );
+            }
+            if !(1..=64).contains(&self.draft_max) {
+                bail!("--draft-max {}: must be between 1 and 64", self.draft_max);
+            }
+            if self.draft_min > self.draft_max {
+                bail!(
+                    "--draft-min {}: must not exceed --draft-max {}",
+                    self.draft_min,
+                    self.draft_max
+                );
+            }
+            if !(0.0..=1.0).contains(&self.draft_p_min) {
+                bail!(
+                    "--draft-p-min {}: must be a probability, 0 to 1",
+                    self.draft_p_min
+                );
+            }
+        }
         if self.spec == "none" {
             return Ok(None);
         }
@@ -274,6 +311,51 @@ impl SpecArgs {
             max_draft: self.draft_max,
             min_ngram: self.spec_ngram_min,
             max_ngram: self.spec_ngram_max.min(64),
+        }))
+    }
+
+    /// The `--model-draft` model, loaded with the main model's flags (`model`), and checked
+    /// to share `tokenizer`'s vocabulary token for token (as llama.cpp checks it).
+    pub fn load_draft(
+        &self,
+        model: &ModelArgs,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<bitnet::generate::DraftModel>> {
+        let Some(path) = &self.model_draft else {
+            return Ok(None);
+        };
+        let mut draft_args = model.clone();
+        draft_args.model = Some(path.clone());
+        let loaded = draft_args
+            .load_quietly()
+            .with_context(|| format!("--model-draft {path}"))?;
+        let (n, theirs) = (tokenizer.vocab_size(), loaded.tokenizer.vocab_size());
+        if n != theirs {
+            bail!(
+                "--model-draft {path}: its vocabulary has {theirs} tokens, the model's {n}; a \
+                 draft model must share the served model's vocabulary"
+            );
+        }
+        if let Some(id) =
+            (0..n as u32).find(|&id| tokenizer.token_str(id) != loaded.tokenizer.token_str(id))
+        {
+            bail!(
+                "--model-draft {path}: token {id} is {:?} there but {:?} in the model; a draft \
+                 model must share the served model's vocabulary",
+                loaded.tokenizer.token_str(id).unwrap_or_default(),
+                tokenizer.token_str(id).unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "draft model {} for speculative decoding: up to {} tokens per step (at least {}, \
+             each with probability ≥ {})",
+            loaded.name, self.draft_max, self.draft_min, self.draft_p_min
+        );
+        Ok(Some(bitnet::generate::DraftModel {
+            model: Arc::new(loaded.model),
+            max: self.draft_max,
+            min: self.draft_min,
+            p_min: self.draft_p_min,
         }))
     }
 }

@@ -189,6 +189,54 @@ fn context_shift_lets_generation_go_past_a_full_context() {
 }
 
 #[test]
+fn generate_with_a_draft_model_gives_the_same_text() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/bitnet-shakespeare-7m-i2_s.gguf"
+    );
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "-p",
+            "JULIET:\\n",
+            "-n",
+            "48",
+            "--temp",
+            "0.9",
+            "--seed",
+            "3",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (out, stderr) = ok(&args);
+        (serde_json::from_str::<Value>(&out).unwrap(), stderr)
+    };
+    let (plain, _) = gen(&[]);
+    let (drafted, stderr) = gen(&["--model-draft", demo, "--draft-p-min", "0"]);
+    assert_eq!(plain["generated_ids"], drafted["generated_ids"]);
+    assert!(
+        drafted["speculative"]["drafted_tokens"].as_u64().unwrap() > 0,
+        "{drafted}"
+    );
+    assert!(stderr.contains("draft model"), "{stderr}");
+    // Prompt lookup and a draft model together are refused before anything loads.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "generate",
+            "-p",
+            "a",
+            "--spec",
+            "ngram",
+            "--model-draft",
+            demo,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one or the other"));
+}
+
+#[test]
 fn tokenize_reads_escapes_as_generate_does() {
     let (out, _) = ok(&["tokenize", "-p", "ROMEO:\\n", "--json"]);
     let tok: Value = serde_json::from_str(&out).unwrap();

@@ -7,7 +7,7 @@
 
 use std::ops::ControlFlow;
 
-use bitnet::generate::{GenerationConfig, Sampler, SamplerConfig, Session, SpecConfig};
+use bitnet::generate::{DraftModel, GenerationConfig, Sampler, SamplerConfig, Session, SpecConfig};
 use bitnet::tokenizer::EncodeOptions;
 use bitnet::Model;
 
@@ -19,6 +19,16 @@ fn run(
     sampler: &SamplerConfig,
     config: &GenerationConfig,
 ) -> Vec<(Vec<u32>, String, String)> {
+    run_drafted(model, prompts, sampler, config, None)
+}
+
+fn run_drafted(
+    model: &Model,
+    prompts: &[String],
+    sampler: &SamplerConfig,
+    config: &GenerationConfig,
+    draft: Option<DraftModel>,
+) -> Vec<(Vec<u32>, String, String)> {
     let mut session = Session::new(
         model.inner(),
         model.tokenizer(),
@@ -26,6 +36,7 @@ fn run(
         bitnet::model::CacheType::F16,
     )
     .unwrap();
+    session.set_draft_model(draft).unwrap();
     let mut out = Vec::new();
     let mut sequence = Vec::new();
     for p in prompts {
@@ -112,10 +123,25 @@ fn the_same_tokens_with_and_without_speculation() {
                     assert_eq!(plain, fast, "{prompts:?} {sampler:?} {config:?} {spec:?}");
                     accepted += 1;
                 }
+                // A draft model (the model itself: what greedy decoding would pick).
+                for (max, min, p_min) in [(6, 1, 0.0), (4, 2, 0.5)] {
+                    let draft = DraftModel {
+                        model: model.shared_inner(),
+                        max,
+                        min,
+                        p_min,
+                    };
+                    let fast = run_drafted(&model, prompts, sampler, config, Some(draft));
+                    assert_eq!(
+                        plain, fast,
+                        "{prompts:?} {sampler:?} {config:?} draft {max}"
+                    );
+                    accepted += 1;
+                }
             }
         }
     }
-    assert_eq!(accepted, 36);
+    assert_eq!(accepted, 72);
 }
 
 #[test]
@@ -138,4 +164,75 @@ fn drafts_are_accepted_on_repeated_text() {
     assert!(sp.accepted <= sp.drafted);
     // A run stopped by its token limit has run every generated token (as a plain run does).
     assert_eq!(session.context_used(), ids.len() + g.generated.len());
+}
+
+#[test]
+fn a_draft_model_through_context_shifts() {
+    let model = Model::demo().unwrap();
+    let ids = model.tokenize(&format!("{PASSAGE}{PASSAGE}"));
+    let generate = |draft: Option<DraftModel>, sampler: &SamplerConfig| {
+        let mut session = Session::new(
+            model.inner(),
+            model.tokenizer(),
+            64,
+            bitnet::model::CacheType::F16,
+        )
+        .unwrap();
+        session.set_draft_model(draft).unwrap();
+        let config = GenerationConfig {
+            max_tokens: Some(150),
+            ignore_eos: true,
+            context_shift: Some(4),
+            ..GenerationConfig::default()
+        };
+        let mut s = Sampler::new(sampler.clone());
+        session
+            .generate(&ids, &config, &mut s, |_| ControlFlow::Continue(()))
+            .unwrap()
+    };
+    let draft = DraftModel {
+        model: model.shared_inner(),
+        max: 5,
+        min: 1,
+        p_min: 0.0,
+    };
+    for sampler in [
+        SamplerConfig::greedy(),
+        SamplerConfig {
+            temperature: 0.9,
+            seed: 4,
+            ..SamplerConfig::default()
+        },
+    ] {
+        let plain = generate(None, &sampler);
+        let fast = generate(Some(draft.clone()), &sampler);
+        assert!(plain.shifts.len() >= 2, "{:?}", plain.shifts);
+        assert_eq!(
+            (&plain.generated, &plain.shifts),
+            (&fast.generated, &fast.shifts)
+        );
+        assert!(fast.speculative.drafted > 0);
+        if sampler.temperature <= 0.0 {
+            // Its own model drafts what greedy decoding picks: drafts are kept, but where a
+            // shifted cache (keys rotated in place) and a draft cache that ran the shifted
+            // text afresh part by a rounding.
+            let sp = fast.speculative;
+            assert!(sp.accepted * 20 >= sp.drafted * 19, "{sp:?}");
+        }
+    }
+    // A draft model of another vocabulary is refused.
+    let other = bitnet::Model::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/embedding/qwen3-wide/model.gguf"
+    ))
+    .unwrap();
+    let mut session = model.session().unwrap();
+    let refused = session.set_draft_model(Some(DraftModel {
+        model: other.shared_inner(),
+        ..draft
+    }));
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("share the served model's vocabulary"));
 }

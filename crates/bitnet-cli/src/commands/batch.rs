@@ -62,6 +62,7 @@ fn lines(data: &[u8]) -> Vec<(usize, &[u8])> {
 pub fn run(args: Args) -> Result<()> {
     let defaults = args.sampling.config()?;
     let n_predict = crate::model_args::n_predict(args.n_predict)?;
+    let speculative = args.spec.config()?;
     args.template.check()?;
     let data = crate::files::read_limited(
         Some(&args.input),
@@ -77,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     // do not need it.
     let template = tokenizer.chat_template().map_err(|e| e.to_string());
     let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
-    let speculative = args.spec.config()?;
+    session.set_draft_model(args.spec.load_draft(&args.model, tokenizer)?)?;
 
     let mut out = BufWriter::new(out);
     let written = |e: std::io::Error| {

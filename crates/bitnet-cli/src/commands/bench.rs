@@ -10,6 +10,7 @@
 //! prompts in one pass, then one token each per step), reporting the aggregate generation
 //! t/s and the time to first token of a request that joins N−1 sequences already generating.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -92,6 +93,16 @@ pub struct Args {
     /// token; needs the file's tokenizer
     #[arg(long)]
     spec: bool,
+    /// With --spec: draft with this model (same vocabulary; loaded as -m is, same threads)
+    /// instead of prompt lookup; the rows say `+draft`
+    #[arg(long = "model-draft", value_name = "FILE", requires = "spec")]
+    model_draft: Option<String>,
+    /// With --model-draft: most tokens drafted per step
+    #[arg(long, default_value_t = 8)]
+    draft_max: usize,
+    /// With --model-draft: a draft stops at a token the draft model gives less probability
+    #[arg(long, default_value_t = 0.75)]
+    draft_p_min: f32,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -252,6 +263,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     let options = args.residency.residency().load_options(size);
     let in_memory = options.resident;
+    let mut draft_model = match (&args.model_draft, &tokenizer) {
+        (Some(path), Some(tokenizer)) => Some(load_draft(path, tokenizer, &args)?),
+        _ => None,
+    };
     let mut model = BitnetModel::from_gguf_with(file, options)?;
     if let Some(isa) = args.isa {
         anyhow::ensure!(isa.is_available(), "this CPU cannot run {isa} kernels");
@@ -407,6 +422,13 @@ pub fn run(args: Args) -> Result<()> {
         for &t in &threads {
             model.set_threads(t);
             let t = model.threads();
+            // The draft model runs on as many threads (no session holds it between runs).
+            let draft = draft_model.take().map(|mut d| {
+                if let Some(m) = Arc::get_mut(&mut d.model) {
+                    m.set_threads(t);
+                }
+                d
+            });
             // [task][with spec]: samples and (accepted, drafted).
             let mut runs = [
                 [(Vec::new(), (0usize, 0usize)), (Vec::new(), (0, 0))],
@@ -433,8 +455,19 @@ pub fn run(args: Args) -> Result<()> {
                             .into_iter()
                             .zip(runs.iter_mut())
                     {
-                        let g =
-                            spec_run(&model, tokenizer, &prompt, n, spec, sampler.clone(), &args)?;
+                        let (spec, drafter) = match (&spec, &draft) {
+                            (Some(_), Some(d)) => (None, Some(d.clone())),
+                            _ => (spec, None),
+                        };
+                        let g = spec_run(
+                            &model,
+                            tokenizer,
+                            &prompt,
+                            n,
+                            (spec, drafter),
+                            sampler.clone(),
+                            &args,
+                        )?;
                         if rep > 0 {
                             samples.push(g.generation_tokens_per_s());
                             accepted.0 += g.speculative.accepted;
@@ -457,7 +490,11 @@ pub fn run(args: Args) -> Result<()> {
                         test: format!(
                             "{}{n}{}",
                             SPEC_TASKS[task],
-                            if with_spec == 1 { "+spec" } else { "" }
+                            match (with_spec, &draft) {
+                                (0, _) => "",
+                                (_, None) => "+spec",
+                                (_, Some(_)) => "+draft",
+                            }
                         ),
                         decode: None,
                         samples,
@@ -473,6 +510,7 @@ pub fn run(args: Args) -> Result<()> {
                     });
                 }
             }
+            draft_model = draft;
         }
     }
     let mut parallel = Vec::new();
@@ -741,7 +779,10 @@ fn spec_run(
     tokenizer: &bitnet::tokenizer::Tokenizer,
     prompt: &[u32],
     n: usize,
-    spec: Option<bitnet::generate::SpecConfig>,
+    (spec, draft): (
+        Option<bitnet::generate::SpecConfig>,
+        Option<bitnet::generate::DraftModel>,
+    ),
     sampler: bitnet::generate::SamplerConfig,
     args: &Args,
 ) -> Result<bitnet::generate::Generation> {
@@ -751,6 +792,7 @@ fn spec_run(
         args.ctx_size.max(prompt.len() + n + 1),
         args.cache_type,
     )?;
+    session.set_draft_model(draft)?;
     let config = bitnet::generate::GenerationConfig {
         max_tokens: Some(n),
         ignore_eos: true,
@@ -761,6 +803,44 @@ fn spec_run(
     Ok(session.generate(prompt, &config, &mut sampler, |_| {
         std::ops::ControlFlow::Continue(())
     })?)
+}
+
+/// `--model-draft`, loaded with -m's options, its vocabulary checked against `tokenizer`'s.
+fn load_draft(
+    path: &str,
+    tokenizer: &bitnet::tokenizer::Tokenizer,
+    args: &Args,
+) -> Result<bitnet::generate::DraftModel> {
+    anyhow::ensure!(
+        (1..=64).contains(&args.draft_max),
+        "--draft-max {}: must be between 1 and 64",
+        args.draft_max
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.draft_p_min),
+        "--draft-p-min {}: must be a probability, 0 to 1",
+        args.draft_p_min
+    );
+    let (_, file) = crate::model_args::open_gguf(Some(path))?;
+    let theirs = bitnet::tokenizer::Tokenizer::from_gguf(&file)
+        .map_err(|e| anyhow::anyhow!("--model-draft {path}: {e}"))?;
+    let n = tokenizer.vocab_size();
+    anyhow::ensure!(
+        theirs.vocab_size() == n
+            && (0..n as u32).all(|id| theirs.token_str(id) == tokenizer.token_str(id)),
+        "--model-draft {path}: its vocabulary is not the model's"
+    );
+    let options = args.residency.residency().load_options(file.file_len());
+    let mut model = BitnetModel::from_gguf_with(file, options)?;
+    if let Some(isa) = args.isa {
+        model.set_isa(isa);
+    }
+    Ok(bitnet::generate::DraftModel {
+        model: Arc::new(model),
+        max: args.draft_max,
+        min: 0,
+        p_min: args.draft_p_min,
+    })
 }
 
 /// One run of the parallel mode.

@@ -81,17 +81,19 @@ fn read_message(rl: &mut rustyline::DefaultEditor) -> Result<Option<String>> {
 pub fn run(args: Args) -> Result<()> {
     let sampler_config = args.sampling.config()?;
     let max_tokens = n_predict(args.n_predict)?;
+    let speculative = args.spec.config()?;
     args.template.check()?;
     let mut loaded = args.model.load()?;
     args.template.apply(&mut loaded.tokenizer)?;
     let (model, tokenizer) = (&loaded.model, &loaded.tokenizer);
-    let session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
+    let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
+    session.set_draft_model(args.spec.load_draft(&args.model, tokenizer)?)?;
     let config = GenerationConfig {
         max_tokens,
         stop: Vec::new(),
         ignore_eos: false,
         context_shift: None,
-        speculative: args.spec.config()?,
+        speculative,
     };
     let mut chat = Chat::new(session, args.system.clone(), sampler_config, config)?;
     chat.set_context_shift(!args.no_ctx_shift);

@@ -115,6 +115,8 @@ pub fn run(args: Args) -> Result<()> {
         bail!("the prompt is empty");
     }
     let mut session = Session::new(model, tokenizer, args.model.ctx_size, args.model.cache_type)?;
+    let drafting = args.spec.model_draft.is_some();
+    session.set_draft_model(args.spec.load_draft(&args.model, tokenizer)?)?;
     // A prompt longer than the context is refused before anything is printed.
     if ids.len() > session.context_size() {
         return Err(bitnet::generate::GenerateError::PromptTooLong {
@@ -179,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
             "peak_rss_bytes": peak_rss,
             "kv_cache_bytes": session.cache_bytes(),
             "context_shifts": result.shifts.len(),
-            "speculative": speculative.map(|_| json!({
+            "speculative": (speculative.is_some() || drafting).then(|| json!({
                 "drafts": result.speculative.drafts,
                 "drafted_tokens": result.speculative.drafted,
                 "accepted_tokens": result.speculative.accepted,
@@ -202,10 +204,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     crate::stats::print_generation_summary(&result, peak_rss, session.cache_bytes());
-    if speculative.is_some() {
+    if speculative.is_some() || drafting {
         let sp = result.speculative;
         eprintln!(
-            "speculative (ngram): {} drafts, {} tokens drafted, {} accepted ({:.0} %)",
+            "speculative ({}): {} drafts, {} tokens drafted, {} accepted ({:.0} %)",
+            if drafting { "draft model" } else { "ngram" },
             sp.drafts,
             sp.drafted,
             sp.accepted,

@@ -26,7 +26,8 @@ pub use sampler::{random_seed, Param, Sampler, SamplerConfig, SamplerError};
 pub use scheduler::{
     Event, Finished, Job, PromptProgress, Scheduler, SchedulerConfig, SlotFile, SubmitError, Ticket,
 };
-pub use speculative::{SpecConfig, SpecStats};
+use speculative::DraftCache;
+pub use speculative::{DraftModel, SpecConfig, SpecStats};
 
 /// Why generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,8 @@ pub struct Session<'m> {
     cache: KvCache,
     /// The tokens whose keys and values are in the cache, in order.
     tokens: Vec<u32>,
+    /// [`Session::set_draft_model`]: the draft model and its cache for this sequence.
+    draft: Option<(DraftModel, DraftCache)>,
 }
 
 /// How a session holds its model and tokenizer: borrowed, or shared (a session that owns
@@ -215,6 +218,7 @@ impl<'m> Session<'m> {
             model: Handle::Borrowed(model),
             tokenizer: Handle::Borrowed(tokenizer),
             tokens: Vec::new(),
+            draft: None,
         })
     }
 
@@ -252,6 +256,25 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.cache.clear();
         self.tokens.clear();
+        if let Some((_, cache)) = &mut self.draft {
+            cache.forget();
+        }
+    }
+
+    /// Speculative decoding with a draft model in this session's generations, in place of
+    /// [`GenerationConfig::speculative`]'s prompt lookup (lossless: the same tokens as
+    /// without it); `None` stops it. The draft model gets its own cache of this session's
+    /// size and type. Refused when its vocabulary is not this model's.
+    pub fn set_draft_model(&mut self, draft: Option<DraftModel>) -> Result<(), GenerateError> {
+        self.draft = match draft {
+            None => None,
+            Some(d) => {
+                d.check(&self.model)?;
+                let cache = DraftCache::new(&d, self.cache.capacity(), self.cache.cache_type())?;
+                Some((d, cache))
+            }
+        };
+        Ok(())
     }
 
     /// Drops tokens `keep .. keep + n` from the context, keeping the cache of those after them
@@ -259,6 +282,9 @@ impl<'m> Session<'m> {
     /// without a new prefill.
     pub fn discard(&mut self, keep: usize, n: usize) -> Result<(), GenerateError> {
         self.model.shift_cache(&mut self.cache, keep, n)?;
+        if let Some((config, cache)) = &mut self.draft {
+            cache.shift(config, &self.tokens, keep, n);
+        }
         self.tokens.drain(keep..keep + n);
         Ok(())
     }
@@ -313,6 +339,7 @@ impl Session<'static> {
             model: Handle::Shared(model),
             tokenizer: Handle::Shared(tokenizer),
             tokens: Vec::new(),
+            draft: None,
         })
     }
 }
@@ -508,14 +535,17 @@ impl Run {
     /// same forward pass.
     fn feed(&mut self, session: &mut Session, token: u32) -> Result<(), GenerateError> {
         let mut draft = Vec::new();
-        if let Some(config) = self.config.speculative {
-            // Room in the cache after `token`, and tokens still wanted after the one this
-            // pass's first row gives.
-            let room = self.capacity.saturating_sub(session.tokens.len() + 1);
-            let wanted = self
-                .config
-                .max_tokens
-                .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len() + 1));
+        // Room in the cache after `token`, and tokens still wanted after the one this pass's
+        // first row gives.
+        let room = self.capacity.saturating_sub(session.tokens.len() + 1);
+        let wanted = self
+            .config
+            .max_tokens
+            .map_or(usize::MAX, |m| m.saturating_sub(self.generated.len() + 1));
+        if let Some((config, cache)) = &mut session.draft {
+            // One sequence: its draft cache catches up in one go.
+            draft = cache.draft(config, &session.tokens, token, room.min(wanted), usize::MAX);
+        } else if let Some(config) = self.config.speculative {
             let limit = room.min(wanted).min(self.draft_len.max(1));
             draft = speculative::ngram_draft_after(&session.tokens, token, &config, limit);
         }

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::constraint::Constraint;
 use super::sampler::{Sampler, SamplerConfig};
-use super::speculative::{self, SpecConfig};
+pub use super::speculative::DraftModel;
+use super::speculative::{self, DraftCache, SpecConfig};
 use super::{find_stop, safe_prefix_len, StopReason};
 use crate::model::embed::pool;
 use crate::model::{BatchEntry, BitnetModel, CacheType, EmbedOptions, KvCache, Logits, ModelError};
@@ -57,35 +58,6 @@ pub struct SchedulerConfig {
     /// Speculative decoding with a draft model, in place of [`SchedulerConfig::speculative`]'s
     /// prompt lookup.
     pub draft: Option<DraftModel>,
-}
-
-/// Speculative decoding with a draft model (llama-server's `--model-draft`): a smaller model
-/// of the same vocabulary proposes each generating sequence's next tokens greedily, and one
-/// forward pass of the served model verifies them as prompt lookup's drafts are verified
-/// (lossless: the same tokens as without it). The draft model keeps its own KV cache per
-/// slot, caught up with the sequence before each draft (at most
-/// [`SchedulerConfig::prefill_chunk`] tokens a step) and shifted with it. Its weights stay
-/// loaded while the scheduler sleeps; its caches do not.
-#[derive(Clone)]
-pub struct DraftModel {
-    /// The draft model (its vocabulary must be the served model's).
-    pub model: Arc<BitnetModel>,
-    /// Most tokens drafted per step.
-    pub max: usize,
-    /// Fewest tokens worth verifying: a shorter draft is dropped.
-    pub min: usize,
-    /// The draft stops at a token the draft model gives less than this probability.
-    pub p_min: f32,
-}
-
-impl std::fmt::Debug for DraftModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DraftModel")
-            .field("max", &self.max)
-            .field("min", &self.min)
-            .field("p_min", &self.p_min)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Loads the model again after [`Sleep`].
@@ -1555,11 +1527,11 @@ fn new_slots(
 struct Drafter {
     config: DraftModel,
     /// One per slot; none while the scheduler sleeps.
-    slots: Vec<Slot>,
+    slots: Vec<DraftCache>,
     n_slots: usize,
     n_ctx: usize,
     cache_type: CacheType,
-    /// Tokens the draft cache catches up per step ([`SchedulerConfig::prefill_chunk`]), so a
+    /// Tokens a draft cache catches up per step ([`SchedulerConfig::prefill_chunk`]), so a
     /// new request's prompt does not hold up the step for every other sequence.
     chunk: usize,
 }
@@ -1573,23 +1545,7 @@ impl Drafter {
         cache_type: CacheType,
         chunk: usize,
     ) -> Result<Drafter, ModelError> {
-        let refuse = |message: String| ModelError::Unsupported {
-            file: "draft model".into(),
-            message,
-        };
-        let (ours, theirs) = (target.config().n_vocab, config.model.config().n_vocab);
-        if ours != theirs {
-            return Err(refuse(format!(
-                "its vocabulary has {theirs} tokens, the served model's {ours}: a draft model \
-                 must share the served model's vocabulary"
-            )));
-        }
-        if config.max == 0 || !(0.0..=1.0).contains(&config.p_min) {
-            return Err(refuse(format!(
-                "max {} and p_min {}: max must be at least 1 and p_min a probability, 0 to 1",
-                config.max, config.p_min
-            )));
-        }
+        config.check(target)?;
         let mut drafter = Drafter {
             config,
             slots: Vec::new(),
@@ -1604,131 +1560,34 @@ impl Drafter {
 
     /// The draft caches (again, after sleeping).
     fn allocate(&mut self) -> Result<(), ModelError> {
-        self.slots = new_slots(
-            &self.config.model,
-            self.n_slots,
-            self.n_ctx,
-            self.cache_type,
-        )?;
+        self.slots = (0..self.n_slots)
+            .map(|_| DraftCache::new(&self.config, self.n_ctx, self.cache_type))
+            .collect::<Result<_, _>>()?;
         Ok(())
     }
 
     fn cache_bytes(&self) -> usize {
-        self.slots.iter().map(|s| s.cache.bytes()).sum()
+        self.slots.iter().map(DraftCache::bytes).sum()
     }
 
     fn forget(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.tokens.clear();
-            s.cache.clear();
+        if let Some(d) = self.slots.get_mut(slot) {
+            d.forget();
         }
     }
 
-    /// The served model's context shift, `discarded` tokens after the first `kept` of
-    /// `before` (the slot's tokens before it), done to the draft cache too when it holds
-    /// them; otherwise the next draft runs the shifted sequence again from where they part.
     fn shift(&mut self, slot: usize, before: &[u32], kept: usize, discarded: usize) {
-        let Some(d) = self.slots.get_mut(slot) else {
-            return;
-        };
-        let end = kept + discarded;
-        if d.tokens.len() >= end && before.len() >= end && d.tokens[..end] == before[..end] {
-            if self
-                .config
-                .model
-                .shift_cache(&mut d.cache, kept, discarded)
-                .is_ok()
-            {
-                d.tokens.drain(kept..end);
-            } else {
-                d.tokens.clear();
-                d.cache.clear();
-            }
+        if let Some(d) = self.slots.get_mut(slot) {
+            d.shift(&self.config, before, kept, discarded);
         }
     }
 
-    /// Up to `limit` tokens to follow `context` and `last` (the sequence so far and the token
-    /// about to run): the draft model's greedy choices while each has at least
-    /// [`DraftModel::p_min`] probability; none when fewer than [`DraftModel::min`]. The draft
-    /// cache is first cut back to what it shares with the sequence, then caught up, at most
-    /// [`Drafter::chunk`] tokens a step (no draft until it has caught up).
     fn draft(&mut self, slot: usize, context: &[u32], last: u32, limit: usize) -> Vec<u32> {
-        let min = self.config.min.max(1);
-        let Some(d) = self.slots.get_mut(slot) else {
-            return Vec::new();
-        };
-        // The sequence and a draft of n run through the draft model but the draft's last
-        // token: total + n − 1 positions.
-        let total = context.len() + 1;
-        let limit = limit
-            .min(self.config.max)
-            .min((d.cache.capacity() + 1).saturating_sub(total));
-        if limit < min {
-            return Vec::new();
+        match self.slots.get_mut(slot) {
+            Some(d) => d.draft(&self.config, context, last, limit, self.chunk),
+            None => Vec::new(),
         }
-        let at = |k: usize| context.get(k).copied().unwrap_or(last);
-        // At least `last` runs, for fresh logits.
-        let common = d
-            .tokens
-            .iter()
-            .enumerate()
-            .take_while(|&(k, &t)| k < total - 1 && t == at(k))
-            .count();
-        d.cache.truncate(common);
-        d.tokens.truncate(common);
-        let model = &self.config.model;
-        let upto = total.min(common + self.chunk);
-        let fresh: Vec<u32> = (common..upto).map(at).collect();
-        let row = model.forward(&fresh, &mut d.cache, Logits::Last);
-        let Ok(mut row) = row else {
-            // Not expected (these tokens ran in the served model); draft nothing rather than
-            // fail the request.
-            d.cache.clear();
-            d.tokens.clear();
-            return Vec::new();
-        };
-        d.tokens.extend_from_slice(&fresh);
-        if upto < total {
-            return Vec::new();
-        }
-        let mut draft = Vec::with_capacity(limit);
-        loop {
-            let (token, p) = draft_choice(&row);
-            // (NaN logits draft nothing.)
-            if p.is_nan() || p < self.config.p_min {
-                break;
-            }
-            draft.push(token);
-            if draft.len() >= limit {
-                break;
-            }
-            match model.forward(&[token], &mut d.cache, Logits::Last) {
-                Ok(next) => row = next,
-                Err(_) => break,
-            }
-            d.tokens.push(token);
-        }
-        if draft.len() < min {
-            draft.clear();
-        }
-        draft
     }
-}
-
-/// The most likely token of a row of logits, and its probability.
-fn draft_choice(row: &[f32]) -> (u32, f32) {
-    let (best, max) = row
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv {
-                (i, v)
-            } else {
-                (bi, bv)
-            }
-        });
-    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
-    (best as u32, (1.0 / sum) as f32)
 }
 
 /// What the scheduler's thread needs to go to sleep and to wake up ([`Sleep`]).

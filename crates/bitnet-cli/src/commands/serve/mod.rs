@@ -166,18 +166,6 @@ pub struct Args {
         allow_negative_numbers = true
     )]
     sleep_after: f64,
-    /// A draft model for speculative decoding (llama-server's --model-draft): a smaller model
-    /// with the served model's vocabulary proposes up to --draft-max tokens that one forward
-    /// pass of the served model verifies (lossless: the same tokens as without it), faster
-    /// when the draft model is much cheaper per token and often right
-    #[arg(long = "model-draft")]
-    model_draft: Option<String>,
-    /// With --model-draft: drafts shorter than this are not verified
-    #[arg(long, default_value_t = 0)]
-    draft_min: usize,
-    /// With --model-draft: a draft stops at a token the draft model gives less probability
-    #[arg(long, default_value_t = 0.75)]
-    draft_p_min: f32,
 }
 
 /// What the handlers share.
@@ -247,71 +235,6 @@ fn model_id(args: &Args) -> String {
             .map_or_else(|| m.clone(), |f| f.to_string_lossy().into_owned()),
         Some(m) => m.clone(),
     }
-}
-
-/// The `--model-draft` flags, checked before anything loads.
-fn check_draft_flags(args: &Args) -> Result<()> {
-    if args.model_draft.is_none() {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        (1..=64).contains(&args.spec.draft_max),
-        "--draft-max {}: must be between 1 and 64",
-        args.spec.draft_max
-    );
-    anyhow::ensure!(
-        args.draft_min <= args.spec.draft_max,
-        "--draft-min {}: must not exceed --draft-max {}",
-        args.draft_min,
-        args.spec.draft_max
-    );
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.draft_p_min),
-        "--draft-p-min {}: must be a probability, 0 to 1",
-        args.draft_p_min
-    );
-    Ok(())
-}
-
-/// The `--model-draft` model, loaded with the served model's options, and checked to share
-/// its vocabulary token for token.
-fn load_draft(
-    args: &Args,
-    path: &str,
-    tokenizer: &Tokenizer,
-) -> Result<bitnet::generate::scheduler::DraftModel> {
-    let mut draft_args = args.model.clone();
-    draft_args.model = Some(path.to_string());
-    let loaded = draft_args
-        .load_quietly()
-        .with_context(|| format!("--model-draft {path}"))?;
-    let (n, theirs) = (tokenizer.vocab_size(), loaded.tokenizer.vocab_size());
-    anyhow::ensure!(
-        n == theirs,
-        "--model-draft {path}: its vocabulary has {theirs} tokens, the served model's {n}; a \
-         draft model must share the served model's vocabulary"
-    );
-    if let Some(id) =
-        (0..n as u32).find(|&id| tokenizer.token_str(id) != loaded.tokenizer.token_str(id))
-    {
-        anyhow::bail!(
-            "--model-draft {path}: token {id} is {:?} there but {:?} in the served model; a \
-             draft model must share the served model's vocabulary",
-            loaded.tokenizer.token_str(id).unwrap_or_default(),
-            tokenizer.token_str(id).unwrap_or_default()
-        );
-    }
-    log(&format!(
-        "draft model {} for speculative decoding: up to {} tokens per step (at least {}, \
-         each with probability ≥ {})",
-        loaded.name, args.spec.draft_max, args.draft_min, args.draft_p_min
-    ));
-    Ok(bitnet::generate::scheduler::DraftModel {
-        model: Arc::new(loaded.model),
-        max: args.spec.draft_max,
-        min: args.draft_min,
-        p_min: args.draft_p_min,
-    })
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -385,12 +308,6 @@ pub fn run(args: Args) -> Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let defaults = args.sampling.config()?;
     let speculative = args.spec.config()?;
-    anyhow::ensure!(
-        speculative.is_none() || args.model_draft.is_none(),
-        "--spec {} and --model-draft: drafts come from one or the other",
-        args.spec.spec
-    );
-    check_draft_flags(&args)?;
     let fixed_seed = matches!(args.sampling.seed, Some(s) if s >= 0);
     // The port is bound and served before the model loads, so that probes and routers see
     // "loading" (503) instead of a refused connection; see lifecycle.rs.
@@ -459,11 +376,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (n_vocab, n_embd) = (model.config().n_vocab, model.config().n_embd);
     // The scheduler holds the only reference to the model, so that sleeping frees it.
-    let is_speculative = speculative.is_some() || args.model_draft.is_some();
-    let draft = match &args.model_draft {
-        None => None,
-        Some(path) => Some(load_draft(&args, path, &tokenizer)?),
-    };
+    let draft = args.spec.load_draft(&args.model, &tokenizer)?;
+    let is_speculative = speculative.is_some() || draft.is_some();
     let model = Arc::new(model);
     let sleep = sleep_after.map(|after| {
         let reload_args = args.model.clone();
