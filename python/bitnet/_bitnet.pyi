@@ -99,6 +99,10 @@ class Model:
         output_type: Optional[Literal["q8_0", "q6_k", "f16", "f32"]] = None,
         isa: Optional[str] = None,
         mmap: Optional[bool] = None,
+        draft: Optional["Model"] = None,
+        draft_max: int = 8,
+        draft_min: int = 0,
+        draft_p_min: float = 0.75,
     ) -> "Model": ...
     @property
     def name(self) -> str: ...

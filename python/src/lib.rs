@@ -367,7 +367,7 @@ struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (model=None, *, threads=None, context=0, cache_type="f16", output_type=None, isa=None, mmap=None))]
+    #[pyo3(signature = (model=None, *, threads=None, context=0, cache_type="f16", output_type=None, isa=None, mmap=None, draft=None, draft_max=8, draft_min=0, draft_p_min=0.75))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -378,7 +378,24 @@ impl Model {
         output_type: Option<&str>,
         isa: Option<&str>,
         mmap: Option<bool>,
+        draft: Option<PyRef<'_, Model>>,
+        draft_max: usize,
+        draft_min: usize,
+        draft_p_min: f32,
     ) -> PyResult<Model> {
+        if draft.is_some() {
+            if !(1..=64).contains(&draft_max) || draft_min > draft_max {
+                return Err(PyValueError::new_err(format!(
+                    "draft_max must be 1 to 64 and draft_min at most draft_max, got \
+                     draft_max={draft_max} draft_min={draft_min}"
+                )));
+            }
+            if !(0.0..=1.0).contains(&draft_p_min) {
+                return Err(PyValueError::new_err(format!(
+                    "draft_p_min must be a probability, 0 to 1, got {draft_p_min}"
+                )));
+            }
+        }
         let threads = match threads {
             None => None,
             Some(t) => Some(usize::try_from(t).map_err(|_| {
@@ -441,9 +458,14 @@ impl Model {
             ),
             bitnet::Source::Hub(spec) => spec.clone(),
         };
-        let inner = py
+        let mut inner = py
             .detach(|| bitnet::Model::load_with(source, &options))
             .map_err(to_py)?;
+        // Speculative decoding with a smaller model of the same vocabulary: the same text.
+        let draft = draft
+            .as_ref()
+            .map(|d| (&d.inner, draft_max, draft_min, draft_p_min));
+        inner.set_draft_model(draft).map_err(to_py)?;
         Ok(Model {
             inner,
             id,

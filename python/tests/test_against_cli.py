@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import bitnet
+from conftest import REPO
 
 PROMPTS = ["ROMEO:\n", "JULIET:\nO Romeo, Romeo!", "First Citizen:\nBefore we proceed"]
 
@@ -246,3 +247,16 @@ def test_generation_releases_the_gil(model):
         t.join()
     assert during_generate > 100, during_generate
     assert during_stream > 100, during_stream
+
+
+def test_a_draft_model_gives_the_text_of_bitnet_generate_without_one(cli, model):
+    # The demo model drafting for itself: the same seeded text as the command line's without
+    # a draft model.
+    ref = cli.json("generate", "-p", "JULIET:\n", "--temp", "0.9", "--seed", "77", "-n", "48", "--json")
+    drafted = bitnet.Model(draft=model, draft_p_min=0.0)
+    assert drafted.generate("JULIET:\n", temperature=0.9, seed=77, max_tokens=48) == ref["text"]
+    with pytest.raises(ValueError, match="draft_p_min"):
+        bitnet.Model(draft=model, draft_p_min=2.0)
+    qwen = bitnet.Model(str(REPO / "testdata" / "embedding" / "qwen3-wide" / "model.gguf"))
+    with pytest.raises(ValueError, match="vocabulary"):
+        bitnet.Model(draft=qwen)

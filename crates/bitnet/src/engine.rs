@@ -39,6 +39,8 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     context: usize,
     cache_type: CacheType,
+    /// [`Model::set_draft_model`]: given to every session and scheduler this model starts.
+    draft: Option<crate::generate::DraftModel>,
 }
 
 impl std::fmt::Debug for Model {
@@ -99,6 +101,7 @@ impl Model {
             tokenizer: Arc::new(tokenizer),
             context: options.context,
             cache_type: options.cache_type,
+            draft: None,
         }
     }
 
@@ -309,14 +312,53 @@ impl Model {
     }
 
     /// A session of its own (a KV cache of [`Model::context_size`] positions), for the
-    /// lower-level generation API.
+    /// lower-level generation API (with the draft model, if one is set).
     pub fn session(&self) -> Result<Session<'static>, Error> {
-        Ok(Session::shared(
+        let mut session = Session::shared(
             self.shared_inner(),
             self.shared_tokenizer(),
             self.context,
             self.cache_type,
-        )?)
+        )?;
+        session.set_draft_model(self.draft.clone())?;
+        Ok(session)
+    }
+
+    /// Speculative decoding with `draft` (a smaller model of the same vocabulary, its most
+    /// tokens drafted per step `max`, drafts shorter than `min` dropped, a draft stopping at
+    /// a token it gives less than `p_min`) in every generation, chat and scheduler this model
+    /// starts from now on; lossless (the same tokens as without it). `None` stops it. Refused
+    /// when the vocabularies differ (in size or in any token).
+    pub fn set_draft_model(
+        &mut self,
+        draft: Option<(&Model, usize, usize, f32)>,
+    ) -> Result<(), Error> {
+        self.draft = match draft {
+            None => None,
+            Some((d, max, min, p_min)) => {
+                let n = self.tokenizer.vocab_size();
+                let same = d.tokenizer.vocab_size() == n
+                    && (0..n as u32).all(|id| d.tokenizer.token_str(id) == self.tokenizer.token_str(id));
+                if !same {
+                    return Err(Error::InvalidOption {
+                        option: "draft model",
+                        message: format!(
+                            "{}: its vocabulary is not {}'s: a draft model must share it",
+                            d.name, self.name
+                        ),
+                    });
+                }
+                let draft = crate::generate::DraftModel {
+                    model: d.shared_inner(),
+                    max,
+                    min,
+                    p_min,
+                };
+                draft.check(&self.model)?;
+                Some(draft)
+            }
+        };
+        Ok(())
     }
 
     /// Completes `prompt` (BOS added when the model asks for it) and returns the text with
@@ -485,6 +527,7 @@ impl Model {
             } else {
                 config.n_ctx
             },
+            draft: config.draft.or_else(|| self.draft.clone()),
             ..config
         };
         Ok(Scheduler::start(
