@@ -329,23 +329,7 @@ impl SpecArgs {
         let loaded = draft_args
             .load_quietly()
             .with_context(|| format!("--model-draft {path}"))?;
-        let (n, theirs) = (tokenizer.vocab_size(), loaded.tokenizer.vocab_size());
-        if n != theirs {
-            bail!(
-                "--model-draft {path}: its vocabulary has {theirs} tokens, the model's {n}; a \
-                 draft model must share the served model's vocabulary"
-            );
-        }
-        if let Some(id) =
-            (0..n as u32).find(|&id| tokenizer.token_str(id) != loaded.tokenizer.token_str(id))
-        {
-            bail!(
-                "--model-draft {path}: token {id} is {:?} there but {:?} in the model; a draft \
-                 model must share the served model's vocabulary",
-                loaded.tokenizer.token_str(id).unwrap_or_default(),
-                tokenizer.token_str(id).unwrap_or_default()
-            );
-        }
+        check_draft_vocabulary(path, tokenizer, &loaded.tokenizer)?;
         eprintln!(
             "draft model {} for speculative decoding: up to {} tokens per step (at least {}, \
              each with probability ≥ {})",
@@ -358,6 +342,27 @@ impl SpecArgs {
             p_min: self.draft_p_min,
         }))
     }
+}
+
+/// A `--model-draft` vocabulary checked token for token against the model's (as llama.cpp
+/// checks it), the error naming the first token that differs.
+pub fn check_draft_vocabulary(path: &str, model: &Tokenizer, draft: &Tokenizer) -> Result<()> {
+    let Some(id) = model.vocabulary_difference(draft) else {
+        return Ok(());
+    };
+    let (n, theirs) = (model.vocab_size(), draft.vocab_size());
+    if n != theirs {
+        bail!(
+            "--model-draft {path}: its vocabulary has {theirs} tokens, the model's {n}; a draft \
+             model must share the served model's vocabulary"
+        );
+    }
+    bail!(
+        "--model-draft {path}: token {id} is {:?} there but {:?} in the model; a draft model \
+         must share the served model's vocabulary",
+        draft.token_str(id).unwrap_or_default(),
+        model.token_str(id).unwrap_or_default()
+    )
 }
 
 /// Sampling options shared by `generate`, `chat` and `batch` (llama.cpp's names and defaults).

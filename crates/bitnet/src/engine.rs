@@ -336,14 +336,12 @@ impl Model {
         self.draft = match draft {
             None => None,
             Some((d, max, min, p_min)) => {
-                let n = self.tokenizer.vocab_size();
-                let same = d.tokenizer.vocab_size() == n
-                    && (0..n as u32).all(|id| d.tokenizer.token_str(id) == self.tokenizer.token_str(id));
-                if !same {
+                if let Some(id) = self.tokenizer.vocabulary_difference(&d.tokenizer) {
                     return Err(Error::InvalidOption {
                         option: "draft model",
                         message: format!(
-                            "{}: its vocabulary is not {}'s: a draft model must share it",
+                            "{}: its vocabulary is not {}'s (they differ at token {id}): a \
+                             draft model must share it",
                             d.name, self.name
                         ),
                     });

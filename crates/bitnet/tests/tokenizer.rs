@@ -1006,3 +1006,17 @@ fn qwen2_split_matches_tokenizers_crate() {
         ["1", "2", "3", "4", "5"]
     );
 }
+
+#[test]
+fn vocabularies_compare_token_for_token() {
+    // The same vocabulary read from the GGUF and from tokenizer.json, as a draft model's must
+    // be its target's; another vocabulary differs at its first token.
+    assert_eq!(llama3_gguf().vocabulary_difference(llama3_json()), None);
+    let demo = load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-shakespeare-7m-i2_s.gguf"),
+    );
+    assert_eq!(demo.vocabulary_difference(&demo), None);
+    let id = demo.vocabulary_difference(llama3_gguf()).unwrap();
+    assert_ne!(demo.token_str(id), llama3_gguf().token_str(id));
+    assert!((0..id).all(|i| demo.token_str(i) == llama3_gguf().token_str(i)));
+}

@@ -824,12 +824,7 @@ fn load_draft(
     let (_, file) = crate::model_args::open_gguf(Some(path))?;
     let theirs = bitnet::tokenizer::Tokenizer::from_gguf(&file)
         .map_err(|e| anyhow::anyhow!("--model-draft {path}: {e}"))?;
-    let n = tokenizer.vocab_size();
-    anyhow::ensure!(
-        theirs.vocab_size() == n
-            && (0..n as u32).all(|id| theirs.token_str(id) == tokenizer.token_str(id)),
-        "--model-draft {path}: its vocabulary is not the model's"
-    );
+    crate::model_args::check_draft_vocabulary(path, tokenizer, &theirs)?;
     let options = args.residency.residency().load_options(file.file_len());
     let mut model = BitnetModel::from_gguf_with(file, options)?;
     if let Some(isa) = args.isa {

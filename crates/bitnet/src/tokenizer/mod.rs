@@ -1142,6 +1142,19 @@ impl Tokenizer {
         self.tokens.len()
     }
 
+    /// The first token id whose vocabulary string differs in `other` (one past the shorter
+    /// vocabulary when one is a prefix of the other); `None` when the vocabularies are the
+    /// same token for token, as a draft model's must be its target's.
+    pub fn vocabulary_difference(&self, other: &Tokenizer) -> Option<u32> {
+        let n = self.tokens.len().min(other.tokens.len());
+        let first = (0..n).find(|&i| self.tokens[i] != other.tokens[i]);
+        match first {
+            Some(i) => Some(i as u32),
+            None if self.tokens.len() != other.tokens.len() => Some(n as u32),
+            None => None,
+        }
+    }
+
     /// The beginning-of-sequence token, if the vocabulary has one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
