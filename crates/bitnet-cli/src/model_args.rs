@@ -277,22 +277,7 @@ impl SpecArgs {
                     self.spec
                 );
             }
-            if !(1..=64).contains(&self.draft_max) {
-                bail!("--draft-max {}: must be between 1 and 64", self.draft_max);
-            }
-            if self.draft_min > self.draft_max {
-                bail!(
-                    "--draft-min {}: must not exceed --draft-max {}",
-                    self.draft_min,
-                    self.draft_max
-                );
-            }
-            if !(0.0..=1.0).contains(&self.draft_p_min) {
-                bail!(
-                    "--draft-p-min {}: must be a probability, 0 to 1",
-                    self.draft_p_min
-                );
-            }
+            check_draft_settings(self.draft_max, self.draft_min, self.draft_p_min)?;
         }
         if self.spec == "none" {
             return Ok(None);
@@ -342,6 +327,20 @@ impl SpecArgs {
             p_min: self.draft_p_min,
         }))
     }
+}
+
+/// `--draft-max`, `--draft-min` and `--draft-p-min`, checked (named as the flags).
+pub fn check_draft_settings(max: usize, min: usize, p_min: f32) -> Result<()> {
+    if !(1..=64).contains(&max) {
+        bail!("--draft-max {max}: must be between 1 and 64");
+    }
+    if min > max {
+        bail!("--draft-min {min}: must not exceed --draft-max {max}");
+    }
+    if !(0.0..=1.0).contains(&p_min) {
+        bail!("--draft-p-min {p_min}: must be a probability, 0 to 1");
+    }
+    Ok(())
 }
 
 /// A `--model-draft` vocabulary checked token for token against the model's (as llama.cpp

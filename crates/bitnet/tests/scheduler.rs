@@ -18,13 +18,20 @@ use bitnet::model::{BitnetModel, CacheType};
 use bitnet::tokenizer::{EncodeOptions, Tokenizer};
 
 fn demo() -> (Arc<BitnetModel>, Arc<Tokenizer>) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/bitnet-shakespeare-7m-i2_s.gguf");
-    let file = Arc::new(GgufFile::open(path).unwrap());
+    let file = Arc::new(GgufFile::open(demo_path()).unwrap());
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
-    let mut model = BitnetModel::from_gguf(file).unwrap();
+    (Arc::new(demo_model(file).unwrap()), Arc::new(tokenizer))
+}
+
+fn demo_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-shakespeare-7m-i2_s.gguf")
+}
+
+/// The demo model on two threads.
+fn demo_model(file: Arc<GgufFile>) -> Result<BitnetModel, bitnet::model::ModelError> {
+    let mut model = BitnetModel::from_gguf(file)?;
     model.set_threads(2);
-    (Arc::new(model), Arc::new(tokenizer))
+    Ok(model)
 }
 
 fn encode(t: &Tokenizer, text: &str) -> Vec<u32> {
@@ -885,10 +892,6 @@ fn an_erased_slot_forgets_its_prefix() {
     drop(ticket);
 }
 
-fn demo_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-shakespeare-7m-i2_s.gguf")
-}
-
 /// Polls the status until `done` holds (panics after 30 s).
 fn wait_for(s: &Scheduler, done: impl Fn(&bitnet::generate::scheduler::Status) -> bool) {
     let start = Instant::now();
@@ -896,6 +899,26 @@ fn wait_for(s: &Scheduler, done: impl Fn(&bitnet::generate::scheduler::Status) -
         assert!(start.elapsed() < Duration::from_secs(30), "timed out");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A scheduler of `slots` that sleeps after `after_ms` idle and wakes with `reload`.
+fn sleeping(
+    model: Arc<BitnetModel>,
+    tokenizer: &Arc<Tokenizer>,
+    after_ms: u64,
+    reload: bitnet::generate::scheduler::Reload,
+    slots: usize,
+) -> Scheduler {
+    let sleep = Sleep {
+        after: Duration::from_millis(after_ms),
+        reload,
+        on_sleep: None,
+    };
+    let config = SchedulerConfig {
+        sleep: Some(sleep),
+        ..config(slots)
+    };
+    Scheduler::start(model, Arc::clone(tokenizer), config).unwrap()
 }
 
 #[test]
@@ -906,24 +929,9 @@ fn an_idle_scheduler_sleeps_without_its_model_and_wakes_for_the_next_request() {
     let counter = Arc::clone(&loads);
     let reload: bitnet::generate::scheduler::Reload = Arc::new(move || {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let file = Arc::new(GgufFile::open(demo_path())?);
-        let mut model = BitnetModel::from_gguf(file)?;
-        model.set_threads(2);
-        Ok(model)
+        Ok(demo_model(Arc::new(GgufFile::open(demo_path())?))?)
     });
-    let s = Scheduler::start(
-        model,
-        Arc::clone(&tokenizer),
-        SchedulerConfig {
-            sleep: Some(Sleep {
-                after: Duration::from_millis(100),
-                reload,
-                on_sleep: None,
-            }),
-            ..config(2)
-        },
-    )
-    .unwrap();
+    let s = sleeping(model, &tokenizer, 100, reload, 2);
     let job = || Job {
         max_tokens: Some(24),
         ..Job::new(encode(&tokenizer, "ROMEO:\n"), sampler(3))
@@ -961,19 +969,7 @@ fn a_model_that_does_not_load_again_fails_the_request_and_sleeps_on() {
     let (model, tokenizer) = demo();
     let reload: bitnet::generate::scheduler::Reload =
         Arc::new(|| Err("the file is gone".to_string().into()));
-    let s = Scheduler::start(
-        model,
-        Arc::clone(&tokenizer),
-        SchedulerConfig {
-            sleep: Some(Sleep {
-                after: Duration::from_millis(50),
-                reload,
-                on_sleep: None,
-            }),
-            ..config(1)
-        },
-    )
-    .unwrap();
+    let s = sleeping(model, &tokenizer, 50, reload, 1);
     wait_for(&s, |st| st.sleeping);
     // Each request waiting for the model hears why it did not load.
     let runs: Vec<_> = (0..3)

@@ -811,16 +811,7 @@ fn load_draft(
     tokenizer: &bitnet::tokenizer::Tokenizer,
     args: &Args,
 ) -> Result<bitnet::generate::DraftModel> {
-    anyhow::ensure!(
-        (1..=64).contains(&args.draft_max),
-        "--draft-max {}: must be between 1 and 64",
-        args.draft_max
-    );
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.draft_p_min),
-        "--draft-p-min {}: must be a probability, 0 to 1",
-        args.draft_p_min
-    );
+    crate::model_args::check_draft_settings(args.draft_max, 0, args.draft_p_min)?;
     let (_, file) = crate::model_args::open_gguf(Some(path))?;
     let theirs = bitnet::tokenizer::Tokenizer::from_gguf(&file)
         .map_err(|e| anyhow::anyhow!("--model-draft {path}: {e}"))?;

@@ -587,8 +587,7 @@ impl Scheduler {
             )?),
             None => None,
         };
-        let kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum::<usize>()
-            + drafter.as_ref().map_or(0, Drafter::cache_bytes);
+        let kv_cache_bytes = cache_bytes(&slots, drafter.as_ref());
         let status = Status {
             slots: slots
                 .iter()
@@ -624,9 +623,18 @@ impl Scheduler {
         let thread = std::thread::Builder::new()
             .name("bitnet-scheduler".into())
             .spawn(move || {
-                let mut loaded = Some((model, slots, None));
+                let mut loaded = Some(Woken {
+                    model,
+                    slots,
+                    first: None,
+                });
                 let mut clock = 0;
-                while let Some((model, slots, first)) = loaded.take() {
+                while let Some(Woken {
+                    model,
+                    slots,
+                    first,
+                }) = loaded.take()
+                {
                     let mut engine = Engine {
                         model: &model,
                         tokenizer: &tokenizer,
@@ -663,9 +671,7 @@ impl Scheduler {
                         if let Some(on_sleep) = &sleep.on_sleep {
                             on_sleep();
                         }
-                        loaded = reloader
-                            .wake(&rx, &thread_shared, sleep, &mut drafter)
-                            .map(|w| (w.model, w.slots, Some(w.first)));
+                        loaded = reloader.wake(&rx, &thread_shared, sleep, &mut drafter);
                     }
                 }
             })
@@ -1523,6 +1529,11 @@ fn new_slots(
         .collect()
 }
 
+/// Bytes of every slot's KV cache and, with a draft model, of its caches.
+fn cache_bytes(slots: &[Slot], drafter: Option<&Drafter>) -> usize {
+    slots.iter().map(|s| s.cache.bytes()).sum::<usize>() + drafter.map_or(0, Drafter::cache_bytes)
+}
+
 /// A draft model and its cache per slot ([`DraftModel`]).
 struct Drafter {
     config: DraftModel,
@@ -1600,11 +1611,11 @@ struct Reloader {
     n_embd: usize,
 }
 
-/// The model loaded again, its slots and the message that woke it, for the next engine.
+/// The model and its slots for the next engine, and the message that woke it (none at start).
 struct Woken {
     model: Arc<BitnetModel>,
     slots: Vec<Slot>,
-    first: Msg,
+    first: Option<Msg>,
 }
 
 /// What becomes of a message while asleep.
@@ -1683,12 +1694,11 @@ impl Reloader {
                 Ok((model, slots)) => {
                     let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
                     st.sleeping = false;
-                    st.kv_cache_bytes = slots.iter().map(|s| s.cache.bytes()).sum::<usize>()
-                        + drafter.as_ref().map_or(0, Drafter::cache_bytes);
+                    st.kv_cache_bytes = cache_bytes(&slots, drafter.as_ref());
                     return Some(Woken {
                         model,
                         slots,
-                        first,
+                        first: Some(first),
                     });
                 }
                 Err(why) => {
@@ -1767,9 +1777,9 @@ fn fail_asleep(msg: Msg, why: &str, shared: &Shared) {
                 .unwrap_or_else(|e| e.into_inner())
                 .requests_finished += 1;
             let mut p = *p;
-            let _ = (p.sink)(Event::Failed(format!(
-                "the model did not load again after sleeping: {why}"
-            )));
+            let _ = (p.sink)(Event::Failed(
+                SlotError::Reload(why.to_string()).to_string(),
+            ));
         }
         Msg::Erase { reply, .. } => {
             let _ = reply.send(Err(SlotError::Reload(why.to_string())));

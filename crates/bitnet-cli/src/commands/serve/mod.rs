@@ -375,9 +375,9 @@ pub fn run(args: Args) -> Result<()> {
         cache_type = bitnet::model::CacheType::F32;
     }
     let (n_vocab, n_embd) = (model.config().n_vocab, model.config().n_embd);
-    // The scheduler holds the only reference to the model, so that sleeping frees it.
     let draft = args.spec.load_draft(&args.model, &tokenizer)?;
     let is_speculative = speculative.is_some() || draft.is_some();
+    // The scheduler holds the only reference to the model, so that sleeping frees it.
     let model = Arc::new(model);
     let sleep = sleep_after.map(|after| {
         let reload_args = args.model.clone();
